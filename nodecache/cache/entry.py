@@ -1,0 +1,88 @@
+"""A cached reply, ready to be rendered for any client asking the same question.
+
+An entry keeps the upstream reply's records after the question (the tail,
+see ``dns.reply``) and where each TTL sits in it. Rendering for a client is
+the client's ID, our flags, the counts, the client's own question bytes
+(its letter case, RFC 4343 / 0x20), the tail, and our OPT if it sent one.
+
+TTLs count down: every record shows ``min(original, entry TTL) - age``
+(RFC 1035 §7.1 / RFC 2181 §8: what a cache hands out must not outlive what
+it holds). The tail is re-rendered at most once per second of age and
+memoised, so most hits are one join of existing byte strings.
+"""
+from __future__ import annotations
+
+from ..dns.reply import Reply
+from ..dns.wire import AD, CD, OPT_DO, OPT_PLAIN, RD
+
+SUCCESS, DENIAL, SERVFAIL_KIND = 0, 1, 2
+KIND_NAMES = ("success", "denial", "servfail")
+STALE_TTL = 30  # RFC 8767 §4: stale answers carry a TTL of 30 seconds
+_OPT = (OPT_PLAIN, OPT_DO)
+_ECHO = RD | CD
+
+
+class Entry:
+    __slots__ = ("key", "kind", "flags", "counts_plain", "counts_opt", "src", "offsets",
+                 "ttls", "stored", "ttl", "expires", "age", "tail",
+                 "last_hit", "streak", "refreshing")
+
+    def __init__(self, key: bytes, reply: Reply, kind: int, ttl: int, now: float):
+        self.key = key
+        self.kind = kind
+        # Header we send: QR, RA, upstream's AD and RCODE; AA cleared since a
+        # cache is not authoritative; RD and CD come from each client.
+        self.flags = 0x8080 | (reply.flags & (AD | 0xF))
+        an, ns, ar = reply.counts
+        base = b"\x00\x01" + an.to_bytes(2, "big") + ns.to_bytes(2, "big")
+        self.counts_plain = base + ar.to_bytes(2, "big")
+        self.counts_opt = base + (ar + 1).to_bytes(2, "big")
+        self.src = reply.tail
+        self.offsets = reply.ttl_offsets
+        self.ttls = tuple(min(t, ttl) for t in reply.ttls)
+        self.stored = now
+        self.ttl = ttl
+        self.expires = now + ttl
+        self.age = 0
+        self.tail = self._render_tail(0) if self.ttls != reply.ttls else reply.tail
+        self.last_hit = now
+        self.streak = 0
+        self.refreshing = False
+
+    def _render_tail(self, age: int) -> bytes:
+        tail = bytearray(self.src)
+        for off, ttl in zip(self.offsets, self.ttls):
+            tail[off:off + 4] = (ttl - age if ttl > age else 0).to_bytes(4, "big")
+        return bytes(tail)
+
+    def remaining(self, now: float) -> float:
+        return self.expires - now
+
+    def render(self, data: bytes, qend: int, qflags: int, edns: int, now: float) -> bytes:
+        """The reply to query ``data`` (whose question ends at qend)."""
+        age = int(now - self.stored)
+        if age != self.age:
+            self.age = age
+            self.tail = self._render_tail(age)
+        return self._assemble(data, qend, qflags, edns, self.tail)
+
+    def render_stale(self, data: bytes, qend: int, qflags: int, edns: int) -> bytes:
+        """Same reply with every TTL at STALE_TTL (RFC 8767 §4)."""
+        tail = bytearray(self.src)
+        for off in self.offsets:
+            tail[off:off + 4] = STALE_TTL.to_bytes(4, "big")
+        return self._assemble(data, qend, qflags, edns, bytes(tail))
+
+    def _assemble(self, data: bytes, qend: int, qflags: int, edns: int, tail: bytes) -> bytes:
+        flags = self.flags | (qflags & _ECHO)
+        if flags & AD and not (qflags & AD or edns == 1):
+            flags ^= AD  # RFC 6840 §5.8: AD only to clients that asked with AD or DO
+        if edns < 0:
+            return data[:2] + flags.to_bytes(2, "big") + self.counts_plain + data[12:qend] + tail
+        return (data[:2] + flags.to_bytes(2, "big") + self.counts_opt + data[12:qend]
+                + tail + _OPT[edns])
+
+
+def render_uncached(reply: Reply, data: bytes, qend: int, qflags: int, edns: int) -> bytes:
+    """Render an upstream reply that is not cached (REFUSED, truncated, ...)."""
+    return Entry(b"", reply, SUCCESS, 0x7FFFFFFF, 0.0).render(data, qend, qflags, edns, 0.0)

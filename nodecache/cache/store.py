@@ -1,0 +1,166 @@
+"""The cache proper: two LRU maps (success, denial) of rendered-ready entries.
+
+Pure and synchronous, with the clock injected, so every TTL, eviction,
+prefetch and serve-stale rule is tested without sleeping.
+
+* ``hit`` is the hot path: one dict lookup per class, an expiry check, an LRU
+  touch and a render that is usually a join of cached bytes. It never
+  allocates beyond the reply and never logs; counters are plain integers
+  read by the metrics collector at scrape time.
+* ``lookup`` is the slow path's view: fresh, stale (RFC 8767) or absent.
+* ``insert`` decides whether and how long a reply may be cached:
+  success = lowest TTL of answer + authority, clamped to [MINTTL, TTL];
+  denial (NXDOMAIN or NODATA) = min(SOA TTL, SOA MINIMUM) (RFC 2308 §5),
+  clamped likewise, and not cached at all without a SOA;
+  SERVFAIL for the configured ``servfail`` duration (RFC 2308 §7.1 allows
+  up to 5 minutes); truncated replies and any other RCODE never.
+Eviction is least-recently-used within each class's capacity.
+"""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Callable
+
+from ..config.model import CacheConfig
+from ..dns.reply import Reply
+from ..dns.wire import NOERROR, NXDOMAIN, SERVFAIL
+from .entry import DENIAL, SERVFAIL_KIND, SUCCESS, Entry
+
+FRESH, STALE = "fresh", "stale"
+
+
+class Cache:
+    def __init__(self, config: CacheConfig, clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.clock = clock
+        self._success: OrderedDict[bytes, Entry] = OrderedDict()
+        self._denial: OrderedDict[bytes, Entry] = OrderedDict()
+        self._stale_for = config.serve_stale.duration if config.serve_stale else 0.0
+        pf = config.prefetch
+        self._prefetch_pct = pf.percentage / 100 if pf else 0.0
+        # Called with an entry that should be refreshed in the background;
+        # the callee sets ``entry.refreshing`` while it works.
+        self.on_prefetch: Callable[[Entry], None] | None = None
+        # Counters (read at scrape time): indexes follow entry kinds.
+        self.hits = [0, 0, 0]
+        self.misses = 0
+        self.evictions = [0, 0, 0]
+        self.inserts = 0
+        self.served_stale = 0
+        self.prefetches = 0
+
+    def __len__(self) -> int:
+        return len(self._success) + len(self._denial)
+
+    def sizes(self) -> tuple[int, int]:
+        return len(self._success), len(self._denial)
+
+    # -- hot path -------------------------------------------------------
+    def hit(self, key: bytes, data: bytes, qend: int, qflags: int, edns: int) -> bytes | None:
+        lru = self._success
+        entry = lru.get(key)
+        if entry is None:
+            lru = self._denial
+            entry = lru.get(key)
+            if entry is None:
+                return None
+        now = self.clock()
+        if now >= entry.expires:
+            return None  # expired: the slow path decides (stale, refresh, evict)
+        lru.move_to_end(key)
+        self.hits[entry.kind] += 1
+        if self._prefetch_pct and not entry.refreshing:
+            self._consider_prefetch(entry, now)
+        return entry.render(data, qend, qflags, edns, now)
+
+    def _consider_prefetch(self, entry: Entry, now: float) -> None:
+        # CoreDNS: popular = AMOUNT hits with no gap of DURATION between them.
+        pf = self.config.prefetch
+        if now - entry.last_hit >= pf.duration:
+            entry.streak = 0
+        entry.streak += 1
+        entry.last_hit = now
+        if (entry.streak >= pf.amount and entry.kind != SERVFAIL_KIND
+                and entry.remaining(now) <= entry.ttl * self._prefetch_pct
+                and self.on_prefetch is not None):
+            self.prefetches += 1
+            self.on_prefetch(entry)
+
+    # -- slow path ------------------------------------------------------
+    def lookup(self, key: bytes) -> tuple[Entry | None, str | None]:
+        """(entry, FRESH|STALE) or (None, None). Drops entries past serving."""
+        lru = self._success if key in self._success else self._denial
+        entry = lru.get(key)
+        if entry is None:
+            self.misses += 1
+            return None, None
+        now = self.clock()
+        if now < entry.expires:
+            lru.move_to_end(key)
+            self.hits[entry.kind] += 1
+            return entry, FRESH
+        if now < entry.expires + self._stale_for and entry.kind != SERVFAIL_KIND:
+            lru.move_to_end(key)
+            return entry, STALE
+        del lru[key]
+        self.misses += 1
+        return None, None
+
+    def count_stale(self) -> None:
+        self.served_stale += 1
+
+    def classify(self, reply: Reply) -> tuple[int, int] | None:
+        """(kind, ttl) for a cacheable reply, else None."""
+        if reply.truncated:
+            return None
+        cfg = self.config
+        if reply.rcode == NOERROR and reply.answers:
+            if reply.min_ttl is None:
+                return None
+            return SUCCESS, _clamp(reply.min_ttl, cfg.success.min_ttl, cfg.success.max_ttl)
+        if reply.rcode in (NOERROR, NXDOMAIN):
+            if reply.negative_ttl is None:
+                return None  # RFC 2308 §5: no SOA, no negative caching
+            return DENIAL, _clamp(reply.negative_ttl, cfg.denial.min_ttl, cfg.denial.max_ttl)
+        if reply.rcode == SERVFAIL and cfg.servfail_ttl > 0:
+            return SERVFAIL_KIND, max(1, round(cfg.servfail_ttl))
+        return None
+
+    def insert(self, key: bytes, reply: Reply) -> Entry | None:
+        decision = self.classify(reply)
+        if decision is None:
+            return None
+        kind, ttl = decision
+        if ttl <= 0:
+            return None
+        entry = Entry(key, reply, kind, ttl, self.clock())
+        self.put(entry)
+        return entry
+
+    def put(self, entry: Entry) -> None:
+        key = entry.key
+        self._success.pop(key, None)
+        self._denial.pop(key, None)
+        if entry.kind == SUCCESS:
+            lru, cap = self._success, self.config.success.capacity
+        else:
+            lru, cap = self._denial, self.config.denial.capacity
+        lru[key] = entry
+        self.inserts += 1
+        while len(lru) > cap:
+            _, old = lru.popitem(last=False)
+            self.evictions[old.kind] += 1
+
+    def entries(self):
+        """All entries (for snapshots and tests), least recently used first."""
+        yield from self._success.values()
+        yield from self._denial.values()
+
+    def clear(self) -> None:
+        self._success.clear()
+        self._denial.clear()
+
+
+def _clamp(value: int, low: int, high: int) -> int:
+    return max(low, min(value, high))

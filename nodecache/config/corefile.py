@@ -1,0 +1,182 @@
+"""Corefile syntax (CoreDNS's Caddyfile dialect) -> a small syntax tree.
+
+Theory of operation: text is split into tokens (whitespace separated,
+``"quoted strings"`` with backslash escapes, ``#`` comments to end of line,
+``{$ENV}`` replaced by the environment variable's value before tokenising, as
+CoreDNS does). Each token remembers its line, so every later error can say
+``file:line: message``. Tokens then group into server blocks (keys, then a
+braced body) holding directives (a name, its arguments up to the end of the
+line, and optionally a braced body of sub-directives). This module knows
+nothing of what directives mean; ``config.plugins`` does.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+
+class CorefileError(Exception):
+    def __init__(self, source: str, line: int, message: str):
+        super().__init__(f"{source}:{line}: {message}")
+        self.source, self.line, self.message = source, line, message
+
+
+@dataclass(frozen=True)
+class Token:
+    text: str
+    line: int
+    quoted: bool = False
+
+
+@dataclass(frozen=True)
+class Directive:
+    name: str
+    args: tuple[Token, ...]
+    body: tuple["Directive", ...] | None
+    line: int
+
+
+@dataclass(frozen=True)
+class ServerBlockSyntax:
+    keys: tuple[Token, ...]
+    directives: tuple[Directive, ...]
+    line: int
+
+
+@dataclass
+class _Cursor:
+    tokens: list[Token]
+    source: str
+    pos: int = 0
+    last_line: int = field(default=1)
+
+    def peek(self) -> Token | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def take(self) -> Token:
+        tok = self.tokens[self.pos]
+        self.pos += 1
+        return tok
+
+    def error(self, line: int, message: str) -> CorefileError:
+        return CorefileError(self.source, line, message)
+
+
+_ENV = re.compile(r"\{\$([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(text: str, env: dict[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    return _ENV.sub(lambda m: env.get(m.group(1), ""), text)
+
+
+def tokenize(text: str, source: str = "Corefile") -> list[Token]:
+    tokens: list[Token] = []
+    i, line, n = 0, 1, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "\n":
+            line += 1
+            i += 1
+        elif ch in " \t\r,":  # commas separate server block keys like spaces
+            i += 1
+        elif ch == "#":
+            while i < n and text[i] != "\n":
+                i += 1
+        elif ch == '"':
+            start_line, buf = line, []
+            i += 1
+            while True:
+                if i >= n:
+                    raise CorefileError(source, start_line, "unterminated quoted string")
+                ch = text[i]
+                if ch == "\\" and i + 1 < n and text[i + 1] in '"\\':
+                    buf.append(text[i + 1])
+                    i += 2
+                    continue
+                if ch == '"':
+                    i += 1
+                    break
+                if ch == "\n":
+                    line += 1
+                buf.append(ch)
+                i += 1
+            tokens.append(Token("".join(buf), start_line, True))
+        else:
+            start = i
+            while i < n and text[i] not in ' \t\r\n,"':
+                i += 1
+            tokens.append(Token(text[start:i], line))
+    return tokens
+
+
+def parse(text: str, source: str = "Corefile", env: dict[str, str] | None = None
+          ) -> tuple[ServerBlockSyntax, ...]:
+    cur = _Cursor(tokenize(expand_env(text, env), source), source)
+    blocks = []
+    while cur.peek() is not None:
+        blocks.append(_server_block(cur))
+    if not blocks:
+        raise CorefileError(source, 1, "no server blocks")
+    return tuple(blocks)
+
+
+def _is_open(tok: Token | None) -> bool:
+    return tok is not None and tok.text == "{" and not tok.quoted
+
+
+def _is_close(tok: Token | None) -> bool:
+    return tok is not None and tok.text == "}" and not tok.quoted
+
+
+def _server_block(cur: _Cursor) -> ServerBlockSyntax:
+    first = cur.peek()
+    if first.text.startswith("(") or first.text == "import":
+        raise cur.error(first.line, f"'{first.text}': snippets and import are not supported")
+    keys = []
+    while cur.peek() is not None and not _is_open(cur.peek()):
+        tok = cur.take()
+        if _is_close(tok):
+            raise cur.error(tok.line, "unexpected '}'")
+        if keys and tok.line != keys[-1].line:
+            raise cur.error(tok.line, f"expected '{{' after server block keys, found {tok.text!r}")
+        keys.append(tok)
+    if cur.peek() is None:
+        raise cur.error(first.line, "server block keys without a '{ ... }' body")
+    open_tok = cur.take()
+    if open_tok.line != keys[-1].line if keys else True:
+        raise cur.error(open_tok.line, "'{' must be on the same line as the server block keys")
+    return ServerBlockSyntax(tuple(keys), _body(cur, open_tok), first.line)
+
+
+def _body(cur: _Cursor, open_tok: Token) -> tuple[Directive, ...]:
+    directives = []
+    while True:
+        tok = cur.peek()
+        if tok is None:
+            raise cur.error(open_tok.line, "'{' is never closed")
+        if _is_close(tok):
+            cur.take()
+            return tuple(directives)
+        if _is_open(tok):
+            raise cur.error(tok.line, "unexpected '{'")
+        directives.append(_directive(cur))
+
+
+def _directive(cur: _Cursor) -> Directive:
+    name = cur.take()
+    args = []
+    body = None
+    while True:
+        tok = cur.peek()
+        if tok is None or tok.line != name.line and not (args and tok.line == args[-1].line):
+            break
+        if _is_close(tok):
+            break
+        if _is_open(tok):
+            cur.take()
+            body = _body(cur, tok)
+            break
+        args.append(cur.take())
+    return Directive(name.text, tuple(args), body, name.line)

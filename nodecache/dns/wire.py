@@ -1,0 +1,293 @@
+"""Query side of the wire format: pure functions over bytes, no I/O.
+
+Two readers of an incoming query exist on purpose:
+
+* ``scan`` is the hot path. It accepts only the shape almost every stub
+  resolver sends (QUERY opcode, one question, no answer/authority records,
+  optionally one EDNS0 OPT of version 0 and nothing after it) and returns
+  what the cache needs, reading the bytes in place. Anything else returns
+  ``None`` and the caller takes the slow path.
+* ``parse_query`` is the slow path. It accepts everything RFC 1035/6891
+  allow, and for what it cannot accept it says which error the RFC asks
+  for, so the transport can answer FORMERR/NOTIMP/REFUSED/BADVERS or drop.
+
+Both produce the same cache key for the same query (a property the tests
+check over generated queries). The key is the lower-cased question name
+(RFC 4343: ASCII case-insensitive), the raw QTYPE/QCLASS bytes, and one
+byte holding the DO (RFC 3225) and CD (RFC 4035 §3.2.2) bits, since both
+change what the upstream returns.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# RCODEs (RFC 1035 §4.1.1, RFC 6891 §9 for BADVERS's extended value).
+NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
+BADVERS = 16
+
+QR, AA, TC, RD, RA, AD, CD = 0x8000, 0x0400, 0x0200, 0x0100, 0x0080, 0x0020, 0x0010
+OPCODE_MASK = 0x7800
+
+TYPE_SOA, TYPE_OPT = 6, 41
+TYPE_IXFR, TYPE_AXFR = 251, 252
+CLASS_IN = 1
+
+# Our EDNS0 UDP payload size: the DNS flag day 2020 value, small enough to
+# avoid IP fragmentation on any real path.
+EDNS_SIZE = 1232
+PLAIN_UDP_LIMIT = 512  # RFC 1035 §4.2.1, a client without OPT
+MAX_MESSAGE = 65535
+
+_COUNTS_PLAIN = b"\x00\x01\x00\x00\x00\x00\x00\x00"
+_COUNTS_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"
+# Last byte of a cache key: bit 1 = DO, bit 0 = CD.
+KEY_SUFFIX = (b"\x00", b"\x01", b"\x02", b"\x03")
+
+
+def opt_record(do: bool) -> bytes:
+    """Our OPT pseudo-RR (RFC 6891 §6.1.2): root name, our size, DO echoed (RFC 3225 §3)."""
+    return b"\x00\x00\x29" + EDNS_SIZE.to_bytes(2, "big") + (
+        b"\x00\x00\x80\x00\x00\x00" if do else b"\x00\x00\x00\x00\x00\x00")
+
+
+OPT_PLAIN, OPT_DO = opt_record(False), opt_record(True)
+
+
+def udp_limit(has_opt: bool, size: int) -> int:
+    """Largest UDP reply a client can take: 512 without OPT, else its size,
+    at least 512 (RFC 6891 §6.2.3) and at most our own 1232."""
+    if not has_opt:
+        return PLAIN_UDP_LIMIT
+    return min(max(size, PLAIN_UDP_LIMIT), EDNS_SIZE)
+
+
+def scan(data: bytes):
+    """Hot-path reader. Returns ``(key, qend, flags, limit, edns)`` or None.
+
+    ``qend`` is the offset just past the question, ``edns`` is -1 without
+    OPT, else the DO bit (0 or 1). ``limit`` is the client's UDP limit.
+    """
+    if len(data) < 17 or data[2] & 0xF8:  # QR set or opcode != QUERY
+        return None
+    counts = data[4:12]
+    if counts == _COUNTS_PLAIN:
+        opt = False
+    elif counts == _COUNTS_OPT:
+        opt = True
+    else:
+        return None
+    i = 12
+    try:
+        length = data[12]
+        while length:
+            if length > 63:
+                return None
+            i += length + 1
+            length = data[i]
+    except IndexError:
+        return None
+    qend = i + 5
+    n = len(data)
+    cd = (data[3] >> 4) & 1
+    if not opt:
+        if qend != n:
+            return None
+        return (data[12:i + 1].lower() + data[i + 1:qend] + KEY_SUFFIX[cd],
+                qend, data[2] << 8 | data[3], PLAIN_UDP_LIMIT, -1)
+    # One OPT of version 0 ending the message exactly (RFC 6891 §6.1.1).
+    if n < qend + 11 or data[qend:qend + 3] != b"\x00\x00\x29" or data[qend + 6]:
+        return None
+    if qend + 11 + (data[qend + 9] << 8 | data[qend + 10]) != n:
+        return None
+    do = data[qend + 7] >> 7
+    size = data[qend + 3] << 8 | data[qend + 4]
+    return (data[12:i + 1].lower() + data[i + 1:qend] + KEY_SUFFIX[do << 1 | cd],
+            qend, data[2] << 8 | data[3], udp_limit(True, size), do)
+
+
+class QueryError(Exception):
+    """A query we must answer with an error RCODE, or drop (rcode None)."""
+
+    def __init__(self, rcode: int | None, reason: str, qend: int = 0, edns: int = -1):
+        super().__init__(reason)
+        self.rcode = rcode
+        self.reason = reason
+        self.qend = qend  # >0 when the question is intact and can be echoed
+        self.edns = edns
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A fully parsed query (slow path)."""
+    data: bytes
+    flags: int
+    qend: int          # end of the question section
+    qname: bytes       # wire name as the client sent it (its case)
+    qtype: int
+    qclass: int
+    edns: int          # -1 no OPT, else DO bit
+    limit: int         # UDP reply limit
+    key: bytes
+
+    @property
+    def qid(self) -> bytes:
+        return self.data[:2]
+
+    @property
+    def question(self) -> bytes:
+        return self.data[12:self.qend]
+
+    @property
+    def cd(self) -> bool:
+        return bool(self.flags & CD)
+
+
+def _read_qname(data: bytes, i: int) -> int:
+    """Offset past an uncompressed name starting at i; raises QueryError."""
+    total = 0
+    while True:
+        if i >= len(data):
+            raise QueryError(FORMERR, "question name runs past the message")
+        length = data[i]
+        if length == 0:
+            return i + 1
+        if length > 63:
+            # A pointer or reserved label type has nothing to point back to in a question.
+            raise QueryError(FORMERR, "compressed or invalid label in question")
+        total += length + 1
+        if total > 254:
+            raise QueryError(FORMERR, "question name longer than 255 octets")
+        i += length + 1
+
+
+def _skip_name(data: bytes, i: int) -> int:
+    while True:
+        if i >= len(data):
+            raise QueryError(FORMERR, "record name runs past the message")
+        length = data[i]
+        if length == 0:
+            return i + 1
+        if length & 0xC0 == 0xC0:
+            return i + 2
+        if length > 63:
+            raise QueryError(FORMERR, "invalid label type")
+        i += length + 1
+
+
+def parse_query(data: bytes) -> Query:
+    """Slow-path reader. Returns a Query or raises QueryError saying how to answer."""
+    if len(data) < 12:
+        raise QueryError(None, "shorter than a DNS header")
+    flags = data[2] << 8 | data[3]
+    if flags & QR:
+        raise QueryError(None, "a response, not a query")  # never answer answers
+    qd, an, ns, ar = (int.from_bytes(data[k:k + 2], "big") for k in (4, 6, 8, 10))
+    if qd != 1:
+        raise QueryError(FORMERR, f"qdcount {qd}")
+    qend = _read_qname(data, 12) + 4
+    if qend > len(data):
+        raise QueryError(FORMERR, "question truncated")
+    if flags & OPCODE_MASK:
+        raise QueryError(NOTIMP, f"opcode {(flags & OPCODE_MASK) >> 11}", qend)
+    if an or ns:
+        raise QueryError(FORMERR, "answer or authority records in a query", qend)
+    qtype = int.from_bytes(data[qend - 4:qend - 2], "big")
+    qclass = int.from_bytes(data[qend - 2:qend], "big")
+    edns, size, version = _read_additional(data, qend, ar)
+    if version:
+        raise QueryError(BADVERS, f"EDNS version {version}", qend, edns)  # RFC 6891 §6.1.3
+    if qtype in (TYPE_OPT, TYPE_AXFR, TYPE_IXFR) or qclass != CLASS_IN:
+        # OPT is not a question (RFC 6891 §6.1.1); a cache serves no zone
+        # transfers and only the Internet class: policy refusal (RFC 1035 §4.1.1).
+        rcode = FORMERR if qtype == TYPE_OPT else REFUSED
+        raise QueryError(rcode, f"qtype {qtype} class {qclass} not served", qend, edns)
+    cd = (flags >> 4) & 1
+    suffix = KEY_SUFFIX[(max(edns, 0) << 1) | cd]
+    lname_end = qend - 4
+    return Query(data, flags, qend, data[12:lname_end], qtype, qclass, edns,
+                 udp_limit(edns >= 0, size),
+                 data[12:lname_end].lower() + data[lname_end:qend] + suffix)
+
+
+def _read_additional(data: bytes, i: int, count: int) -> tuple[int, int, int]:
+    """Walk the additional section; returns (edns DO or -1, size, version)."""
+    edns, size, version = -1, 0, 0
+    for _ in range(count):
+        i = _skip_name(data, i)
+        if i + 10 > len(data):
+            raise QueryError(FORMERR, "additional record truncated")
+        rtype = int.from_bytes(data[i:i + 2], "big")
+        rdlen = int.from_bytes(data[i + 8:i + 10], "big")
+        if rtype == TYPE_OPT:
+            if edns >= 0:
+                raise QueryError(FORMERR, "more than one OPT")  # RFC 6891 §6.1.1
+            size = int.from_bytes(data[i + 2:i + 4], "big")
+            version = data[i + 5]
+            edns = data[i + 6] >> 7
+        i += 10 + rdlen
+        if i > len(data):
+            raise QueryError(FORMERR, "additional record data truncated")
+    return edns, size, version
+
+
+def error_reply(data: bytes, rcode: int, qend: int = 0, edns: int = -1) -> bytes:
+    """An error reply to ``data``: ID, opcode, RD and CD echoed; the question
+    echoed when intact; our OPT when the client sent one (carrying the
+    upper bits of an extended RCODE such as BADVERS)."""
+    flags = QR | RA | ((data[2] << 8 | data[3]) & (OPCODE_MASK | RD | CD)) | (rcode & 0xF)
+    question = data[12:qend] if qend else b""
+    header = data[:2] + flags.to_bytes(2, "big") + (b"\x00\x01" if qend else b"\x00\x00")
+    if edns < 0:
+        return header + b"\x00\x00\x00\x00\x00\x00" + question
+    opt = bytearray(OPT_DO if edns else OPT_PLAIN)
+    opt[5] = rcode >> 4
+    return header + b"\x00\x00\x00\x00\x00\x01" + question + bytes(opt)
+
+
+def truncated_reply(data: bytes, qend: int, flags: int, edns: int) -> bytes:
+    """RFC 2181 §9 / RFC 1035 §4.2.1: too big for UDP -> TC=1 and no records,
+    so the client retries over TCP."""
+    header = data[:2] + (flags | TC).to_bytes(2, "big")
+    if edns < 0:
+        return header + _COUNTS_PLAIN + data[12:qend]
+    return header + _COUNTS_OPT + data[12:qend] + (OPT_DO if edns else OPT_PLAIN)
+
+
+def make_query(qid: int, question: bytes, flags: int = RD, do: int = -1) -> bytes:
+    """Build a query from raw question bytes (our upstream queries, tests, bench)."""
+    if do < 0:
+        return qid.to_bytes(2, "big") + flags.to_bytes(2, "big") + _COUNTS_PLAIN + question
+    return (qid.to_bytes(2, "big") + flags.to_bytes(2, "big") + _COUNTS_OPT + question
+            + (OPT_DO if do else OPT_PLAIN))
+
+
+def encode_name(name: str) -> bytes:
+    """Presentation name -> uncompressed wire name. Raises ValueError."""
+    name = name.rstrip(".")
+    if not name:
+        return b"\x00"
+    out = bytearray()
+    for label in name.split("."):
+        raw = label.encode("ascii")
+        if not 0 < len(raw) < 64:
+            raise ValueError(f"bad label in {name!r}")
+        out.append(len(raw))
+        out += raw
+    out.append(0)
+    if len(out) > 255:
+        raise ValueError(f"name too long: {name!r}")
+    return bytes(out)
+
+
+def decode_name(wire: bytes) -> str:
+    """Uncompressed wire name -> presentation form with trailing dot."""
+    labels, i = [], 0
+    while wire[i]:
+        length = wire[i]
+        labels.append(wire[i + 1:i + 1 + length].decode("ascii", "backslashreplace"))
+        i += length + 1
+    return ".".join(labels) + "."
+
+
+def question_bytes(name: str, qtype: int, qclass: int = CLASS_IN) -> bytes:
+    return encode_name(name) + qtype.to_bytes(2, "big") + qclass.to_bytes(2, "big")

@@ -1,0 +1,297 @@
+"""An emulated cluster DNS: what kube-dns/CoreDNS answers inside a cluster.
+
+Used by ``nodecache demo``, by the tests and by the benchmarks, and runnable
+on its own (``nodecache fake-upstream``). It is authoritative for the
+cluster domain:
+
+* ``svc-N.NS.svc.<domain>`` (N below ``services``, NS in ``namespaces``),
+  ``kubernetes.default`` and ``kube-dns.kube-system``: A (10.96.0.0/12),
+  AAAA (fd00:10:96::/48), SRV (port 80, also as ``_http._tcp.SVC...``);
+  other types NODATA;
+* names between the domain and a service (``NS.svc.<domain>``) exist with
+  no data (NODATA, RFC 8020); anything else under the domain is NXDOMAIN;
+* both with the SOA in the authority section (RFC 2308 §3).
+
+Outside the cluster domain it plays "the internet": the RFC 2606 example
+domains resolve to documentation addresses (192.0.2.0/24, 2001:db8::/32),
+``big-N.example.com`` TXT returns N 100-byte strings (to exercise
+truncation), PTR for the service range maps back to service names, and
+everything else is NXDOMAIN under the root SOA. The addresses are answer
+data only; nothing ever connects to them.
+
+The server part (``FakeUpstream``) serves any answer function over UDP and
+pipelined TCP, records what it was asked (transport, name, type), and can
+add delay or drop queries, for scenario tests and benchmarks.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import random
+import zlib
+from dataclasses import dataclass
+from typing import Callable
+
+from dnslib import AAAA, EDNS0, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSRecord
+
+from .dns.framing import FrameReader, FrameTooLarge, frame
+
+EXAMPLE_ZONES = ("example.", "example.com.", "example.net.", "example.org.")
+
+
+def _hash(text: str) -> int:
+    return zlib.crc32(text.encode()) & 0xFFFF
+
+
+class ClusterDNS:
+    def __init__(self, domain: str = "cluster.local", services: int = 100,
+                 namespaces: tuple[str, ...] = ("default", "other", "kube-system"),
+                 ttl: int = 30, negative_ttl: int = 30):
+        self.domain = domain.strip(".").lower() + "."
+        self.services = services
+        self.namespaces = namespaces
+        self.ttl, self.negative_ttl = ttl, negative_ttl
+        self.extra = {f"kubernetes.default.svc.{self.domain}", f"kube-dns.kube-system.svc.{self.domain}"}
+
+    # -- data ---------------------------------------------------------
+    def service_exists(self, name: str) -> bool:
+        if name in self.extra:
+            return True
+        parts = name[: -len(self.domain)].split(".")
+        if len(parts) != 4 or parts[2] != "svc" or parts[1] not in self.namespaces:
+            return False
+        svc = parts[0]
+        return svc.startswith("svc-") and svc[4:].isdigit() and int(svc[4:]) < self.services
+
+    def cluster_ip(self, name: str) -> str:
+        h = _hash(name)
+        return f"10.96.{h >> 8}.{h & 255}"
+
+    def _soa(self, zone: str) -> RR:
+        mname = f"ns.dns.{zone}" if zone != "." else "a.root-servers.net."
+        return RR(zone, QTYPE.SOA, ttl=self.negative_ttl, rdata=SOA(
+            mname, f"hostmaster.{zone}".replace("..", "."), (1, 7200, 1800, 86400, self.negative_ttl)))
+
+    # -- answering ----------------------------------------------------
+    def answer(self, data: bytes) -> bytes | None:
+        try:
+            req = DNSRecord.parse(data)
+        except Exception:
+            return None  # a real server drops what it cannot parse
+        reply = req.reply(ra=1, aa=1)
+        q = req.q
+        name = str(q.qname).lower()
+        if name.endswith("." + self.domain) or name == self.domain:
+            self._cluster(reply, name, q.qtype)
+        elif name.endswith(".in-addr.arpa."):
+            self._ptr(reply, name)
+        else:
+            self._internet(reply, name, q.qtype)
+        if any(r.rtype == QTYPE.OPT for r in req.ar):
+            reply.add_ar(EDNS0(udp_len=1232))  # RFC 6891 §7: answer OPT with OPT
+        return reply.pack()
+
+    def _cluster(self, reply: DNSRecord, name: str, qtype: int) -> None:
+        target = name
+        if name.startswith("_"):  # _port._proto.svc.ns.svc.domain
+            target = name.split(".", 2)[2]
+            if not self.service_exists(target):
+                return self._nx(reply, self.domain)
+            if qtype == QTYPE.SRV:
+                reply.add_answer(RR(name, QTYPE.SRV, ttl=self.ttl, rdata=SRV(0, 100, 80, target)))
+            else:
+                reply.add_auth(self._soa(self.domain))
+            return
+        if self.service_exists(name):
+            rdata = {QTYPE.A: lambda: A(self.cluster_ip(name)),
+                     QTYPE.AAAA: lambda: AAAA(f"fd00:10:96::{_hash(name):x}"),
+                     QTYPE.SRV: lambda: SRV(0, 100, 80, name)}.get(qtype)
+            if rdata is not None:
+                reply.add_answer(RR(name, qtype, ttl=self.ttl, rdata=rdata()))
+            else:
+                reply.add_auth(self._soa(self.domain))
+            return
+        if name == self.domain and qtype == QTYPE.SOA:
+            reply.add_answer(self._soa(self.domain))
+            return
+        if self._empty_non_terminal(name):
+            reply.add_auth(self._soa(self.domain))
+            return
+        self._nx(reply, self.domain)
+
+    def _empty_non_terminal(self, name: str) -> bool:
+        rest = name[: -len(self.domain)].rstrip(".")
+        parts = rest.split(".") if rest else []
+        return parts == [] or parts == ["svc"] or (len(parts) == 2 and parts[1] == "svc"
+                                                    and parts[0] in self.namespaces)
+
+    def _ptr(self, reply: DNSRecord, name: str) -> None:
+        octets = name[: -len(".in-addr.arpa.")].split(".")[::-1]
+        try:
+            ip = str(ipaddress.IPv4Address(".".join(octets)))
+        except ValueError:
+            return self._nx(reply, "in-addr.arpa.")
+        for ns in self.namespaces:
+            for n in range(self.services):
+                svc = f"svc-{n}.{ns}.svc.{self.domain}"
+                if self.cluster_ip(svc) == ip:
+                    reply.add_answer(RR(name, QTYPE.PTR, ttl=self.ttl, rdata=PTR(svc)))
+                    return
+        self._nx(reply, "in-addr.arpa.")
+
+    def _internet(self, reply: DNSRecord, name: str, qtype: int) -> None:
+        zone = next((z for z in EXAMPLE_ZONES if name == z or name.endswith("." + z)), None)
+        if zone is None:
+            return self._nx(reply, ".")
+        h = _hash(name)
+        label = name.split(".")[0]
+        if qtype == QTYPE.A:
+            reply.add_answer(RR(name, QTYPE.A, ttl=self.ttl, rdata=A(f"192.0.2.{h % 254 + 1}")))
+        elif qtype == QTYPE.AAAA:
+            reply.add_answer(RR(name, QTYPE.AAAA, ttl=self.ttl, rdata=AAAA(f"2001:db8::{h:x}")))
+        elif qtype == QTYPE.TXT and label.startswith("big-") and label[4:].isdigit():
+            for i in range(min(int(label[4:]), 600)):
+                reply.add_answer(RR(name, QTYPE.TXT, ttl=self.ttl, rdata=TXT(f"{i:03d}" + "x" * 97)))
+        else:
+            reply.add_auth(self._soa(zone))
+
+    def _nx(self, reply: DNSRecord, zone: str) -> None:
+        reply.header.rcode = RCODE.NXDOMAIN
+        reply.add_auth(self._soa(zone))
+
+
+@dataclass
+class Seen:
+    proto: str
+    name: str
+    qtype: int
+    qid: int
+
+
+class FakeUpstream:
+    """Serves ``answer(query) -> reply | None`` on UDP and TCP.
+
+    ``delay`` (seconds, or a function of the query) comes before every reply, ``drop`` is the chance a
+    query goes unanswered; UDP replies too big for the client are sent
+    with TC=1 and no records, as a real server does.
+    """
+
+    def __init__(self, answer: Callable[[bytes], bytes | None] | None = None,
+                 delay: float | Callable[[bytes], float] = 0.0, drop: float = 0.0,
+                 udp_limit: int | None = None):
+        self.answer = answer or ClusterDNS().answer
+        self.delay, self.drop = delay, drop
+        self.udp_limit = udp_limit
+        self.seen: list[Seen] = []
+        self.udp_transport = None
+        self.tcp_server = None
+        self.tcp_connections = 0
+        self.tcp_conns: set[asyncio.Transport] = set()
+        self.port = 0
+        self.host = ""
+        self.tasks: set[asyncio.Task] = set()
+
+    def _record(self, proto: str, data: bytes) -> None:
+        try:
+            q = DNSRecord.parse(data).q
+            self.seen.append(Seen(proto, str(q.qname).lower(), q.qtype, data[0] << 8 | data[1]))
+        except Exception:
+            self.seen.append(Seen(proto, "", -1, -1))
+
+    async def reply_for(self, proto: str, data: bytes) -> bytes | None:
+        self._record(proto, data)
+        if self.drop and random.random() < self.drop:
+            return None
+        delay = self.delay(data) if callable(self.delay) else self.delay
+        if delay:
+            await asyncio.sleep(delay)
+        out = self.answer(data)
+        if out is not None and proto == "udp" and len(out) > self._limit(data):
+            out = _truncate(out)
+        return out
+
+    def _limit(self, data: bytes) -> int:
+        if self.udp_limit is not None:
+            return self.udp_limit
+        try:
+            req = DNSRecord.parse(data)
+        except Exception:
+            return 512
+        opt = [r for r in req.ar if r.rtype == QTYPE.OPT]
+        return max(512, opt[0].rclass) if opt else 512
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        loop = asyncio.get_running_loop()
+        self.udp_transport, _ = await loop.create_datagram_endpoint(
+            lambda: _FakeUdp(self), local_addr=(host, port))
+        port = self.udp_transport.get_extra_info("sockname")[1]
+        self.tcp_server = await loop.create_server(lambda: _FakeTcp(self), host, port)
+        self.host, self.port = host, port
+        return port
+
+    def spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def stop(self) -> None:
+        if self.udp_transport is not None:
+            self.udp_transport.close()
+        if self.tcp_server is not None:
+            self.tcp_server.close()
+        for transport in list(self.tcp_conns):
+            transport.abort()
+        for task in list(self.tasks):
+            task.cancel()
+
+    def names(self, proto: str | None = None) -> list[str]:
+        return [s.name for s in self.seen if proto is None or s.proto == proto]
+
+
+def _truncate(reply: bytes) -> bytes:
+    rec = DNSRecord.parse(reply)
+    rec.header.tc = 1
+    rec.rr, rec.auth, rec.ar = [], [], []
+    return rec.pack()
+
+
+class _FakeUdp(asyncio.DatagramProtocol):
+    def __init__(self, server: FakeUpstream):
+        self.server = server
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.server.spawn(self._reply(data, addr))
+
+    async def _reply(self, data, addr):
+        out = await self.server.reply_for("udp", data)
+        if out is not None and not self.transport.is_closing():
+            self.transport.sendto(out, addr)
+
+
+class _FakeTcp(asyncio.Protocol):
+    def __init__(self, server: FakeUpstream):
+        self.server = server
+        self.reader = FrameReader()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.server.tcp_connections += 1
+        self.server.tcp_conns.add(transport)
+
+    def connection_lost(self, exc):
+        self.server.tcp_conns.discard(self.transport)
+
+    def data_received(self, data):
+        try:
+            for msg in self.reader.feed(data):
+                self.server.spawn(self._reply(msg))
+        except FrameTooLarge:
+            self.transport.abort()
+
+    async def _reply(self, msg):
+        out = await self.server.reply_for("tcp", msg)
+        if out is not None and not self.transport.is_closing():
+            self.transport.write(frame(out))

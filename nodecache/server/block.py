@@ -1,0 +1,71 @@
+"""A server block at run time: its stage chain, and the hot path into its cache.
+
+``fast`` is the cache-hit path the transports call first, synchronously:
+with a cache and no query log, a fresh hit is answered here without a
+task, an await or a parse. Everything else goes through ``serve``, the
+stage chain, which always produces a reply: failures below become
+SERVFAIL, anything unexpected is logged with its traceback and answered
+SERVFAIL too, so no exception ever reaches a transport.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from ..config.model import ServerBlock
+from ..dns.wire import SERVFAIL, error_reply
+from ..forward.forwarder import ForwardFailure
+from ..stages.base import Request, Stage, chain, render
+from ..stages.cache import CacheStage
+from ..stages.errors import ErrorsStage
+from ..stages.forward import ForwardStage
+from ..stages.log import LogStage
+
+log = logging.getLogger("nodecache.server")
+
+
+class Block:
+    def __init__(self, cfg: ServerBlock, clock=time.monotonic):
+        self.cfg = cfg
+        self.stages: list[Stage] = []
+        self.cache_stage = self.forward_stage = None
+        if cfg.errors:
+            self.stages.append(ErrorsStage())
+        if cfg.log:
+            self.stages.append(LogStage(cfg.log))
+        if cfg.cache:
+            self.cache_stage = CacheStage(cfg.cache, cfg.zones, clock)
+            self.stages.append(self.cache_stage)
+        if cfg.forward:
+            self.forward_stage = ForwardStage(cfg.forward)
+            self.stages.append(self.forward_stage)
+        self.handler = chain(self.stages)
+        self.panics = 0
+        # The hot path is the cache's own hit method, unless every query
+        # must be logged. (A cache limited to some zones holds only entries
+        # of those zones, so a hit is always a hit it would serve.)
+        cache = self.cache_stage
+        self.fast = cache.cache.hit if cache and not cfg.log else _no_fast_path
+
+    @property
+    def cache(self):
+        return self.cache_stage.cache if self.cache_stage else None
+
+    async def serve(self, request: Request) -> bytes:
+        q = request.query
+        try:
+            return render(request, await self.handler(request))
+        except ForwardFailure:
+            return error_reply(q.data, SERVFAIL, q.qend, q.edns)
+        except Exception:
+            self.panics += 1  # coredns_panics_total
+            log.exception("unexpected error serving %r", q.data[:64])
+            return error_reply(q.data, SERVFAIL, q.qend, q.edns)
+
+    def close(self) -> None:
+        for stage in self.stages:
+            stage.close()
+
+
+def _no_fast_path(key, data, qend, flags, edns):
+    return None

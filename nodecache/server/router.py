@@ -1,0 +1,36 @@
+"""Which server block answers a name on one listening address: the block
+whose zone is the longest suffix of the name (CoreDNS's rule). Zones are
+keyed by their lower-case wire form, so matching is a few dict lookups
+on suffixes of the name that start at label boundaries, longest first.
+"""
+from __future__ import annotations
+
+from ..dns.wire import encode_name
+from .block import Block
+
+
+class Router:
+    def __init__(self, blocks: list[Block]):
+        self.by_zone: dict[bytes, Block] = {}
+        for block in blocks:
+            for zone in block.cfg.zones:
+                self.by_zone[encode_name(zone)] = block
+        self.only = blocks[0] if len(self.by_zone) == 1 and b"\x00" in self.by_zone else None
+
+    def block_for(self, key: bytes) -> Block | None:
+        """``key`` is a cache key: the lower-case wire name, then 5 bytes."""
+        if self.only is not None:
+            return self.only
+        end = len(key) - 5
+        get = self.by_zone.get
+        i = 0
+        while i < end:
+            block = get(key[i:end])
+            if block is not None:
+                return block
+            i += key[i] + 1
+        return None
+
+    @property
+    def blocks(self) -> list[Block]:
+        return list(dict.fromkeys(self.by_zone.values()))

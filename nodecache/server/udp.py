@@ -1,0 +1,89 @@
+"""UDP transport: bytes in, bytes out, nothing else.
+
+A cache hit is answered inside ``datagram_received`` (no task, no await).
+Replies larger than the client can take are replaced by a TC=1 reply
+(RFC 1035 §4.2.1, RFC 6891 §7) so it retries over TCP.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+
+from ..dns.wire import truncated_reply
+from .dispatch import Dispatcher
+
+log = logging.getLogger("nodecache.udp")
+
+
+def fit(reply: bytes, data: bytes, limit: int, qend: int, edns: int) -> bytes:
+    if len(reply) <= limit:
+        return reply
+    return truncated_reply(data, qend, reply[2] << 8 | reply[3], edns)
+
+
+class UdpServer(asyncio.DatagramProtocol):
+    def __init__(self, dispatcher: Dispatcher):
+        self.dispatcher = dispatcher
+        self.transport: asyncio.DatagramTransport | None = None
+        self.queries = 0
+        self.truncated = 0
+        self.spare: socket.socket | None = None  # sends replies after stop_reading
+        self.unsent = 0
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr):
+        self.queries += 1
+        hit = self.dispatcher.fast(data)
+        if hit is not None:
+            reply, limit, qend, edns = hit
+            if len(reply) > limit:
+                self.truncated += 1
+                reply = fit(reply, data, limit, qend, edns)
+            self.transport.sendto(reply, addr)
+            return
+        self.dispatcher.spawn(self._slow(data, addr))
+
+    def stop_reading(self) -> None:
+        """Stop taking datagrams (they stay queued in the kernel for whoever
+        reads the socket next) but keep a duplicate of the socket to send
+        the replies still being worked on. uvloop's UDP transport has no
+        pause_reading, so the transport is closed instead."""
+        if self.transport is None or self.spare is not None:
+            return
+        sock = self.transport.get_extra_info("socket")
+        self.spare = socket.socket(fileno=os.dup(sock.fileno()))
+        self.spare.setblocking(False)
+        self.transport.close()
+
+    def _send(self, reply: bytes, addr) -> None:
+        if self.spare is None:
+            if self.transport is not None:
+                self.transport.sendto(reply, addr)
+            return
+        try:
+            self.spare.sendto(reply, addr)
+        except OSError:  # buffer full or client gone: the client will retry
+            self.unsent += 1
+
+    def close(self) -> None:
+        if self.spare is not None:
+            self.spare.close()
+        elif self.transport is not None:
+            self.transport.close()
+
+    async def _slow(self, data: bytes, addr) -> None:
+        reply, limit, qend, edns = await self.dispatcher.answer(data, "udp", addr)
+        if reply is None:
+            return
+        if len(reply) > limit:
+            self.truncated += 1
+            reply = fit(reply, data, limit, qend, edns)
+        self._send(reply, addr)
+
+    def error_received(self, exc):
+        # ICMP errors for earlier replies (client went away): nothing to do.
+        log.debug("udp error: %s", exc)

@@ -1,0 +1,103 @@
+"""The ``cache`` stage: serve from ``cache.store.Cache``, fill it from the
+next stage, refresh in the background.
+
+Fresh hits normally never reach this stage (the block answers them on the
+hot path); it sees misses, expired entries and, when ``log`` is on, all
+queries. Expired entries within ``serve_stale`` are answered stale at once
+and refreshed behind the client's back (``immediate``), or refreshed first
+and answered stale only if the upstream fails (``verify``), per RFC 8767.
+Prefetch and stale refreshes go through the rest of the chain with an
+internal request built from the cache key; the forwarder coalesces them
+with client misses for the same key.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ..cache.entry import Entry
+from ..cache.store import FRESH, STALE, Cache
+from ..config.model import CacheConfig
+from ..dns.wire import RD, SERVFAIL, encode_name, make_query, parse_query
+from .base import Answer, Request, Stage, in_zone
+
+log = logging.getLogger("nodecache.cache")
+
+
+class CacheStage(Stage):
+    name = "cache"
+
+    def __init__(self, cfg: CacheConfig, block_zones: tuple[str, ...], clock):
+        self.cfg = cfg
+        self.cache = Cache(cfg, clock)
+        self.cache.on_prefetch = self._refresh_soon
+        self.zones = [encode_name(z) for z in (cfg.zones or block_zones)]
+        self.tasks: set[asyncio.Task] = set()
+        self.refresh_failures = 0
+
+    def covers(self, lname: bytes) -> bool:
+        return any(in_zone(lname, z) for z in self.zones)
+
+    async def handle(self, request: Request) -> Answer:
+        q = request.query
+        if not self.covers(q.key[:-5]):
+            return await self.next(request)
+        entry, state = self.cache.lookup(q.key)
+        if state == FRESH:
+            return Answer(entry.flags & 0xF, wire=entry.render(
+                q.data, q.qend, q.flags, q.edns, self.cache.clock()), plugin="cache")
+        if state == STALE:
+            if not self.cfg.serve_stale.verify:
+                self._refresh_soon(entry)
+                return self._stale(request, entry)
+            try:
+                answer = await self.next(request)
+            except Exception:  # verify mode: any upstream failure falls back to stale
+                return self._stale(request, entry)
+            if answer.reply is None or answer.reply.rcode == SERVFAIL:
+                return self._stale(request, entry)
+            return self._store(request, answer)
+        return self._store(request, await self.next(request))
+
+    def _stale(self, request: Request, entry: Entry) -> Answer:
+        q = request.query
+        self.cache.count_stale()
+        return Answer(entry.flags & 0xF, wire=entry.render_stale(q.data, q.qend, q.flags, q.edns),
+                      plugin="cache")
+
+    def _store(self, request: Request, answer: Answer) -> Answer:
+        if answer.reply is None:
+            return answer
+        q = request.query
+        entry = self.cache.insert(q.key, answer.reply)
+        if entry is None:
+            return answer
+        return Answer(answer.rcode, wire=entry.render(q.data, q.qend, q.flags, q.edns,
+                                                      self.cache.clock()), plugin=answer.plugin)
+
+    def _refresh_soon(self, entry: Entry) -> None:
+        if entry.refreshing:
+            return
+        entry.refreshing = True
+        task = asyncio.get_running_loop().create_task(self._refresh(entry))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _refresh(self, entry: Entry) -> None:
+        key = entry.key
+        flags = RD | (0x10 if key[-1] & 1 else 0)
+        data = make_query(0, key[:-1], flags, (key[-1] >> 1) if key[-1] & 2 else -1)
+        request = Request(parse_query(data), proto="internal")
+        try:
+            answer = await self.next(request)
+            if answer.reply is not None and answer.reply.rcode != SERVFAIL:
+                self.cache.insert(key, answer.reply)
+        except Exception as exc:  # the entry stays (stale) and is retried on next use
+            self.refresh_failures += 1
+            log.debug("refresh of %r failed: %s", key, exc)
+        finally:
+            entry.refreshing = False
+
+    def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()

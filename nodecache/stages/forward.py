@@ -1,0 +1,34 @@
+"""The ``forward`` stage: hand a miss for FROM (minus ``except`` zones) to
+the forwarder; other names go on down the chain (to REFUSED).
+A forwarder failure propagates as ``ForwardFailure`` so that ``errors``
+can log it; the block turns it into SERVFAIL.
+"""
+from __future__ import annotations
+
+from ..config.model import ForwardConfig
+from ..dns.wire import REFUSED, encode_name
+from ..forward.forwarder import Forwarder, Overloaded
+from .base import Answer, Request, Stage, in_zone
+
+
+class ForwardStage(Stage):
+    name = "forward"
+
+    def __init__(self, cfg: ForwardConfig):
+        self.cfg = cfg
+        self.forwarder = Forwarder(cfg)
+        self.from_zone = encode_name(cfg.from_zone)
+        self.except_zones = [encode_name(z) for z in cfg.except_zones]
+
+    async def handle(self, request: Request) -> Answer:
+        lname = request.query.key[:-5]
+        if not in_zone(lname, self.from_zone) or any(in_zone(lname, z) for z in self.except_zones):
+            return await self.next(request)
+        try:
+            reply = await self.forwarder.resolve(request.query.key)
+        except Overloaded:
+            return Answer(REFUSED, plugin="forward")
+        return Answer(reply.rcode, reply=reply, plugin="forward")
+
+    def close(self) -> None:
+        self.forwarder.close()

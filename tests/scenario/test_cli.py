@@ -1,0 +1,51 @@
+"""The real `nodecache run` process: serves, shuts down cleanly on SIGTERM,
+exits 2 on a broken Corefile."""
+import signal
+import subprocess
+import sys
+import time
+
+from dnslib import QTYPE, DNSRecord
+
+from nodecache import client
+from nodecache.client import build
+from fakes import run
+
+CLI = [sys.executable, "-m", "nodecache"]
+
+
+def test_broken_corefile_exit_2(tmp_path):
+    bad = tmp_path / "Corefile"
+    bad.write_text(".:53 {\n  forward . not-an-ip\n}\n")
+    proc = subprocess.run(CLI + ["run", "-conf", str(bad)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert f"{bad}:2: forward: 'not-an-ip' is not an IP[:port] or a file" in proc.stderr
+
+
+def test_run_serves_until_sigterm(tmp_path):
+    up_port, port = client.free_port(), client.free_port()
+    fake = subprocess.Popen(CLI + ["fake-upstream", "--listen", f"127.0.0.1:{up_port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    core = tmp_path / "Corefile"
+    core.write_text(f".:{port} {{\n  errors\n  cache\n  bind 127.0.0.1\n"
+                    f"  forward . 127.0.0.1:{up_port}\n}}\n")
+    proc = subprocess.Popen(CLI + ["run", "-conf", str(core)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        reply = None
+        while time.monotonic() < deadline and reply is None:
+            try:
+                reply = run(client.udp("127.0.0.1", port, build("www.example.com", QTYPE.A), 0.5))
+            except (TimeoutError, OSError, ConnectionError):
+                time.sleep(0.1)
+        assert reply is not None and DNSRecord.parse(reply).rr
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=15)
+        assert proc.returncode == 0, out
+        assert "shutting down" in out
+    finally:
+        for p in (proc, fake):
+            if p.poll() is None:
+                p.kill()
+                p.wait()

@@ -1,0 +1,168 @@
+"""The cache with an injected clock: expiry, TTLs, LRU, negative caching,
+serve-stale and prefetch decisions. No sleeps."""
+from dnslib import QTYPE, DNSRecord
+
+from nodecache.cache.store import FRESH, STALE, Cache
+from nodecache.config.model import CacheClass, CacheConfig, Prefetch, ServeStale
+from nodecache.dns.reply import analyse
+from nodecache.dns.wire import RD, make_query, question_bytes, scan
+from fakes import FakeClock, a_record, reply_to, soa
+
+
+def query(name, qtype=QTYPE.A):
+    return make_query(1, question_bytes(name, qtype))
+
+
+def answer(name, ttl=30, rcode=0, auth=()):
+    answers = (a_record(name, ttl=ttl),) if rcode == 0 and not auth else ()
+    return analyse(reply_to(query(name), *answers, auth=auth, rcode=rcode))
+
+
+def hit(cache, name, qtype=QTYPE.A):
+    data = query(name, qtype)
+    key, qend, flags, _, edns = scan(data)
+    out = cache.hit(key, data, qend, flags, edns)
+    return DNSRecord.parse(out) if out else None
+
+
+def put(cache, name, reply):
+    return cache.insert(scan(query(name))[0], reply)
+
+
+def test_hit_until_expiry_then_miss():
+    clock = FakeClock()
+    cache = Cache(CacheConfig(), clock)
+    put(cache, "a.example.", answer("a.example.", ttl=30))
+    assert hit(cache, "a.example.").rr[0].ttl == 30
+    clock.advance(29.5)
+    assert hit(cache, "a.example.").rr[0].ttl == 1
+    clock.advance(0.5)
+    assert hit(cache, "a.example.") is None
+    assert cache.hits[0] == 2
+
+
+def test_min_and_max_ttl_clamp():
+    clock = FakeClock()
+    cache = Cache(CacheConfig(success=CacheClass(100, max_ttl=60, min_ttl=10)), clock)
+    e = put(cache, "low.", answer("low.", ttl=2))
+    assert e.ttl == 10 and hit(cache, "low.").rr[0].ttl == 2  # records never claim more
+    e = put(cache, "high.", answer("high.", ttl=3600))
+    assert e.ttl == 60 and hit(cache, "high.").rr[0].ttl == 60
+
+
+def test_negative_ttl_from_soa_rfc2308():
+    clock = FakeClock()
+    cache = Cache(CacheConfig(), clock)
+    e = put(cache, "nx.cluster.local.", answer("nx.cluster.local.", rcode=3, auth=(soa(ttl=60, minimum=20),)))
+    assert e.ttl == 20 and e.kind == 1
+    rec = hit(cache, "nx.cluster.local.")
+    assert rec.header.rcode == 3 and rec.auth[0].ttl == 20
+    clock.advance(20)
+    assert hit(cache, "nx.cluster.local.") is None
+
+
+def test_nodata_cached_as_denial_and_no_soa_not_cached():
+    cache = Cache(CacheConfig(), FakeClock())
+    assert put(cache, "nodata.", answer("nodata.", auth=(soa(),))).kind == 1
+    assert put(cache, "nosoa.", analyse(reply_to(query("nosoa."), rcode=3))) is None
+
+
+def test_uncacheable_rcodes_and_truncation():
+    cache = Cache(CacheConfig(), FakeClock())
+    for rcode in (1, 4, 5):  # FORMERR, NOTIMP, REFUSED
+        assert put(cache, "x.", analyse(reply_to(query("x."), rcode=rcode))) is None
+    raw = bytearray(reply_to(query("t."), a_record("t.")))
+    raw[2] |= 0x02  # TC
+    assert put(cache, "t.", analyse(bytes(raw))) is None
+
+
+def test_servfail_cached_for_configured_duration():
+    clock = FakeClock()
+    cache = Cache(CacheConfig(servfail_ttl=5), clock)
+    e = put(cache, "sf.", analyse(reply_to(query("sf."), rcode=2)))
+    assert e.ttl == 5 and hit(cache, "sf.").header.rcode == 2
+    clock.advance(5)
+    assert hit(cache, "sf.") is None
+    off = Cache(CacheConfig(servfail_ttl=0), clock)
+    assert put(off, "sf.", analyse(reply_to(query("sf."), rcode=2))) is None
+
+
+def test_lru_eviction_order():
+    cache = Cache(CacheConfig(success=CacheClass(capacity=3)), FakeClock())
+    for name in ("a.", "b.", "c."):
+        put(cache, name, answer(name))
+    assert hit(cache, "a.")            # a is now most recently used
+    put(cache, "d.", answer("d."))     # evicts b, the least recently used
+    assert hit(cache, "b.") is None
+    assert all(hit(cache, n) for n in ("a.", "c.", "d."))
+    assert cache.evictions[0] == 1 and cache.sizes() == (3, 0)
+
+
+def test_success_and_denial_have_separate_capacities():
+    cache = Cache(CacheConfig(success=CacheClass(capacity=1), denial=CacheClass(capacity=1)), FakeClock())
+    put(cache, "ok.", answer("ok."))
+    put(cache, "nx.", answer("nx.", rcode=3, auth=(soa(),)))
+    assert cache.sizes() == (1, 1)
+
+
+def test_serve_stale_window():
+    clock = FakeClock()
+    cache = Cache(CacheConfig(serve_stale=ServeStale(duration=60)), clock)
+    put(cache, "s.", answer("s.", ttl=10))
+    key = scan(query("s."))[0]
+    clock.advance(10)
+    assert hit(cache, "s.") is None                  # hot path never serves stale
+    assert cache.lookup(key)[1] == STALE
+    clock.advance(59)
+    assert cache.lookup(key)[1] == STALE
+    clock.advance(1)
+    assert cache.lookup(key) == (None, None) and len(cache) == 0
+
+
+def test_without_serve_stale_expired_entries_are_dropped():
+    clock = FakeClock()
+    cache = Cache(CacheConfig(), clock)
+    put(cache, "s.", answer("s.", ttl=10))
+    clock.advance(11)
+    assert cache.lookup(scan(query("s."))[0]) == (None, None)
+
+
+def test_prefetch_triggers_for_popular_entries_near_expiry():
+    clock = FakeClock()
+    cache = Cache(CacheConfig(prefetch=Prefetch(amount=3, duration=60, percentage=10)), clock)
+    wanted = []
+    cache.on_prefetch = wanted.append
+    e = put(cache, "p.", answer("p.", ttl=100))
+    for _ in range(3):
+        clock.advance(29)
+        hit(cache, "p.")
+    assert wanted == []                 # popular, but 13% of TTL still remains
+    clock.advance(4)
+    hit(cache, "p.")
+    assert wanted == [e] and cache.prefetches == 1
+
+
+def test_prefetch_needs_hits_without_long_gaps():
+    clock = FakeClock()
+    cache = Cache(CacheConfig(prefetch=Prefetch(amount=3, duration=10, percentage=50)), clock)
+    wanted = []
+    cache.on_prefetch = wanted.append
+    put(cache, "p.", answer("p.", ttl=100))
+    for _ in range(4):
+        clock.advance(20)  # every gap is longer than DURATION: never popular
+        hit(cache, "p.")
+    assert wanted == []
+    clock.advance(5)
+    hit(cache, "p.")
+    clock.advance(5)
+    assert wanted == []
+    hit(cache, "p.")   # third hit with gaps < 10 s, and < 50% TTL left
+    assert len(wanted) == 1
+
+
+def test_lookup_counts_hits_and_misses():
+    cache = Cache(CacheConfig(), FakeClock())
+    key = scan(query("m."))[0]
+    assert cache.lookup(key) == (None, None) and cache.misses == 1
+    put(cache, "m.", answer("m."))
+    assert cache.lookup(key)[1] == FRESH and cache.hits[0] == 1
