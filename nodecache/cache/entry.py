@@ -8,7 +8,8 @@ the client's ID, our flags, the counts, the client's own question bytes
 TTLs count down: every record shows ``min(original, entry TTL) - age``
 (RFC 1035 §7.1 / RFC 2181 §8: what a cache hands out must not outlive what
 it holds). The tail is re-rendered at most once per second of age and
-memoised, so most hits are one join of existing byte strings.
+memoised, and so is the header for each kind of client (RD/CD/AD bits,
+with or without OPT), so most hits are one join of existing byte strings.
 """
 from __future__ import annotations
 
@@ -18,14 +19,14 @@ from ..dns.wire import AD, CD, OPT_DO, OPT_PLAIN, RD
 SUCCESS, DENIAL, SERVFAIL_KIND = 0, 1, 2
 KIND_NAMES = ("success", "denial", "servfail")
 STALE_TTL = 30  # RFC 8767 §4: stale answers carry a TTL of 30 seconds
-_OPT = (OPT_PLAIN, OPT_DO)
 _ECHO = RD | CD
+_VARIANT = RD | CD | AD  # client flag bits that change our header; edns + 1 (0..2) fits below
 
 
 class Entry:
     __slots__ = ("key", "kind", "flags", "counts_plain", "counts_opt", "src", "offsets",
-                 "ttls", "stored", "ttl", "expires", "age", "tail",
-                 "last_hit", "streak", "refreshing")
+                 "ttls", "stored", "ttl", "expires", "age", "next_tick", "tail", "bodies",
+                 "heads", "last_hit", "streak", "refreshing")
 
     def __init__(self, key: bytes, reply: Reply, kind: int, ttl: int, now: float):
         self.key = key
@@ -44,7 +45,11 @@ class Entry:
         self.ttl = ttl
         self.expires = now + ttl
         self.age = 0
+        self.next_tick = now + 1
         self.tail = self._render_tail(0) if self.ttls != reply.ttls else reply.tail
+        self.bodies = self._bodies(self.tail)
+        # header (flags + counts) per client variant, see _head
+        self.heads: dict[int, bytes] = {}
         self.last_hit = now
         self.streak = 0
         self.refreshing = False
@@ -58,29 +63,41 @@ class Entry:
     def remaining(self, now: float) -> float:
         return self.expires - now
 
+    @staticmethod
+    def _bodies(tail: bytes) -> tuple[bytes, bytes, bytes]:
+        """What follows the question, indexed by the client's edns + 1."""
+        return tail, tail + OPT_PLAIN, tail + OPT_DO
+
     def render(self, data: bytes, qend: int, qflags: int, edns: int, now: float) -> bytes:
         """The reply to query ``data`` (whose question ends at qend)."""
-        age = int(now - self.stored)
-        if age != self.age:
-            self.age = age
-            self.tail = self._render_tail(age)
-        return self._assemble(data, qend, qflags, edns, self.tail)
+        if now >= self.next_tick:
+            age = int(now - self.stored)
+            self.next_tick = self.stored + age + 1
+            if age != self.age:
+                self.age = age
+                self.tail = self._render_tail(age)
+                self.bodies = self._bodies(self.tail)
+        head = self.heads.get((qflags & _VARIANT) | (edns + 1))
+        if head is None:
+            head = self._head(qflags, edns)
+        return b"".join((data[:2], head, data[12:qend], self.bodies[edns + 1]))
 
     def render_stale(self, data: bytes, qend: int, qflags: int, edns: int) -> bytes:
         """Same reply with every TTL at STALE_TTL (RFC 8767 §4)."""
         tail = bytearray(self.src)
         for off in self.offsets:
             tail[off:off + 4] = STALE_TTL.to_bytes(4, "big")
-        return self._assemble(data, qend, qflags, edns, bytes(tail))
+        body = self._bodies(bytes(tail))[edns + 1]
+        return b"".join((data[:2], self._head(qflags, edns), data[12:qend], body))
 
-    def _assemble(self, data: bytes, qend: int, qflags: int, edns: int, tail: bytes) -> bytes:
+    def _head(self, qflags: int, edns: int) -> bytes:
+        """Flags and counts for a client with these flags and EDNS state; memoised."""
         flags = self.flags | (qflags & _ECHO)
         if flags & AD and not (qflags & AD or edns == 1):
             flags ^= AD  # RFC 6840 §5.8: AD only to clients that asked with AD or DO
-        if edns < 0:
-            return data[:2] + flags.to_bytes(2, "big") + self.counts_plain + data[12:qend] + tail
-        return (data[:2] + flags.to_bytes(2, "big") + self.counts_opt + data[12:qend]
-                + tail + _OPT[edns])
+        head = flags.to_bytes(2, "big") + (self.counts_plain if edns < 0 else self.counts_opt)
+        self.heads[(qflags & _VARIANT) | (edns + 1)] = head
+        return head
 
 
 def render_uncached(reply: Reply, data: bytes, qend: int, qflags: int, edns: int) -> bytes:

@@ -118,3 +118,16 @@ def test_truncated_reply_golden():
     assert tc == (DATA / "truncated_plain.bin").read_bytes()
     rec = DNSRecord.parse(tc)
     assert rec.header.tc == 1 and not rec.rr and rec.header.rd == 1
+
+
+def test_scan_key_of_a_malformed_name_never_equals_a_real_key():
+    # label length 80 (> 63): scan may produce a key, but no parse_query key
+    # (the only kind ever stored) can be equal to it.
+    bad = make_query(1, b"\x50" + b"a" * 80 + b"\x00\x00\x01\x00\x01")
+    with pytest.raises(QueryError):
+        parse_query(bad)
+    fast = scan(bad)
+    assert fast is None or fast[0][0] > 63  # not a length octet: no stored key starts so
+    # a zero inside a label: scan cuts the name short, parse_query does not
+    odd = make_query(1, b"\x03a\x00b\x03com\x00\x00\x01\x00\x01")
+    assert parse_query(odd).key != (scan(odd) or [None])[0]
