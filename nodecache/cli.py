@@ -36,8 +36,31 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"nodecache {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="serve DNS as the Corefile says, until SIGTERM/SIGINT")
-    run.add_argument("-conf", "--conf", default="Corefile", help="Corefile path (default ./Corefile)")
+    run = sub.add_parser("run", help="serve DNS as the Corefile says, until SIGTERM/SIGINT",
+                         description="Flags are node-cache's, so its DaemonSet args work unchanged.")
+    run.add_argument("-conf", "-corefile", "--conf", dest="conf", default="Corefile",
+                     help="Corefile to serve (default ./Corefile); node-cache's -corefile too")
+    run.add_argument("-basecorefile", default="/etc/coredns/Corefile.base",
+                     help="node-cache template; when it exists it is used instead of -conf")
+    run.add_argument("-localip", default="", help="comma-separated IPs for the interface and rules")
+    run.add_argument("-interfacename", default="nodelocaldns")
+    run.add_argument("-setupinterface", type=go_bool, nargs="?", const=True, default=True)
+    run.add_argument("-setupiptables", type=go_bool, nargs="?", const=True, default=True)
+    run.add_argument("-setupebtables", type=go_bool, nargs="?", const=True, default=False,
+                     help="accepted for compatibility; ebtables is not supported")
+    run.add_argument("-syncinterval", type=go_seconds, default=60.0, help="reconcile period (s)")
+    run.add_argument("-initialdelay", type=go_seconds, default=0.0,
+                     help="accepted for compatibility; rules are set once listeners serve")
+    run.add_argument("-health-port", dest="health_port", type=int, default=8080)
+    run.add_argument("-skipteardown", type=go_bool, nargs="?", const=True, default=False)
+    run.add_argument("-pidfile", default="")
+    run.add_argument("-metrics-listen-address", dest="metrics_listen", default="0.0.0.0:9353")
+    run.add_argument("-upstreamsvc", default="kube-dns",
+                     help="service whose <NAME>_SERVICE_HOST fills __PILLAR__CLUSTER__DNS__")
+    run.add_argument("-kubednscm", default="", help="directory of the kube-dns ConfigMap")
+    run.add_argument("-dns.port", dest="dns_port", type=int, default=53)
+    run.add_argument("-configsync", type=go_seconds, default=10.0,
+                     help="how often templates and ConfigMap are re-read (s)")
     run.add_argument("-debug", "--debug", action="store_true", help="debug logging")
 
     check = sub.add_parser("check", help="validate a Corefile and print the parsed chains")
@@ -52,7 +75,28 @@ def parser() -> argparse.ArgumentParser:
     fake.add_argument("--services", type=int, default=100, help="svc-0..svc-N-1 per namespace")
     fake.add_argument("--ttl", type=int, default=30)
     fake.add_argument("--delay-ms", type=float, default=0.0)
+    fake.add_argument("--log-queries", default="", help="append 'proto client qtype name' per query to FILE")
     return p
+
+
+def go_bool(text: str) -> bool:
+    """Go's flag package booleans: -flag, -flag=true, -flag=false, 1, 0."""
+    value = str(text).lower()
+    if value in ("1", "t", "true"):
+        return True
+    if value in ("0", "f", "false"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean {text!r}")
+
+
+def go_seconds(text: str) -> float:
+    """Seconds, as a number ("60") or a Go duration ("60s", "1m")."""
+    from .config.corefile import CorefileError, Token
+    from .config.plugins import _Ctx, parse_duration
+    try:
+        return parse_duration(_Ctx("flag"), Token(str(text), 0))
+    except CorefileError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_check(args.conf)
     if args.command == "run":
         _setup_logging(args.debug)
-        return cmd_run(args.conf)
+        return cmd_run(args)
     if args.command == "demo":
         from .demo import run_demo
         return _run_loop(run_demo())
@@ -114,39 +158,37 @@ def describe(config) -> str:
     return "\n".join(lines)
 
 
-def cmd_run(path: str) -> int:
-    config = _load_or_report(path)
-    if config is None:
-        return EXIT_CONFIG
-    return _run_loop(serve(config))
-
-
-async def serve(config) -> int:
-    from .server.agent import Agent, ListenError
+def cmd_run(args) -> int:
+    import os
+    from .node.nodeconfig import ConfigMapError
+    from .node.reconcile import NodeParams
+    from .runner import ConfigSource, RunParams, parse_local_ips, run_node
     log = logging.getLogger("nodecache")
-    agent = Agent(config)
+    ips, problems = parse_local_ips(args.localip)
+    for problem in problems:
+        log.error("%s: ignored", problem)
+    if args.setupebtables:
+        log.warning("-setupebtables: ebtables rules are not supported; ignored")
+    node = NodeParams(ips, args.interfacename, args.setupinterface and bool(ips),
+                      args.setupiptables and bool(ips), args.health_port, args.syncinterval,
+                      args.skipteardown)
+    params = RunParams(args.conf, args.basecorefile, args.kubednscm, args.upstreamsvc, ips, node,
+                       args.pidfile, args.configsync, args.metrics_listen, args.dns_port)
+    source = ConfigSource(params, dict(os.environ))
     try:
-        await agent.start()
-    except ListenError as exc:
-        log.error("%s", exc)
-        await agent.stop(0)
-        return 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    log.info("nodecache %s serving (%d server blocks)", __version__, len(config.blocks))
-    await stop.wait()
-    log.info("shutting down")
-    await agent.stop()
-    return 0
+        config = source.load(strict=False)
+    except (CorefileError, ConfigMapError) as exc:
+        print(f"nodecache: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return _run_loop(run_node(params, source, config))
 
 
 async def fake_upstream(args) -> int:
     from .fakeupstream import ClusterDNS, FakeUpstream
     host, _, port = args.listen.rpartition(":")
     server = FakeUpstream(ClusterDNS(args.domain, args.services, ttl=args.ttl).answer,
-                          delay=args.delay_ms / 1000)
+                          delay=args.delay_ms / 1000, log_path=args.log_queries or None,
+                          record=False)
     await server.start(host.strip("[]"), int(port))
     logging.getLogger("nodecache").info("emulated cluster DNS for %s on %s:%d", args.domain,
                                         host, server.port)

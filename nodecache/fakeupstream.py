@@ -166,6 +166,7 @@ class Seen:
     name: str
     qtype: int
     qid: int
+    client: str = ""
 
 
 class FakeUpstream:
@@ -178,11 +179,15 @@ class FakeUpstream:
 
     def __init__(self, answer: Callable[[bytes], bytes | None] | None = None,
                  delay: float | Callable[[bytes], float] = 0.0, drop: float = 0.0,
-                 udp_limit: int | None = None):
+                 udp_limit: int | None = None, log_path: str | None = None,
+                 record: bool = True):
         self.answer = answer or ClusterDNS().answer
         self.delay, self.drop = delay, drop
         self.udp_limit = udp_limit
+        self.log_file = open(log_path, "a", buffering=1) if log_path else None
         self.seen: list[Seen] = []
+        self.record = record  # keep ``seen`` (tests); a long-running server does not
+        self.queries = 0
         self.udp_transport = None
         self.tcp_server = None
         self.tcp_connections = 0
@@ -191,15 +196,23 @@ class FakeUpstream:
         self.host = ""
         self.tasks: set[asyncio.Task] = set()
 
-    def _record(self, proto: str, data: bytes) -> None:
+    def _record(self, proto: str, data: bytes, client: str = "") -> None:
+        self.queries += 1
+        if not self.record and self.log_file is None:
+            return
         try:
             q = DNSRecord.parse(data).q
-            self.seen.append(Seen(proto, str(q.qname).lower(), q.qtype, data[0] << 8 | data[1]))
+            self.seen.append(Seen(proto, str(q.qname).lower(), q.qtype, data[0] << 8 | data[1], client))
         except Exception:
-            self.seen.append(Seen(proto, "", -1, -1))
+            self.seen.append(Seen(proto, "", -1, -1, client))
+        if self.log_file is not None:
+            s = self.seen[-1]
+            self.log_file.write(f"{s.proto} {s.client} {s.qtype} {s.name}\n")
+        if not self.record:
+            self.seen.clear()
 
-    async def reply_for(self, proto: str, data: bytes) -> bytes | None:
-        self._record(proto, data)
+    async def reply_for(self, proto: str, data: bytes, client: str = "") -> bytes | None:
+        self._record(proto, data, client)
         if self.drop and random.random() < self.drop:
             return None
         delay = self.delay(data) if callable(self.delay) else self.delay
@@ -221,13 +234,20 @@ class FakeUpstream:
         return max(512, opt[0].rclass) if opt else 512
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Listen on host:port (``::`` = both families); port 0 = any free one."""
+        from .server.agent import make_sockets
         loop = asyncio.get_running_loop()
-        self.udp_transport, _ = await loop.create_datagram_endpoint(
-            lambda: _FakeUdp(self), local_addr=(host, port))
-        port = self.udp_transport.get_extra_info("sockname")[1]
-        self.tcp_server = await loop.create_server(lambda: _FakeTcp(self), host, port)
-        self.host, self.port = host, port
-        return port
+        for _ in range(20):  # port 0: the UDP port may be taken for TCP; try another
+            try:
+                udp, tcp = make_sockets(host, port)
+                break
+            except OSError:
+                if port:
+                    raise
+        self.udp_transport, _ = await loop.create_datagram_endpoint(lambda: _FakeUdp(self), sock=udp)
+        self.tcp_server = await loop.create_server(lambda: _FakeTcp(self), sock=tcp)
+        self.host, self.port = host, udp.getsockname()[1]
+        return self.port
 
     def spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -266,7 +286,7 @@ class _FakeUdp(asyncio.DatagramProtocol):
         self.server.spawn(self._reply(data, addr))
 
     async def _reply(self, data, addr):
-        out = await self.server.reply_for("udp", data)
+        out = await self.server.reply_for("udp", data, str(addr[0]))
         if out is not None and not self.transport.is_closing():
             self.transport.sendto(out, addr)
 
@@ -278,6 +298,7 @@ class _FakeTcp(asyncio.Protocol):
 
     def connection_made(self, transport):
         self.transport = transport
+        self.peer = str((transport.get_extra_info("peername") or ("",))[0])
         self.server.tcp_connections += 1
         self.server.tcp_conns.add(transport)
 
@@ -292,6 +313,6 @@ class _FakeTcp(asyncio.Protocol):
             self.transport.abort()
 
     async def _reply(self, msg):
-        out = await self.server.reply_for("tcp", msg)
+        out = await self.server.reply_for("tcp", msg, self.peer)
         if out is not None and not self.transport.is_closing():
             self.transport.write(frame(out))

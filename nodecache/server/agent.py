@@ -31,7 +31,8 @@ class ListenError(OSError):
 
 def make_sockets(addr: str, port: int) -> tuple[socket.socket, socket.socket]:
     """A bound UDP socket and a listening TCP socket on addr:port.
-    ``::`` means every address of both families (dual-stack)."""
+    ``::`` means every address of both families (dual-stack); port 0 picks
+    a free UDP port and TCP takes the same one (may fail: caller retries)."""
     family = socket.AF_INET6 if ipaddress.ip_address(addr).version == 6 else socket.AF_INET
     socks = []
     try:
@@ -47,6 +48,7 @@ def make_sockets(addr: str, port: int) -> tuple[socket.socket, socket.socket]:
                 except OSError as exc:
                     log.warning("cannot raise UDP receive buffer on %s: %s", addr, exc)
             sock.bind((addr, port))
+            port = sock.getsockname()[1]  # port 0: TCP takes the port UDP was given
             if kind == socket.SOCK_STREAM:
                 sock.listen(1024)
             sock.setblocking(False)
@@ -87,28 +89,92 @@ class Listener:
             self.udp.close()
 
 
+def _blocks_for(blocks: list[Block], addr: str, port: int) -> list[Block]:
+    return [b for b in blocks if b.cfg.port == port and (addr in b.cfg.binds or not b.cfg.binds)]
+
+
 class Agent:
     def __init__(self, config: Config, clock=time.monotonic, tcp_limits: TcpLimits | None = None):
         self.config = config
+        self.clock = clock
+        self.tcp_limits = tcp_limits or TcpLimits()
         self.blocks = [Block(b, clock) for b in config.blocks]
-        self.listeners: list[Listener] = []
-        for addr, port in config.listeners:
-            mine = [blk for blk in self.blocks
-                    if blk.cfg.port == port and (addr in blk.cfg.binds or not blk.cfg.binds)]
-            self.listeners.append(Listener(addr, port, mine, tcp_limits or TcpLimits()))
+        self.listeners: list[Listener] = [
+            Listener(addr, port, _blocks_for(self.blocks, addr, port), self.tcp_limits)
+            for addr, port in config.listeners]
+        self.retiring: set[asyncio.Task] = set()
 
     async def start(self) -> None:
         for listener in self.listeners:
-            try:
-                udp, tcp = make_sockets(listener.addr, listener.port)
-            except ListenError:
-                if listener.addr != "::":
-                    raise
-                log.warning("IPv6 unavailable; listening on 0.0.0.0:%d only", listener.port)
-                listener.addr = "0.0.0.0"
-                udp, tcp = make_sockets(listener.addr, listener.port)
-            await listener.start(udp, tcp)
-            log.info("listening on %s port %d (udp, tcp)", listener.addr, listener.port)
+            await self._start_listener(listener)
+
+    async def _start_listener(self, listener: Listener) -> None:
+        try:
+            udp, tcp = make_sockets(listener.addr, listener.port)
+        except ListenError:
+            if listener.addr != "::":
+                raise
+            log.warning("IPv6 unavailable; listening on 0.0.0.0:%d only", listener.port)
+            listener.addr = "0.0.0.0"
+            udp, tcp = make_sockets(listener.addr, listener.port)
+        await listener.start(udp, tcp)
+        log.info("listening on %s port %d (udp, tcp)", listener.addr, listener.port)
+
+    async def reload(self, config: Config) -> None:
+        """Swap in a new configuration without dropping a query.
+
+        Listeners on addresses that stay keep their sockets; only their
+        router changes, in one assignment, so a datagram is routed either
+        by the old blocks or by the new ones. Queries already in flight
+        finish on the old blocks, which are closed once idle. Cache entries
+        move to the new block serving the same zones on the same port.
+        New listeners must bind before anything changes: if one cannot,
+        the reload fails and the old configuration stays.
+        """
+        blocks = [Block(b, self.clock) for b in config.blocks]
+        old_by_zone = {(b.cfg.zones, b.cfg.port): b for b in self.blocks}
+        for block in blocks:
+            old = old_by_zone.get((block.cfg.zones, block.cfg.port))
+            if old is not None and old.cache is not None and block.cache is not None:
+                for entry in list(old.cache.entries()):
+                    block.cache.put(entry)
+        current = {(lst.addr, lst.port): lst for lst in self.listeners}
+        wanted = set(config.listeners)
+        started = []
+        try:
+            for addr, port in config.listeners:
+                if (addr, port) not in current:
+                    listener = Listener(addr, port, _blocks_for(blocks, addr, port), self.tcp_limits)
+                    await self._start_listener(listener)
+                    started.append(listener)
+        except ListenError:
+            for listener in started:
+                listener.close()
+            for block in blocks:
+                block.close()
+            raise
+        for (addr, port), listener in current.items():
+            if (addr, port) in wanted:
+                listener.dispatcher.router = Router(_blocks_for(blocks, addr, port))
+        gone = [lst for key, lst in current.items() if key not in wanted]
+        self.listeners = [lst for key, lst in current.items() if key in wanted] + started
+        old_blocks, self.blocks, self.config = self.blocks, blocks, config
+        task = asyncio.get_running_loop().create_task(self._retire(old_blocks, gone))
+        self.retiring.add(task)
+        task.add_done_callback(self.retiring.discard)
+
+    async def _retire(self, blocks: list[Block], listeners: list[Listener], grace: float = 10.0) -> None:
+        for listener in listeners:
+            listener.stop_reading()
+        deadline = asyncio.get_running_loop().time() + grace
+        while asyncio.get_running_loop().time() < deadline and any(
+                b.forward_stage and b.forward_stage.forwarder.inflight for b in blocks):
+            await asyncio.sleep(0.05)
+        for listener in listeners:
+            await listener.dispatcher.drain(1.0)
+            listener.close()
+        for block in blocks:
+            block.close()
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop reading, let in-flight queries finish (bounded), release everything."""
@@ -121,6 +187,8 @@ class Agent:
             log.warning("shutdown cut off %d queries still in flight after %.1fs", cut, grace)
         for listener in self.listeners:
             listener.close()
+        for task in list(self.retiring):
+            task.cancel()
         for block in self.blocks:
             block.close()
 

@@ -1,0 +1,121 @@
+"""The link-local interface: ensure it exists, is up and holds every local IP.
+
+``ensure_interface`` is idempotent and is called by the reconcile loop:
+it creates the interface if missing, adds any missing address (/32 IPv4,
+/128 IPv6, added with IFA_F_NODAD so IPv6 is usable at once instead of
+after duplicate address detection), and sets it up. It reports what it
+changed; it never removes addresses someone else added.
+
+The interface kind is ``dummy`` (what node-cache uses). Some kernels are
+built without the dummy driver (this project's CI machine among them): the
+kernel answers EOPNOTSUPP, and we fall back to a ``bridge`` with no ports,
+which also holds addresses and answers locally, logging once why. An
+existing interface of another kind is used as it is, with a warning, since
+deleting an interface we did not create could cut the node off.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+log = logging.getLogger("nodecache.node")
+IFA_F_NODAD = 0x02
+OUR_KINDS = ("dummy", "bridge")
+
+
+class LinkError(Exception):
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind  # interface_add | interface_check (node-cache's error types)
+
+
+@dataclass
+class LinkReport:
+    created: str | None = None          # kind created, if any
+    added: list[str] = field(default_factory=list)
+    kind: str = ""
+    set_up: bool = False
+
+
+def _kind(link) -> str:
+    info = link.get_attr("IFLA_LINKINFO")
+    return info.get_attr("IFLA_INFO_KIND") if info else ""
+
+
+def _create(ipr: IPRoute, name: str) -> str:
+    try:
+        ipr.link("add", ifname=name, kind="dummy")
+        return "dummy"
+    except NetlinkError as exc:
+        if exc.code not in (errno.EOPNOTSUPP, errno.ENODEV, errno.EINVAL):
+            raise LinkError("interface_add", f"cannot create dummy interface {name}: {exc}") from exc
+        log.warning("kernel has no dummy interface support (%s); using a bridge with no "
+                    "ports as %s instead", exc.args[-1] if exc.args else exc, name)
+    try:
+        ipr.link("add", ifname=name, kind="bridge")
+    except NetlinkError as exc:
+        raise LinkError("interface_add", f"cannot create bridge interface {name}: {exc}") from exc
+    return "bridge"
+
+
+def ensure_interface(name: str, ips: list[str]) -> LinkReport:
+    report = LinkReport()
+    with IPRoute() as ipr:
+        try:
+            found = ipr.link_lookup(ifname=name)
+            if not found:
+                report.created = _create(ipr, name)
+                found = ipr.link_lookup(ifname=name)
+            index = found[0]
+            link = ipr.get_links(index)[0]
+            report.kind = _kind(link) or "unknown"
+            if report.kind not in OUR_KINDS:
+                log.warning("interface %s exists with kind %r; using it as it is", name, report.kind)
+            have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index)}
+            for ip in ips:
+                addr = ipaddress.ip_address(ip)
+                prefix = 32 if addr.version == 4 else 128
+                if (str(addr), prefix) in have:
+                    continue
+                try:
+                    ipr.addr("add", index=index, address=str(addr), prefixlen=prefix,
+                             IFA_FLAGS=IFA_F_NODAD)
+                except NetlinkError as exc:
+                    if exc.code != errno.EEXIST:  # same address with another prefix: fine
+                        raise LinkError("interface_add", f"cannot add {ip} to {name}: {exc}") from exc
+                report.added.append(ip)
+            if link["flags"] & 1 == 0:  # IFF_UP
+                ipr.link("set", index=index, state="up")
+                report.set_up = True
+        except NetlinkError as exc:
+            raise LinkError("interface_check", f"checking interface {name}: {exc}") from exc
+    return report
+
+
+def remove_interface(name: str) -> bool:
+    """Delete the interface if it exists and is of a kind we create."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            return False
+        kind = _kind(ipr.get_links(found[0])[0])
+        if kind not in OUR_KINDS:
+            log.warning("not removing interface %s of kind %r: we did not create it", name, kind)
+            return False
+        ipr.link("del", index=found[0])
+        return True
+
+
+def interface_state(name: str) -> tuple[str, list[str]] | None:
+    """(kind, addresses) of the interface, or None if absent (for tests and status)."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            return None
+        kind = _kind(ipr.get_links(found[0])[0])
+        return kind, sorted(a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=found[0]))

@@ -1,0 +1,119 @@
+"""Node setup as a reconcile loop: interface and rules, kept as they should be.
+
+Startup order: ``ensure_interface`` (so the local IPs exist), then the
+listeners start serving (done by the caller), then ``ensure_rules`` (so
+traffic is never steered to us before we answer). Then ``reconcile`` runs
+every ``syncinterval``: an address or rule someone removed comes back.
+``teardown`` removes our rules, then the interface; a successor that took
+over the sockets (hot handoff) or ``-skipteardown`` means no teardown.
+
+Nothing here may stop DNS service: every failure is logged once per
+occurrence and counted by node-cache's error types (exported as
+``coredns_nodecache_setup_errors_total{errortype}``), and the next
+reconcile tries again. The blocking work (netlink, iptables with its lock
+wait) runs in a worker thread so the event loop keeps answering.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from .link import LinkError, ensure_interface, remove_interface
+from .rules import Rule, RuleError, ensure_rule, remove_rule, rules_for
+
+log = logging.getLogger("nodecache.node")
+ERROR_TYPES = ("configmap", "interface_add", "interface_check", "iptables", "iptables_lock")
+
+
+@dataclass(frozen=True)
+class NodeParams:
+    local_ips: tuple[str, ...]
+    interface: str = "nodelocaldns"
+    setup_interface: bool = True
+    setup_iptables: bool = True
+    health_port: int | None = 8080
+    sync_interval: float = 60.0
+    skip_teardown: bool = False
+
+
+class NodeSetup:
+    def __init__(self, params: NodeParams, dns_ports: dict[str, set[int]]):
+        self.params = params
+        self.rules: list[Rule] = rules_for(list(params.local_ips), dns_ports, params.health_port)
+        self.errors = {t: 0 for t in ERROR_TYPES}
+        self.reconciles = 0
+        self.rules_added = 0
+
+    def count(self, kind: str, message: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+        log.error("node setup (%s): %s", kind, message)
+
+    # -- synchronous steps (run in a thread) ----------------------------
+    def ensure_interface(self) -> None:
+        if not self.params.setup_interface or not self.params.local_ips:
+            return
+        try:
+            report = ensure_interface(self.params.interface, list(self.params.local_ips))
+        except LinkError as exc:
+            self.count(exc.kind, str(exc))
+            return
+        if report.created:
+            log.info("created %s interface %s", report.created, self.params.interface)
+        if report.added:
+            log.info("added %s to %s", ", ".join(report.added), self.params.interface)
+
+    def ensure_rules(self) -> None:
+        if not self.params.setup_iptables:
+            return
+        for rule in self.rules:
+            try:
+                if ensure_rule(rule):
+                    self.rules_added += 1
+                    if self.reconciles:
+                        log.info("added back rule %s", rule)
+            except RuleError as exc:
+                self.count(exc.kind, str(exc))
+                if "not found" in str(exc):
+                    break  # no binary: one message per reconcile is enough
+
+    def reconcile_once(self) -> None:
+        self.ensure_interface()
+        self.ensure_rules()
+        self.reconciles += 1
+
+    def teardown_rules(self) -> None:
+        if self.params.skip_teardown or not self.params.setup_iptables:
+            return
+        for rule in self.rules:
+            try:
+                remove_rule(rule)
+            except RuleError as exc:
+                self.count(exc.kind, str(exc))
+        log.info("removed %d rules", len(self.rules))
+
+    def teardown_interface(self) -> None:
+        if self.params.skip_teardown:
+            log.info("-skipteardown: leaving interface and rules in place")
+            return
+        if not self.params.setup_interface or not self.params.local_ips:
+            return
+        try:
+            if remove_interface(self.params.interface):
+                log.info("removed interface %s", self.params.interface)
+        except Exception as exc:  # netlink errors: report, nothing else to do on exit
+            self.count("interface_check", f"removing {self.params.interface}: {exc}")
+
+    def teardown(self) -> None:
+        """Rules first (traffic stops being steered past conntrack), then the interface."""
+        self.teardown_rules()
+        self.teardown_interface()
+
+    # -- async wrappers ---------------------------------------------------
+    async def run(self, step) -> None:
+        await asyncio.to_thread(step)
+
+    async def loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.params.sync_interval)
+            await self.run(self.reconcile_once)

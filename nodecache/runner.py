@@ -1,0 +1,194 @@
+"""``nodecache run``: the agent on a node, with node-cache's command line.
+
+Lifecycle: build the Corefile (node-cache templating, see
+``node.nodeconfig``) -> ensure the interface -> start listeners -> write the
+pidfile -> ensure the rules -> serve, reconciling every ``-syncinterval``
+and re-reading the templates every ``-configsync`` -> on SIGTERM/SIGINT:
+remove the rules, drain and stop, remove the interface (unless
+``-skipteardown``).
+
+A Corefile that is broken at startup is fatal (exit 2, ``file:line:
+message``); one that breaks later is logged and counted, and the running
+configuration stays.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__
+from .config.corefile import CorefileError
+from .config.model import Config
+from .config.plugins import parse_config
+from .node.nodeconfig import (CLUSTER_DNS, ConfigMapError, cluster_dns_ip, read_kubedns_configmap,
+                              render_corefile, service_env)
+from .node.reconcile import NodeParams, NodeSetup
+from .server.agent import Agent, ListenError
+
+log = logging.getLogger("nodecache")
+DEFAULT_KUBEDNS_CM = "/etc/kube-dns"
+
+
+@dataclass(frozen=True)
+class RunParams:
+    conf: str = "Corefile"
+    base_corefile: str = "/etc/coredns/Corefile.base"
+    kubedns_cm: str = ""
+    upstream_svc: str = "kube-dns"
+    local_ips: tuple[str, ...] = ()
+    node: NodeParams = NodeParams(())
+    pidfile: str = ""
+    config_sync: float = 10.0
+    metrics_listen: str = "0.0.0.0:9353"
+    dns_port: int = 53
+
+
+def parse_local_ips(text: str) -> tuple[tuple[str, ...], list[str]]:
+    """(valid addresses, problems) from -localip's comma-separated list."""
+    good, bad = [], []
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            good.append(str(ipaddress.ip_address(item)))
+        except ValueError:
+            bad.append(f"invalid -localip entry {item!r}")
+    return tuple(dict.fromkeys(good)), bad
+
+
+class ConfigSource:
+    """Where the Corefile text comes from, and whether it changed."""
+
+    def __init__(self, params: RunParams, env: dict[str, str]):
+        self.params = params
+        self.env = env
+        cm = params.kubedns_cm
+        if not cm and Path(DEFAULT_KUBEDNS_CM).is_dir():
+            cm = DEFAULT_KUBEDNS_CM  # as node-cache: use the default mount if present
+        self.kubedns_cm = cm
+
+    def _inputs(self) -> list[Path]:
+        base = Path(self.params.base_corefile)
+        paths = [base] if base.is_file() else [Path(self.params.conf)]
+        if self.kubedns_cm:
+            paths += [Path(self.kubedns_cm) / "stubDomains", Path(self.kubedns_cm) / "upstreamNameservers"]
+        return paths
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for path in self._inputs():
+            try:
+                h.update(path.read_bytes())
+            except OSError:
+                h.update(b"\0missing\0")
+            h.update(str(path).encode())
+        return h.hexdigest()
+
+    def load(self, strict: bool = True) -> Config:
+        """Parse the current configuration; raises CorefileError, or ConfigMapError
+        when ``strict``. Not strict (at startup), a broken kube-dns ConfigMap is
+        recorded in ``self.problems`` and ignored, as node-cache does."""
+        self.problems: list[str] = []
+        base = Path(self.params.base_corefile)
+        if not base.is_file():
+            source = self.params.conf
+            try:
+                text = Path(source).read_text()
+            except OSError as exc:
+                raise CorefileError(source, 0, f"cannot read: {exc.strerror}") from exc
+        else:
+            source = str(base)
+            text = base.read_text()
+        stubs, upstreams = {}, []
+        if self.kubedns_cm:
+            try:
+                stubs, upstreams = read_kubedns_configmap(self.kubedns_cm)
+            except ConfigMapError as exc:
+                if strict:
+                    raise
+                self.problems.append(f"kube-dns ConfigMap ignored: {exc}")
+        cluster_ip = cluster_dns_ip(self.params.upstream_svc, self.env)
+        if CLUSTER_DNS in text and cluster_ip is None:
+            raise CorefileError(source, 0, f"{CLUSTER_DNS} needs the ClusterIP of -upstreamsvc "
+                                           f"{self.params.upstream_svc}: ${service_env(self.params.upstream_svc)} "
+                                           f"is not set to an IP")
+        text = render_corefile(text, list(self.params.local_ips), cluster_ip, stubs, upstreams,
+                               self.params.dns_port)
+        return parse_config(text, source)
+
+
+def dns_ports(config: Config, ips: tuple[str, ...]) -> dict[str, set[int]]:
+    out: dict[str, set[int]] = {ip: set() for ip in ips}
+    for block in config.blocks:
+        for ip in ips:
+            if not block.binds or ip in block.binds:
+                out[ip].add(block.port)
+    return {ip: ports or {53} for ip, ports in out.items()}
+
+
+async def run_node(params: RunParams, source: ConfigSource, config: Config) -> int:
+    node = NodeSetup(params.node, dns_ports(config, params.local_ips))
+    for problem in getattr(source, "problems", []):
+        node.count("configmap", problem)
+    await node.run(node.ensure_interface)
+    agent = Agent(config)
+    try:
+        await agent.start()
+    except ListenError as exc:
+        log.error("%s", exc)
+        await agent.stop(0)
+        await node.run(node.teardown)
+        return 1
+    if params.pidfile:
+        _write_pidfile(params.pidfile)
+    await node.run(node.ensure_rules)
+    if params.node.setup_iptables:
+        log.info("%d rules in place for %s", len(node.rules), ", ".join(params.local_ips) or "no local IP")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("nodecache %s serving (%d server blocks)", __version__, len(config.blocks))
+    tasks = [loop.create_task(node.loop()),
+             loop.create_task(_watch_config(source, agent, node, params.config_sync))]
+    await stop.wait()
+    log.info("shutting down")
+    for task in tasks:
+        task.cancel()
+    if params.node.setup_iptables and not params.node.skip_teardown:
+        await node.run(node.teardown_rules)
+    await agent.stop()
+    await node.run(node.teardown_interface)
+    if params.pidfile:
+        Path(params.pidfile).unlink(missing_ok=True)
+    return 0
+
+
+async def _watch_config(source: ConfigSource, agent: Agent, node: NodeSetup, every: float) -> None:
+    seen = source.fingerprint()
+    while True:
+        await asyncio.sleep(every)
+        now = source.fingerprint()
+        if now == seen:
+            continue
+        seen = now
+        try:
+            config = source.load()
+            await agent.reload(config)
+        except (CorefileError, ConfigMapError, ListenError) as exc:
+            node.count("configmap", f"new configuration rejected, keeping the running one: {exc}")
+            continue
+        log.info("configuration reloaded (%d server blocks)", len(config.blocks))
+
+
+def _write_pidfile(path: str) -> None:
+    tmp = f"{path}.tmp"
+    try:
+        Path(tmp).write_text(f"{os.getpid()}\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.error("cannot write pidfile %s: %s", path, exc)

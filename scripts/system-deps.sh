@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the system tools the end-to-end tests use (network namespaces,
+# iptables, conntrack, ss, getent), when we are root on a Debian-like
+# machine and they are missing. Otherwise it only says what is missing:
+# those tests then skip with the reason.
+set -u
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+command -v iptables >/dev/null || need+=(iptables)
+command -v conntrack >/dev/null || need+=(conntrack)
+command -v getent >/dev/null || need+=(libc-bin)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing ${need[*]} for the end-to-end tests"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null \
+        || echo "could not install ${need[*]}: end-to-end tests will skip"
+else
+    echo "missing ${need[*]} (need root and apt-get to install): end-to-end tests will skip"
+fi
+exit 0

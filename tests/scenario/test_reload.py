@@ -1,0 +1,91 @@
+"""Configuration changes while serving: no query dropped, cache kept, a
+broken new configuration keeps the old one."""
+import asyncio
+
+from dnslib import QTYPE, DNSRecord
+
+from nodecache import client
+from nodecache.client import build
+from nodecache.config.plugins import parse_config
+from nodecache.node.reconcile import NodeParams, NodeSetup
+from nodecache.runner import ConfigSource, RunParams, _watch_config
+from fakes import run
+from harness import node
+
+COREFILE = """.:{port} {{
+    cache {ttl}
+    bind 127.0.0.1
+    forward . 127.0.0.1:{up0}
+}}"""
+
+
+def test_reload_under_load_drops_nothing_and_keeps_the_cache():
+    async def go():
+        async with node(COREFILE.replace("{ttl}", "30"), delay=0.01) as n:
+            await n.udp(build("warm.example.com", QTYPE.A))
+            configs = [parse_config(COREFILE.format(port=n.port, up0=n.up.port, ttl=ttl))
+                       for ttl in (60, 30, 120, 30, 90)]
+
+            async def load():
+                results = []
+                for i in range(40):
+                    batch = [n.udp(build(f"n{i}-{j}.example.com" if j % 2 else "warm.example.com",
+                                         QTYPE.A), timeout=3) for j in range(25)]
+                    results += await asyncio.gather(*batch, return_exceptions=True)
+                return results
+
+            async def reloads():
+                for cfg in configs:
+                    await asyncio.sleep(0.05)
+                    await n.agent.reload(cfg)
+
+            results, _ = await asyncio.gather(load(), reloads())
+            failures = [r for r in results if isinstance(r, Exception) or DNSRecord.parse(r).header.rcode]
+            assert not failures and len(results) == 1000
+            assert n.up.names().count("warm.example.com.") == 1  # the entry moved with each reload
+            assert n.agent.blocks[0].cfg.cache.success.max_ttl == 90
+    run(go())
+
+
+def test_reload_adds_and_removes_listeners():
+    async def go():
+        async with node(COREFILE.replace("{ttl}", "30")) as n:
+            port2 = client.free_port()
+            text = COREFILE.format(port=n.port, up0=n.up.port, ttl=30)
+            await n.agent.reload(parse_config(text + "\n" + text.replace(f".:{n.port}", f"example.com:{port2}")))
+            rec = DNSRecord.parse(await client.udp("127.0.0.1", port2, build("a.example.com", QTYPE.A)))
+            assert rec.rr
+            await n.agent.reload(parse_config(text))
+            await asyncio.sleep(0.1)
+            try:
+                await client.udp("127.0.0.1", port2, build("a.example.com", QTYPE.A), timeout=0.3)
+                raise AssertionError("removed listener still answers")
+            except (TimeoutError, ConnectionRefusedError):
+                pass
+            assert DNSRecord.parse(await n.udp(build("b.example.com", QTYPE.A))).rr
+    run(go())
+
+
+def test_broken_new_corefile_keeps_the_running_one(tmp_path):
+    async def go():
+        async with node(COREFILE.replace("{ttl}", "30")) as n:
+            conf = tmp_path / "Corefile"
+            good = COREFILE.format(port=n.port, up0=n.up.port, ttl=30)
+            conf.write_text(good)
+            params = RunParams(conf=str(conf), base_corefile=str(tmp_path / "absent"))
+            source = ConfigSource(params, {})
+            setup = NodeSetup(NodeParams((), setup_interface=False, setup_iptables=False), {})
+            watcher = asyncio.get_running_loop().create_task(_watch_config(source, n.agent, setup, 0.05))
+            try:
+                await asyncio.sleep(0.1)
+                conf.write_text(good.replace("cache 30", "cache 30\n    frobnicate"))
+                await asyncio.sleep(0.2)
+                assert setup.errors["configmap"] == 1
+                assert n.agent.blocks[0].cfg.cache.success.max_ttl == 30
+                assert DNSRecord.parse(await n.udp(build("c.example.com", QTYPE.A))).rr
+                conf.write_text(good.replace("cache 30", "cache 45"))
+                await asyncio.sleep(0.2)
+                assert n.agent.blocks[0].cfg.cache.success.max_ttl == 45
+            finally:
+                watcher.cancel()
+    run(go())
