@@ -173,7 +173,8 @@ def socket_runs(queries: int, k: int, tmp: Path, rounds: int) -> dict[str, dict]
         port = free_port()
         core = tmp / "Corefile"
         core.write_text(f".:{port} {{\n cache 30\n bind 127.0.0.1\n forward . 127.0.0.1:{up_port}\n}}\n")
-        servers = [("nodecache", [py, "-m", "nodecache", "run", "-conf", str(core)], port)]
+        servers = [("nodecache", [py, "-m", "nodecache", "run", "-conf", str(core),
+                                  "-handoff-dir", str(tmp / "handoff")], port)]
         bare_port = free_port()
         wait_ready(up_port, msgs[0])
         reply = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

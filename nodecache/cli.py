@@ -61,7 +61,17 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("-dns.port", dest="dns_port", type=int, default=53)
     run.add_argument("-configsync", type=go_seconds, default=10.0,
                      help="how often templates and ConfigMap are re-read (s)")
+    run.add_argument("-handoff", type=go_bool, nargs="?", const=True, default=True,
+                     help="take over from a running agent at the handoff socket (default true)")
+    run.add_argument("-handoff-dir", dest="handoff_dir", default="/run/nodecache")
+    run.add_argument("-drain", type=go_seconds, default=5.0,
+                     help="how long in-flight queries may finish on shutdown or handoff (s)")
     run.add_argument("-debug", "--debug", action="store_true", help="debug logging")
+
+    handoff = sub.add_parser("handoff", help="hot handoff tools")
+    hsub = handoff.add_subparsers(dest="handoff_command", required=True)
+    status = hsub.add_parser("status", help="which process holds the sockets")
+    status.add_argument("-handoff-dir", dest="handoff_dir", default="/run/nodecache")
 
     check = sub.add_parser("check", help="validate a Corefile and print the parsed chains")
     check.add_argument("-conf", "--conf", default="Corefile")
@@ -109,10 +119,39 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import run_demo
         return _run_loop(run_demo())
+    if args.command == "handoff":
+        return cmd_handoff_status(args.handoff_dir)
     if args.command == "fake-upstream":
         _setup_logging(False)
         return _run_loop(fake_upstream(args))
     return 2
+
+
+def cmd_handoff_status(directory: str) -> int:
+    import json
+    import socket
+    from pathlib import Path
+    from .handoff.protocol import MAX_MESSAGE, SOCKET_NAME, STATUS, STATUS_REPLY, control
+    path = Path(directory) / SOCKET_NAME
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
+            conn.settimeout(5)
+            conn.connect(str(path))
+            conn.sendall(control(STATUS))
+            reply = conn.recv(MAX_MESSAGE)
+    except FileNotFoundError:
+        print(f"no agent: {path} does not exist")
+        return 1
+    except OSError as exc:
+        print(f"no agent answering at {path}: {exc.strerror or exc}")
+        return 1
+    if reply[:1] != STATUS_REPLY:
+        print(f"unexpected answer from {path}")
+        return 1
+    info = json.loads(reply[1:])
+    print(f"pid {info['pid']} holds {info['listeners']} sockets, revision {info['revision']}, "
+          f"{info['entries']} cache entries" + (" (handed off)" if info.get("handed_off") else ""))
+    return 0
 
 
 def _load_or_report(path: str):
@@ -173,7 +212,8 @@ def cmd_run(args) -> int:
                       args.setupiptables and bool(ips), args.health_port, args.syncinterval,
                       args.skipteardown)
     params = RunParams(args.conf, args.basecorefile, args.kubednscm, args.upstreamsvc, ips, node,
-                       args.pidfile, args.configsync, args.metrics_listen, args.dns_port)
+                       args.pidfile, args.configsync, args.metrics_listen, args.dns_port,
+                       args.handoff, args.handoff_dir, args.drain)
     source = ConfigSource(params, dict(os.environ))
     try:
         config = source.load(strict=False)

@@ -212,7 +212,8 @@ class EmulatedNode:
         cmd = ["ip", "netns", "exec", self.node, sys.executable, "-m", "nodecache", "run",
                "-localip", local_ips, "-conf", str(self.tmp / "Corefile"),
                "-basecorefile", str(conf), "-upstreamsvc", "kube-dns-upstream",
-               "-kubednscm", str(self.tmp / "kube-dns"), *extra]
+               "-kubednscm", str(self.tmp / "kube-dns"), "-handoff-dir", str(self.tmp / "handoff"),
+               *extra]
         (self.tmp / "kube-dns").mkdir(exist_ok=True)
         self.agent = subprocess.Popen(cmd, stdout=open(self.agent_log, "a"), stderr=subprocess.STDOUT,
                                       env=env)

@@ -1,10 +1,14 @@
 """``nodecache run``: the agent on a node, with node-cache's command line.
 
 Lifecycle: build the Corefile (node-cache templating, see
-``node.nodeconfig``) -> ensure the interface -> start listeners -> write the
-pidfile -> ensure the rules -> serve, reconciling every ``-syncinterval``
-and re-reading the templates every ``-configsync`` -> on SIGTERM/SIGINT:
-remove the rules, drain and stop, remove the interface (unless
+``node.nodeconfig``) -> take the sockets and cache from a running agent if
+one answers at the handoff socket (``handoff``) -> ensure the interface ->
+start listeners (on the adopted sockets, or new ones) -> publish our own
+handoff socket and tell the donor READY -> write the pidfile -> ensure the
+rules -> serve, reconciling every ``-syncinterval`` and re-reading the
+templates every ``-configsync``. When a successor takes over: stop reading,
+drain, stay alive and unready, own nothing. On SIGTERM/SIGINT (not handed
+off): remove the rules, drain and stop, remove the interface (unless
 ``-skipteardown``).
 
 A Corefile that is broken at startup is fatal (exit 2, ``file:line:
@@ -19,6 +23,7 @@ import ipaddress
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +34,9 @@ from .config.plugins import parse_config
 from .node.nodeconfig import (CLUSTER_DNS, ConfigMapError, cluster_dns_ip, read_kubedns_configmap,
                               render_corefile, service_env)
 from .node.reconcile import NodeParams, NodeSetup
+from .handoff.donor import Donor
+from .handoff.heir import take_over
+from .handoff.protocol import ProtocolError
 from .server.agent import Agent, ListenError
 
 log = logging.getLogger("nodecache")
@@ -47,6 +55,9 @@ class RunParams:
     config_sync: float = 10.0
     metrics_listen: str = "0.0.0.0:9353"
     dns_port: int = 53
+    handoff: bool = True
+    handoff_dir: str = "/run/nodecache"
+    drain: float = 5.0
 
 
 def parse_local_ips(text: str) -> tuple[tuple[str, ...], list[str]]:
@@ -134,15 +145,41 @@ async def run_node(params: RunParams, source: ConfigSource, config: Config) -> i
     node = NodeSetup(params.node, dns_ports(config, params.local_ips))
     for problem in getattr(source, "problems", []):
         node.count("configmap", problem)
+    take = None
+    if params.handoff:
+        try:
+            take = await asyncio.to_thread(take_over, params.handoff_dir)
+        except ProtocolError as exc:
+            log.error("handoff from the running agent failed (%s); it keeps serving. Exiting.", exc)
+            return 1
     await node.run(node.ensure_interface)
     agent = Agent(config)
     try:
-        await agent.start()
+        await agent.start(take.sockets if take else None)
     except ListenError as exc:
         log.error("%s", exc)
+        if take:
+            take.abandon()
         await agent.stop(0)
-        await node.run(node.teardown)
+        if not take:
+            await node.run(node.teardown)
         return 1
+    if take:
+        restored = agent.restore(take.cache(agent.clock()))
+        log.info("handoff: serving with %d cache entries from pid %d", restored, take.donor_pid)
+    state = _State()
+    donor = None
+    if params.handoff:
+        donor = Donor(agent, params.handoff_dir, lambda: _handed_off(agent, node, state, params))
+        try:
+            donor.start()
+        except OSError as exc:
+            log.error("cannot publish the handoff socket in %s: %s (upgrades will not be hot)",
+                      params.handoff_dir, exc)
+            donor = None
+    if take:
+        take.finish()
+        log.info("handoff: READY sent %.0f ms after connecting", (time.monotonic() - take.started) * 1000)
     if params.pidfile:
         _write_pidfile(params.pidfile)
     await node.run(node.ensure_rules)
@@ -153,19 +190,44 @@ async def run_node(params: RunParams, source: ConfigSource, config: Config) -> i
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("nodecache %s serving (%d server blocks)", __version__, len(config.blocks))
-    tasks = [loop.create_task(node.loop()),
-             loop.create_task(_watch_config(source, agent, node, params.config_sync))]
+    state.tasks = [loop.create_task(node.loop()),
+                   loop.create_task(_watch_config(source, agent, node, params.config_sync))]
     await stop.wait()
-    log.info("shutting down")
-    for task in tasks:
+    for task in state.tasks:
         task.cancel()
+    if donor is not None:
+        donor.close()
+    if state.handed_off:
+        log.info("exiting after handoff: interface and rules belong to the successor")
+        await state.drained.wait()
+        return 0
+    log.info("shutting down")
     if params.node.setup_iptables and not params.node.skip_teardown:
         await node.run(node.teardown_rules)
-    await agent.stop()
+    await agent.stop(params.drain)
     await node.run(node.teardown_interface)
     if params.pidfile:
         Path(params.pidfile).unlink(missing_ok=True)
     return 0
+
+
+class _State:
+    def __init__(self):
+        self.handed_off = False
+        self.tasks: list[asyncio.Task] = []
+        self.drained = asyncio.Event()
+
+
+async def _handed_off(agent: Agent, node: NodeSetup, state: _State, params: RunParams) -> None:
+    """The heir serves now: stop reading, finish what we took, own nothing."""
+    state.handed_off = True
+    for task in state.tasks:
+        task.cancel()  # no more reconciles or reloads: the heir owns the node
+    t0 = time.monotonic()
+    await agent.stop(params.drain)
+    log.info("handed off: drained in %.0f ms; staying alive, unready, until terminated",
+             (time.monotonic() - t0) * 1000)
+    state.drained.set()
 
 
 async def _watch_config(source: ConfigSource, agent: Agent, node: NodeSetup, every: float) -> None:

@@ -89,6 +89,11 @@ class Listener:
             self.udp.close()
 
 
+def block_id(block: Block) -> str:
+    """Identity of a block across processes and reloads: its zones and port."""
+    return f"{' '.join(block.cfg.zones)}|{block.cfg.port}"
+
+
 def _blocks_for(blocks: list[Block], addr: str, port: int) -> list[Block]:
     return [b for b in blocks if b.cfg.port == port and (addr in b.cfg.binds or not b.cfg.binds)]
 
@@ -104,9 +109,56 @@ class Agent:
             for addr, port in config.listeners]
         self.retiring: set[asyncio.Task] = set()
 
-    async def start(self) -> None:
+    async def start(self, adopted: dict[tuple[str, int, str], socket.socket] | None = None) -> None:
+        """Start every listener, on sockets handed over (hot handoff, systemd)
+        where there are some for its address, else on new ones. Adopted
+        sockets no listener wants are closed."""
+        adopted = dict(adopted or {})
         for listener in self.listeners:
+            udp = adopted.pop((listener.addr, listener.port, "udp"), None)
+            tcp = adopted.pop((listener.addr, listener.port, "tcp"), None)
+            if udp is not None and tcp is not None:
+                await listener.start(udp, tcp)
+                log.info("serving on %s port %d (udp, tcp) with adopted sockets", listener.addr, listener.port)
+                continue
+            for sock in (udp, tcp):
+                if sock is not None:
+                    sock.close()
             await self._start_listener(listener)
+        for (addr, port, kind), sock in adopted.items():
+            log.info("closing adopted %s socket %s:%d: not in this configuration", kind, addr, port)
+            sock.close()
+
+    def listening_sockets(self) -> list[tuple[str, int, str, int]]:
+        """(addr, port, kind, fd) of every listening socket, for a heir."""
+        out = []
+        for lst in self.listeners:
+            if lst.udp_transport is not None and not lst.udp_transport.is_closing():
+                out.append((lst.addr, lst.port, "udp", lst.udp_transport.get_extra_info("socket").fileno()))
+            if lst.tcp_server is not None and lst.tcp_server.sockets:
+                out.append((lst.addr, lst.port, "tcp", lst.tcp_server.sockets[0].fileno()))
+        return out
+
+    def snapshot_blocks(self) -> list[tuple[str, list]]:
+        return [(block_id(b), list(b.cache.entries())) for b in self.blocks if b.cache is not None]
+
+    def restore(self, by_block: dict[str, list]) -> int:
+        """Put snapshot entries into the blocks serving the same zones; returns how many."""
+        count = 0
+        mine = {block_id(b): b for b in self.blocks if b.cache is not None}
+        for bid, entries in by_block.items():
+            block = mine.get(bid)
+            if block is None:
+                continue
+            for entry in entries:
+                block.cache.put(entry)
+                count += 1
+        return count
+
+    def stop_reading(self) -> None:
+        """After a handoff: the heir reads our sockets now; we only finish replies."""
+        for listener in self.listeners:
+            listener.stop_reading()
 
     async def _start_listener(self, listener: Listener) -> None:
         try:
@@ -132,9 +184,9 @@ class Agent:
         the reload fails and the old configuration stays.
         """
         blocks = [Block(b, self.clock) for b in config.blocks]
-        old_by_zone = {(b.cfg.zones, b.cfg.port): b for b in self.blocks}
+        old_by_zone = {block_id(b): b for b in self.blocks}
         for block in blocks:
-            old = old_by_zone.get((block.cfg.zones, block.cfg.port))
+            old = old_by_zone.get(block_id(block))
             if old is not None and old.cache is not None and block.cache is not None:
                 for entry in list(old.cache.entries()):
                     block.cache.put(entry)

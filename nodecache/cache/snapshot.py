@@ -1,0 +1,118 @@
+"""Cache snapshots: entries to bytes and back, for the hot handoff and for
+saving the cache across a restart. Pure functions, versioned format.
+
+Layout: ``MAGIC`` (4 bytes, carries the version), then records. A record is
+a block id (the server block's zones and port, so entries return to the
+block that serves the same zones) followed by its entries. Each entry
+stores what ``Entry`` needs, with *relative* times: how old it is and how
+long it has left (in milliseconds), so the receiver's clock, which need
+not match ours, places it correctly. Everything is length-prefixed; a
+truncated or garbled snapshot raises ``SnapshotError`` and the receiver
+starts with an empty cache rather than a wrong one.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Iterable, Iterator
+
+from ..dns.reply import Reply
+from .entry import Entry
+
+MAGIC = b"NCS\x01"
+_ENTRY = struct.Struct("!BHHHHIII")  # kind flags an ns ar age_ms remaining_ms ttl
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+
+
+class SnapshotError(ValueError):
+    pass
+
+
+def encode_entry(entry: Entry, now: float) -> bytes:
+    age = max(0, int((now - entry.stored) * 1000))
+    remaining = int((entry.expires - now) * 1000)
+    an, ns = int.from_bytes(entry.counts_plain[2:4], "big"), int.from_bytes(entry.counts_plain[4:6], "big")
+    ar = int.from_bytes(entry.counts_plain[6:8], "big")
+    parts = [_U16.pack(len(entry.key)), entry.key,
+             _ENTRY.pack(entry.kind, entry.flags, an, ns, ar, min(age, 2**32 - 1),
+                         remaining & 0xFFFFFFFF, entry.ttl),
+             _U16.pack(len(entry.offsets)),
+             b"".join(_U16.pack(o) for o in entry.offsets),
+             b"".join(_U32.pack(t) for t in entry.ttls),
+             _U32.pack(len(entry.src)), entry.src]
+    return b"".join(parts)
+
+
+def encode(blocks: Iterable[tuple[str, list[Entry]]], now: float, chunk: int = 60000) -> Iterator[bytes]:
+    """Yield the snapshot in chunks of about ``chunk`` bytes (the first one
+    starts with MAGIC). A block id record is ``B`` + u16 length + id, an
+    entry record ``E`` + the entry."""
+    buf = bytearray(MAGIC)
+    for block_id, entries in blocks:
+        raw = block_id.encode()
+        buf += b"B" + _U16.pack(len(raw)) + raw
+        for entry in entries:
+            buf += b"E" + encode_entry(entry, now)
+            if len(buf) >= chunk:
+                yield bytes(buf)
+                buf = bytearray()
+    yield bytes(buf)
+
+
+class _Reader:
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise SnapshotError("snapshot truncated")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def u16(self) -> int:
+        return _U16.unpack(self.take(2))[0]
+
+    def u32(self) -> int:
+        return _U32.unpack(self.take(4))[0]
+
+
+def decode(data: bytes, now: float) -> dict[str, list[Entry]]:
+    """Entries by block id, recreated against the local clock ``now``."""
+    if not data.startswith(MAGIC):
+        raise SnapshotError("not a nodecache snapshot of this version")
+    r = _Reader(data)
+    r.pos = len(MAGIC)
+    out: dict[str, list[Entry]] = {}
+    current: list[Entry] | None = None
+    while r.pos < len(data):
+        tag = r.take(1)
+        if tag == b"B":
+            try:
+                block_id = r.take(r.u16()).decode()
+            except UnicodeDecodeError as exc:
+                raise SnapshotError("garbled block id") from exc
+            current = out.setdefault(block_id, [])
+        elif tag == b"E" and current is not None:
+            current.append(_decode_entry(r, now))
+        else:
+            raise SnapshotError(f"garbled snapshot at byte {r.pos - 1}")
+    return out
+
+
+def _decode_entry(r: _Reader, now: float) -> Entry:
+    key = r.take(r.u16())
+    kind, flags, an, ns, ar, age_ms, remaining_ms, ttl = _ENTRY.unpack(r.take(_ENTRY.size))
+    if remaining_ms & 0x80000000:
+        remaining_ms -= 2**32  # expired (stale) entries have negative time left
+    n = r.u16()
+    offsets = struct.unpack(f"!{n}H", r.take(2 * n))
+    ttls = struct.unpack(f"!{n}I", r.take(4 * n))
+    tail = r.take(r.u32())
+    if kind > 2 or any(o + 4 > len(tail) for o in offsets) or len(key) < 6:
+        raise SnapshotError("inconsistent entry")
+    reply = Reply(flags, flags & 0xF, key[:-1], 0, (an, ns, ar), tail, offsets, ttls, None, None)
+    stored = now - age_ms / 1000
+    entry = Entry(key, reply, kind, ttl, stored)
+    entry.expires = now + remaining_ms / 1000
+    return entry

@@ -1,0 +1,164 @@
+"""The donor side: the running agent offers its sockets and cache to a heir.
+
+The handoff socket is published atomically (bind a temporary path, then
+``rename`` over ``handoff.sock``), only once our listeners serve, so a heir
+that finds the path always finds a process able to hand over. One heir at
+a time; a second one is refused ("busy") and retries. Before the heir says
+READY nothing changes here: if it disappears, we carry on untouched. After
+READY we stop reading (the heir reads the same sockets now), finish what we
+took, and never tear down interface or rules: the heir owns them.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+from ..cache import snapshot
+from .protocol import (CHUNK, END, HELLO, MAX_MESSAGE, READY, REFUSE, REVISION, SOCKET_NAME, SOCKETS,
+                       STATUS, STATUS_REPLY, VERSION, ProtocolError, control, parse_control, peer_uid)
+
+log = logging.getLogger("nodecache.handoff")
+HELLO_TIMEOUT = 5.0
+READY_TIMEOUT = 30.0
+
+
+def publish(path: Path) -> socket.socket:
+    """A listening SEQPACKET socket at ``path``, replacing any old one atomically."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.bind(str(tmp))
+    sock.listen(4)
+    os.rename(tmp, path)
+    sock.setblocking(False)
+    return sock
+
+
+class Donor:
+    def __init__(self, agent, directory: str, on_handed_off):
+        self.agent = agent
+        self.path = Path(directory) / SOCKET_NAME
+        self.on_handed_off = on_handed_off
+        self.sock: socket.socket | None = None
+        self.task: asyncio.Task | None = None
+        self.busy = False
+        self.handed_off = False
+        self.handoffs = 0
+        self.refused = 0
+
+    def start(self) -> None:
+        self.sock = publish(self.path)
+        self.inode = os.stat(self.path).st_ino
+        self.task = asyncio.get_running_loop().create_task(self._accept_loop())
+        log.info("handoff socket published at %s", self.path)
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+            try:  # remove the path only if it is still ours, not a heir's
+                if os.stat(self.path).st_ino == self.inode:
+                    self.path.unlink()
+            except OSError:
+                pass
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(self.sock)
+            conn.setblocking(False)
+            task = loop.create_task(self._handle(conn))
+            task.add_done_callback(_log_failure)
+
+    async def _handle(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            first = await asyncio.wait_for(loop.sock_recv(conn, MAX_MESSAGE), HELLO_TIMEOUT)
+        except (OSError, asyncio.TimeoutError):
+            conn.close()
+            return
+        if first[:1] == STATUS:
+            await self._status(conn)
+            return
+        if self.busy or self.handed_off:
+            self.refused += 1
+            await self._refuse(conn, "busy: a handoff is in progress" if self.busy
+                               else "this process has already handed off")
+            return
+        self.busy = True  # no await since the check: one heir at a time
+        await self._serve_heir(conn, first)
+
+    async def _status(self, conn: socket.socket) -> None:
+        entries = sum(len(e) for _, e in self.agent.snapshot_blocks())
+        try:
+            await asyncio.get_running_loop().sock_sendall(conn, control(
+                STATUS_REPLY, pid=os.getpid(), revision=REVISION, entries=entries,
+                handed_off=self.handed_off, listeners=len(self.agent.listening_sockets())))
+        except OSError:
+            pass
+        conn.close()
+
+    async def _refuse(self, conn: socket.socket, reason: str) -> None:
+        try:
+            await asyncio.get_running_loop().sock_sendall(conn, control(REFUSE, reason=reason))
+        except OSError:
+            pass
+        conn.close()
+
+    async def _serve_heir(self, conn: socket.socket, first: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        t0 = time.monotonic()
+        try:
+            pid, uid = peer_uid(conn)
+            if uid != os.getuid():
+                log.warning("handoff refused: peer pid %d has uid %d, we run as %d", pid, uid, os.getuid())
+                await self._refuse(conn, "different uid")
+                return
+            hello = parse_control(first, HELLO)
+            if hello.get("version") != VERSION or int(hello.get("revision", -1)) < REVISION:
+                log.warning("handoff refused: heir pid %d speaks version %s revision %s, we are %d/%d",
+                            pid, hello.get("version"), hello.get("revision"), VERSION, REVISION)
+                await self._refuse(conn, f"incompatible: donor is version {VERSION} revision {REVISION}")
+                return
+            log.info("handoff: heir pid %d connected", pid)
+            listed = self.agent.listening_sockets()
+            meta = [{"addr": a, "port": p, "kind": k} for a, p, k, _ in listed]
+            socket.send_fds(conn, [control(SOCKETS, sockets=meta, pid=os.getpid(), revision=REVISION)],
+                            [fd for *_, fd in listed])
+            sent = 0
+            blocks = self.agent.snapshot_blocks()
+            entries = sum(len(e) for _, e in blocks)
+            for chunk in snapshot.encode(blocks, self.agent.clock()):
+                await loop.sock_sendall(conn, CHUNK + chunk)
+                sent += len(chunk)
+            await loop.sock_sendall(conn, control(END, entries=entries, bytes=sent))
+            t_sent = time.monotonic()
+            parse_control(await asyncio.wait_for(loop.sock_recv(conn, MAX_MESSAGE), READY_TIMEOUT), READY)
+        except (ProtocolError, OSError, asyncio.TimeoutError) as exc:
+            log.warning("handoff aborted before READY (%s); still serving as before",
+                        exc or type(exc).__name__)
+            return
+        finally:
+            self.busy = False
+            conn.close()
+        self.handed_off = True
+        self.handoffs += 1
+        log.info("handoff: heir pid %d READY after %.0f ms (%d sockets, %d cache entries, %d bytes "
+                 "sent in %.0f ms)", pid, (time.monotonic() - t0) * 1000, len(listed), entries, sent,
+                 (t_sent - t0) * 1000)
+        self.sock.close()  # the path is the heir's now
+        self.sock = None
+        await self.on_handed_off()
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("handoff connection failed", exc_info=task.exception())

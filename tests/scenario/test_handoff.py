@@ -1,0 +1,263 @@
+"""Hot handoff between real `nodecache run` processes under load, its
+negative control, and the fault cases."""
+import asyncio
+import os
+import socket
+import time
+
+import pytest
+from dnslib import QTYPE, DNSRecord
+
+from nodecache import client
+from nodecache.cli import main
+from nodecache.fakeupstream import ClusterDNS, FakeUpstream
+from fakes import run
+from procs import NAMES, AgentProc, Load, corefile
+
+
+class Upstream:
+    def __init__(self):
+        self.times: list[float] = []
+        dns = ClusterDNS(ttl=3600)
+
+        def answer(data):
+            self.times.append(time.monotonic())
+            return dns.answer(data)
+        self.server = FakeUpstream(answer, record=False)
+
+
+async def _setup(tmp_path):
+    up = Upstream()
+    up_port = await up.server.start()
+    port = client.free_port()
+    conf = tmp_path / "Corefile"
+    conf.write_text(corefile(port, up_port))
+    return up, port, conf
+
+
+async def _warm(port):
+    for name in NAMES:
+        for qtype in (QTYPE.A, QTYPE.AAAA):
+            assert DNSRecord.parse(await client.udp("127.0.0.1", port, client.build(name, qtype))).rr
+
+
+def _hit_rate(load: Load, up: Upstream, start: float, end: float) -> float:
+    asked = sum(1 for t in load.sent_times if start <= t < end)
+    went_up = sum(1 for t in up.times if start <= t < end)
+    return 1 - went_up / asked if asked else 1.0
+
+
+async def _scenario(tmp_path, rounds: int, hot: bool):
+    up, port, conf = await _setup(tmp_path)
+    hdir = tmp_path / "handoff"
+    agents = [AgentProc(tmp_path, conf, hdir, 0)]
+    try:
+        await agents[0].wait_for("serving")
+        await _warm(port)
+        load = Load(port, qps=5000)
+        stop = asyncio.Event()
+        load_task = asyncio.get_running_loop().create_task(load.run(stop, limit=120))
+        await asyncio.sleep(1.0)
+        steady = (time.monotonic() - 0.8, time.monotonic())
+        marks = []
+        for k in range(1, rounds + 1):
+            donor = agents[-1]
+            if hot:
+                heir = AgentProc(tmp_path, conf, hdir, k)
+                agents.append(heir)
+                await heir.wait_for("READY sent")
+                marks.append(time.monotonic())
+                assert await donor.terminate() == 0, donor.text()
+            else:
+                assert await donor.terminate() == 0
+                fresh = AgentProc(tmp_path, conf, hdir, k, "-handoff=false")
+                agents.append(fresh)
+                await fresh.wait_for("serving")
+                marks.append(time.monotonic())
+            await asyncio.sleep(0.35)
+        stop.set()
+        await load_task
+        return load, up, steady, marks, agents
+    finally:
+        for a in agents:
+            a.kill()
+        await up.server.stop()
+
+
+def test_zero_loss_across_30_handoffs_under_load(tmp_path):
+    load, up, steady, marks, agents = run(_scenario(tmp_path, 30, hot=True), timeout=240)
+    summary = (f"sent {load.sent} udp + {load.tcp_sent} tcp, answered {load.answered} + {load.tcp_answered}, "
+               f"unanswered {load.unanswered}, dup {load.duplicates}, errors {load.errors}, "
+               f"tcp retries {load.tcp_retries}")
+    print(summary)
+    assert load.sent >= 5000 * 10 and load.tcp_sent > 100
+    assert load.unanswered == 0 and load.duplicates == 0 and load.errors == 0, summary
+    assert load.answered == load.sent and load.tcp_answered == load.tcp_sent, summary
+    before = _hit_rate(load, up, *steady)
+    after = [_hit_rate(load, up, t, t + 0.3) for t in marks]
+    assert min(after) >= 0.95 * before, (before, after)
+    assert "handed off: drained" in agents[0].text()
+    assert "took 2 sockets and 400 cache entries" in agents[1].text()
+
+
+def test_negative_control_stop_then_start_loses_queries(tmp_path):
+    load, up, steady, marks, agents = run(_scenario(tmp_path, 3, hot=False), timeout=120)
+    assert load.unanswered > 0, "the harness must be able to see loss"
+
+
+def test_handoff_status_and_stale_socket(tmp_path, capsys):
+    async def go():
+        up, port, conf = await _setup(tmp_path)
+        hdir = tmp_path / "handoff"
+        hdir.mkdir(mode=0o700)
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        stale.bind(str(hdir / "handoff.sock"))
+        stale.close()  # the file stays, nobody listens: a crashed agent's leftover
+        agent = AgentProc(tmp_path, conf, hdir, 0)
+        try:
+            await agent.wait_for("serving")
+            assert "no process behind it (stale); starting cold" in agent.text()
+            assert DNSRecord.parse(await client.udp("127.0.0.1", port, client.build(NAMES[0], 1))).rr
+            code = await asyncio.to_thread(main, ["handoff", "status", "-handoff-dir", str(hdir)])
+            assert code == 0
+        finally:
+            agent.kill()
+            await up.server.stop()
+    run(go())
+    out = capsys.readouterr().out
+    assert "holds 2 sockets" in out and "1 cache entries" in out
+
+
+def test_two_heirs_at_once_end_with_one_owner(tmp_path, capsys):
+    async def go():
+        up, port, conf = await _setup(tmp_path)
+        hdir = tmp_path / "handoff"
+        first = AgentProc(tmp_path, conf, hdir, 0)
+        agents = [first]
+        try:
+            await first.wait_for("serving")
+            a, b = AgentProc(tmp_path, conf, hdir, 1), AgentProc(tmp_path, conf, hdir, 2)
+            agents += [a, b]
+            await a.wait_for("READY sent")
+            await b.wait_for("READY sent")
+            handed = [x for x in agents if "handed off: drained" in x.text()]
+            assert len(handed) == 2  # two donors gave up their sockets, exactly one owner remains
+            owner = [x for x in agents if x not in handed][0]
+            for x in handed:
+                assert await x.terminate() == 0
+                assert "interface and rules belong to the successor" in x.text()
+            assert DNSRecord.parse(await client.udp("127.0.0.1", port, client.build(NAMES[1], 1))).rr
+            code = await asyncio.to_thread(main, ["handoff", "status", "-handoff-dir", str(hdir)])
+            return code, owner.proc.pid
+        finally:
+            for x in agents:
+                x.kill()
+            await up.server.stop()
+    code, pid = run(go(), timeout=60)
+    assert code == 0 and f"pid {pid} holds" in capsys.readouterr().out
+
+
+def test_heir_dying_before_ready_leaves_donor_untouched(tmp_path):
+    from nodecache.handoff.heir import take_over
+
+    async def go():
+        up, port, conf = await _setup(tmp_path)
+        hdir = tmp_path / "handoff"
+        donor = AgentProc(tmp_path, conf, hdir, 0)
+        try:
+            await donor.wait_for("serving")
+            await _warm(port)
+            take = await asyncio.to_thread(take_over, str(hdir))
+            assert take is not None and len(take.sockets) == 2 and take.entries == 400
+            take.abandon()  # the heir "crashes" holding the FDs, before READY
+            await donor.wait_for("aborted before READY")
+            assert DNSRecord.parse(await client.udp("127.0.0.1", port, client.build(NAMES[2], 1))).rr
+            heir = AgentProc(tmp_path, conf, hdir, 1)  # a later heir still works
+            await heir.wait_for("READY sent")
+            heir.kill()
+        finally:
+            donor.kill()
+            await up.server.stop()
+    run(go(), timeout=60)
+
+
+def test_donor_killed_mid_drain_heir_serves(tmp_path):
+    async def go():
+        up, port, conf = await _setup(tmp_path)
+        hdir = tmp_path / "handoff"
+        donor = AgentProc(tmp_path, conf, hdir, 0)
+        heir = None
+        try:
+            await donor.wait_for("serving")
+            heir = AgentProc(tmp_path, conf, hdir, 1)
+            await heir.wait_for("READY sent")
+            donor.kill()  # SIGKILL while draining
+            for name in NAMES[:20]:
+                assert DNSRecord.parse(await client.udp("127.0.0.1", port, client.build(name, 1))).rr
+            assert DNSRecord.parse(await client.tcp("127.0.0.1", port, client.build(NAMES[0], 1))).rr
+        finally:
+            donor.kill()
+            if heir:
+                heir.kill()
+            await up.server.stop()
+    run(go(), timeout=60)
+
+
+def test_donor_refuses_other_uid_and_old_revision(tmp_path, monkeypatch):
+    from nodecache.handoff import protocol
+    from nodecache.handoff.heir import take_over
+
+    import shutil
+    import tempfile
+    from pathlib import Path
+    base = Path(tempfile.mkdtemp(prefix="nodecache-uid-", dir="/tmp"))  # reachable by another uid
+    os.chmod(base, 0o755)
+
+    async def go():
+        up, port, conf = await _setup(tmp_path)
+        hdir = base / "handoff"
+        donor = AgentProc(tmp_path, conf, hdir, 0)
+        try:
+            await donor.wait_for("serving")
+            monkeypatch.setattr(protocol, "REVISION", 0)
+            monkeypatch.setattr("nodecache.handoff.heir.REVISION", 0)
+            with pytest.raises(protocol.ProtocolError, match="incompatible"):
+                await asyncio.to_thread(take_over, str(hdir))
+            await donor.wait_for("handoff refused")
+            if os.geteuid() == 0:
+                os.chmod(hdir, 0o755)  # let another uid reach the socket, to test the donor's own check
+                os.chmod(hdir / "handoff.sock", 0o777)
+                reply = await asyncio.to_thread(_hello_as_nobody, str(hdir / "handoff.sock"))
+                assert b"different uid" in reply, reply
+            assert DNSRecord.parse(await client.udp("127.0.0.1", port, client.build(NAMES[3], 1))).rr
+        finally:
+            donor.kill()
+            await up.server.stop()
+            shutil.rmtree(base, ignore_errors=True)
+    run(go(), timeout=60)
+
+
+def _hello_as_nobody(path: str) -> bytes:
+    """Fork a child that drops to uid 65534 and says HELLO; returns the donor's answer."""
+    from nodecache.handoff.protocol import HELLO, REVISION, VERSION, control
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: plain syscalls only, then _exit
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            s.settimeout(5)
+            s.connect(path)
+            s.sendall(control(HELLO, version=VERSION, revision=REVISION, pid=os.getpid()))
+            os.write(w, s.recv(65536))
+        except BaseException as exc:  # report anything to the parent
+            os.write(w, repr(exc).encode())
+        os._exit(0)
+    os.close(w)
+    out = b""
+    while chunk := os.read(r, 65536):
+        out += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    return out

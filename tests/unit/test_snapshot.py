@@ -1,0 +1,80 @@
+"""Cache snapshots: round trip with relative times; garbage is refused."""
+import random
+
+import pytest
+from dnslib import QTYPE, DNSRecord
+
+from nodecache.cache import snapshot
+from nodecache.cache.store import Cache
+from nodecache.config.model import CacheConfig, ServeStale
+from nodecache.dns.reply import analyse
+from nodecache.dns.wire import make_query, question_bytes, scan
+from fakes import FakeClock, a_record, reply_to, soa
+
+
+def filled(n=50, clock=None):
+    clock = clock or FakeClock()
+    cache = Cache(CacheConfig(serve_stale=ServeStale(3600)), clock)
+    for i in range(n):
+        q = make_query(1, question_bytes(f"n{i}.example.", QTYPE.A))
+        if i % 5 == 0:
+            rep = reply_to(q, rcode=3, auth=(soa("example.", 60, 40),))
+        else:
+            rep = reply_to(q, a_record(f"n{i}.example.", ttl=10 + i))
+        cache.insert(scan(q)[0], analyse(rep))
+        clock.advance(0.5)
+    return cache, clock
+
+
+def test_round_trip_keeps_answers_and_remaining_ttl():
+    cache, clock = filled()
+    clock.advance(12)  # some entries are stale now
+    data = b"".join(snapshot.encode([("example.|53", list(cache.entries()))], clock(), chunk=500))
+    other_clock = FakeClock(50_000.0)  # the heir's clock has nothing to do with ours
+    restored = snapshot.decode(data, other_clock())["example.|53"]
+    assert len(restored) == 50
+    target = Cache(cache.config, other_clock)
+    for e in restored:
+        target.put(e)
+    for i in range(50):
+        q = make_query(7, question_bytes(f"n{i}.example.", QTYPE.A))
+        key, qend, flags, _, edns = scan(q)
+        a, b = cache.hit(key, q, qend, flags, edns), target.hit(key, q, qend, flags, edns)
+        assert a == b  # same bytes, same TTLs, same freshness (both None when stale)
+        sa, sb = cache.lookup(key), target.lookup(key)
+        assert sa[1] == sb[1]
+
+
+def test_chunks_are_bounded():
+    cache, clock = filled(200)
+    chunks = list(snapshot.encode([("b|53", list(cache.entries()))], clock(), chunk=2000))
+    assert len(chunks) > 3 and all(len(c) < 2000 + 400 for c in chunks)
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda d: d[:-7],                       # truncated
+    lambda d: b"XXXX" + d[4:],              # wrong magic / version
+    lambda d: d[:30] + b"\xff" + d[31:],    # a length byte garbled
+    lambda d: d[:4] + b"Q" + d[5:],         # unknown record tag
+])
+def test_garbled_snapshots_are_refused(mangle):
+    cache, clock = filled(20)
+    data = b"".join(snapshot.encode([("b|53", list(cache.entries()))], clock()))
+    try:
+        out = snapshot.decode(mangle(data), 0.0)
+    except snapshot.SnapshotError:
+        return
+    # a garble that still parses must not produce unusable entries
+    for entries in out.values():
+        for e in entries:
+            assert all(o + 4 <= len(e.src) for o in e.offsets)
+
+
+def test_random_garbage_never_crashes():
+    rng = random.Random(3)
+    for _ in range(300):
+        blob = snapshot.MAGIC + bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 300)))
+        try:
+            snapshot.decode(blob, 0.0)
+        except snapshot.SnapshotError:
+            pass
