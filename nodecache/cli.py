@@ -66,12 +66,18 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("-handoff-dir", dest="handoff_dir", default="/run/nodecache")
     run.add_argument("-drain", type=go_seconds, default=5.0,
                      help="how long in-flight queries may finish on shutdown or handoff (s)")
+    run.add_argument("-cache-file", dest="cache_file", default="",
+                     help="save the cache here on shutdown and load it on a cold start")
     run.add_argument("-debug", "--debug", action="store_true", help="debug logging")
 
     handoff = sub.add_parser("handoff", help="hot handoff tools")
     hsub = handoff.add_subparsers(dest="handoff_command", required=True)
     status = hsub.add_parser("status", help="which process holds the sockets")
     status.add_argument("-handoff-dir", dest="handoff_dir", default="/run/nodecache")
+    reload_ = hsub.add_parser("reload", help="start a successor with the running agent's command "
+                                             "line and wait until it took over (systemd ExecReload)")
+    reload_.add_argument("-handoff-dir", dest="handoff_dir", default="/run/nodecache")
+    reload_.add_argument("-timeout", type=float, default=30.0)
 
     check = sub.add_parser("check", help="validate a Corefile and print the parsed chains")
     check.add_argument("-conf", "--conf", default="Corefile")
@@ -119,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import run_demo
         return _run_loop(run_demo())
+    if args.command == "handoff" and args.handoff_command == "reload":
+        return cmd_handoff_reload(args.handoff_dir, args.timeout)
     if args.command == "handoff":
         return cmd_handoff_status(args.handoff_dir)
     if args.command == "fake-upstream":
@@ -127,31 +135,64 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def cmd_handoff_status(directory: str) -> int:
+def handoff_status(directory: str) -> dict:
+    """The running agent's answer at the handoff socket; raises OSError."""
     import json
     import socket
     from pathlib import Path
     from .handoff.protocol import MAX_MESSAGE, SOCKET_NAME, STATUS, STATUS_REPLY, control
     path = Path(directory) / SOCKET_NAME
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
+        conn.settimeout(5)
+        conn.connect(str(path))
+        conn.sendall(control(STATUS))
+        reply = conn.recv(MAX_MESSAGE)
+    if reply[:1] != STATUS_REPLY:
+        raise OSError(f"unexpected answer from {path}")
+    return json.loads(reply[1:])
+
+
+def cmd_handoff_status(directory: str) -> int:
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
-            conn.settimeout(5)
-            conn.connect(str(path))
-            conn.sendall(control(STATUS))
-            reply = conn.recv(MAX_MESSAGE)
+        info = handoff_status(directory)
     except FileNotFoundError:
-        print(f"no agent: {path} does not exist")
+        print(f"no agent: {directory}/handoff.sock does not exist")
         return 1
     except OSError as exc:
-        print(f"no agent answering at {path}: {exc.strerror or exc}")
+        print(f"no agent answering in {directory}: {exc.strerror or exc}")
         return 1
-    if reply[:1] != STATUS_REPLY:
-        print(f"unexpected answer from {path}")
-        return 1
-    info = json.loads(reply[1:])
     print(f"pid {info['pid']} holds {info['listeners']} sockets, revision {info['revision']}, "
           f"{info['entries']} cache entries" + (" (handed off)" if info.get("handed_off") else ""))
     return 0
+
+
+def cmd_handoff_reload(directory: str, timeout: float) -> int:
+    """Start the running agent's own command line again, detached; it takes
+    over through the handoff socket. Exit 0 once it holds the sockets."""
+    import subprocess
+    import time
+    try:
+        old = handoff_status(directory)["pid"]
+        argv = open(f"/proc/{old}/cmdline", "rb").read().split(b"\0")[:-1]
+        env = dict(kv.split(b"=", 1) for kv in open(f"/proc/{old}/environ", "rb").read().split(b"\0") if b"=" in kv)
+    except OSError as exc:
+        print(f"no running agent to reload: {exc}", file=sys.stderr)
+        return 1
+    heir = subprocess.Popen(argv, env=env, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if heir.poll() is not None:
+            print(f"successor exited with {heir.returncode}; pid {old} keeps serving", file=sys.stderr)
+            return 1
+        try:
+            if handoff_status(directory)["pid"] == heir.pid:
+                print(f"pid {heir.pid} took over from pid {old}")
+                return 0
+        except OSError:
+            pass
+        time.sleep(0.1)
+    print(f"successor pid {heir.pid} did not take over within {timeout:g}s", file=sys.stderr)
+    return 1
 
 
 def _load_or_report(path: str):
@@ -213,7 +254,7 @@ def cmd_run(args) -> int:
                       args.skipteardown)
     params = RunParams(args.conf, args.basecorefile, args.kubednscm, args.upstreamsvc, ips, node,
                        args.pidfile, args.configsync, args.metrics_listen, args.dns_port,
-                       args.handoff, args.handoff_dir, args.drain)
+                       args.handoff, args.handoff_dir, args.drain, args.cache_file)
     source = ConfigSource(params, dict(os.environ))
     try:
         config = source.load(strict=False)

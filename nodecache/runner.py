@@ -34,7 +34,9 @@ from .config.plugins import parse_config
 from .node.nodeconfig import (CLUSTER_DNS, ConfigMapError, cluster_dns_ip, read_kubedns_configmap,
                               render_corefile, service_env)
 from .node.reconcile import NodeParams, NodeSetup
+from .cache import snapshot
 from .handoff.donor import Donor
+from .handoff.systemd import listen_fds, notify
 from .handoff.heir import take_over
 from .handoff.protocol import ProtocolError
 from .server.agent import Agent, ListenError
@@ -58,6 +60,7 @@ class RunParams:
     handoff: bool = True
     handoff_dir: str = "/run/nodecache"
     drain: float = 5.0
+    cache_file: str = ""
 
 
 def parse_local_ips(text: str) -> tuple[tuple[str, ...], list[str]]:
@@ -154,8 +157,9 @@ async def run_node(params: RunParams, source: ConfigSource, config: Config) -> i
             return 1
     await node.run(node.ensure_interface)
     agent = Agent(config)
+    adopted = take.sockets if take else listen_fds()
     try:
-        await agent.start(take.sockets if take else None)
+        await agent.start(adopted)
     except ListenError as exc:
         log.error("%s", exc)
         if take:
@@ -167,6 +171,8 @@ async def run_node(params: RunParams, source: ConfigSource, config: Config) -> i
     if take:
         restored = agent.restore(take.cache(agent.clock()))
         log.info("handoff: serving with %d cache entries from pid %d", restored, take.donor_pid)
+    elif params.cache_file:
+        _load_cache_file(agent, params.cache_file)
     state = _State()
     donor = None
     if params.handoff:
@@ -180,6 +186,9 @@ async def run_node(params: RunParams, source: ConfigSource, config: Config) -> i
     if take:
         take.finish()
         log.info("handoff: READY sent %.0f ms after connecting", (time.monotonic() - take.started) * 1000)
+        notify(f"MAINPID={os.getpid()}\nREADY=1")
+    else:
+        notify("READY=1")
     if params.pidfile:
         _write_pidfile(params.pidfile)
     await node.run(node.ensure_rules)
@@ -202,9 +211,12 @@ async def run_node(params: RunParams, source: ConfigSource, config: Config) -> i
         await state.drained.wait()
         return 0
     log.info("shutting down")
+    notify("STOPPING=1")
     if params.node.setup_iptables and not params.node.skip_teardown:
         await node.run(node.teardown_rules)
     await agent.stop(params.drain)
+    if params.cache_file:
+        _save_cache_file(agent, params.cache_file)
     await node.run(node.teardown_interface)
     if params.pidfile:
         Path(params.pidfile).unlink(missing_ok=True)
@@ -245,6 +257,26 @@ async def _watch_config(source: ConfigSource, agent: Agent, node: NodeSetup, eve
             node.count("configmap", f"new configuration rejected, keeping the running one: {exc}")
             continue
         log.info("configuration reloaded (%d server blocks)", len(config.blocks))
+
+
+def _load_cache_file(agent: Agent, path: str) -> None:
+    try:
+        entries = snapshot.load(path, agent.clock(), time.time())
+    except FileNotFoundError:
+        return
+    except (OSError, snapshot.SnapshotError) as exc:
+        log.warning("cache file %s unusable (%s); starting with an empty cache", path, exc)
+        return
+    log.info("loaded %d cache entries from %s", agent.restore(entries), path)
+
+
+def _save_cache_file(agent: Agent, path: str) -> None:
+    try:
+        size = snapshot.save(path, agent.snapshot_blocks(), agent.clock(), time.time())
+    except OSError as exc:  # full disk, read-only: the cache is lost, nothing else
+        log.error("could not save the cache to %s: %s", path, exc)
+        return
+    log.info("saved the cache to %s (%d bytes)", path, size)
 
 
 def _write_pidfile(path: str) -> None:

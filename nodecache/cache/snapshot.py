@@ -116,3 +116,41 @@ def _decode_entry(r: _Reader, now: float) -> Entry:
     entry = Entry(key, reply, kind, ttl, stored)
     entry.expires = now + remaining_ms / 1000
     return entry
+
+
+FILE_MAGIC = b"NCF\x01"
+
+
+def save(path: str, blocks, now: float, wall: float) -> int:
+    """Write a snapshot file atomically (temporary file, fsync, rename).
+    Returns bytes written. Raises OSError (full disk...) leaving any older
+    file intact."""
+    import os
+    import struct as _s
+    tmp = f"{path}.tmp.{os.getpid()}"
+    data = FILE_MAGIC + _s.pack("!d", wall) + b"".join(encode(blocks, now))
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return len(data)
+
+
+def load(path: str, now: float, wall: float) -> dict[str, list[Entry]]:
+    """Read a snapshot file; entries age by the wall time since it was saved."""
+    import struct as _s
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if not data.startswith(FILE_MAGIC) or len(data) < 12:
+        raise SnapshotError(f"{path} is not a nodecache cache file of this version")
+    saved = _s.unpack("!d", data[4:12])[0]
+    elapsed = max(0.0, wall - saved)
+    return decode(data[12:], now - elapsed)

@@ -54,7 +54,9 @@ def test_no_conntrack_for_pod_dns_but_control_query_is_tracked(node):
         node.getent(f"svc-{10 + i}.default")
         node.getent(f"svc-{10 + i}.default", v6=True)
     table = node.conntrack()
-    assert f"dst={LOCAL_V4}" not in table and f"dst={LOCAL_V6}" not in table, table
+    dns = [ln for ln in table.splitlines() if ln.split()[:1] in (["udp"], ["tcp"]) and "dport=53 " in ln
+           and (f"dst={LOCAL_V4} " in ln or f"dst={LOCAL_V6} " in ln)]
+    assert dns == [], table  # (an ICMP error about a late reply may be tracked; it is not DNS)
     # control: a pod query straight to the DNAT'd ClusterIP is tracked (UDP, the racy path)
     code = ("import asyncio;from nodecache import client;"
             f"asyncio.run(client.udp('{CLUSTER_V4}', 53, client.build('svc-1.default.svc.cluster.local', 1), 3))")
