@@ -157,6 +157,8 @@ async def run_node(params: RunParams, source: ConfigSource, config: Config) -> i
             return 1
     await node.run(node.ensure_interface)
     agent = Agent(config)
+    # decode the snapshot before serving (in a thread: the donor serves meanwhile)
+    cached = await asyncio.to_thread(take.cache, agent.clock()) if take else None
     adopted = take.sockets if take else listen_fds()
     try:
         await agent.start(adopted)
@@ -169,7 +171,7 @@ async def run_node(params: RunParams, source: ConfigSource, config: Config) -> i
             await node.run(node.teardown)
         return 1
     if take:
-        restored = agent.restore(take.cache(agent.clock()))
+        restored = agent.restore(cached)
         log.info("handoff: serving with %d cache entries from pid %d", restored, take.donor_pid)
     elif params.cache_file:
         _load_cache_file(agent, params.cache_file)
