@@ -76,12 +76,12 @@ async def handler_only(queries: int, k: int) -> dict:
     fast = agent.listeners[0].dispatcher.fast
     reps = max(1, queries // len(msgs))
     for m in msgs:
-        assert fast(m) is not None, "cache not warm"
+        assert fast(m, "udp") is not None, "cache not warm"
     t0 = resource.getrusage(resource.RUSAGE_SELF).ru_utime
     w0 = time.perf_counter()
     for _ in range(reps):
         for m in msgs:
-            fast(m)
+            fast(m, "udp")
     user = resource.getrusage(resource.RUSAGE_SELF).ru_utime - t0
     wall = time.perf_counter() - w0
     await agent.stop(0.5)
@@ -174,7 +174,8 @@ def socket_runs(queries: int, k: int, tmp: Path, rounds: int) -> dict[str, dict]
         core = tmp / "Corefile"
         core.write_text(f".:{port} {{\n cache 30\n bind 127.0.0.1\n forward . 127.0.0.1:{up_port}\n}}\n")
         servers = [("nodecache", [py, "-m", "nodecache", "run", "-conf", str(core),
-                                  "-handoff-dir", str(tmp / "handoff")], port)]
+                                  "-handoff-dir", str(tmp / "handoff"), "-metrics-listen-address", "",
+                                  "-status-socket", str(tmp / "status.sock")], port)]
         bare_port = free_port()
         wait_ready(up_port, msgs[0])
         reply = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -33,8 +33,10 @@ def corefile(port: int, upstream: int) -> str:
 class AgentProc:
     def __init__(self, tmp: Path, conf: Path, handoff_dir: Path, n: int, *extra: str):
         self.log = tmp / f"agent{n}.log"
+        self.status = tmp / f"agent{n}.status"
         self.proc = subprocess.Popen(CLI + ["run", "-conf", str(conf), "-handoff-dir", str(handoff_dir),
-                                            "-drain", "2", *extra],
+                                            "-drain", "2", "-metrics-listen-address", "",
+                                            "-status-socket", str(self.status), *extra],
                                      stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
 
     def text(self) -> str:

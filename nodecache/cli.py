@@ -18,9 +18,22 @@ from .config.plugins import load
 EXIT_CONFIG = 2
 
 
-def _setup_logging(debug: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, stream=sys.stdout,
-                        format="[%(levelname)s] %(message)s")
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (and the traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+        out = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname.lower(),
+               "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def _setup_logging(debug: bool, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter("[%(levelname)s] %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler])
 
 
 def _run_loop(coro):
@@ -68,7 +81,14 @@ def parser() -> argparse.ArgumentParser:
                      help="how long in-flight queries may finish on shutdown or handoff (s)")
     run.add_argument("-cache-file", dest="cache_file", default="",
                      help="save the cache here on shutdown and load it on a cold start")
+    run.add_argument("-status-socket", dest="status_socket", default="/tmp/nodecache.status.sock",
+                     help="where `nodecache probe` asks this process for its state")
+    run.add_argument("-log-format", dest="log_format", choices=("text", "json"), default="text")
     run.add_argument("-debug", "--debug", action="store_true", help="debug logging")
+
+    probe = sub.add_parser("probe", help="exec probe: exit 0 if the agent is alive / ready")
+    probe.add_argument("what", choices=("live", "ready"))
+    probe.add_argument("-status-socket", dest="status_socket", default="/tmp/nodecache.status.sock")
 
     handoff = sub.add_parser("handoff", help="hot handoff tools")
     hsub = handoff.add_subparsers(dest="handoff_command", required=True)
@@ -120,8 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         return cmd_check(args.conf)
     if args.command == "run":
-        _setup_logging(args.debug)
+        _setup_logging(args.debug, args.log_format)
         return cmd_run(args)
+    if args.command == "probe":
+        from .runtime import probe
+        return probe(args.status_socket, args.what)
     if args.command == "demo":
         from .demo import run_demo
         return _run_loop(run_demo())
@@ -254,7 +277,7 @@ def cmd_run(args) -> int:
                       args.skipteardown)
     params = RunParams(args.conf, args.basecorefile, args.kubednscm, args.upstreamsvc, ips, node,
                        args.pidfile, args.configsync, args.metrics_listen, args.dns_port,
-                       args.handoff, args.handoff_dir, args.drain, args.cache_file)
+                       args.handoff, args.handoff_dir, args.drain, args.cache_file, args.status_socket)
     source = ConfigSource(params, dict(os.environ))
     try:
         config = source.load(strict=False)

@@ -213,7 +213,7 @@ class EmulatedNode:
                "-localip", local_ips, "-conf", str(self.tmp / "Corefile"),
                "-basecorefile", str(conf), "-upstreamsvc", "kube-dns-upstream",
                "-kubednscm", str(self.tmp / "kube-dns"), "-handoff-dir", str(self.tmp / "handoff"),
-               *extra]
+               "-status-socket", str(self.tmp / "status.sock"), *extra]
         (self.tmp / "kube-dns").mkdir(exist_ok=True)
         self.agent = subprocess.Popen(cmd, stdout=open(self.agent_log, "a"), stderr=subprocess.STDOUT,
                                       env=env)

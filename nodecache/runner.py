@@ -22,6 +22,7 @@ import hashlib
 import ipaddress
 import logging
 import os
+import random
 import signal
 import time
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from .handoff.donor import Donor
 from .handoff.systemd import listen_fds, notify
 from .handoff.heir import take_over
 from .handoff.protocol import ProtocolError
+from .runtime import Runtime
 from .server.agent import Agent, ListenError
 
 log = logging.getLogger("nodecache")
@@ -61,6 +63,7 @@ class RunParams:
     handoff_dir: str = "/run/nodecache"
     drain: float = 5.0
     cache_file: str = ""
+    status_socket: str = "/tmp/nodecache.status.sock"
 
 
 def parse_local_ips(text: str) -> tuple[tuple[str, ...], list[str]]:
@@ -157,11 +160,13 @@ async def run_node(params: RunParams, source: ConfigSource, config: Config) -> i
             return 1
     await node.run(node.ensure_interface)
     agent = Agent(config)
+    rt = Runtime(agent, node)
     # decode the snapshot before serving (in a thread: the donor serves meanwhile)
     cached = await asyncio.to_thread(take.cache, agent.clock()) if take else None
     adopted = take.sockets if take else listen_fds()
+    http_socks = {k: v for k, v in adopted.items() if k[2] == "http"}
     try:
-        await agent.start(adopted)
+        await agent.start({k: v for k, v in adopted.items() if k[2] != "http"})
     except ListenError as exc:
         log.error("%s", exc)
         if take:
@@ -170,24 +175,32 @@ async def run_node(params: RunParams, source: ConfigSource, config: Config) -> i
         if not take:
             await node.run(node.teardown)
         return 1
+    rt.configure_http(config, params.metrics_listen)
+    await rt.http.start(http_socks)
+    for sock in http_socks.values():
+        sock.close()  # handed over but no longer configured
+    rt.started = True
     if take:
-        restored = agent.restore(cached)
-        log.info("handoff: serving with %d cache entries from pid %d", restored, take.donor_pid)
+        rt.received_entries = agent.restore(cached)
+        log.info("handoff: serving with %d cache entries from pid %d", rt.received_entries, take.donor_pid)
     elif params.cache_file:
         _load_cache_file(agent, params.cache_file)
+    agent.probe_loops()
     state = _State()
-    donor = None
     if params.handoff:
-        donor = Donor(agent, params.handoff_dir, lambda: _handed_off(agent, node, state, params))
+        rt.donor = Donor(agent, params.handoff_dir, lambda: _handed_off(rt, state, params),
+                         rt.http.listening_sockets)
         try:
-            donor.start()
+            rt.donor.start()
         except OSError as exc:
             log.error("cannot publish the handoff socket in %s: %s (upgrades will not be hot)",
                       params.handoff_dir, exc)
-            donor = None
+            rt.donor = None
+    rt.start_status(params.status_socket)
     if take:
         take.finish()
-        log.info("handoff: READY sent %.0f ms after connecting", (time.monotonic() - take.started) * 1000)
+        rt.takeover_seconds = time.monotonic() - take.started
+        log.info("handoff: READY sent %.0f ms after connecting", rt.takeover_seconds * 1000)
         notify(f"MAINPID={os.getpid()}\nREADY=1")
     else:
         notify("READY=1")
@@ -197,28 +210,37 @@ async def run_node(params: RunParams, source: ConfigSource, config: Config) -> i
     if params.node.setup_iptables:
         log.info("%d rules in place for %s", len(node.rules), ", ".join(params.local_ips) or "no local IP")
     stop = asyncio.Event()
+    reload_now = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, reload_now.set)
     log.info("nodecache %s serving (%d server blocks)", __version__, len(config.blocks))
     state.tasks = [loop.create_task(node.loop()),
-                   loop.create_task(_watch_config(source, agent, node, params.config_sync))]
+                   loop.create_task(_watch_config(source, rt, params, reload_now))]
     await stop.wait()
     for task in state.tasks:
         task.cancel()
-    if donor is not None:
-        donor.close()
-    if state.handed_off:
+    if rt.donor is not None:
+        rt.donor.close()
+    if rt.handed_off:
         log.info("exiting after handoff: interface and rules belong to the successor")
         await state.drained.wait()
+        rt.close()
         return 0
+    rt.stopping = True
+    lameduck = rt.lameduck()
+    if lameduck:
+        log.info("lameduck: serving (unready) for %.1fs before shutting down", lameduck)
+        await asyncio.sleep(lameduck)
     log.info("shutting down")
     notify("STOPPING=1")
     if params.node.setup_iptables and not params.node.skip_teardown:
         await node.run(node.teardown_rules)
-    await agent.stop(params.drain)
+    await rt.agent.stop(params.drain)
+    rt.close()
     if params.cache_file:
-        _save_cache_file(agent, params.cache_file)
+        _save_cache_file(rt.agent, params.cache_file)
     await node.run(node.teardown_interface)
     if params.pidfile:
         Path(params.pidfile).unlink(missing_ok=True)
@@ -227,37 +249,57 @@ async def run_node(params: RunParams, source: ConfigSource, config: Config) -> i
 
 class _State:
     def __init__(self):
-        self.handed_off = False
         self.tasks: list[asyncio.Task] = []
         self.drained = asyncio.Event()
 
 
-async def _handed_off(agent: Agent, node: NodeSetup, state: _State, params: RunParams) -> None:
+async def _handed_off(rt: Runtime, state: _State, params: RunParams) -> None:
     """The heir serves now: stop reading, finish what we took, own nothing."""
-    state.handed_off = True
+    rt.handed_off = True
     for task in state.tasks:
         task.cancel()  # no more reconciles or reloads: the heir owns the node
+    rt.http.close()    # the heir serves the HTTP endpoints on the same sockets
     t0 = time.monotonic()
-    await agent.stop(params.drain)
+    await rt.agent.stop(params.drain)
     log.info("handed off: drained in %.0f ms; staying alive, unready, until terminated",
              (time.monotonic() - t0) * 1000)
     state.drained.set()
 
 
-async def _watch_config(source: ConfigSource, agent: Agent, node: NodeSetup, every: float) -> None:
+def _reload_interval(config: Config, default: float) -> float:
+    """The Corefile's `reload INTERVAL [JITTER]` if any block has it (with
+    jitter, so a fleet does not reload in step), else -configsync."""
+    reloads = [b.reload for b in config.blocks if b.reload]
+    if not reloads:
+        return default
+    r = min(reloads, key=lambda x: x.interval)
+    return max(1.0, r.interval + random.uniform(-r.jitter, r.jitter))
+
+
+async def _watch_config(source: ConfigSource, rt: Runtime, params: RunParams, now: asyncio.Event) -> None:
+    """Reload when the Corefile, template or ConfigMap changes (polled, by
+    content hash) or on SIGUSR1. A broken new configuration is logged and
+    counted, and the running one stays."""
     seen = source.fingerprint()
     while True:
-        await asyncio.sleep(every)
-        now = source.fingerprint()
-        if now == seen:
+        try:
+            await asyncio.wait_for(now.wait(), _reload_interval(rt.agent.config, params.config_sync))
+            forced = True
+        except asyncio.TimeoutError:
+            forced = False
+        now.clear()
+        fingerprint = source.fingerprint()
+        if fingerprint == seen and not forced:
             continue
-        seen = now
+        seen = fingerprint
         try:
             config = source.load()
-            await agent.reload(config)
+            await rt.agent.reload(config)
         except (CorefileError, ConfigMapError, ListenError) as exc:
-            node.count("configmap", f"new configuration rejected, keeping the running one: {exc}")
+            rt.reload_failed += 1
+            rt.node.count("configmap", f"new configuration rejected, keeping the running one: {exc}")
             continue
+        await rt.reconfigure_http(config, params.metrics_listen)
         log.info("configuration reloaded (%d server blocks)", len(config.blocks))
 
 

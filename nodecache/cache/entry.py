@@ -64,9 +64,16 @@ class Entry:
         return self.expires - now
 
     @staticmethod
-    def _bodies(tail: bytes) -> tuple[bytes, bytes, bytes]:
-        """What follows the question, indexed by the client's edns + 1."""
-        return tail, tail + OPT_PLAIN, tail + OPT_DO
+    def _bodies(tail: bytes) -> list:
+        """What follows the question, indexed by the client's edns + 1; the
+        variants with our OPT are built on first use (most clients send
+        OPT, but many entries are only ever asked one way)."""
+        return [tail, None, None]
+
+    def _body(self, edns: int) -> bytes:
+        body = self.bodies[0] + (OPT_DO if edns else OPT_PLAIN)
+        self.bodies[edns + 1] = body
+        return body
 
     def render(self, data: bytes, qend: int, qflags: int, edns: int, now: float) -> bytes:
         """The reply to query ``data`` (whose question ends at qend)."""
@@ -80,14 +87,14 @@ class Entry:
         head = self.heads.get((qflags & _VARIANT) | (edns + 1))
         if head is None:
             head = self._head(qflags, edns)
-        return b"".join((data[:2], head, data[12:qend], self.bodies[edns + 1]))
+        return b"".join((data[:2], head, data[12:qend], self.bodies[edns + 1] or self._body(edns)))
 
     def render_stale(self, data: bytes, qend: int, qflags: int, edns: int) -> bytes:
         """Same reply with every TTL at STALE_TTL (RFC 8767 §4)."""
         tail = bytearray(self.src)
         for off in self.offsets:
             tail[off:off + 4] = STALE_TTL.to_bytes(4, "big")
-        body = self._bodies(bytes(tail))[edns + 1]
+        body = bytes(tail) + (b"", OPT_PLAIN, OPT_DO)[edns + 1]
         return b"".join((data[:2], self._head(qflags, edns), data[12:qend], body))
 
     def _head(self, qflags: int, edns: int) -> bytes:

@@ -49,6 +49,7 @@ class Cache:
         self.inserts = 0
         self.served_stale = 0
         self.prefetches = 0
+        self.drops = 0  # replies not cached because they were truncated
 
     def __len__(self) -> int:
         return len(self._success) + len(self._denial)
@@ -128,6 +129,8 @@ class Cache:
         return None
 
     def insert(self, key: bytes, reply: Reply) -> Entry | None:
+        if reply.truncated:
+            self.drops += 1
         decision = self.classify(reply)
         if decision is None:
             return None

@@ -74,6 +74,18 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class Health:
+    addr: str = ":8080"
+    lameduck: float = 0.0   # keep answering (and /health OK) this long after SIGTERM
+
+
+@dataclass(frozen=True)
+class Reload:
+    interval: float = 30.0
+    jitter: float = 15.0
+
+
+@dataclass(frozen=True)
 class ServerBlock:
     zones: tuple[str, ...]      # lower-case, absolute ("cluster.local.")
     port: int
@@ -83,6 +95,11 @@ class ServerBlock:
     log: LogConfig | None = None
     cache: CacheConfig | None = None
     forward: ForwardConfig | None = None
+    prometheus: str | None = None     # listen address of /metrics
+    health: Health | None = None
+    ready: str | None = None          # listen address of /ready
+    reload: Reload | None = None
+    loop: bool = False
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from . import corefile
 from .corefile import CorefileError, Directive, Token
-from .model import (LOG_CLASSES, CacheClass, CacheConfig, Config, ForwardConfig, LogConfig,
-                    Prefetch, ServeStale, ServerBlock, Upstream)
+from .model import (LOG_CLASSES, CacheClass, CacheConfig, Config, ForwardConfig, Health, LogConfig,
+                    Prefetch, Reload, ServeStale, ServerBlock, Upstream)
 
 DEFAULT_PORT = 53
-# Built by later work (metrics/health/reload/loop); refused clearly until then.
-NOT_YET = {"health", "ready", "prometheus", "reload", "loop"}
+# Accepted so Corefiles written for CoreDNS load, with what they do here.
+NOT_YET: set[str] = set()
 POLICIES = ("random", "round_robin", "sequential")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
@@ -320,8 +320,67 @@ def _forward_option(ctx: _Ctx, cfg: ForwardConfig, sub: Directive) -> ForwardCon
     raise ctx.error(sub.line, f"forward: unknown option '{name}'")
 
 
+def listen_address(ctx: _Ctx, tok: Token, what: str) -> str:
+    """``[HOST]:PORT`` (CoreDNS style, host optional) -> ``host:port``."""
+    host, sep, port = tok.text.rpartition(":")
+    if not sep:
+        raise ctx.error(tok.line, f"{what}: {tok.text!r} is not [HOST]:PORT")
+    parse_int(ctx, Token(port, tok.line), f"{what} port", 0, 65535)
+    host = host.strip("[]")
+    if host and host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ctx.error(tok.line, f"{what}: {host!r} is not an IP address") from None
+    return f"{host}:{port}"
+
+
+def _setup_prometheus(ctx: _Ctx, d: Directive) -> str:
+    _no_body(ctx, d)
+    if len(d.args) > 1:
+        raise ctx.error(d.line, "prometheus [ADDRESS]")
+    return listen_address(ctx, d.args[0], "prometheus") if d.args else ":9253"
+
+
+def _setup_ready(ctx: _Ctx, d: Directive) -> str:
+    _no_body(ctx, d)
+    if len(d.args) > 1:
+        raise ctx.error(d.line, "ready [ADDRESS]")
+    return listen_address(ctx, d.args[0], "ready") if d.args else ":8181"
+
+
+def _setup_health(ctx: _Ctx, d: Directive) -> Health:
+    if len(d.args) > 1:
+        raise ctx.error(d.line, "health [ADDRESS] { lameduck DURATION }")
+    health = Health(listen_address(ctx, d.args[0], "health") if d.args else ":8080")
+    for sub in d.body or ():
+        if sub.name != "lameduck" or len(sub.args) != 1:
+            raise ctx.error(sub.line, "health: only 'lameduck DURATION' is an option")
+        health = replace(health, lameduck=parse_duration(ctx, sub.args[0]))
+    return health
+
+
+def _setup_reload(ctx: _Ctx, d: Directive) -> Reload:
+    _no_body(ctx, d)
+    if len(d.args) > 2:
+        raise ctx.error(d.line, "reload [INTERVAL [JITTER]]")
+    interval = parse_duration(ctx, d.args[0]) if d.args else 30.0
+    jitter = parse_duration(ctx, d.args[1]) if len(d.args) > 1 else min(15.0, interval / 2)
+    if interval < 2 or jitter < 1 and len(d.args) > 1 or jitter > interval / 2:
+        raise ctx.error(d.line, "reload: INTERVAL must be >= 2s and JITTER between 1s and INTERVAL/2")
+    return Reload(interval, jitter)
+
+
+def _setup_loop(ctx: _Ctx, d: Directive) -> bool:
+    _no_body(ctx, d)
+    if d.args:
+        raise ctx.error(d.line, "loop: takes no arguments")
+    return True
+
+
 _SETUP = {"errors": _setup_errors, "log": _setup_log, "bind": _setup_bind,
-          "cache": _setup_cache, "forward": _setup_forward}
+          "cache": _setup_cache, "forward": _setup_forward, "prometheus": _setup_prometheus,
+          "ready": _setup_ready, "health": _setup_health, "reload": _setup_reload, "loop": _setup_loop}
 
 
 def _check_overlaps(ctx: _Ctx, blocks: list[ServerBlock]) -> None:

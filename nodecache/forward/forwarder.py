@@ -29,10 +29,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
+from bisect import bisect_left
 
 from ..config.model import ForwardConfig, Upstream
 from ..dns.reply import MalformedReply, Reply, analyse
 from ..dns.wire import AD, CD, RD, make_query
+from ..observe.stats import DURATION_BUCKETS
 from .transport import TcpPool, UpstreamClosed, udp_exchange
 
 log = logging.getLogger("nodecache.forward")
@@ -59,6 +62,15 @@ class UpstreamState:
         self.requests = 0
         self.failures = 0
         self.healthcheck_failures = 0
+        # rcode -> [bucket counts (DURATION_BUCKETS + Inf), sum of seconds]
+        self.durations: dict[int, list] = {}
+
+    def observe(self, rcode: int, seconds: float) -> None:
+        entry = self.durations.get(rcode)
+        if entry is None:
+            entry = self.durations[rcode] = [[0] * (len(DURATION_BUCKETS) + 1), 0.0]
+        entry[0][bisect_left(DURATION_BUCKETS, seconds)] += 1
+        entry[1] += seconds
 
     @property
     def healthy(self) -> bool:
@@ -110,6 +122,7 @@ class Forwarder:
         self._rr = 0
         self.coalesced = 0
         self.rejected = 0   # coredns_forward_max_concurrent_rejects_total
+        self.all_down = 0   # coredns_forward_healthcheck_broken_total
 
     async def resolve(self, key: bytes) -> Reply:
         task = self.inflight.get(key)
@@ -137,7 +150,10 @@ class Forwarder:
         elif self.cfg.policy == "round_robin":
             self._rr = (self._rr + 1) % len(ups)
             ups = ups[self._rr:] + ups[:self._rr]
-        return [u for u in ups if u.healthy] + [u for u in ups if not u.healthy]
+        healthy = [u for u in ups if u.healthy]
+        if not healthy:
+            self.all_down += 1  # every upstream is down: try them anyway
+        return healthy + [u for u in ups if not u.healthy]
 
     async def _exchange(self, key: bytes) -> Reply:
         flags = RD | AD | (CD if key[-1] & 1 else 0)
@@ -166,11 +182,13 @@ class Forwarder:
     async def _attempt(self, up: UpstreamState, query: bytes, key: bytes, timeout: float) -> Reply:
         up.requests += 1
         tcp = self.cfg.force_tcp
+        t0 = time.monotonic()
         raw = await up.exchange(query, timeout, tcp)
         reply = _validated(raw, key, up)
         if reply.truncated and not tcp:  # RFC 7766 §5: retry over TCP
             reply = _validated(await up.exchange(query, timeout, True), key, up)
         up.succeeded()
+        up.observe(reply.rcode, time.monotonic() - t0)
         return reply
 
     def close(self) -> None:

@@ -41,8 +41,9 @@ def publish(path: Path) -> socket.socket:
 
 
 class Donor:
-    def __init__(self, agent, directory: str, on_handed_off):
+    def __init__(self, agent, directory: str, on_handed_off, extra_sockets=lambda: []):
         self.agent = agent
+        self.extra_sockets = extra_sockets  # () -> [(addr, port, kind, fd)]: the HTTP listeners
         self.path = Path(directory) / SOCKET_NAME
         self.on_handed_off = on_handed_off
         self.sock: socket.socket | None = None
@@ -129,7 +130,7 @@ class Donor:
                 await self._refuse(conn, f"incompatible: donor is version {VERSION} revision {REVISION}")
                 return
             log.info("handoff: heir pid %d connected", pid)
-            listed = self.agent.listening_sockets()
+            listed = self.agent.listening_sockets() + self.extra_sockets()
             meta = [{"addr": a, "port": p, "kind": k} for a, p, k, _ in listed]
             socket.send_fds(conn, [control(SOCKETS, sockets=meta, pid=os.getpid(), revision=REVISION)],
                             [fd for *_, fd in listed])

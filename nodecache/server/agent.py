@@ -17,6 +17,7 @@ import time
 from ..config.model import Config
 from .block import Block
 from .dispatch import Dispatcher
+from ..observe.stats import ListenerStats
 from .router import Router
 from .tcp import TcpLimits, TcpServerState
 from .udp import UdpServer
@@ -62,7 +63,9 @@ def make_sockets(addr: str, port: int) -> tuple[socket.socket, socket.socket]:
 class Listener:
     def __init__(self, addr: str, port: int, blocks: list[Block], limits: TcpLimits):
         self.addr, self.port = addr, port
-        self.dispatcher = Dispatcher(Router(blocks))
+        family = "2" if ":" in addr else "1"
+        self.stats = ListenerStats(self.server_label(), family)
+        self.dispatcher = Dispatcher(Router(blocks), self.stats)
         self.tcp_state = TcpServerState(self.dispatcher, limits)
         self.udp: UdpServer | None = None
         self.udp_transport = None
@@ -75,6 +78,12 @@ class Listener:
         self.tcp_server = await loop.create_server(self.tcp_state.protocol, sock=tcp_sock)
         bound = udp_sock.getsockname()
         self.port = bound[1]  # port 0 in tests: the kernel's choice
+        self.stats.server = self.server_label()
+
+    def server_label(self) -> str:
+        """CoreDNS's ``server`` label: dns://ADDR:PORT (empty ADDR for all addresses)."""
+        addr = "" if self.addr in ("::", "0.0.0.0") else (f"[{self.addr}]" if ":" in self.addr else self.addr)
+        return f"dns://{addr}:{self.port}"
 
     def stop_reading(self) -> None:
         if self.tcp_server is not None:
@@ -108,6 +117,7 @@ class Agent:
             Listener(addr, port, _blocks_for(self.blocks, addr, port), self.tcp_limits)
             for addr, port in config.listeners]
         self.retiring: set[asyncio.Task] = set()
+        self.retired: list[Listener] = []  # removed by reloads; their counters still count
 
     async def start(self, adopted: dict[tuple[str, int, str], socket.socket] | None = None) -> None:
         """Start every listener, on sockets handed over (hot handoff, systemd)
@@ -209,11 +219,28 @@ class Agent:
             if (addr, port) in wanted:
                 listener.dispatcher.router = Router(_blocks_for(blocks, addr, port))
         gone = [lst for key, lst in current.items() if key not in wanted]
+        self.retired = (self.retired + gone)[-64:]
         self.listeners = [lst for key, lst in current.items() if key in wanted] + started
         old_blocks, self.blocks, self.config = self.blocks, blocks, config
         task = asyncio.get_running_loop().create_task(self._retire(old_blocks, gone))
         self.retiring.add(task)
         task.add_done_callback(self.retiring.discard)
+        self.probe_loops()
+
+    def probe_loops(self) -> None:
+        """Start the loop probe of every block that has `loop` (server.loop)."""
+        for block in self.blocks:
+            if block.loop is not None:
+                task = asyncio.get_running_loop().create_task(block.probe_loop())
+                self.retiring.add(task)
+                task.add_done_callback(self.retiring.discard)
+
+    def block_server(self, block: Block) -> str:
+        """CoreDNS's ``server`` label for a block: its first listener's."""
+        for listener in self.listeners:
+            if any(b is block for b in listener.dispatcher.router.blocks):
+                return listener.stats.server
+        return ""
 
     async def _retire(self, blocks: list[Block], listeners: list[Listener], grace: float = 10.0) -> None:
         for listener in listeners:

@@ -20,6 +20,7 @@ from ..stages.cache import CacheStage
 from ..stages.errors import ErrorsStage
 from ..stages.forward import ForwardStage
 from ..stages.log import LogStage
+from .loop import LoopDetector
 
 log = logging.getLogger("nodecache.server")
 
@@ -41,6 +42,7 @@ class Block:
             self.stages.append(self.forward_stage)
         self.handler = chain(self.stages)
         self.panics = 0
+        self.loop = LoopDetector(cfg.zones[0]) if cfg.loop and cfg.forward else None
         # The hot path is the cache's own hit method, unless every query
         # must be logged. (A cache limited to some zones holds only entries
         # of those zones, so a hit is always a hit it would serve.)
@@ -51,16 +53,29 @@ class Block:
     def cache(self):
         return self.cache_stage.cache if self.cache_stage else None
 
-    async def serve(self, request: Request) -> bytes:
+    async def serve(self, request: Request) -> tuple[bytes, str]:
+        """(reply, name of the stage that produced it)."""
         q = request.query
         try:
-            return render(request, await self.handler(request))
+            answer = await self.handler(request)
+            return render(request, answer), answer.plugin
         except ForwardFailure:
-            return error_reply(q.data, SERVFAIL, q.qend, q.edns)
+            return error_reply(q.data, SERVFAIL, q.qend, q.edns), "forward"
         except Exception:
             self.panics += 1  # coredns_panics_total
             log.exception("unexpected error serving %r", q.data[:64])
-            return error_reply(q.data, SERVFAIL, q.qend, q.edns)
+            return error_reply(q.data, SERVFAIL, q.qend, q.edns), ""
+
+    async def probe_loop(self) -> None:
+        """Send the loop probe through our forwarder (see server.loop)."""
+        if self.loop is None or self.loop.detected:
+            return
+        try:
+            await self.forward_stage.forwarder.resolve(self.loop.key)
+        except Exception as exc:  # the probe's own answer does not matter, only its echo
+            log.debug("loop probe for %s: %s", self.loop.zone, exc)
+        if self.loop.detected:
+            self.fast = _no_fast_path  # no cached answers either: the zone is down
 
     def close(self) -> None:
         for stage in self.stages:

@@ -1,56 +1,93 @@
 """From query bytes to reply bytes, for any transport.
 
 ``fast`` is the synchronous cache-hit path (scan in place, route, cache
-hit); ``answer`` is the slow path (full parse, RFC error replies, the
-block's stage chain). Transports call ``fast`` first and schedule
-``answer`` as a task only when it returns None. Background tasks are
-tracked so shutdown can drain them.
+hit, count); ``answer`` is the slow path (full parse, RFC error replies,
+the block's stage chain, count). Transports call ``fast`` first and
+schedule ``answer`` as a task only when it returns None. Both fit UDP
+replies to the client's size (TC=1 when too big, RFC 1035 §4.2.1, RFC 6891
+§7) and both record the query in ``stats`` for the metrics. Background
+tasks are tracked so shutdown can drain them.
+
+Loop detection (the ``loop`` directive) also sits here: a block's probe
+name arriving at one of our own listeners means our upstream sent our own
+query back to us.
 """
 from __future__ import annotations
 
 import asyncio
+import time
 
-from ..dns.wire import REFUSED, QueryError, error_reply, parse_query, scan
+from ..dns.wire import MAX_MESSAGE, REFUSED, SERVFAIL, QueryError, error_reply, parse_query, scan, truncated_reply
+from ..observe.stats import ListenerStats
 from ..stages.base import Request
 from .router import Router
 
+_clock = time.monotonic
+
+
+def fit(reply: bytes, data: bytes, limit: int, qend: int, edns: int) -> bytes:
+    if len(reply) <= limit:
+        return reply
+    return truncated_reply(data, qend, reply[2] << 8 | reply[3], edns)
+
 
 class Dispatcher:
-    def __init__(self, router: Router):
+    def __init__(self, router: Router, stats: ListenerStats):
         self.router = router
+        self.stats = stats
         self.tasks: set[asyncio.Task] = set()
         self.dropped = 0       # queries we could not even answer with an error
         self.error_replies = 0
+        self.truncated = 0
 
-    def fast(self, data: bytes):
-        """(reply, limit, qend, flags, edns) for a cache hit, else None."""
+    def fast(self, data: bytes, proto: str) -> bytes | None:
+        """The reply for a cache hit, else None."""
+        t0 = _clock()
         s = scan(data)
         if s is None:
             return None
         key, qend, flags, limit, edns = s
-        block = self.router.block_for(key)
-        if block is None:
+        routed = self.router.block_for(key)
+        if routed is None:
             return None
+        block, zone = routed
         reply = block.fast(key, data, qend, flags, edns)
         if reply is None:
             return None
-        return reply, limit, qend, edns
+        if proto == "udp" and len(reply) > limit:
+            self.truncated += 1
+            reply = truncated_reply(data, qend, reply[2] << 8 | reply[3], edns)
+        self.stats.record(zone, proto, key[-4] | key[-5] << 8, reply[3] & 0xF, edns == 1,
+                          len(data), len(reply), _clock() - t0, "cache")
+        return reply
 
-    async def answer(self, data: bytes, proto: str, client) -> tuple[bytes | None, int, int, int]:
-        """(reply or None to drop, UDP limit, qend, edns)."""
+    async def answer(self, data: bytes, proto: str, client) -> bytes | None:
+        """The reply to any query, or None to drop it."""
+        t0 = _clock()
         try:
             q = parse_query(data)
         except QueryError as exc:
             if exc.rcode is None:
                 self.dropped += 1
-                return None, 0, 0, -1
+                return None
             self.error_replies += 1
-            return error_reply(data, exc.rcode, exc.qend, exc.edns), 512, exc.qend, exc.edns
-        block = self.router.block_for(q.key)
-        if block is None:
-            return error_reply(data, REFUSED, q.qend, q.edns), q.limit, q.qend, q.edns
-        reply = await block.serve(Request(q, proto, client))
-        return reply, q.limit, q.qend, q.edns
+            return error_reply(data, exc.rcode, exc.qend, exc.edns)
+        routed = self.router.block_for(q.key)
+        if routed is None:
+            reply, zone, plugin = error_reply(data, REFUSED, q.qend, q.edns), ".", ""
+        else:
+            block, zone = routed
+            if block.loop is not None and block.loop.sighted(q.key):
+                reply, plugin = error_reply(data, SERVFAIL, q.qend, q.edns), "loop"
+            else:
+                reply, plugin = await block.serve(Request(q, proto, client))
+        limit = q.limit if proto == "udp" else MAX_MESSAGE
+        if len(reply) > limit:
+            self.truncated += 1
+            reply = fit(reply, data, limit, q.qend, q.edns)
+        self.stats.record(zone, proto, q.qtype, reply[3] & 0xF, q.edns == 1, len(data), len(reply),
+                          _clock() - t0, plugin)
+        return reply
 
     def spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -11,14 +11,14 @@ from .block import Block
 
 class Router:
     def __init__(self, blocks: list[Block]):
-        self.by_zone: dict[bytes, Block] = {}
+        self.by_zone: dict[bytes, tuple[Block, str]] = {}
         for block in blocks:
             for zone in block.cfg.zones:
-                self.by_zone[encode_name(zone)] = block
-        self.only = blocks[0] if len(self.by_zone) == 1 and b"\x00" in self.by_zone else None
+                self.by_zone[encode_name(zone)] = (block, zone)
+        self.only = self.by_zone[b"\x00"] if len(self.by_zone) == 1 and b"\x00" in self.by_zone else None
 
-    def block_for(self, key: bytes) -> Block | None:
-        """``key`` is a cache key: the lower-case wire name, then 5 bytes."""
+    def block_for(self, key: bytes) -> tuple[Block, str] | None:
+        """(block, zone) for a cache key (the lower-case wire name, then 5 bytes)."""
         if self.only is not None:
             return self.only
         end = len(key) - 5
@@ -33,4 +33,4 @@ class Router:
 
     @property
     def blocks(self) -> list[Block]:
-        return list(dict.fromkeys(self.by_zone.values()))
+        return list(dict.fromkeys(b for b, _ in self.by_zone.values()))

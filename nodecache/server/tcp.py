@@ -20,9 +20,7 @@ import asyncio
 import logging
 
 from ..dns.framing import FrameReader, FrameTooLarge, frame
-from ..dns.wire import MAX_MESSAGE
 from .dispatch import Dispatcher
-from .udp import fit
 
 log = logging.getLogger("nodecache.tcp")
 MAX_QUERY = 16384
@@ -104,9 +102,9 @@ class TcpConnection(asyncio.Protocol):
         dispatcher = self.state.dispatcher
         for msg in frames:
             self.state.queries += 1
-            hit = dispatcher.fast(msg)
+            hit = dispatcher.fast(msg, "tcp")
             if hit is not None:
-                self.transport.write(frame(hit[0]))
+                self.transport.write(frame(hit))
                 continue
             self.inflight += 1
             dispatcher.spawn(self._slow(msg))
@@ -116,9 +114,7 @@ class TcpConnection(asyncio.Protocol):
 
     async def _slow(self, msg: bytes) -> None:
         try:
-            reply, _, qend, edns = await self.state.dispatcher.answer(msg, "tcp", self.peer)
-            if reply is not None and len(reply) > MAX_MESSAGE:
-                reply = fit(reply, msg, MAX_MESSAGE, qend, edns)
+            reply = await self.state.dispatcher.answer(msg, "tcp", self.peer)
             if reply is not None and self.transport is not None and not self.transport.is_closing():
                 self.transport.write(frame(reply))
         finally:

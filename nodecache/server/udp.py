@@ -1,8 +1,8 @@
 """UDP transport: bytes in, bytes out, nothing else.
 
-A cache hit is answered inside ``datagram_received`` (no task, no await).
-Replies larger than the client can take are replaced by a TC=1 reply
-(RFC 1035 §4.2.1, RFC 6891 §7) so it retries over TCP.
+A cache hit is answered inside ``datagram_received`` (no task, no await);
+anything else becomes a task. The dispatcher has already fitted the reply
+to the client's UDP size.
 """
 from __future__ import annotations
 
@@ -11,16 +11,9 @@ import logging
 import os
 import socket
 
-from ..dns.wire import truncated_reply
 from .dispatch import Dispatcher
 
 log = logging.getLogger("nodecache.udp")
-
-
-def fit(reply: bytes, data: bytes, limit: int, qend: int, edns: int) -> bytes:
-    if len(reply) <= limit:
-        return reply
-    return truncated_reply(data, qend, reply[2] << 8 | reply[3], edns)
 
 
 class UdpServer(asyncio.DatagramProtocol):
@@ -28,7 +21,6 @@ class UdpServer(asyncio.DatagramProtocol):
         self.dispatcher = dispatcher
         self.transport: asyncio.DatagramTransport | None = None
         self.queries = 0
-        self.truncated = 0
         self.spare: socket.socket | None = None  # sends replies after stop_reading
         self.unsent = 0
 
@@ -37,12 +29,8 @@ class UdpServer(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr):
         self.queries += 1
-        hit = self.dispatcher.fast(data)
-        if hit is not None:
-            reply, limit, qend, edns = hit
-            if len(reply) > limit:
-                self.truncated += 1
-                reply = fit(reply, data, limit, qend, edns)
+        reply = self.dispatcher.fast(data, "udp")
+        if reply is not None:
             self.transport.sendto(reply, addr)
             return
         self.dispatcher.spawn(self._slow(data, addr))
@@ -76,13 +64,9 @@ class UdpServer(asyncio.DatagramProtocol):
             self.transport.close()
 
     async def _slow(self, data: bytes, addr) -> None:
-        reply, limit, qend, edns = await self.dispatcher.answer(data, "udp", addr)
-        if reply is None:
-            return
-        if len(reply) > limit:
-            self.truncated += 1
-            reply = fit(reply, data, limit, qend, edns)
-        self._send(reply, addr)
+        reply = await self.dispatcher.answer(data, "udp", addr)
+        if reply is not None:
+            self._send(reply, addr)
 
     def error_received(self, exc):
         # ICMP errors for earlier replies (client went away): nothing to do.

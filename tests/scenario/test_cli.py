@@ -29,7 +29,8 @@ def test_run_serves_until_sigterm(tmp_path):
     core = tmp_path / "Corefile"
     core.write_text(f".:{port} {{\n  errors\n  cache\n  bind 127.0.0.1\n"
                     f"  forward . 127.0.0.1:{up_port}\n}}\n")
-    proc = subprocess.Popen(CLI + ["run", "-conf", str(core), "-handoff-dir", str(tmp_path / "h")],
+    proc = subprocess.Popen(CLI + ["run", "-conf", str(core), "-handoff-dir", str(tmp_path / "h"),
+                                   "-metrics-listen-address", "", "-status-socket", str(tmp_path / "s")],
                             stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:

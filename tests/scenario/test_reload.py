@@ -9,6 +9,7 @@ from nodecache.client import build
 from nodecache.config.plugins import parse_config
 from nodecache.node.reconcile import NodeParams, NodeSetup
 from nodecache.runner import ConfigSource, RunParams, _watch_config
+from nodecache.runtime import Runtime
 from fakes import run
 from harness import node
 
@@ -72,15 +73,17 @@ def test_broken_new_corefile_keeps_the_running_one(tmp_path):
             conf = tmp_path / "Corefile"
             good = COREFILE.format(port=n.port, up0=n.up.port, ttl=30)
             conf.write_text(good)
-            params = RunParams(conf=str(conf), base_corefile=str(tmp_path / "absent"))
+            params = RunParams(conf=str(conf), base_corefile=str(tmp_path / "absent"), config_sync=0.05,
+                               metrics_listen="")
             source = ConfigSource(params, {})
             setup = NodeSetup(NodeParams((), setup_interface=False, setup_iptables=False), {})
-            watcher = asyncio.get_running_loop().create_task(_watch_config(source, n.agent, setup, 0.05))
+            rt = Runtime(n.agent, setup)
+            watcher = asyncio.get_running_loop().create_task(_watch_config(source, rt, params, asyncio.Event()))
             try:
                 await asyncio.sleep(0.1)
                 conf.write_text(good.replace("cache 30", "cache 30\n    frobnicate"))
                 await asyncio.sleep(0.2)
-                assert setup.errors["configmap"] == 1
+                assert setup.errors["configmap"] == 1 and rt.reload_failed == 1
                 assert n.agent.blocks[0].cfg.cache.success.max_ttl == 30
                 assert DNSRecord.parse(await n.udp(build("c.example.com", QTYPE.A))).rr
                 conf.write_text(good.replace("cache 30", "cache 45"))

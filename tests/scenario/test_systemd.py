@@ -22,7 +22,8 @@ def _spawn(conf, tmp, fds, log):
         os.dup2(fds[0], 3)
         os.dup2(fds[1], 4)
     cmd = (f"LISTEN_PID=$$ LISTEN_FDS=2 exec {sys.executable} -m nodecache run -conf {conf} "
-           f"-handoff=false -cache-file {tmp / 'cache.snap'}")
+           f"-handoff=false -cache-file {tmp / 'cache.snap'} -metrics-listen-address '' "
+           f"-status-socket {tmp / 'status.sock'}")
     return subprocess.Popen(["sh", "-c", cmd], preexec_fn=place_fds, pass_fds=(*fds, 3, 4),
                             stdout=open(log, "a"), stderr=subprocess.STDOUT)
 

@@ -109,7 +109,10 @@ def test_several_keys_and_ports():
 
 @pytest.mark.parametrize("text,line,message", [
     (". {\n  cache\n  bogus 1\n}", 3, "unknown directive 'bogus'"),
-    (". {\n  health :8080\n}", 2, "'health' is not supported by this version"),
+    (". {\n  health :99999\n}", 2, "outside 0..65535"),
+    (". {\n  reload 1s\n}", 2, "INTERVAL must be >= 2s"),
+    (". {\n  loop x\n}", 2, "takes no arguments"),
+    (". {\n  prometheus foo:9253\n}", 2, "not an IP address"),
     (". {\n  cache {\n    success x\n  }\n}", 3, "is not a number"),
     (". {\n  cache {\n    sucess 10\n  }\n}", 3, "unknown option 'sucess'"),
     (". {\n  forward .\n}", 2, "at least one upstream"),

@@ -1,0 +1,150 @@
+"""A small HTTP/1.x server for /metrics, /health and /ready.
+
+Only GET and HEAD, one request per connection, headers capped at 8 KiB and
+5 seconds: a scrape or a probe, never a general web server. Each listening
+address serves the union of the endpoints configured on it (CoreDNS lets
+several blocks name the same ``prometheus`` address). Sockets are ours, so
+they can be handed to a successor with the DNS sockets.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Callable
+
+log = logging.getLogger("nodecache.http")
+MAX_HEAD = 8192
+Handler = Callable[[], tuple[int, str, bytes]]
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+
+
+def split_address(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    host = host.strip("[]")
+    if host == "":
+        host = "::"  # every address, both families
+    elif host == "localhost":
+        host = "127.0.0.1"
+    return host, int(port)
+
+
+def make_listener(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
+        sock.bind((host, port))
+        sock.listen(64)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class _Conn(asyncio.Protocol):
+    def __init__(self, routes: dict[str, Handler]):
+        self.routes = routes
+        self.buf = b""
+        self.transport = None
+        self.timer = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.timer = asyncio.get_running_loop().call_later(5, transport.abort)
+
+    def connection_lost(self, exc):
+        if self.timer:
+            self.timer.cancel()
+
+    def data_received(self, data):
+        self.buf += data
+        if b"\r\n\r\n" not in self.buf and b"\n\n" not in self.buf:
+            if len(self.buf) > MAX_HEAD:
+                self._send(400, "text/plain", b"request too large\n", True)
+            return
+        line = self.buf.split(b"\n", 1)[0].decode("latin-1").strip().split()
+        if len(line) != 3 or not line[2].startswith("HTTP/"):
+            self._send(400, "text/plain", b"bad request\n", True)
+            return
+        method, target = line[0], line[1].split("?", 1)[0]
+        if method not in ("GET", "HEAD"):
+            self._send(405, "text/plain", b"GET or HEAD\n", True)
+            return
+        handler = self.routes.get(target)
+        if handler is None:
+            self._send(404, "text/plain", b"not found\n", method == "GET")
+            return
+        try:
+            status, ctype, body = handler()
+        except Exception:  # a broken handler must not kill the server
+            log.exception("handler for %s failed", target)
+            status, ctype, body = 503, "text/plain", b"internal error\n"
+        self._send(status, ctype, body, method == "GET")
+
+    def _send(self, status: int, ctype: str, body: bytes, with_body: bool) -> None:
+        head = (f"HTTP/1.1 {status} {REASONS.get(status, '')}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        self.transport.write(head + (body if with_body else b""))
+        self.transport.close()
+
+
+class HttpServers:
+    """Every HTTP listener of the agent, keyed by its address."""
+
+    def __init__(self):
+        self.routes: dict[str, dict[str, Handler]] = {}
+        self.servers: dict[str, asyncio.AbstractServer] = {}
+        self.failed: dict[str, str] = {}
+
+    def add(self, addr: str, path: str, handler: Handler) -> None:
+        self.routes.setdefault(addr, {})[path] = handler
+
+    async def start(self, adopted: dict[tuple[str, int, str], socket.socket] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        for addr, routes in self.routes.items():
+            if addr in self.servers:
+                continue
+            host, port = split_address(addr)
+            sock = (adopted or {}).pop((host, port, "http"), None)
+            try:
+                sock = sock or make_listener(host, port)
+            except OSError as exc:
+                self.failed[addr] = exc.strerror or str(exc)
+                log.error("cannot serve %s on %s: %s; DNS keeps serving", " ".join(sorted(routes)),
+                          addr, exc.strerror or exc)
+                continue
+            self.servers[addr] = await loop.create_server(lambda r=routes: _Conn(r), sock=sock)
+            log.info("serving %s on %s", " ".join(sorted(routes)), addr)
+
+    async def apply(self, routes: dict[str, dict[str, Handler]]) -> None:
+        """Switch to a new set of endpoints (a reload): addresses that stay keep
+        their sockets and only change what they serve."""
+        for addr in list(self.servers):
+            if addr not in routes:
+                self.servers.pop(addr).close()
+                del self.routes[addr]
+        for addr, new in routes.items():
+            if addr in self.servers:
+                self.routes[addr].clear()
+                self.routes[addr].update(new)
+            else:
+                self.routes[addr] = dict(new)
+        self.failed.clear()
+        await self.start()
+
+    def listening_sockets(self) -> list[tuple[str, int, str, int]]:
+        out = []
+        for addr, server in self.servers.items():
+            if server.sockets:
+                host, port = split_address(addr)
+                out.append((host, port, "http", server.sockets[0].fileno()))
+        return out
+
+    def close(self) -> None:
+        for server in self.servers.values():
+            server.close()
+        self.servers.clear()

@@ -1,0 +1,56 @@
+"""Per-listener request counters, kept as plain dicts of integers.
+
+The hot path does two dict updates per query and nothing else: one count
+under a tuple of the labels CoreDNS uses (zone, proto, type, rcode, DO,
+the size and duration buckets, the plugin that answered), and the running
+sums a histogram needs. The metrics collector turns these into CoreDNS's
+series at scrape time (``observe.metrics``); no prometheus-client object
+is touched while serving.
+
+Buckets are CoreDNS's: durations ``0.00025 * 2**k`` seconds (k = 0..15),
+sizes 0, 100, 200, 300, 400, 511, 1023, 2047, 4095, 8291, 16000, 32000,
+48000, 64000 bytes. Sizes are bucketed through a lookup table (one list
+index) so the count keys stay few.
+"""
+from __future__ import annotations
+
+from bisect import bisect_left
+
+DURATION_BUCKETS = tuple(0.00025 * 2 ** k for k in range(16))
+SIZE_BUCKETS = (0, 100, 200, 300, 400, 511, 1023, 2047, 4095, 8291, 16000, 32000, 48000, 64000)
+_SIZE_INDEX = [bisect_left(SIZE_BUCKETS, n) for n in range(65536 + 12)]
+_FIRST = DURATION_BUCKETS[0]
+PLUGINS = ("", "cache", "forward", "errors", "loop")
+_DNS_TYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA",
+              33: "SRV", 35: "NAPTR", 39: "DNAME", 41: "OPT", 43: "DS", 46: "RRSIG", 47: "NSEC",
+              48: "DNSKEY", 50: "NSEC3", 52: "TLSA", 64: "SVCB", 65: "HTTPS", 99: "SPF",
+              251: "IXFR", 252: "AXFR", 255: "ANY", 257: "CAA"}
+
+
+def type_label(qtype: int) -> str:
+    # CoreDNS reports the common types by name and everything else as "other"
+    return _DNS_TYPES.get(qtype, "other")
+
+
+class ListenerStats:
+    __slots__ = ("server", "family", "counts", "sums")
+
+    def __init__(self, server: str, family: str):
+        self.server = server      # "dns://IP:PORT", CoreDNS's server label
+        self.family = family      # "1" IPv4, "2" IPv6
+        self.counts: dict[tuple, int] = {}
+        self.sums: dict[tuple, list] = {}
+
+    def record(self, zone: str, proto: str, qtype: int, rcode: int, do: int, qlen: int, rlen: int,
+               seconds: float, plugin: str) -> None:
+        dur = 0 if seconds <= _FIRST else bisect_left(DURATION_BUCKETS, seconds)
+        key = (zone, proto, qtype, rcode, do, _SIZE_INDEX[qlen], _SIZE_INDEX[rlen], dur, plugin)
+        counts = self.counts
+        counts[key] = counts.get(key, 0) + 1
+        skey = (zone, proto, qtype)
+        acc = self.sums.get(skey)
+        if acc is None:
+            acc = self.sums[skey] = [0.0, 0, 0]
+        acc[0] += seconds
+        acc[1] += qlen
+        acc[2] += rlen

@@ -1,0 +1,165 @@
+"""What a running agent knows about itself: readiness, HTTP endpoints,
+metrics, and the status socket its probes ask.
+
+Readiness (``/ready``, ``nodecache probe ready``, the ``nodecache_ready``
+gauge) is computed from the process's own state each time it is asked:
+unready while starting, after handing off, while shutting down (lameduck),
+for a zone whose every upstream is down, and for a zone with a forwarding
+loop; the reasons are returned with the 503.
+
+The status socket (``-status-socket``, default in /tmp, i.e. private to a
+container) answers exec probes about *this* process, which matters during a
+rolling update when two agents run on one node and the handoff socket
+already belongs to the newer one.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+
+from .observe.http import HttpServers
+from .observe.metrics import exposition, registries
+
+log = logging.getLogger("nodecache")
+
+
+class Runtime:
+    def __init__(self, agent, node):
+        self.agent = agent
+        self.node = node
+        self.donor = None
+        self.started = False
+        self.handed_off = False
+        self.stopping = False
+        self.panics = 0
+        self.reload_failed = 0
+        self.received_entries = 0
+        self.takeover_seconds = 0.0
+        self.http = HttpServers()
+        self.dns_registry, self.setup_registry = registries(self)
+        self.status_sock: socket.socket | None = None
+        self.status_task: asyncio.Task | None = None
+
+    # -- state ------------------------------------------------------------
+    def retired_listeners(self):
+        return list(self.agent.retired) if self.agent else []
+
+    def block_server(self, block) -> str:
+        return self.agent.block_server(block)
+
+    def unready_reasons(self) -> list[str]:
+        if not self.started:
+            return ["starting"]
+        if self.handed_off:
+            return ["handed off to a successor"]
+        reasons = ["shutting down"] if self.stopping else []
+        for block in self.agent.blocks:
+            zones = " ".join(block.cfg.zones)
+            if block.loop is not None and block.loop.detected:
+                reasons.append(f"zone {zones}: forwarding loop detected")
+            stage = block.forward_stage
+            if stage is not None and not any(u.healthy for u in stage.forwarder.upstreams):
+                reasons.append(f"zone {zones}: no healthy upstream")
+        return reasons
+
+    def status(self) -> dict:
+        reasons = self.unready_reasons()
+        return {"pid": os.getpid(), "ready": not reasons, "reasons": reasons,
+                "handed_off": self.handed_off,
+                "entries": sum(len(b.cache) for b in self.agent.blocks if b.cache is not None)}
+
+    # -- HTTP ---------------------------------------------------------------
+    def configure_http(self, config, metrics_listen: str) -> None:
+        self.http.routes = self.http_routes(config, metrics_listen)
+
+    async def reconfigure_http(self, config, metrics_listen: str) -> None:
+        await self.http.apply(self.http_routes(config, metrics_listen))
+
+    def http_routes(self, config, metrics_listen: str) -> dict:
+        http = HttpServers()
+        for block in config.blocks:
+            if block.prometheus:
+                http.add(block.prometheus, "/metrics", lambda: exposition(self.dns_registry))
+            if block.health:
+                http.add(block.health.addr, "/health", self._health)
+            if block.ready:
+                http.add(block.ready, "/ready", self._ready)
+        if metrics_listen:
+            http.add(metrics_listen, "/metrics", lambda: exposition(self.setup_registry))
+        return http.routes
+
+    def _health(self):
+        return 200, "text/plain", b"OK"
+
+    def _ready(self):
+        reasons = self.unready_reasons()
+        if not reasons:
+            return 200, "text/plain", b"OK"
+        return 503, "text/plain", ("\n".join(reasons) + "\n").encode()
+
+    def lameduck(self) -> float:
+        return max((b.cfg.health.lameduck for b in self.agent.blocks if b.cfg.health), default=0.0)
+
+    # -- status socket ------------------------------------------------------
+    def start_status(self, path: str) -> None:
+        if not path:
+            return
+        target = Path(path)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp.unlink(missing_ok=True)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(str(tmp))
+            os.chmod(tmp, 0o600)
+            sock.listen(8)
+            sock.setblocking(False)
+            os.rename(tmp, target)
+        except OSError as exc:
+            log.error("cannot create the status socket %s: %s (exec probes will fail)", path, exc)
+            return
+        self.status_sock = sock
+        self.status_task = asyncio.get_running_loop().create_task(self._serve_status())
+
+    async def _serve_status(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(self.status_sock)
+            try:
+                conn.setblocking(False)
+                await loop.sock_sendall(conn, json.dumps(self.status()).encode())
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+    def close(self) -> None:
+        self.http.close()
+        if self.status_task is not None:
+            self.status_task.cancel()
+        if self.status_sock is not None:
+            self.status_sock.close()
+
+
+def probe(path: str, what: str) -> int:
+    """``nodecache probe live|ready``: 0 when the agent at ``path`` is alive/ready."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(3)
+            conn.connect(path)
+            data = b""
+            while chunk := conn.recv(65536):
+                data += chunk
+        status = json.loads(data)
+    except (OSError, ValueError) as exc:
+        print(f"not {what}: no answer from {path}: {exc}")
+        return 1
+    if what == "live" or status.get("ready"):
+        print(f"{what}: pid {status['pid']}")
+        return 0
+    print("not ready: " + "; ".join(status.get("reasons", [])))
+    return 1

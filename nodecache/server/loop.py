@@ -1,0 +1,45 @@
+"""The ``loop`` directive: notice when our upstream forwards our queries back
+to us, and contain it instead of crash-looping.
+
+At start (and after every reload) the block sends one probe through its
+own forwarder: ``<random>.<random>.<zone> HINFO``, a name nobody else can
+ask. If that name ever arrives at one of our listeners, the upstream sent
+it back: a forwarding loop. CoreDNS exits in that case (and the pod
+crash-loops, taking the node's DNS with it); here the block logs once,
+marks itself unready (/ready and the readiness probe say why), and answers
+SERVFAIL for its zone until the configuration changes, while every other
+block keeps serving.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+
+from ..dns.wire import encode_name
+
+log = logging.getLogger("nodecache.loop")
+HINFO = 13
+
+
+class LoopDetector:
+    def __init__(self, zone: str):
+        self.zone = zone
+        labels = f"{secrets.randbelow(10**9)}.{secrets.randbelow(10**9)}"
+        self.name = f"{labels}.{zone}" if zone != "." else f"{labels}."
+        self.wire = encode_name(self.name)
+        self.key = self.wire + HINFO.to_bytes(2, "big") + b"\x00\x01\x00"
+        self.detected = False
+        self.seen = 0
+
+    def sighted(self, key: bytes) -> bool:
+        """True if queries of this block must be refused (SERVFAIL) because of a loop."""
+        if self.detected:
+            return True
+        if key[:-5] == self.wire:
+            self.seen += 1
+            self.detected = True
+            log.error("forwarding loop detected for zone %s: our probe %s HINFO came back to us; "
+                      "answering SERVFAIL for %s until the configuration changes", self.zone,
+                      self.name, self.zone)
+            return True
+        return False

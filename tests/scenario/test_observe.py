@@ -1,0 +1,321 @@
+"""Metrics with CoreDNS's names, health/ready, loop detection, probes."""
+import asyncio
+import json
+import re
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from dnslib import QTYPE, DNSRecord
+from prometheus_client.parser import text_string_to_metric_families
+
+from nodecache import client
+from nodecache.client import build
+from nodecache.config.plugins import parse_config
+from nodecache.node.reconcile import NodeParams, NodeSetup
+from nodecache.runtime import Runtime
+from fakes import run
+from harness import node
+
+README = Path(__file__).resolve().parent.parent.parent / "README.md"
+
+# Every series we export, with its labels: the same table is in the README.
+METRICS = {
+    "coredns_build_info": {"version", "revision", "goversion"},
+    "coredns_panics_total": set(),
+    "coredns_dns_requests_total": {"server", "zone", "view", "proto", "family", "type"},
+    "coredns_dns_responses_total": {"server", "zone", "view", "rcode", "plugin"},
+    "coredns_dns_do_requests_total": {"server", "view", "zone"},
+    "coredns_dns_request_duration_seconds": {"server", "zone", "view", "type"},
+    "coredns_dns_request_size_bytes": {"server", "zone", "view", "proto"},
+    "coredns_dns_response_size_bytes": {"server", "zone", "view", "proto"},
+    "coredns_cache_entries": {"server", "type", "zones", "view"},
+    "coredns_cache_hits_total": {"server", "type", "zones", "view"},
+    "coredns_cache_misses_total": {"server", "zones", "view"},
+    "coredns_cache_requests_total": {"server", "zones", "view"},
+    "coredns_cache_prefetch_total": {"server", "zones", "view"},
+    "coredns_cache_drops_total": {"server", "zones", "view"},
+    "coredns_cache_served_stale_total": {"server", "zones", "view"},
+    "coredns_cache_evictions_total": {"server", "type", "zones", "view"},
+    "coredns_forward_max_concurrent_rejects_total": set(),
+    "coredns_forward_healthcheck_broken_total": set(),
+    "coredns_proxy_request_duration_seconds": {"proxy_name", "to", "rcode"},
+    "coredns_proxy_healthcheck_failures_total": {"proxy_name", "to"},
+    "coredns_proxy_conn_cache_hits_total": {"proxy_name", "to", "proto"},
+    "coredns_proxy_conn_cache_misses_total": {"proxy_name", "to", "proto"},
+    "coredns_reload_failed_total": set(),
+    "nodecache_handoff_given_total": set(),
+    "nodecache_handoff_refused_total": set(),
+    "nodecache_handoff_received_entries": set(),
+    "nodecache_handoff_takeover_seconds": set(),
+    "nodecache_ready": set(),
+}
+SETUP_METRICS = {"coredns_nodecache_setup_errors_total": {"errortype"}}
+
+COREFILE = """cluster.local:{port} {{
+    errors
+    cache
+    bind 127.0.0.1
+    forward . 127.0.0.1:{up0} {{
+        force_tcp
+        max_fails 1
+    }}
+    prometheus 127.0.0.1:{mport}
+    health 127.0.0.1:{mport}
+    ready 127.0.0.1:{mport}
+}}
+"""
+
+
+async def runtime_for(n, metrics_listen=""):
+    setup = NodeSetup(NodeParams((), setup_interface=False, setup_iptables=False), {})
+    rt = Runtime(n.agent, setup)
+    rt.configure_http(n.agent.config, metrics_listen)
+    await rt.http.start()
+    return rt
+
+
+async def get(port, path):
+    def fetch():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+    return await asyncio.to_thread(fetch)
+
+
+def samples(text):
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(samples_, name, **labels):
+    hits = [v for (n, ls), v in samples_.items() if n == name and all((k, str(x)) in ls for k, x in labels.items())]
+    return sum(hits)
+
+
+def _corefile(mport):
+    return COREFILE.replace("{mport}", str(mport))
+
+
+def test_exact_counters_after_scripted_traffic():
+    mport = client.free_port()
+
+    async def go():
+        async with node(_corefile(mport)) as n:
+            rt = await runtime_for(n)
+            rt.started = True
+            svc = build("svc-1.default.svc.cluster.local", QTYPE.A)
+            for _ in range(3):
+                await n.udp(svc)                                   # 1 miss + 2 hits
+            nx = build("nope.default.svc.cluster.local", QTYPE.A, do=1)
+            for _ in range(2):
+                await n.tcp(nx)                                    # 1 miss + 1 hit, DO set
+            await n.udp(build("www.example.com", QTYPE.A))         # no zone: REFUSED
+            status, text = await get(mport, "/metrics")
+            rt.close()
+            return status, samples(text), n.up.port
+    status, s, up_port = run(go())
+    assert status == 200
+    assert value(s, "coredns_dns_requests_total", proto="udp", zone="cluster.local.", type="A") == 3
+    assert value(s, "coredns_dns_requests_total", proto="tcp", zone="cluster.local.", type="A") == 2
+    assert value(s, "coredns_dns_requests_total", family="1") == 6
+    assert value(s, "coredns_dns_responses_total", rcode="NOERROR") == 3
+    assert value(s, "coredns_dns_responses_total", rcode="NXDOMAIN") == 2
+    assert value(s, "coredns_dns_responses_total", rcode="REFUSED") == 1
+    assert value(s, "coredns_dns_responses_total", rcode="NOERROR", plugin="cache") == 2
+    assert value(s, "coredns_dns_do_requests_total") == 2
+    assert value(s, "coredns_cache_hits_total", type="success") == 2
+    assert value(s, "coredns_cache_hits_total", type="denial") == 1
+    assert value(s, "coredns_cache_misses_total") == 2
+    assert value(s, "coredns_cache_requests_total") == 5
+    assert value(s, "coredns_cache_entries", type="success") == 1
+    assert value(s, "coredns_cache_entries", type="denial") == 1
+    assert value(s, "coredns_dns_request_duration_seconds_count") == 6
+    assert value(s, "coredns_dns_response_size_bytes_count", proto="tcp") == 2
+    to = f"127.0.0.1:{up_port}"
+    assert value(s, "coredns_proxy_request_duration_seconds_count", to=to, rcode="NOERROR") == 1
+    assert value(s, "coredns_proxy_request_duration_seconds_count", to=to, rcode="NXDOMAIN") == 1
+    assert value(s, "coredns_proxy_conn_cache_misses_total", to=to, proto="tcp") == 1
+    assert value(s, "coredns_proxy_conn_cache_hits_total", to=to, proto="tcp") == 1
+
+
+def test_names_labels_and_naming_rules():
+    mport, sport = client.free_port(), client.free_port()
+
+    async def go():
+        async with node(_corefile(mport)) as n:
+            rt = await runtime_for(n, f"127.0.0.1:{sport}")
+            rt.started = True
+            await n.udp(build("svc-1.default.svc.cluster.local", QTYPE.A, do=1))
+            _, text = await get(mport, "/metrics")
+            _, setup = await get(sport, "/metrics")
+            rt.close()
+            return text, setup
+    text, setup = run(go())
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    seen = {}
+    for fam in families.values():
+        if fam.name.startswith(("process_", "python_")):
+            continue
+        for smp in fam.samples:
+            base = re.sub(r"_(bucket|count|sum)$", "", smp.name) if fam.type == "histogram" else smp.name
+            seen.setdefault(base, set()).update(k for k in smp.labels if k != "le")
+        # promlint-style rules
+        assert re.fullmatch(r"(coredns|nodecache)_[a-z0-9_]+", fam.name), fam.name
+        assert fam.documentation, fam.name
+        if fam.type == "counter":
+            assert all(smp.name.endswith("_total") for smp in fam.samples if not smp.name.endswith("_created"))
+        if fam.type == "histogram":
+            assert fam.name.endswith(("_seconds", "_bytes")), fam.name
+    assert seen == METRICS
+    setup_seen = {s.name: set(s.labels) for f in text_string_to_metric_families(setup) for s in f.samples}
+    assert setup_seen == SETUP_METRICS
+    types = {s.labels["errortype"] for f in text_string_to_metric_families(setup) for s in f.samples}
+    assert types == {"configmap", "interface_add", "interface_check", "iptables", "iptables_lock"}
+    readme = README.read_text()
+    for name in list(METRICS) + list(SETUP_METRICS):
+        assert f"`{name}`" in readme, f"README does not list {name}"
+
+
+def test_health_ready_transitions_and_http_errors():
+    mport = client.free_port()
+
+    async def go():
+        async with node(_corefile(mport)) as n:
+            rt = await runtime_for(n)
+            steps = [await get(mport, "/ready")]                   # starting
+            rt.started = True
+            steps.append(await get(mport, "/ready"))               # ready
+            n.up.drop = 1.0
+            await n.udp(build("svc-9.default.svc.cluster.local", QTYPE.A))  # fails: upstream down
+            steps.append(await get(mport, "/ready"))
+            n.up.drop = 0.0
+            rt.handed_off = True
+            steps.append(await get(mport, "/ready"))
+            health = await get(mport, "/health")
+            missing = await get(mport, "/nope")
+            reader, writer = await asyncio.open_connection("127.0.0.1", mport)
+            writer.write(b"POST /metrics HTTP/1.1\r\n\r\n")
+            bad_method = await reader.read()
+            writer.close()
+            rt.close()
+            return steps, health, missing, bad_method
+    steps, health, missing, bad_method = run(go())
+    assert steps[0] == (503, "starting\n")
+    assert steps[1] == (200, "OK")
+    assert steps[2][0] == 503 and "zone cluster.local.: no healthy upstream" in steps[2][1]
+    assert steps[3] == (503, "handed off to a successor\n")
+    assert health == (200, "OK") and missing[0] == 404
+    assert bad_method.startswith(b"HTTP/1.1 405")
+
+
+def test_metrics_port_taken_dns_keeps_serving(caplog):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    mport = taken.getsockname()[1]
+
+    async def go():
+        async with node(_corefile(mport)) as n:
+            rt = await runtime_for(n)
+            assert f"127.0.0.1:{mport}" in rt.http.failed
+            rec = DNSRecord.parse(await n.udp(build("svc-1.default.svc.cluster.local", QTYPE.A)))
+            rt.close()
+            return rec
+    assert run(go()).rr
+    taken.close()
+    assert "DNS keeps serving" in caplog.text
+
+
+def test_forwarding_loop_is_contained():
+    corefile = """.:{port} {{
+    bind 127.0.0.1
+    loop
+    forward . 127.0.0.1:{port}
+    ready 127.0.0.1:%d
+}}
+example.com:{port} {{
+    bind 127.0.0.1
+    forward . 127.0.0.1:{up0}
+}}
+"""
+    mport = client.free_port()
+
+    async def go():
+        async with node(corefile % mport) as n:
+            rt = await runtime_for(n)
+            rt.started = True
+            n.agent.probe_loops()
+            for _ in range(100):
+                if n.agent.blocks[0].loop.detected:
+                    break
+                await asyncio.sleep(0.02)
+            looped = DNSRecord.parse(await n.udp(build("anything.org", QTYPE.A)))
+            fine = DNSRecord.parse(await n.udp(build("www.example.com", QTYPE.A)))
+            ready = await get(mport, "/ready")
+            rt.close()
+            return looped, fine, ready
+    looped, fine, ready = run(go())
+    assert looped.header.rcode == 2
+    assert fine.rr
+    assert ready[0] == 503 and "zone .: forwarding loop detected" in ready[1]
+
+
+def test_scrape_during_reload():
+    mport = client.free_port()
+
+    async def go():
+        async with node(_corefile(mport)) as n:
+            rt = await runtime_for(n)
+            rt.started = True
+            text = _corefile(mport).format(port=n.port, up0=n.up.port)
+            results = []
+
+            async def scrape():
+                for _ in range(30):
+                    results.append(await get(mport, "/metrics"))
+
+            async def reload():
+                for ttl in (10, 20, 30, 40, 50):
+                    await n.agent.reload(parse_config(text.replace("cache", f"cache {ttl}")))
+                    await rt.reconfigure_http(n.agent.config, "")
+                    await n.udp(build("svc-2.default.svc.cluster.local", QTYPE.A))
+                    await asyncio.sleep(0.02)
+            await asyncio.gather(scrape(), reload())
+            rt.close()
+            return results
+    results = run(go())
+    assert all(status == 200 for status, _ in results)
+    for _, text in results:
+        list(text_string_to_metric_families(text))  # every scrape parses
+
+
+def test_probe_and_json_logs(tmp_path):
+    port, status = client.free_port(), tmp_path / "status.sock"
+    conf = tmp_path / "Corefile"
+    conf.write_text(f".:{port} {{\n bind 127.0.0.1\n forward . 127.0.0.1:1\n}}\n")
+    cli = [sys.executable, "-m", "nodecache"]
+    before = subprocess.run(cli + ["probe", "ready", "-status-socket", str(status)], capture_output=True, text=True)
+    assert before.returncode == 1 and "no answer" in before.stdout  # not started: not ready
+    proc = subprocess.Popen(cli + ["run", "-conf", str(conf), "-handoff-dir", str(tmp_path / "h"),
+                                   "-metrics-listen-address", "", "-status-socket", str(status),
+                                   "-log-format", "json"], stdout=subprocess.PIPE, text=True)
+    try:
+        first = json.loads(proc.stdout.readline())
+        assert first["level"] == "info" and "msg" in first
+        for _ in range(100):
+            live = subprocess.run(cli + ["probe", "live", "-status-socket", str(status)], capture_output=True)
+            if live.returncode == 0:
+                break
+        ready = subprocess.run(cli + ["probe", "ready", "-status-socket", str(status)], capture_output=True, text=True)
+        assert live.returncode == 0 and ready.returncode == 0, ready.stdout
+    finally:
+        proc.terminate()
+        proc.wait(15)
