@@ -128,11 +128,11 @@ async def handoffs_under_load(rounds: int, qps: int, tmp: Path) -> dict:
     return {"load": load, "durations": durations, "near": near, "far": far, "rounds": rounds}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--handoffs", type=int, default=10)
     ap.add_argument("--qps", type=int, default=5000)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     import logging
     logging.basicConfig(level=logging.ERROR)  # the measuring heir abandons on purpose
     with tempfile.TemporaryDirectory() as tmp:

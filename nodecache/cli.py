@@ -103,7 +103,7 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("-conf", "--conf", default="Corefile")
 
     demo = sub.add_parser("demo", help="run the agent against an emulated cluster DNS, on loopback")
-    demo.add_argument("--quiet-log", action="store_true", help=argparse.SUPPRESS)
+    demo.add_argument("--bench", type=float, default=10.0, help="seconds of nodecache-bench at the end (0: none)")
 
     fake = sub.add_parser("fake-upstream", help="serve the emulated cluster DNS")
     fake.add_argument("--listen", default="127.0.0.1:5300", help="ADDR:PORT (default 127.0.0.1:5300)")
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         return probe(args.status_socket, args.what)
     if args.command == "demo":
         from .demo import run_demo
-        return _run_loop(run_demo())
+        return _run_loop(run_demo(args.bench))
     if args.command == "handoff" and args.handoff_command == "reload":
         return cmd_handoff_reload(args.handoff_dir, args.timeout)
     if args.command == "handoff":

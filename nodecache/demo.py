@@ -52,7 +52,20 @@ def _summary(reply: bytes) -> str:
     return f"{rcode} " + ", ".join(f"{r.rdata} (ttl {r.ttl})" for r in rec.rr)
 
 
-async def run_demo() -> int:
+async def _bench(port: int, seconds: float) -> None:
+    """A short nodecache-bench run against the demo agent (in a separate
+    process, while this one keeps serving)."""
+    import asyncio
+    import sys
+    print(f"\nnodecache-bench: {seconds:g} s of cached queries at 3,000/s, then the pod scenario:")
+    for extra in (["--qps", "3000", "--scenario", "hits"], ["--qps", "50", "--scenario", "pod"]):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "nodecache_bench.cli", "run", "-s", "127.0.0.1", "-p", str(port),
+            "--duration", str(seconds / 2), "--workers", "1", "--quiet", *extra)
+        await proc.wait()
+
+
+async def run_demo(bench_seconds: float = 10.0) -> int:
     upstream = FakeUpstream(ClusterDNS().answer, delay=0.002)  # a 2 ms round trip to "the cluster"
     up_port = await upstream.start("127.0.0.1", 0)
     port = client.free_port()
@@ -78,6 +91,8 @@ async def run_demo() -> int:
         tcp = sorted({n for n in upstream.names("tcp")})
         udp = sorted({n for n in upstream.names("udp")})
         print(f"upstream saw {len(upstream.seen)} queries: over TCP {tcp}; over UDP {udp}")
+        if bench_seconds:
+            await _bench(port, bench_seconds)
     finally:
         await agent.stop(1.0)
         await upstream.stop()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system tools the end-to-end tests use (network namespaces,
-# iptables, conntrack, ss, getent), when we are root on a Debian-like
+# iptables, conntrack, ss, getent) and the peer servers the comparison
+# benchmark runs (unbound, dnsmasq, dnsperf), when we are root on a Debian-like
 # machine and they are missing. Otherwise it only says what is missing:
 # those tests then skip with the reason.
 set -u
@@ -9,6 +10,10 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v iptables >/dev/null || need+=(iptables)
 command -v conntrack >/dev/null || need+=(conntrack)
 command -v getent >/dev/null || need+=(libc-bin)
+# peers for `nodecache-bench compare` and its test (skipped without them)
+command -v unbound >/dev/null || need+=(unbound)
+command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
+command -v dnsperf >/dev/null || need+=(dnsperf)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing ${need[*]} for the end-to-end tests"

@@ -1,0 +1,290 @@
+"""``nodecache-bench``: the load generator people run against nodecache.
+
+    nodecache-bench run -s 127.0.0.1 -p 53 --qps 20000 --duration 10 --scenario zipf
+    nodecache-bench run --concurrency 64 --proto tcp            # closed loop: find the maximum
+    nodecache-bench compare [--quick]                            # nodecache vs unbound vs dnsmasq
+    nodecache-bench handoff --handoffs 10                        # queries lost during hot handoffs
+
+``run`` splits the load over worker processes (``--workers``, default: the
+cores not used by the server when it runs here, at least 1), merges their
+histograms, and prints sent/answered/lost, rcodes, achieved rate and
+latency percentiles; ``--json`` prints the same as one JSON object,
+``--plot FILE.png`` draws latency over time and its distribution
+(matplotlib, an optional extra). Ctrl-C stops the run and prints what was
+measured so far.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from histogram import Histogram  # noqa: E402
+from loadgen import BEHIND_LIMIT, Engine, Result, Spec  # noqa: E402
+
+RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+
+
+class BenchError(Exception):
+    pass
+
+
+def _worker(spec_dict: dict, stop, out) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    import uvloop
+    spec = Spec(**spec_dict)
+    try:
+        result = uvloop.run(Engine(spec, stop).run())
+        out.put(("ok", result.to_dict()))
+    except Exception as exc:  # reported by the parent
+        out.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def preflight(spec: Spec, wait: float = 2.0, tries: int = 3) -> None:
+    """Fail clearly, after a bounded wait, if the server does not answer."""
+    from nodecache.client import build
+    family = socket.AF_INET6 if ":" in spec.host else socket.AF_INET
+    if spec.proto == "tcp":
+        try:
+            socket.create_connection((spec.host, spec.port), timeout=wait).close()
+        except OSError as exc:
+            raise BenchError(f"cannot connect to {spec.host}:{spec.port} over TCP: {exc}") from None
+        return
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(wait)
+        for _ in range(tries):
+            try:
+                sock.sendto(build("preflight.nodecache.invalid", 1), (spec.host, spec.port))
+                sock.recv(65535)
+                return
+            except (TimeoutError, ConnectionRefusedError, OSError):
+                continue
+    raise BenchError(f"no answer from {spec.host}:{spec.port} over UDP within {wait * tries:g} s")
+
+
+def run_load(spec: Spec, workers: int, progress: bool = False, check: bool = True) -> Result:
+    """Run ``spec`` split over ``workers`` processes; returns the merged result."""
+    if check:
+        preflight(spec)
+    ctx = mp.get_context("fork")
+    stop, out = ctx.Event(), ctx.Queue()
+    share = replace(spec, qps=spec.qps / workers, concurrency=max(1, spec.concurrency // workers),
+                    max_queries=max(1, spec.max_queries // workers))
+    procs = [ctx.Process(target=_worker, args=(asdict(replace(share, seed=spec.seed + i)), stop, out),
+                         daemon=True) for i in range(workers)]
+    for p in procs:
+        p.start()
+    results, errors = [], []
+    t0 = time.monotonic()
+    interrupted = False
+    try:
+        while len(results) + len(errors) < workers:
+            try:
+                kind, payload = out.get(timeout=0.5)
+            except Exception:  # queue.Empty
+                if progress and sys.stderr.isatty():
+                    sys.stderr.write(f"\r  {time.monotonic() - t0:5.1f}s of {spec.duration:g}s, "
+                                     f"{workers} worker(s) running...")
+                if not any(p.is_alive() for p in procs) and out.empty():
+                    break
+                continue
+            (results if kind == "ok" else errors).append(payload)
+    except KeyboardInterrupt:
+        interrupted = True
+        stop.set()
+        deadline = time.monotonic() + spec.timeout + 5
+        while len(results) + len(errors) < workers and time.monotonic() < deadline:
+            try:
+                kind, payload = out.get(timeout=0.5)
+                (results if kind == "ok" else errors).append(payload)
+            except Exception:
+                pass
+    finally:
+        stop.set()
+        for p in procs:
+            p.join(5)
+            if p.is_alive():
+                p.terminate()
+        if progress and sys.stderr.isatty():
+            sys.stderr.write("\r" + " " * 60 + "\r")
+    if errors and not results:
+        raise BenchError("; ".join(errors))
+    merged = Result()
+    for r in results:
+        merged.merge(Result.from_dict(r))
+    merged.interrupted = interrupted
+    merged.worker_errors = errors
+    return merged
+
+
+def report(spec: Spec, result: Result, workers: int) -> dict:
+    h = result.hist
+    elapsed = result.elapsed or float("nan")
+    unit = "lookups" if spec.scenario == "pod" else "queries"
+    warnings = []
+    if spec.mode == "open" and result.max_behind > BEHIND_LIMIT:
+        warnings.append(f"the generator fell {result.max_behind * 1000:.0f} ms behind schedule: it could not "
+                        f"drive {spec.qps:g} {unit}/s here (use more --workers or a lower --qps); "
+                        f"latencies include that delay")
+    if getattr(result, "interrupted", False):
+        warnings.append("interrupted: partial results")
+    for err in getattr(result, "worker_errors", []):
+        warnings.append(f"a worker failed: {err}")
+    out = {
+        "server": f"{spec.host}:{spec.port}", "proto": spec.proto, "mode": spec.mode,
+        "scenario": spec.scenario, "workers": workers,
+        "target_rate": spec.qps if spec.mode == "open" else None,
+        "concurrency": spec.concurrency if spec.mode == "closed" else None,
+        "duration_s": round(elapsed, 3), "sent": result.sent, "answered": result.answered,
+        "lost": result.lost, "late": result.late, "errors": result.errors,
+        "rcodes": {RCODES.get(int(k), str(k)): v for k, v in sorted(result.rcodes.items())},
+        "qps": round(result.answered / elapsed, 1) if result.elapsed else 0.0,
+        "latency_ms": {name: round(h.percentile(p) * 1000, 3) for name, p in
+                       (("p50", 50), ("p90", 90), ("p99", 99), ("p99.9", 99.9))},
+        "warnings": warnings,
+    }
+    out["latency_ms"]["max"] = round(h.max_us / 1000, 3)
+    out["latency_ms"]["mean"] = round(h.mean() * 1000, 3) if h.total else None
+    if spec.scenario == "pod":
+        out["lookups"] = result.lookups
+        out["lookup_failures"] = result.lookup_failures
+        out["lookups_per_s"] = round(result.lookups / elapsed, 1) if result.elapsed else 0.0
+    return out
+
+
+def print_report(rep: dict) -> None:
+    lat = rep["latency_ms"]
+    what = f"{rep['mode']}-loop " + (f"at {rep['target_rate']:g}/s" if rep["mode"] == "open"
+                                     else f"with {rep['concurrency']} in flight")
+    print(f"{rep['scenario']} over {rep['proto']} to {rep['server']}, {what}, {rep['workers']} worker(s), "
+          f"{rep['duration_s']:.1f} s")
+    print(f"  sent {rep['sent']}  answered {rep['answered']}  lost {rep['lost']}  late {rep['late']}  "
+          f"errors {rep['errors']}")
+    print("  rcodes " + ", ".join(f"{k} {v}" for k, v in rep["rcodes"].items()))
+    if "lookups" in rep:
+        print(f"  lookups {rep['lookups']} ({rep['lookups_per_s']}/s), failed {rep['lookup_failures']}; "
+              f"latency is per lookup")
+    print(f"  achieved {rep['qps']:.0f} answers/s; latency ms: p50 {lat['p50']}  p90 {lat['p90']}  "
+          f"p99 {lat['p99']}  p99.9 {lat['p99.9']}  max {lat['max']}")
+    for w in rep["warnings"]:
+        print(f"  warning: {w}")
+
+
+def plot(result: Result, path: str, title: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise BenchError("--plot needs matplotlib: pip install 'nodecache[plot]'") from None
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    if result.samples:
+        t, lat = zip(*result.samples)
+        a.scatter(t, [x * 1000 for x in lat], s=2)
+    a.set_xlabel("time (s)")
+    a.set_ylabel("latency (ms)")
+    a.set_yscale("log")
+    a.set_title("latency over time")
+    h = result.hist
+    ps = [50, 75, 90, 95, 99, 99.5, 99.9, 99.99, 100]
+    b.plot(ps, [h.percentile(p) * 1000 for p in ps], marker="o")
+    b.set_xlabel("percentile")
+    b.set_ylabel("latency (ms)")
+    b.set_yscale("log")
+    b.set_title("latency distribution")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def default_workers() -> int:
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+def add_run_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("-s", "--server", default="127.0.0.1")
+    ap.add_argument("-p", "--port", type=int, default=53)
+    ap.add_argument("--proto", choices=("udp", "tcp"), default="udp")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--qps", type=float, help="open loop: queries (pod: lookups) per second")
+    mode.add_argument("--concurrency", type=int, help="closed loop: queries in flight")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds (bounds every run)")
+    ap.add_argument("--max-queries", type=int, default=10_000_000, help="bounds every run")
+    ap.add_argument("--timeout", type=float, default=2.0, help="a query unanswered this long is lost")
+    ap.add_argument("--scenario", choices=("hits", "zipf", "nxdomain", "pod", "file"), default="hits")
+    ap.add_argument("--names", type=int, default=0, help="names in the hits/zipf set")
+    ap.add_argument("--queries", default="", help="dnsperf-format query file (--scenario file)")
+    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--connections", type=int, default=4, help="UDP sockets / TCP connections per worker")
+    ap.add_argument("--edns", choices=("none", "edns", "do"), default="none")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--plot", default="")
+    ap.add_argument("--quiet", action="store_true")
+
+
+def spec_from(args) -> Spec:
+    if args.scenario == "file" and not args.queries:
+        raise BenchError("--scenario file needs --queries FILE")
+    return Spec(host=args.server, port=args.port, proto=args.proto,
+                mode="closed" if args.concurrency else "open", qps=args.qps or 1000.0,
+                concurrency=args.concurrency or 16, duration=args.duration, max_queries=args.max_queries,
+                timeout=args.timeout, scenario=args.scenario, names=args.names, query_file=args.queries,
+                sockets=args.connections, edns={"none": -1, "edns": 0, "do": 1}[args.edns],
+                sample_every=0 if not args.plot else 10)
+
+
+def cmd_run(args) -> int:
+    spec = spec_from(args)
+    if args.scenario == "file":
+        from scenarios import QueryFile
+        QueryFile(args.queries)  # fail fast on a bad file
+    workers = args.workers or default_workers()
+    result = run_load(spec, workers, progress=not args.quiet and not args.json)
+    rep = report(spec, result, workers)
+    if args.json:
+        print(json.dumps(rep))
+    else:
+        print_report(rep)
+    if args.plot:
+        plot(result, args.plot, f"{spec.scenario} {spec.proto} {spec.host}:{spec.port}")
+    return 130 if getattr(result, "interrupted", False) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="nodecache-bench", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    add_run_args(sub.add_parser("run", help="load one server"))
+    cmp_ = sub.add_parser("compare", help="nodecache vs unbound vs dnsmasq, side by side")
+    cmp_.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    cmp_.add_argument("--rounds", type=int, default=2, help="alternating repetitions")
+    cmp_.add_argument("--scenarios", default="hits,zipf,nxdomain,pod")
+    cmp_.add_argument("--servers", default="nodecache,unbound,dnsmasq")
+    cmp_.add_argument("--json", action="store_true")
+    hand = sub.add_parser("handoff", help="constant load while hot handoffs happen")
+    hand.add_argument("--handoffs", type=int, default=10)
+    hand.add_argument("--qps", type=int, default=5000)
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "compare":
+            from compare import cmd_compare
+            return cmd_compare(args)
+        from handoff import main as handoff_main
+        return handoff_main(["--handoffs", str(args.handoffs), "--qps", str(args.qps)])
+    except BenchError as exc:
+        print(f"nodecache-bench: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

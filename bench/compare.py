@@ -1,0 +1,257 @@
+"""``nodecache-bench compare``: nodecache, unbound and dnsmasq side by side.
+
+Each server runs as an equivalent cache on 127.0.0.1 in front of the same
+emulated cluster DNS (``nodecache fake-upstream``). Servers are pinned to
+CPU 0 and the load generator and the upstream to the other CPUs, when the
+machine has more than one. For every scenario, servers take turns
+(alternating, ``--rounds`` times, median kept) so machine noise falls on
+all of them alike. Per server and scenario:
+
+* saturation: answers/s with a closed loop of 64 queries in flight;
+* p99 at half load: open-loop latency at 50% of that server's own
+  saturation rate;
+* CPU per query: the server's own user+sys time (from /proc/PID/stat)
+  during the measurement, divided by the answers.
+
+``pod`` is measured open-loop at a fixed lookup rate (a pod's lookups are
+sequences of queries, not a rate to saturate). When dnsperf is installed,
+it runs against nodecache too, to check our generator's drive rate and
+latency against an independent tool.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+from cli import BenchError, preflight, report, run_load
+from loadgen import Spec
+
+CLK = os.sysconf("SC_CLK_TCK")
+POD_RATE = 200.0
+
+
+def free_port() -> int:
+    from nodecache.client import free_port as fp
+    return fp()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def _pin(cpus: set[int]):
+    def apply():
+        try:
+            os.sched_setaffinity(0, cpus)
+        except OSError:
+            pass
+    return apply
+
+
+class Server:
+    def __init__(self, name: str, cmd: list[str], port: int):
+        self.name, self.cmd, self.port = name, cmd, port
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, cpus: set[int]) -> None:
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     preexec_fn=_pin(cpus))
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def servers(tmp: Path, upstream: int, wanted: list[str]) -> list[Server]:
+    out = []
+    py = sys.executable
+    if "nodecache" in wanted:
+        port = free_port()
+        conf = tmp / "Corefile"
+        conf.write_text(f".:{port} {{\n    cache\n    bind 127.0.0.1\n    forward . 127.0.0.1:{upstream}\n}}\n")
+        out.append(Server("nodecache", [py, "-m", "nodecache", "run", "-conf", str(conf), "-handoff=false",
+                                        "-metrics-listen-address", "", "-status-socket", str(tmp / "s")], port))
+    if "unbound" in wanted and shutil.which("unbound"):
+        port = free_port()
+        conf = tmp / "unbound.conf"
+        conf.write_text(textwrap.dedent(f"""\
+            server:
+                interface: 127.0.0.1@{port}
+                do-daemonize: no
+                use-syslog: no
+                chroot: ""
+                username: ""
+                pidfile: ""
+                directory: "{tmp}"
+                num-threads: 1
+                access-control: 127.0.0.0/8 allow
+                do-not-query-localhost: no
+                module-config: "iterator"
+                msg-cache-size: 64m
+                rrset-cache-size: 128m
+                verbosity: 0
+            forward-zone:
+                name: "."
+                forward-addr: 127.0.0.1@{upstream}
+            """))
+        out.append(Server("unbound", [shutil.which("unbound"), "-d", "-c", str(conf)], port))
+    if "dnsmasq" in wanted and shutil.which("dnsmasq"):
+        port = free_port()
+        out.append(Server("dnsmasq", [shutil.which("dnsmasq"), "--keep-in-foreground", f"--port={port}",
+                                      "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv",
+                                      "--no-hosts", f"--server=127.0.0.1#{upstream}", "--cache-size=10000",
+                                      "--pid-file=", "--user=root", "--dns-forward-max=10000"], port))
+    return out
+
+
+def measure(server: Server, spec: Spec, load_cpus: set[int]) -> dict:
+    _pin(load_cpus)()
+    c0 = cpu_seconds(server.proc.pid)
+    result = run_load(spec, workers=1, check=False)
+    cpu = cpu_seconds(server.proc.pid) - c0
+    rep = report(spec, result, 1)
+    rep["cpu_us_per_query"] = round(cpu / result.answered * 1e6, 2) if result.answered else None
+    return rep
+
+
+def warm(server: Server, scenario: str, load_cpus: set[int]) -> None:
+    if scenario in ("hits", "zipf", "pod"):
+        names = 300 if scenario == "hits" else 10000
+        spec = Spec("127.0.0.1", server.port, mode="closed", concurrency=32, scenario=scenario,
+                    names=names, duration=3 if scenario != "pod" else 2, qps=POD_RATE,
+                    max_queries=names * 2)
+        run_load(spec, workers=1, check=False)
+
+
+def _median(values: list[dict], key) -> dict:
+    values = sorted(values, key=key)
+    return values[len(values) // 2]
+
+
+def cmd_compare(args) -> int:
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpus = {cpus[0]}
+    load_cpus = set(cpus[1:]) or {cpus[0]}
+    wanted = [s.strip() for s in args.servers.split(",") if s.strip()]
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    results: dict[str, dict[str, dict]] = {}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        up_port = free_port()
+        upstream = subprocess.Popen([sys.executable, "-m", "nodecache", "fake-upstream", "--listen",
+                                     f"127.0.0.1:{up_port}", "--services", "10000", "--ttl", "3600"],
+                                    stdout=subprocess.DEVNULL, preexec_fn=_pin(load_cpus))
+        srvs = servers(tmp, up_port, wanted)
+        missing = [w for w in wanted if w not in {s.name for s in srvs}]
+        try:
+            time.sleep(1.0)
+            for s in srvs:
+                s.start(server_cpus)
+            for s in srvs:
+                preflight(Spec("127.0.0.1", s.port), wait=2.0, tries=5)
+            for scenario in scenarios:
+                for s in srvs:
+                    warm(s, scenario, load_cpus)
+                sat: dict[str, list] = {s.name: [] for s in srvs}
+                half: dict[str, list] = {s.name: [] for s in srvs}
+                for _ in range(args.rounds):
+                    for s in srvs:
+                        if scenario == "pod":
+                            spec = Spec("127.0.0.1", s.port, mode="open", qps=POD_RATE, scenario="pod",
+                                        duration=args.duration, timeout=5.0)
+                            half[s.name].append(measure(s, spec, load_cpus))
+                            continue
+                        spec = Spec("127.0.0.1", s.port, mode="closed", concurrency=64, scenario=scenario,
+                                    duration=args.duration)
+                        sat[s.name].append(measure(s, spec, load_cpus))
+                for _ in range(args.rounds):
+                    for s in srvs:
+                        if scenario == "pod":
+                            continue
+                        rate = _median(sat[s.name], lambda r: r["qps"])["qps"] / 2
+                        spec = Spec("127.0.0.1", s.port, mode="open", qps=max(rate, 100.0),
+                                    scenario=scenario, duration=args.duration)
+                        half[s.name].append(measure(s, spec, load_cpus))
+                for s in srvs:
+                    entry = {}
+                    if sat[s.name]:
+                        best = _median(sat[s.name], lambda r: r["qps"])
+                        entry["saturation_qps"] = best["qps"]
+                        entry["saturation_lost"] = sum(r["lost"] for r in sat[s.name])
+                    h = _median(half[s.name], lambda r: r["latency_ms"]["p99"])
+                    entry["half_load_qps"] = h["target_rate"]
+                    entry["p50_ms"] = h["latency_ms"]["p50"]
+                    entry["p99_ms"] = h["latency_ms"]["p99"]
+                    entry["lost"] = sum(r["lost"] for r in half[s.name])
+                    cpu_runs = [r["cpu_us_per_query"] for r in sat[s.name] + half[s.name] if r["cpu_us_per_query"]]
+                    entry["cpu_us_per_query"] = sorted(cpu_runs)[len(cpu_runs) // 2] if cpu_runs else None
+                    results.setdefault(scenario, {})[s.name] = entry
+            dnsperf = run_dnsperf(srvs[0], tmp, load_cpus, args.duration) if srvs else None
+        finally:
+            for s in srvs:
+                s.stop()
+            upstream.terminate()
+            upstream.wait(10)
+    if args.json:
+        print(json.dumps({"results": results, "dnsperf": dnsperf, "missing": missing}))
+        return 0
+    print_tables(results, missing, dnsperf, cpus)
+    return 0
+
+
+def run_dnsperf(server: Server, tmp: Path, load_cpus: set[int], duration: float) -> dict | None:
+    exe = shutil.which("dnsperf")
+    if exe is None or server.name != "nodecache":
+        return None
+    qfile = tmp / "queries.txt"
+    from scenarios import cluster_names
+    qfile.write_text("".join(f"{n} A\n" for n in cluster_names(300)))
+    proc = subprocess.run([exe, "-s", "127.0.0.1", "-p", str(server.port), "-d", str(qfile),
+                           "-l", str(int(duration)), "-c", "1", "-q", "64"],
+                          capture_output=True, text=True, timeout=duration + 30, preexec_fn=_pin(load_cpus))
+    qps = re.search(r"Queries per second:\s+([\d.]+)", proc.stdout)
+    lat = re.search(r"Average Latency \(s\):\s+([\d.]+)", proc.stdout)
+    ours = report(Spec("127.0.0.1", server.port, mode="closed", concurrency=64),
+                  run_load(Spec("127.0.0.1", server.port, mode="closed", concurrency=64, duration=duration),
+                           workers=1, check=False), 1)
+    return {"dnsperf_qps": float(qps.group(1)) if qps else None,
+            "dnsperf_avg_latency_ms": float(lat.group(1)) * 1000 if lat else None,
+            "ours_qps": ours["qps"], "ours_avg_latency_ms": ours["latency_ms"]["mean"]}
+
+
+def print_tables(results: dict, missing: list[str], dnsperf: dict | None, cpus: list[int]) -> None:
+    print(f"servers pinned to CPU {cpus[0]}, load and upstream to CPU(s) {cpus[1:] or cpus[:1]}; "
+          f"ratios are to nodecache (CPU: <1 means the peer uses less CPU per query)")
+    for scenario, per in results.items():
+        print(f"\n{scenario}:")
+        print(f"  {'server':10} {'sat. qps':>9} {'x':>5} {'half-load qps':>13} {'p50 ms':>7} {'p99 ms':>7} "
+              f"{'lost':>5} {'cpu us/q':>9} {'x':>5}")
+        base = per.get("nodecache", {})
+        for name, e in per.items():
+            sat = e.get("saturation_qps")
+            ratio_q = f"{sat / base['saturation_qps']:.2f}" if sat and base.get("saturation_qps") else "-"
+            cpu = e.get("cpu_us_per_query")
+            ratio_c = f"{cpu / base['cpu_us_per_query']:.2f}" if cpu and base.get("cpu_us_per_query") else "-"
+            print(f"  {name:10} {sat if sat is not None else '-':>9} {ratio_q:>5} {e['half_load_qps']:>13} "
+                  f"{e['p50_ms']:>7} {e['p99_ms']:>7} {e['lost']:>5} {cpu if cpu else '-':>9} {ratio_c:>5}")
+    for name in missing:
+        print(f"\n{name}: not installed here (apt-get install {name}); skipped")
+    if dnsperf:
+        print(f"\ndnsperf vs nodecache-bench, closed loop with 64 in flight on one core against nodecache, "
+          f"same 300 cached names: "
+              f"dnsperf {dnsperf['dnsperf_qps']} q/s, avg {dnsperf['dnsperf_avg_latency_ms']:.3f} ms; "
+              f"nodecache-bench {dnsperf['ours_qps']} q/s, avg {dnsperf['ours_avg_latency_ms']} ms")

@@ -1,0 +1,101 @@
+"""nodecache-bench end to end: its JSON report, its errors, Ctrl-C, and the
+side-by-side comparison with a peer server where one is installed."""
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nodecache import client
+
+BENCH = [sys.executable, "-m", "nodecache_bench.cli"]
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    up, port = client.free_port(), client.free_port()
+    conf = tmp / "Corefile"
+    conf.write_text(f".:{port} {{\n cache\n bind 127.0.0.1\n forward . 127.0.0.1:{up}\n}}\n")
+    procs = [subprocess.Popen([sys.executable, "-m", "nodecache", "fake-upstream", "--listen", f"127.0.0.1:{up}"],
+                              stdout=subprocess.DEVNULL),
+             subprocess.Popen([sys.executable, "-m", "nodecache", "run", "-conf", str(conf), "-handoff=false",
+                               "-metrics-listen-address", "", "-status-socket", str(tmp / "s")],
+                              stdout=subprocess.DEVNULL)]
+    time.sleep(1.5)
+    yield port
+    for p in procs:
+        p.terminate()
+        p.wait(10)
+
+
+SCHEMA = {"server": str, "proto": str, "mode": str, "scenario": str, "workers": int, "duration_s": float,
+          "sent": int, "answered": int, "lost": int, "late": int, "errors": int, "rcodes": dict,
+          "qps": float, "latency_ms": dict, "warnings": list}
+
+
+def test_json_report_schema(agent):
+    out = subprocess.run(BENCH + ["run", "-p", str(agent), "--qps", "2000", "--duration", "2", "--workers", "2",
+                                  "--json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    for key, kind in SCHEMA.items():
+        assert isinstance(rep[key], kind), key
+    assert set(rep["latency_ms"]) == {"p50", "p90", "p99", "p99.9", "max", "mean"}
+    assert rep["answered"] == rep["sent"] and rep["lost"] == 0 and 3500 <= rep["sent"] <= 4500
+    assert rep["rcodes"] == {"NOERROR": rep["answered"]}
+
+
+def test_pod_scenario_and_tcp(agent):
+    out = subprocess.run(BENCH + ["run", "-p", str(agent), "--qps", "50", "--duration", "2", "--workers", "1",
+                                  "--scenario", "pod", "--json"], capture_output=True, text=True, timeout=60)
+    rep = json.loads(out.stdout)
+    assert rep["lookups"] >= 90 and rep["lookup_failures"] == 0 and rep["rcodes"].get("NXDOMAIN", 0) > 0
+    out = subprocess.run(BENCH + ["run", "-p", str(agent), "--concurrency", "16", "--proto", "tcp",
+                                  "--duration", "1", "--workers", "1", "--json"], capture_output=True, text=True,
+                         timeout=60)
+    rep = json.loads(out.stdout)
+    assert rep["mode"] == "closed" and rep["answered"] > 1000 and rep["lost"] == 0
+
+
+def test_rate_beyond_the_generator_is_reported(agent):
+    out = subprocess.run(BENCH + ["run", "-p", str(agent), "--qps", "2000000", "--duration", "1",
+                                  "--workers", "1", "--json"], capture_output=True, text=True, timeout=60)
+    rep = json.loads(out.stdout)
+    assert any("could not drive" in w for w in rep["warnings"]), rep
+
+
+def test_unreachable_server_is_a_clear_error():
+    port = client.free_port()
+    t0 = time.monotonic()
+    out = subprocess.run(BENCH + ["run", "-p", str(port), "--qps", "10", "--duration", "1"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and f"no answer from 127.0.0.1:{port}" in out.stderr
+    assert time.monotonic() - t0 < 15
+
+
+def test_ctrl_c_prints_the_partial_report(agent):
+    proc = subprocess.Popen(BENCH + ["run", "-p", str(agent), "--qps", "500", "--duration", "60",
+                                     "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted: partial results" in out and "answered" in out
+
+
+def test_compare_with_a_peer():
+    peers = [p for p in ("unbound", "dnsmasq") if shutil.which(p)]
+    if not peers:
+        pytest.skip("neither unbound nor dnsmasq is installed (apt-get install unbound dnsmasq)")
+    out = subprocess.run(BENCH + ["compare", "--duration", "1", "--rounds", "1", "--scenarios", "hits",
+                                  "--servers", f"nodecache,{peers[0]}", "--json"],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)["results"]["hits"]
+    for name in ("nodecache", peers[0]):
+        assert res[name]["saturation_qps"] > 1000 and res[name]["cpu_us_per_query"] > 0
+        assert res[name]["lost"] == 0
