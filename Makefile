@@ -22,8 +22,8 @@ system-deps:
 test: $(STAMP) system-deps
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
-	$(PY) bench/hotpath.py
+bench: $(STAMP) system-deps
+	$(PY) bench/results.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -5,6 +5,7 @@ import contextlib
 
 from nodecache import client
 from nodecache.config.plugins import parse_config
+from nodecache.demo import COREFILE
 from nodecache.fakeupstream import ClusterDNS, FakeUpstream
 from nodecache.server.agent import Agent
 from nodecache.server.tcp import TcpLimits
@@ -50,22 +51,5 @@ class Node:
         return await client.tcp_many("127.0.0.1", self.port, queries, timeout)
 
 
-CLUSTER = """\
-cluster.local:{port} {{
-    errors
-    cache {{
-        success 9984 30
-        denial 9984 5
-    }}
-    bind 127.0.0.1
-    forward . 127.0.0.1:{up0} {{
-        force_tcp
-    }}
-}}
-.:{port} {{
-    errors
-    cache 30
-    bind 127.0.0.1
-    forward . 127.0.0.1:{up0}
-}}
-"""
+# node-cache's shape on loopback: the demo's own Corefile ({up0}: the fake upstream)
+CLUSTER = COREFILE.replace("{upstream}", "{up0}")
