@@ -76,6 +76,32 @@ class Server:
                 self.proc.kill()
 
 
+def unbound_command(tmp: Path, port: int, upstream: int) -> list[str]:
+    """unbound as a one-thread cache on 127.0.0.1:port forwarding everything to upstream."""
+    conf = tmp / f"unbound-{port}.conf"
+    conf.write_text(textwrap.dedent(f"""\
+        server:
+            interface: 127.0.0.1@{port}
+            do-daemonize: no
+            use-syslog: no
+            chroot: ""
+            username: ""
+            pidfile: ""
+            directory: "{tmp}"
+            num-threads: 1
+            access-control: 127.0.0.0/8 allow
+            do-not-query-localhost: no
+            module-config: "iterator"
+            msg-cache-size: 64m
+            rrset-cache-size: 128m
+            verbosity: 0
+        forward-zone:
+            name: "."
+            forward-addr: 127.0.0.1@{upstream}
+        """))
+    return [shutil.which("unbound"), "-d", "-c", str(conf)]
+
+
 def servers(tmp: Path, upstream: int, wanted: list[str]) -> list[Server]:
     out = []
     py = sys.executable
@@ -87,28 +113,7 @@ def servers(tmp: Path, upstream: int, wanted: list[str]) -> list[Server]:
                                         "-metrics-listen-address", "", "-status-socket", str(tmp / "s")], port))
     if "unbound" in wanted and shutil.which("unbound"):
         port = free_port()
-        conf = tmp / "unbound.conf"
-        conf.write_text(textwrap.dedent(f"""\
-            server:
-                interface: 127.0.0.1@{port}
-                do-daemonize: no
-                use-syslog: no
-                chroot: ""
-                username: ""
-                pidfile: ""
-                directory: "{tmp}"
-                num-threads: 1
-                access-control: 127.0.0.0/8 allow
-                do-not-query-localhost: no
-                module-config: "iterator"
-                msg-cache-size: 64m
-                rrset-cache-size: 128m
-                verbosity: 0
-            forward-zone:
-                name: "."
-                forward-addr: 127.0.0.1@{upstream}
-            """))
-        out.append(Server("unbound", [shutil.which("unbound"), "-d", "-c", str(conf)], port))
+        out.append(Server("unbound", unbound_command(tmp, port, upstream), port))
     if "dnsmasq" in wanted and shutil.which("dnsmasq"):
         port = free_port()
         out.append(Server("dnsmasq", [shutil.which("dnsmasq"), "--keep-in-foreground", f"--port={port}",

@@ -33,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from nodecache.client import build, free_port  # noqa: E402
 from nodecache.config.plugins import parse_config  # noqa: E402
@@ -185,27 +186,9 @@ def socket_runs(queries: int, k: int, tmp: Path, rounds: int) -> dict[str, dict]
                         bare_port))
         reply.close()
         if shutil.which("unbound"):
+            from compare import unbound_command
             ub_port = free_port()
-            conf = tmp / "unbound.conf"
-            conf.write_text(textwrap.dedent(f"""\
-                server:
-                    interface: 127.0.0.1@{ub_port}
-                    do-daemonize: no
-                    use-syslog: no
-                    chroot: ""
-                    username: ""
-                    pidfile: ""
-                    directory: "{tmp}"
-                    num-threads: 1
-                    access-control: 127.0.0.0/8 allow
-                    do-not-query-localhost: no
-                    module-config: "iterator"
-                    verbosity: 0
-                forward-zone:
-                    name: "."
-                    forward-addr: 127.0.0.1@{up_port}
-                """))
-            servers.append(("unbound", [shutil.which("unbound"), "-d", "-c", str(conf)], ub_port))
+            servers.append(("unbound", unbound_command(tmp, ub_port, up_port), ub_port))
         running = []
         for name, cmd, sport in servers:
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)

@@ -264,18 +264,7 @@ class Engine:
                 lambda f=flight: Proto(f), remote_addr=(self.spec.host, self.spec.port))
             flights.append(flight)
             transports.append(transport)
-        by_flight = {id(f): t for f, t in zip(flights, transports)}
-
-        def send(flight, due):
-            data, qid, question = self._query(flight)
-            flight.pending[qid] = (due, question)
-            by_flight[id(flight)].sendto(data)
-            self.result.sent += 1
-
-        def close():
-            for t in transports:
-                t.close()
-        return send, flights, close
+        return self._sender(flights, transports, lambda t, data: t.sendto(data))
 
     async def _tcp(self):
         loop = asyncio.get_running_loop()
@@ -295,14 +284,17 @@ class Engine:
             transport, _ = await loop.create_connection(lambda f=flight: Proto(f), self.spec.host, self.spec.port)
             flights.append(flight)
             transports.append(transport)
+        return self._sender(flights, transports,
+                            lambda t, data: t.is_closing() or t.write(frame(data)))
+
+    def _sender(self, flights, transports, write):
+        """(send, flights, close) over one transport per flight."""
         by_flight = {id(f): t for f, t in zip(flights, transports)}
 
         def send(flight, due):
             data, qid, question = self._query(flight)
             flight.pending[qid] = (due, question)
-            transport = by_flight[id(flight)]
-            if not transport.is_closing():
-                transport.write(frame(data))
+            write(by_flight[id(flight)], data)
             self.result.sent += 1
 
         def close():

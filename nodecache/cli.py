@@ -268,16 +268,16 @@ def cmd_run(args) -> int:
     from .runner import ConfigSource, RunParams, parse_local_ips, run_node
     log = logging.getLogger("nodecache")
     ips, problems = parse_local_ips(args.localip)
-    for problem in problems:
-        log.error("%s: ignored", problem)
     if args.setupebtables:
         log.warning("-setupebtables: ebtables rules are not supported; ignored")
+    log.debug("node flags: localip=%s", ",".join(ips))
     node = NodeParams(ips, args.interfacename, args.setupinterface and bool(ips),
                       args.setupiptables and bool(ips), args.health_port, args.syncinterval,
                       args.skipteardown)
     params = RunParams(args.conf, args.basecorefile, args.kubednscm, args.upstreamsvc, ips, node,
                        args.pidfile, args.configsync, args.metrics_listen, args.dns_port,
-                       args.handoff, args.handoff_dir, args.drain, args.cache_file, args.status_socket)
+                       args.handoff, args.handoff_dir, args.drain, args.cache_file, args.status_socket,
+                       tuple(problems))
     source = ConfigSource(params, dict(os.environ))
     try:
         config = source.load(strict=False)

@@ -64,6 +64,7 @@ class RunParams:
     drain: float = 5.0
     cache_file: str = ""
     status_socket: str = "/tmp/nodecache.status.sock"
+    ip_problems: tuple[str, ...] = ()  # invalid -localip entries, counted once started
 
 
 def parse_local_ips(text: str) -> tuple[tuple[str, ...], list[str]]:
@@ -151,6 +152,10 @@ async def run_node(params: RunParams, source: ConfigSource, config: Config) -> i
     node = NodeSetup(params.node, dns_ports(config, params.local_ips))
     for problem in getattr(source, "problems", []):
         node.count("configmap", problem)
+    for problem in params.ip_problems:
+        node.count("interface_add", f"{problem}: not set up")
+    if not params.local_ips and (params.node.setup_interface or params.node.setup_iptables) and params.ip_problems:
+        log.error("no valid -localip: no interface or rules; serving the Corefile's addresses only")
     take = None
     if params.handoff:
         try:
