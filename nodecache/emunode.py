@@ -205,27 +205,29 @@ class EmulatedNode:
 
     # -- the agent ------------------------------------------------------
     def start_agent(self, *extra: str, corefile: str = NODE_COREFILE,
-                    local_ips: str = f"{LOCAL_V4},{LOCAL_V6}") -> subprocess.Popen:
+                    local_ips: str = f"{LOCAL_V4},{LOCAL_V6}", log_name: str = "agent.log") -> subprocess.Popen:
         conf = self.tmp / "Corefile.base"
         conf.write_text(corefile)
+        self.agent_log = self.tmp / log_name
         env = dict(os.environ, KUBE_DNS_UPSTREAM_SERVICE_HOST=UPSTREAM_V4)
         cmd = ["ip", "netns", "exec", self.node, sys.executable, "-m", "nodecache", "run",
                "-localip", local_ips, "-conf", str(self.tmp / "Corefile"),
                "-basecorefile", str(conf), "-upstreamsvc", "kube-dns-upstream",
                "-kubednscm", str(self.tmp / "kube-dns"), "-handoff-dir", str(self.tmp / "handoff"),
-               "-status-socket", str(self.tmp / "status.sock"), *extra]
+               "-status-socket", str(self.tmp / f"{log_name}.status"), *extra]
         (self.tmp / "kube-dns").mkdir(exist_ok=True)
         self.agent = subprocess.Popen(cmd, stdout=open(self.agent_log, "a"), stderr=subprocess.STDOUT,
                                       env=env)
         self.procs.append(self.agent)
         return self.agent
 
-    def wait_agent(self, limit: float = 20) -> None:
+    def wait_agent(self, limit: float = 20, needle: str = "rules in place") -> None:
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
             if self.agent.poll() is not None:
                 raise RuntimeError(f"agent exited {self.agent.returncode}: {self.agent_log.read_text()}")
-            if "serving" in self.agent_log.read_text() and "rules in place" in self.agent_log.read_text():
+            text = self.agent_log.read_text()
+            if "serving" in text and needle in text:
                 return
             time.sleep(0.05)
         raise RuntimeError(f"agent not ready: {self.agent_log.read_text()}")

@@ -132,3 +132,44 @@ def test_interface_of_another_kind_and_bad_localip_are_reported_not_fatal():
         assert n.stop_agent() == 0
         assert "not removing interface nodelocaldns of kind 'veth'" in n.agent_log.read_text()
         assert "nodelocaldns" in sh("ip", "link", "show", "nodelocaldns", ns=n.node, check=False).stdout
+
+
+def test_hot_handoff_on_the_node_with_glibc_querying_throughout():
+    import threading
+    with EmulatedNode() as n:
+        first = n.start_agent("-syncinterval", "1", log_name="agent0.log")
+        n.wait_agent()
+        failures, done, lookups = [], threading.Event(), [0]
+
+        def pod_traffic():  # a pod resolving continuously through every handoff
+            i = 0
+            while not done.is_set():
+                r = n.getent(f"svc-{i % 50}.default", v6=bool(i % 2))
+                lookups[0] += 1
+                if r.returncode != 0:
+                    failures.append((i, r.returncode, r.stderr))
+                i += 1
+
+        traffic = threading.Thread(target=pod_traffic)
+        traffic.start()
+        try:
+            agents = [(first, n.agent_log)]
+            for k in range(1, 4):
+                time.sleep(0.5)
+                heir = n.start_agent("-syncinterval", "1", log_name=f"agent{k}.log")
+                n.wait_agent(needle="READY sent")
+                old, old_log = agents[-1]
+                old.send_signal(signal.SIGTERM)
+                assert old.wait(20) == 0
+                assert "interface and rules belong to the successor" in old_log.read_text()
+                assert len(n.rules()) == 24 and LOCAL_V4 in n.interface()  # the donor tore nothing down
+                agents.append((heir, n.agent_log))
+            time.sleep(0.5)
+        finally:
+            done.set()
+            traffic.join(60)
+        assert lookups[0] > 20 and failures == [], failures
+        last, _ = agents[-1]
+        last.send_signal(signal.SIGTERM)
+        assert last.wait(20) == 0
+        assert n.rules() == [] and n.interface() == ""  # the last owner tears down
