@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from cli import BenchError, preflight, report, run_load
+from cli import preflight, report, run_load
 from loadgen import Spec
 
 CLK = os.sysconf("SC_CLK_TCK")

@@ -108,7 +108,6 @@ async def handoffs_under_load(rounds: int, qps: int, tmp: Path) -> dict:
         for k in range(1, rounds + 1):
             heir = AgentProc(tmp, conf, tmp / "handoff", k)
             agents.append(heir)
-            t0 = time.monotonic()
             await heir.wait_for("READY sent")
             ready = time.monotonic()
             marks.append((ready - 0.2, ready + 0.5))  # the handoff itself, then the donor's drain

@@ -19,7 +19,6 @@ Bounded: every phase has a query count and a time limit. Traffic only to
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import resource
 import shutil

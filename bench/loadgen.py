@@ -205,7 +205,7 @@ class Engine:
         await self._finish(flights)
 
     async def _closed(self, send, flights) -> None:
-        spec, r = self.spec, self.result
+        spec = self.spec
         self.closed_slots = asyncio.Queue()
         for _ in range(spec.concurrency):
             self.closed_slots.put_nowait(None)

@@ -5,7 +5,7 @@ from dnslib import QTYPE, DNSRecord
 from nodecache.cache.store import FRESH, STALE, Cache
 from nodecache.config.model import CacheClass, CacheConfig, Prefetch, ServeStale
 from nodecache.dns.reply import analyse
-from nodecache.dns.wire import RD, make_query, question_bytes, scan
+from nodecache.dns.wire import make_query, question_bytes, scan
 from fakes import FakeClock, a_record, reply_to, soa
 
 

@@ -10,7 +10,6 @@ from histogram import Histogram
 from loadgen import Engine, Spec
 from scenarios import NxDomain, PodLookups, QueryFile, Zipf, pod_plan
 from fakes import run
-from nodecache.dns.wire import FORMERR
 
 
 class ScriptedServer(asyncio.DatagramProtocol):

@@ -2,7 +2,7 @@
 import random
 
 import pytest
-from dnslib import QTYPE, DNSRecord
+from dnslib import QTYPE
 
 from nodecache.cache import snapshot
 from nodecache.cache.store import Cache
