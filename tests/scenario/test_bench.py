@@ -99,3 +99,12 @@ def test_compare_with_a_peer():
     for name in ("nodecache", peers[0]):
         assert res[name]["saturation_qps"] > 1000 and res[name]["cpu_us_per_query"] > 0
         assert res[name]["lost"] == 0
+
+
+def test_plot(agent, tmp_path):
+    pytest.importorskip("matplotlib", reason="--plot needs the optional extra: pip install 'nodecache[plot]'")
+    png = tmp_path / "latency.png"
+    out = subprocess.run(BENCH + ["run", "-p", str(agent), "--qps", "500", "--duration", "1", "--workers", "1",
+                                  "--plot", str(png), "--quiet"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
