@@ -11,6 +11,7 @@ RUN apt-get update \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY nodecache ./nodecache
+COPY bench ./bench
 RUN pip install --no-cache-dir . && rm -rf /src
 
 WORKDIR /
