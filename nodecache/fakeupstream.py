@@ -202,14 +202,13 @@ class FakeUpstream:
             return
         try:
             q = DNSRecord.parse(data).q
-            self.seen.append(Seen(proto, str(q.qname).lower(), q.qtype, data[0] << 8 | data[1], client))
+            seen = Seen(proto, str(q.qname).lower(), q.qtype, data[0] << 8 | data[1], client)
         except Exception:
-            self.seen.append(Seen(proto, "", -1, -1, client))
+            seen = Seen(proto, "", -1, -1, client)
+        if self.record:
+            self.seen.append(seen)
         if self.log_file is not None:
-            s = self.seen[-1]
-            self.log_file.write(f"{s.proto} {s.client} {s.qtype} {s.name}\n")
-        if not self.record:
-            self.seen.clear()
+            self.log_file.write(f"{seen.proto} {seen.client} {seen.qtype} {seen.name}\n")
 
     async def reply_for(self, proto: str, data: bytes, client: str = "") -> bytes | None:
         self._record(proto, data, client)

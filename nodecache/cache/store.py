@@ -91,8 +91,11 @@ class Cache:
     # -- slow path ------------------------------------------------------
     def lookup(self, key: bytes) -> tuple[Entry | None, str | None]:
         """(entry, FRESH|STALE) or (None, None). Drops entries past serving."""
-        lru = self._success if key in self._success else self._denial
+        lru = self._success
         entry = lru.get(key)
+        if entry is None:
+            lru = self._denial
+            entry = lru.get(key)
         if entry is None:
             self.misses += 1
             return None, None

@@ -70,18 +70,17 @@ class DnsCollector:
         rsize = defaultdict(lambda: [[0] * (len(SIZE_BUCKETS) + 1), 0])
         for listener in agent.listeners + self.rt.retired_listeners():
             st = listener.stats
-            for (zone, proto, qtype, rcode, dobit, qb, rb, db, plugin), n in list(st.counts.items()):
+            for (zone, proto, qtype, rcode, dobit, qb, rb, db, plugin), (n, secs, ql, rl) in list(st.counts.items()):
                 t = type_label(qtype)
                 req[(st.server, zone, "", proto, st.family, t)] += n
                 resp[(st.server, zone, "", rcode_label(rcode), plugin)] += n
                 if dobit:
                     do[(st.server, "", zone)] += n
                 dur[(st.server, zone, "", t)][0][db] += n
+                dur[(st.server, zone, "", t)][1] += secs
                 qsize[(st.server, zone, "", proto)][0][qb] += n
-                rsize[(st.server, zone, "", proto)][0][rb] += n
-            for (zone, proto, qtype), (secs, ql, rl) in list(st.sums.items()):
-                dur[(st.server, zone, "", type_label(qtype))][1] += secs
                 qsize[(st.server, zone, "", proto)][1] += ql
+                rsize[(st.server, zone, "", proto)][0][rb] += n
                 rsize[(st.server, zone, "", proto)][1] += rl
         yield _counter("coredns_dns_requests", "Counter of DNS requests made per zone, protocol and family.",
                        ["server", "zone", "view", "proto", "family", "type"], req)

@@ -1,9 +1,9 @@
 """Per-listener request counters, kept as plain dicts of integers.
 
-The hot path does two dict updates per query and nothing else: one count
-under a tuple of the labels CoreDNS uses (zone, proto, type, rcode, DO,
-the size and duration buckets, the plugin that answered), and the running
-sums a histogram needs. The metrics collector turns these into CoreDNS's
+The hot path does one dict lookup per query and nothing else: under a
+tuple of the labels CoreDNS uses (zone, proto, type, rcode, DO, the size
+and duration buckets, the plugin that answered) it keeps the count and
+the running sums a histogram needs. The metrics collector turns these into CoreDNS's
 series at scrape time (``observe.metrics``); no prometheus-client object
 is touched while serving.
 
@@ -33,24 +33,22 @@ def type_label(qtype: int) -> str:
 
 
 class ListenerStats:
-    __slots__ = ("server", "family", "counts", "sums")
+    __slots__ = ("server", "family", "counts")
 
     def __init__(self, server: str, family: str):
         self.server = server      # "dns://IP:PORT", CoreDNS's server label
         self.family = family      # "1" IPv4, "2" IPv6
-        self.counts: dict[tuple, int] = {}
-        self.sums: dict[tuple, list] = {}
+        # labels -> [count, seconds, request bytes, response bytes]
+        self.counts: dict[tuple, list] = {}
 
     def record(self, zone: str, proto: str, qtype: int, rcode: int, do: int, qlen: int, rlen: int,
                seconds: float, plugin: str) -> None:
         dur = 0 if seconds <= _FIRST else bisect_left(DURATION_BUCKETS, seconds)
         key = (zone, proto, qtype, rcode, do, _SIZE_INDEX[qlen], _SIZE_INDEX[rlen], dur, plugin)
-        counts = self.counts
-        counts[key] = counts.get(key, 0) + 1
-        skey = (zone, proto, qtype)
-        acc = self.sums.get(skey)
+        acc = self.counts.get(key)
         if acc is None:
-            acc = self.sums[skey] = [0.0, 0, 0]
-        acc[0] += seconds
-        acc[1] += qlen
-        acc[2] += rlen
+            acc = self.counts[key] = [0, 0.0, 0, 0]
+        acc[0] += 1
+        acc[1] += seconds
+        acc[2] += qlen
+        acc[3] += rlen

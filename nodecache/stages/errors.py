@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 
+from dnslib import QTYPE
+
 from ..dns.wire import SERVFAIL, decode_name
 from ..forward.forwarder import ForwardFailure
 from .base import Answer, Request, Stage
@@ -31,5 +33,4 @@ class ErrorsStage(Stage):
 
 
 def type_name(qtype: int) -> str:
-    from dnslib import QTYPE
     return QTYPE.get(qtype, f"TYPE{qtype}")
