@@ -14,7 +14,7 @@ with or without OPT), so most hits are one join of existing byte strings.
 from __future__ import annotations
 
 from ..dns.reply import Reply
-from ..dns.wire import AD, CD, OPT_DO, OPT_PLAIN, RD
+from ..dns.wire import AD, CD, OPT_DO, OPT_PLAIN, RD, TC
 
 SUCCESS, DENIAL, SERVFAIL_KIND = 0, 1, 2
 KIND_NAMES = ("success", "denial", "servfail")
@@ -32,8 +32,10 @@ class Entry:
         self.key = key
         self.kind = kind
         # Header we send: QR, RA, upstream's AD and RCODE; AA cleared since a
-        # cache is not authoritative; RD and CD come from each client.
-        self.flags = 0x8080 | (reply.flags & (AD | 0xF))
+        # cache is not authoritative; RD and CD come from each client. TC is
+        # kept for an uncached truncated reply (never cached) so that the
+        # client retries over TCP (RFC 7766 §5).
+        self.flags = 0x8080 | (reply.flags & (AD | TC | 0xF))
         an, ns, ar = reply.counts
         base = b"\x00\x01" + an.to_bytes(2, "big") + ns.to_bytes(2, "big")
         self.counts_plain = base + ar.to_bytes(2, "big")
@@ -71,7 +73,8 @@ class Entry:
         return [tail, None, None]
 
     def _body(self, edns: int) -> bytes:
-        body = self.bodies[0] + (OPT_DO if edns else OPT_PLAIN)
+        # edns is -1 (no OPT: the bare tail, always present), 0 or 1 (the DO bit).
+        body = self.bodies[0] + (OPT_DO if edns == 1 else OPT_PLAIN)
         self.bodies[edns + 1] = body
         return body
 
@@ -87,7 +90,10 @@ class Entry:
         head = self.heads.get((qflags & _VARIANT) | (edns + 1))
         if head is None:
             head = self._head(qflags, edns)
-        return b"".join((data[:2], head, data[12:qend], self.bodies[edns + 1] or self._body(edns)))
+        body = self.bodies[edns + 1]
+        if body is None:  # not truthiness: an empty tail (SERVFAIL, bare NODATA) is a valid body
+            body = self._body(edns)
+        return b"".join((data[:2], head, data[12:qend], body))
 
     def render_stale(self, data: bytes, qend: int, qflags: int, edns: int) -> bytes:
         """Same reply with every TTL at STALE_TTL (RFC 8767 §4)."""

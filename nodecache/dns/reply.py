@@ -90,6 +90,7 @@ def analyse(data: bytes) -> Reply:
     qend = i + 4
     qkey = data[12:i].lower() + data[i:qend]
     offsets, ttls = [], []
+    negative = []  # offsets (in data) of TTLs with the top bit set
     min_ttl = negative_ttl = None
     rcode = flags & 0xF
     opt_at = None
@@ -113,6 +114,7 @@ def analyse(data: bytes) -> Reply:
         else:
             if ttl & 0x80000000:
                 ttl = 0  # RFC 2181 §8: a TTL with the top bit set is treated as zero
+                negative.append(i + 4)
             offsets.append(i + 4 - qend)
             ttls.append(ttl)
             if index < an + ns:
@@ -125,6 +127,11 @@ def analyse(data: bytes) -> Reply:
     if opt_at is not None and opt_at != _last_record_start(offsets, qend, opt_at):
         raise MalformedReply("records after OPT")
     tail = data[qend:opt_at] if opt_at is not None else data[qend:]
+    if negative:  # ... and sent on as zero, cached or not (RFC 2181 §8)
+        fixed = bytearray(tail)
+        for at in negative:
+            fixed[at - qend:at - qend + 4] = b"\x00\x00\x00\x00"
+        tail = bytes(fixed)
     return Reply(flags, rcode, qkey, qend, (an, ns, ar - (opt_at is not None)),
                  tail, tuple(offsets), tuple(ttls), min_ttl, negative_ttl)
 
