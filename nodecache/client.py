@@ -61,6 +61,34 @@ async def tcp_many(host: str, port: int, queries: list[bytes], timeout: float = 
     return await asyncio.wait_for(run(), timeout)
 
 
+async def paced(host: str, port: int, queries: list[bytes], rate: float, timeout: float = 5.0) -> dict:
+    """Send ``queries`` over UDP at a fixed rate (one socket each, as a stub
+    resolver does), bounded by len(queries) / rate + timeout seconds.
+    Returns ``{"sent", "rcodes": {rcode: n}, "unanswered"}``."""
+    loop = asyncio.get_running_loop()
+    rcodes: dict[int, int] = {}
+    unanswered = 0
+
+    async def one(data: bytes) -> None:
+        nonlocal unanswered
+        try:
+            reply = await udp(host, port, data, timeout)
+        except (asyncio.TimeoutError, OSError):
+            unanswered += 1
+            return
+        rcodes[reply[3] & 0xF] = rcodes.get(reply[3] & 0xF, 0) + 1
+
+    start = loop.time()
+    tasks = []
+    for i, data in enumerate(queries):
+        delay = start + i / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(loop.create_task(one(data)))
+    await asyncio.gather(*tasks)
+    return {"sent": len(queries), "rcodes": rcodes, "unanswered": unanswered}
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free for both UDP and TCP on host, right now."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

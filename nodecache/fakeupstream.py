@@ -87,8 +87,9 @@ class ClusterDNS:
             self._ptr(reply, name)
         else:
             self._internet(reply, name, q.qtype)
-        if any(r.rtype == QTYPE.OPT for r in req.ar):
-            reply.add_ar(EDNS0(udp_len=1232))  # RFC 6891 §7: answer OPT with OPT
+        opt = next((r for r in req.ar if r.rtype == QTYPE.OPT), None)
+        if opt is not None:  # RFC 6891 §7: answer OPT with OPT; RFC 3225 §3: DO copied
+            reply.add_ar(EDNS0(udp_len=1232, flags="do" if opt.ttl & 0x8000 else ""))
         return reply.pack()
 
     def _cluster(self, reply: DNSRecord, name: str, qtype: int) -> None:
@@ -175,12 +176,17 @@ class FakeUpstream:
     ``delay`` (seconds, or a function of the query) comes before every reply, ``drop`` is the chance a
     query goes unanswered; UDP replies too big for the client are sent
     with TC=1 and no records, as a real server does.
+
+    ``sever = (how, n, conns)`` plays a replica going away under pipelined
+    queries: each of the first ``conns`` TCP connections is cut when its
+    ``n``-th query arrives, with nothing it carries answered; ``how`` is
+    "reset" (RST, as a killed process) or "close" (FIN, as a clean exit).
     """
 
     def __init__(self, answer: Callable[[bytes], bytes | None] | None = None,
                  delay: float | Callable[[bytes], float] = 0.0, drop: float = 0.0,
                  udp_limit: int | None = None, log_path: str | None = None,
-                 record: bool = True):
+                 record: bool = True, sever: tuple[str, int, int] | None = None):
         self.answer = answer or ClusterDNS().answer
         self.delay, self.drop = delay, drop
         self.udp_limit = udp_limit
@@ -195,6 +201,9 @@ class FakeUpstream:
         self.port = 0
         self.host = ""
         self.tasks: set[asyncio.Task] = set()
+        self.sever = sever
+        self.severed = 0
+        self.udp_ports: set[int] = set()  # source ports UDP queries came from
 
     def _record(self, proto: str, data: bytes, client: str = "") -> None:
         self.queries += 1
@@ -282,6 +291,7 @@ class _FakeUdp(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data, addr):
+        self.server.udp_ports.add(addr[1])
         self.server.spawn(self._reply(data, addr))
 
     async def _reply(self, data, addr):
@@ -299,6 +309,8 @@ class _FakeTcp(asyncio.Protocol):
         self.transport = transport
         self.peer = str((transport.get_extra_info("peername") or ("",))[0])
         self.server.tcp_connections += 1
+        self.index = self.server.tcp_connections
+        self.received = 0
         self.server.tcp_conns.add(transport)
 
     def connection_lost(self, exc):
@@ -307,9 +319,23 @@ class _FakeTcp(asyncio.Protocol):
     def data_received(self, data):
         try:
             for msg in self.reader.feed(data):
+                self.received += 1
+                if self._severed():
+                    return
                 self.server.spawn(self._reply(msg))
         except FrameTooLarge:
             self.transport.abort()
+
+    def _severed(self) -> bool:
+        sever = self.server.sever
+        if sever is None or self.index > sever[2] or self.received < sever[1]:
+            return False
+        self.server.severed += 1
+        if sever[0] == "reset":
+            self.transport.abort()
+        else:
+            self.transport.close()  # FIN; the replies still being built are never written
+        return True
 
     async def _reply(self, msg):
         out = await self.server.reply_for("tcp", msg, self.peer)

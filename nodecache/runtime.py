@@ -4,8 +4,9 @@ metrics, and the status socket its probes ask.
 Readiness (``/ready``, ``nodecache probe ready``, the ``nodecache_ready``
 gauge) is computed from the process's own state each time it is asked:
 unready while starting, after handing off, while shutting down (lameduck),
-for a zone whose every upstream is down, and for a zone with a forwarding
-loop; the reasons are returned with the 503.
+for a zone whose every upstream has been down for ``UNREADY_AFTER_DOWN``
+seconds, and for a zone with a forwarding loop; the reasons are returned
+with the 503.
 
 The status socket (``-status-socket``, default in /tmp, i.e. private to a
 container) answers exec probes about *this* process, which matters during a
@@ -19,12 +20,16 @@ import json
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 
 from .observe.http import HttpServers
 from .observe.metrics import exposition, registries
 
 log = logging.getLogger("nodecache")
+# Every upstream of a zone must have been down this long before readiness
+# says so: a reset or a CoreDNS rollout (seconds) must not flap /ready.
+UNREADY_AFTER_DOWN = 10.0
 
 
 class Runtime:
@@ -62,8 +67,10 @@ class Runtime:
             if block.loop is not None and block.loop.detected:
                 reasons.append(f"zone {zones}: forwarding loop detected")
             stage = block.forward_stage
-            if stage is not None and not any(u.healthy for u in stage.forwarder.upstreams):
-                reasons.append(f"zone {zones}: no healthy upstream")
+            if stage is not None:
+                down = stage.forwarder.down_for(time.monotonic())
+                if down >= UNREADY_AFTER_DOWN:
+                    reasons.append(f"zone {zones}: no healthy upstream for {down:.0f}s")
         return reasons
 
     def status(self) -> dict:

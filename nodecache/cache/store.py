@@ -116,7 +116,7 @@ class Cache:
 
     def classify(self, reply: Reply) -> tuple[int, int] | None:
         """(kind, ttl) for a cacheable reply, else None."""
-        if reply.truncated:
+        if reply.truncated or not reply.cacheable:
             return None
         cfg = self.config
         if reply.rcode == NOERROR and reply.answers:

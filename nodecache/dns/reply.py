@@ -36,6 +36,8 @@ class Reply:
     ttls: tuple[int, ...]
     min_ttl: int | None   # lowest TTL over answer + authority
     negative_ttl: int | None  # RFC 2308 §5: min(SOA TTL, SOA MINIMUM)
+    do: int = -1          # DO bit of the reply's OPT, -1 without OPT
+    cacheable: bool = True  # False: pass on to the client, never store
 
     @property
     def truncated(self) -> bool:
@@ -94,6 +96,7 @@ def analyse(data: bytes) -> Reply:
     min_ttl = negative_ttl = None
     rcode = flags & 0xF
     opt_at = None
+    do = -1
     i = qend
     for index in range(an + ns + ar):
         start = i
@@ -111,6 +114,7 @@ def analyse(data: bytes) -> Reply:
                 raise MalformedReply("misplaced or repeated OPT")
             opt_at = start
             rcode |= data[i + 4] << 4
+            do = data[i + 6] >> 7
         else:
             if ttl & 0x80000000:
                 ttl = 0  # RFC 2181 §8: a TTL with the top bit set is treated as zero
@@ -133,7 +137,7 @@ def analyse(data: bytes) -> Reply:
             fixed[at - qend:at - qend + 4] = b"\x00\x00\x00\x00"
         tail = bytes(fixed)
     return Reply(flags, rcode, qkey, qend, (an, ns, ar - (opt_at is not None)),
-                 tail, tuple(offsets), tuple(ttls), min_ttl, negative_ttl)
+                 tail, tuple(offsets), tuple(ttls), min_ttl, negative_ttl, do)
 
 
 def _last_record_start(offsets: list[int], qend: int, opt_at: int) -> int:

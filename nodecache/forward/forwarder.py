@@ -2,46 +2,70 @@
 
 Theory of operation:
 
-* Coalescing: one upstream exchange per distinct cache key in flight;
-  every other client asking the same question awaits the same task.
+* Coalescing: one upstream exchange per distinct cache key in flight. The
+  first client asking runs the exchange in its own task (no task of its
+  own per miss); every other client asking the same question meanwhile
+  awaits the leader's future.
 * The upstream query is ours, not the client's: the question in lower case,
   RD and AD set (RFC 6840 §5.7: AD tells us what the upstream validated),
   CD and DO as the cache key says, our OPT. So coalesced clients get an
   answer to exactly the question their key describes.
-* Attempts: upstreams in policy order, healthy ones first. Each attempt is
-  bounded (2 s); a timeout moves on to the next upstream, cycling while the
-  overall deadline (5 s) lasts; if every upstream failed outright (refused,
-  reset, garbage) there is nothing to wait for and we fail at once. The
-  caller answers SERVFAIL.
+* Attempts, within an overall deadline (5 s) and never beyond it:
+  - a query whose connection dies under it (reset, EOF, ICMP unreachable)
+    is re-sent at once on a fresh connection to the same upstream, which
+    kube-proxy may send to another endpoint: this is what a CoreDNS
+    rollout or a killed replica looks like from here, and it is not held
+    against the upstream's health;
+  - a timeout (2 s per attempt) moves on to the next upstream;
+  - a refused or unreachable connect, or a garbled reply, moves on too;
+    after a round of upstreams that all failed that way we wait a short,
+    doubling backoff (25 ms .. 500 ms) and go round again: a Service whose
+    endpoints are being replaced refuses for a moment, then answers.
+  Only the deadline ends the attempts (then the caller answers SERVFAIL):
+  with one upstream (the usual case, a Service ClusterIP) there is no
+  fail-fast, and when every upstream looks down we still try them, healthy
+  ones first (CoreDNS does the same).
 * Validation: a reply must parse, have QR set and our question (the ID is
   checked by the transport). Anything else counts as a failed attempt and
-  is never returned, so it is never cached.
+  is never returned, so it is never cached. A reply whose CD bit or DO bit
+  (in its OPT) differs from our query's (RFC 4035 §3.2.2, RFC 3225 §3: both
+  are copied from the query) answers the question but maybe not the
+  variant the cache key names: it is passed on, never cached.
 * Bounds: at most ``max_concurrent`` distinct exchanges in flight (CoreDNS's
   option; REFUSED beyond it). Without the option we still cap at
   ``DEFAULT_MAX_INFLIGHT`` so that a dead upstream cannot grow memory
   without bound.
-* Health: ``max_fails`` consecutive failures mark an upstream down; a
-  probe (``. IN NS``, any well-formed reply counts) runs every
-  ``health_check`` until it answers.
+* Health: ``max_fails`` consecutive failed attempts mark an upstream down;
+  a probe (``. IN NS``, any well-formed reply counts) runs every
+  ``health_check`` until it answers. ``down_for`` tells readiness how long
+  every upstream has been down.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from bisect import bisect_left
+from dataclasses import replace
 
 from ..config.model import ForwardConfig, Upstream
 from ..dns.reply import MalformedReply, Reply, analyse
 from ..dns.wire import AD, CD, RD, make_query
 from ..observe.stats import DURATION_BUCKETS
-from .transport import TcpPool, UpstreamClosed, udp_exchange
+from .transport import TcpPool, UdpPool, UpstreamClosed
 
 log = logging.getLogger("nodecache.forward")
 DEFAULT_MAX_INFLIGHT = 20000
 _HEALTH_QUESTION = b"\x00\x00\x02\x00\x01"  # . IN NS
 _HARD_ERRORS = (OSError, MalformedReply, UpstreamClosed)
+MAX_RESENDS = 3          # re-sends of one query after its connection died, per attempt
+BACKOFF_FIRST, BACKOFF_MAX = 0.025, 0.5
+# NODECACHE_FORWARD_RETRY=0 restores wave 1's behaviour (no re-send, fail
+# as soon as every upstream failed outright): the negative control of the
+# resilience tests, and a diagnostic. Not for production.
+RETRY_DEFAULT = os.environ.get("NODECACHE_FORWARD_RETRY", "1") != "0"
 
 
 class ForwardFailure(Exception):
@@ -57,7 +81,9 @@ class UpstreamState:
         self.addr = addr
         self.cfg = cfg
         self.pool = TcpPool(addr.host, addr.port, cfg.expire)
+        self.udp = UdpPool(addr.host, addr.port, cfg.expire)
         self.fails = 0
+        self.down_since: float | None = None
         self.probe: asyncio.Task | None = None
         self.requests = 0
         self.failures = 0
@@ -79,16 +105,20 @@ class UpstreamState:
     async def exchange(self, query: bytes, timeout: float, tcp: bool) -> bytes:
         if tcp:
             return await self.pool.exchange(query, timeout)
-        return await udp_exchange(self.addr.host, self.addr.port, query, timeout)
+        return await self.udp.exchange(query, timeout)
 
     def succeeded(self) -> None:
         self.fails = 0
+        self.down_since = None
 
     def failed(self) -> None:
         self.failures += 1
         self.fails += 1
-        if not self.healthy and self.probe is None:
-            self.probe = asyncio.get_running_loop().create_task(self._probe_until_up())
+        if not self.healthy:
+            if self.down_since is None:
+                self.down_since = time.monotonic()
+            if self.probe is None:
+                self.probe = asyncio.get_running_loop().create_task(self._probe_until_up())
 
     async def _probe_until_up(self) -> None:
         query = make_query(0, _HEALTH_QUESTION, flags=0)
@@ -102,7 +132,7 @@ class UpstreamState:
                 except (asyncio.TimeoutError, *_HARD_ERRORS):
                     self.healthcheck_failures += 1
                     continue
-                self.fails = 0
+                self.succeeded()
                 log.info("upstream %s is healthy again", self.addr)
         finally:
             self.probe = None
@@ -111,6 +141,7 @@ class UpstreamState:
         if self.probe is not None:
             self.probe.cancel()
         self.pool.close()
+        self.udp.close()
 
 
 class Forwarder:
@@ -121,27 +152,41 @@ class Forwarder:
         self.max_inflight = cfg.max_concurrent or DEFAULT_MAX_INFLIGHT
         self._rr = 0
         self.coalesced = 0
+        self.resent = 0      # queries re-sent after their connection died
+        self.backoffs = 0    # rounds where every upstream refused or broke at once
+        self.mismatched = 0  # replies passed on uncached: CD/DO differ from our query
+        self.retry = RETRY_DEFAULT
         self.rejected = 0   # coredns_forward_max_concurrent_rejects_total
         self.all_down = 0   # coredns_forward_healthcheck_broken_total
 
     async def resolve(self, key: bytes) -> Reply:
-        task = self.inflight.get(key)
-        if task is not None:
+        shared = self.inflight.get(key)
+        if shared is not None:
             self.coalesced += 1
+            return await asyncio.shield(shared)
+        if len(self.inflight) >= self.max_inflight:
+            self.rejected += 1
+            raise Overloaded(f"{len(self.inflight)} queries in flight")
+        shared = self.inflight[key] = asyncio.get_running_loop().create_future()
+        try:
+            reply = await self._exchange(key)
+        except BaseException as exc:
+            if not shared.done():
+                shared.set_exception(exc if isinstance(exc, Exception) else ForwardFailure("cancelled"))
+                shared.exception()  # retrieved: there may be no other waiter
+            raise
         else:
-            if len(self.inflight) >= self.max_inflight:
-                self.rejected += 1
-                raise Overloaded(f"{len(self.inflight)} queries in flight")
-            task = asyncio.get_running_loop().create_task(self._exchange(key))
-            self.inflight[key] = task
-            task.add_done_callback(lambda t, k=key: self._done(k, t))
-        return await asyncio.shield(task)
+            shared.set_result(reply)
+            return reply
+        finally:
+            if self.inflight.get(key) is shared:
+                del self.inflight[key]
 
-    def _done(self, key: bytes, task: asyncio.Task) -> None:
-        if self.inflight.get(key) is task:
-            del self.inflight[key]
-        if not task.cancelled():
-            task.exception()  # mark retrieved: waiters may all have gone
+    def down_for(self, now: float) -> float:
+        """Seconds every upstream has been down (0 while any is healthy)."""
+        if not self.upstreams or any(u.healthy for u in self.upstreams):
+            return 0.0
+        return now - max(u.down_since or now for u in self.upstreams)
 
     def order(self) -> list[UpstreamState]:
         ups = list(self.upstreams)
@@ -161,34 +206,63 @@ class Forwarder:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.deadline
         last: Exception | None = None
+        backoff = BACKOFF_FIRST
         while True:
-            hard = 0
-            order = self.order()
-            for up in order:
+            timed_out = False
+            for up in self.order():
+                if deadline - loop.time() <= 0.001:
+                    raise ForwardFailure(f"no reply within {self.cfg.deadline:g}s: {last}")
+                try:
+                    return await self._attempt(up, query, key, deadline)
+                except asyncio.TimeoutError:
+                    timed_out = True
+                    last = TimeoutError(f"{up.addr}: timed out")
+                except _HARD_ERRORS as exc:
+                    last = exc if isinstance(exc, MalformedReply) else UpstreamClosed(f"{up.addr}: {exc}")
+                up.failed()
+            if not timed_out:  # every upstream refused or broke at once: give them a moment
+                if not self.retry:
+                    raise ForwardFailure(f"every upstream failed: {last}")
                 remaining = deadline - loop.time()
                 if remaining <= 0.001:
                     raise ForwardFailure(f"no reply within {self.cfg.deadline:g}s: {last}")
-                try:
-                    return await self._attempt(up, query, key, min(self.cfg.attempt_timeout, remaining))
-                except asyncio.TimeoutError:
-                    last = TimeoutError(f"{up.addr}: timed out")
-                except _HARD_ERRORS as exc:
-                    hard += 1
-                    last = exc if isinstance(exc, MalformedReply) else UpstreamClosed(f"{up.addr}: {exc}")
-                up.failed()
-            if hard == len(order):
-                raise ForwardFailure(f"every upstream failed: {last}")
+                self.backoffs += 1
+                await asyncio.sleep(min(backoff, remaining))
+                backoff = min(backoff * 2, BACKOFF_MAX)
 
-    async def _attempt(self, up: UpstreamState, query: bytes, key: bytes, timeout: float) -> Reply:
-        up.requests += 1
+    async def _attempt(self, up: UpstreamState, query: bytes, key: bytes, deadline: float) -> Reply:
+        """One attempt at ``up``: re-sent on a fresh connection when the
+        connection dies under it, at most MAX_RESENDS times."""
+        loop = asyncio.get_running_loop()
         tcp = self.cfg.force_tcp
-        t0 = time.monotonic()
-        raw = await up.exchange(query, timeout, tcp)
-        reply = _validated(raw, key, up)
-        if reply.truncated and not tcp:  # RFC 7766 §5: retry over TCP
-            reply = _validated(await up.exchange(query, timeout, True), key, up)
-        up.succeeded()
-        up.observe(reply.rcode, time.monotonic() - t0)
+        for resend in range(MAX_RESENDS + 1):
+            timeout = min(self.cfg.attempt_timeout, deadline - loop.time())
+            up.requests += 1
+            t0 = loop.time()
+            try:
+                raw = await up.exchange(query, timeout, tcp)
+                reply = self._validated(raw, key, up)
+                if reply.truncated and not tcp:  # RFC 7766 §5: retry over TCP
+                    raw = await up.exchange(query, max(deadline - loop.time(), 0.001), True)
+                    reply = self._validated(raw, key, up)
+            except UpstreamClosed:
+                if not self.retry or resend == MAX_RESENDS or deadline - loop.time() <= 0.001:
+                    raise
+                self.resent += 1
+                continue
+            up.succeeded()
+            up.observe(reply.rcode, loop.time() - t0)
+            return reply
+        raise AssertionError("unreachable")
+
+    def _validated(self, raw: bytes, key: bytes, up: UpstreamState) -> Reply:
+        reply = analyse(raw)
+        if reply.qkey != key[:-1]:
+            raise MalformedReply(f"{up.addr} answered another question")
+        cd, do = key[-1] & 1, key[-1] >> 1
+        if bool(reply.flags & CD) != bool(cd) or (reply.do >= 0 and reply.do != do):
+            self.mismatched += 1  # right question, maybe not the variant the key names
+            return replace(reply, cacheable=False)
         return reply
 
     def close(self) -> None:
@@ -197,9 +271,3 @@ class Forwarder:
         for up in self.upstreams:
             up.close()
 
-
-def _validated(raw: bytes, key: bytes, up: UpstreamState) -> Reply:
-    reply = analyse(raw)
-    if reply.qkey != key[:-1]:
-        raise MalformedReply(f"{up.addr} answered another question")
-    return reply

@@ -1,17 +1,29 @@
-"""Upstream transports: a pipelined TCP connection pool and one-shot UDP.
+"""Upstream transports: pipelined TCP connections and shared UDP sockets.
 
-TCP (RFC 7766 §6.2.1.1): many queries are in flight on one connection at
-once, told apart by message ID; replies may come in any order. Each
-connection hands out IDs that are unique among its own pending queries and
-drops replies whose ID it is not waiting for (late, duplicated or forged).
-A connection is used for new queries only until it is ``expire`` seconds
-old, then retired: it finishes what it has in flight and closes, so the next
-connection goes through kube-proxy again and load spreads over the cluster
-DNS replicas.
+Both multiplex many queries over one long-lived channel, told apart by
+message ID (RFC 7766 §6.2.1.1 for TCP; RFC 5452 §9.2 for UDP): a channel
+hands out IDs unique among its own outstanding queries and drops replies
+whose ID it is not waiting for (late, duplicated or forged).
 
-UDP: one connected socket per exchange (a fresh source port for each query,
-so a blind spoofer must guess port and ID), reading until a datagram with
-the expected ID arrives or the attempt times out; anything else is ignored.
+An ID whose query timed out is *quarantined*: it stays reserved on that
+channel until a reply for it arrives or the channel closes, so a late
+reply can never be taken for the answer to a newer query that happened to
+draw the same ID. Too many quarantined IDs retire the channel.
+
+A channel is used for new queries until it is ``expire`` seconds old, then
+retired: it finishes what it has in flight and closes. For TCP this sends
+the next connection through kube-proxy again, so load spreads over the
+cluster DNS replicas; for UDP it moves to a fresh random source port
+(a blind spoofer must guess port and ID; RFC 5452 §9.2). A UDP socket is
+also retired after ``UDP_USES`` queries.
+
+When a channel dies (reset, EOF, an ICMP error on a connected UDP
+socket), every query still waiting on it fails with ``UpstreamClosed``;
+the forwarder re-sends them on a fresh channel. A write to a channel that
+is closing raises ``UpstreamClosed`` too, never the transport's own error.
+
+``exchange`` sets one timer per query (no ``wait_for`` task) and awaits one
+future; connecting is the only other await, once per channel.
 """
 from __future__ import annotations
 
@@ -23,28 +35,138 @@ from ..dns.framing import FrameReader, FrameTooLarge, frame
 
 MAX_PENDING_PER_CONN = 512   # then the pool opens another connection
 MAX_CONNS = 8
+MAX_QUARANTINED = 1024       # then the channel is retired
+UDP_SOCKETS = 4              # per upstream
+UDP_USES = 4096              # queries per UDP socket before its port changes
 
 
 class UpstreamClosed(ConnectionError):
-    pass
+    """The channel carrying a query closed before the reply; the query may be re-sent."""
 
 
-class _TcpConnection(asyncio.Protocol):
+def _time_out(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_exception(asyncio.TimeoutError())
+
+
+class _Channel:
+    """ID multiplexing shared by TCP connections and UDP sockets."""
+
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
-        self.transport: asyncio.Transport | None = None
-        self.pending: dict[int, asyncio.Future] = {}
-        self.reader = FrameReader()
+        self.transport = None
+        self.pending: dict[int, asyncio.Future | None] = {}  # None: quarantined ID
+        self.quarantined = 0
         self.created = loop.time()
+        self.uses = 0
         self.closed = False
         self.retired = False
         self.garbage = 0  # replies nobody waited for
+
+    @property
+    def live(self) -> int:
+        return len(self.pending) - self.quarantined
+
+    def _new_id(self) -> int:
+        while True:
+            qid = random.getrandbits(16)
+            if qid not in self.pending:
+                return qid
+
+    def _write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def send(self, query: bytes, fut: asyncio.Future) -> int:
+        """Send ``query`` under a fresh ID; ``fut`` gets the reply. Returns the ID."""
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise UpstreamClosed("connection is closing")
+        qid = self._new_id()
+        self.pending[qid] = fut
+        self.uses += 1
+        try:
+            self._write(qid.to_bytes(2, "big") + query[2:])
+        except (RuntimeError, OSError) as exc:  # closed under us between the check and the write
+            del self.pending[qid]
+            self._fail(UpstreamClosed(f"write failed: {exc}"))
+            raise UpstreamClosed(f"write failed: {exc}") from None
+        return qid
+
+    def release(self, qid: int, fut: asyncio.Future) -> None:
+        """The caller is done with ``qid``. Unanswered (timed out or cancelled): quarantine it."""
+        if self.pending.get(qid) is fut:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                del self.pending[qid]
+            else:
+                self.pending[qid] = None
+                self.quarantined += 1
+                if self.quarantined > MAX_QUARANTINED:
+                    self.retired = True
+        self._maybe_close()
+
+    def deliver(self, msg: bytes) -> None:
+        qid = msg[0] << 8 | msg[1] if len(msg) >= 12 else -1
+        fut = self.pending.get(qid, False)
+        if fut is None:  # a late reply to a quarantined ID: now the ID is free again
+            del self.pending[qid]
+            self.quarantined -= 1
+            self.garbage += 1
+        elif fut is False or fut.done():
+            self.garbage += 1
+        else:
+            del self.pending[qid]
+            fut.set_result(msg)
+
+    def _fail(self, exc: Exception) -> None:
+        self.closed = True
+        for fut in self.pending.values():
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+        self.pending.clear()
+        self.quarantined = 0
+        if self.transport is not None:
+            self.transport.abort() if hasattr(self.transport, "abort") else self.transport.close()
+
+    def _maybe_close(self) -> None:
+        if self.retired and not self.live and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def usable(self, now: float, expire: float, max_pending: int) -> bool:
+        if self.closed or self.retired:
+            return False
+        if now - self.created >= expire:
+            self.retired = True
+            self._maybe_close()
+            return False
+        return self.live < max_pending
+
+
+async def _exchange_on(channel: _Channel, query: bytes, timeout: float) -> bytes:
+    loop = channel.loop
+    fut = loop.create_future()
+    qid = channel.send(query, fut)
+    timer = loop.call_later(timeout, _time_out, fut)
+    try:
+        reply = await fut
+    finally:
+        timer.cancel()
+        channel.release(qid, fut)
+    return query[:2] + reply[2:]  # give the caller its own ID back
+
+
+class _TcpConnection(_Channel, asyncio.Protocol):
+    def __init__(self, loop):
+        super().__init__(loop)
+        self.reader = FrameReader()
 
     def connection_made(self, transport):
         self.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _write(self, data: bytes) -> None:
+        self.transport.write(frame(data))
 
     def data_received(self, data: bytes):
         try:
@@ -53,135 +175,125 @@ class _TcpConnection(asyncio.Protocol):
             self._fail(UpstreamClosed("upstream sent an oversized frame"))
             return
         for msg in messages:
-            fut = self.pending.pop(msg[0] << 8 | msg[1], None) if len(msg) >= 2 else None
-            if fut is None or fut.done():
-                self.garbage += 1
-                continue
-            fut.set_result(msg)
+            self.deliver(msg)
         self._maybe_close()
 
     def connection_lost(self, exc):
         self._fail(UpstreamClosed(f"upstream closed the connection: {exc or 'EOF'}"))
 
-    def _fail(self, exc: Exception) -> None:
-        self.closed = True
-        for fut in self.pending.values():
-            if not fut.done():
-                fut.set_exception(exc)
-        self.pending.clear()
-        if self.transport is not None:
-            self.transport.abort()
 
-    def _maybe_close(self) -> None:
-        if self.retired and not self.pending and not self.closed:
-            self.closed = True
-            self.transport.close()
-
-    def _new_id(self) -> int:
-        while True:
-            qid = random.getrandbits(16)
-            if qid not in self.pending:
-                return qid
-
-    async def exchange(self, query: bytes, timeout: float) -> bytes:
-        qid = self._new_id()
-        fut = self.loop.create_future()
-        self.pending[qid] = fut
-        self.transport.write(frame(qid.to_bytes(2, "big") + query[2:]))
-        try:
-            reply = await asyncio.wait_for(fut, timeout)
-        finally:
-            if self.pending.get(qid) is fut:
-                del self.pending[qid]
-            self._maybe_close()
-        return query[:2] + reply[2:]  # give the caller its own ID back
-
-    def usable(self, now: float, expire: float) -> bool:
-        if self.closed or self.retired:
-            return False
-        if now - self.created >= expire:
-            self.retired = True
-            self._maybe_close()
-            return False
-        return len(self.pending) < MAX_PENDING_PER_CONN
-
-
-class TcpPool:
-    """Persistent pipelined connections to one upstream."""
+class _Pool:
+    """Channels to one upstream; subclasses say how a channel is opened."""
+    max_channels = MAX_CONNS
+    max_pending = MAX_PENDING_PER_CONN
 
     def __init__(self, host: str, port: int, expire: float):
         self.host, self.port, self.expire = host, port, expire
-        self.conns: list[_TcpConnection] = []
+        self.channels: list[_Channel] = []
         self.reused = 0    # coredns_proxy_conn_cache_hits_total
         self.opened = 0    # coredns_proxy_conn_cache_misses_total
-        self._connecting: asyncio.Future | None = None
+        self._opening: asyncio.Future | None = None
 
     async def exchange(self, query: bytes, timeout: float) -> bytes:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        conn = await asyncio.wait_for(self._acquire(loop), timeout)
-        return await conn.exchange(query, max(deadline - loop.time(), 0.001))
+        channel = self._usable()
+        if channel is None:
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            channel = await asyncio.wait_for(self._open_shared(loop), timeout)
+            timeout = max(timeout - (loop.time() - t0), 0.001)
+        else:
+            self.reused += 1
+        return await _exchange_on(channel, query, timeout)
 
-    async def _acquire(self, loop) -> _TcpConnection:
-        now = loop.time()
-        self.conns = [c for c in self.conns if not c.closed]
-        for conn in self.conns:
-            if conn.usable(now, self.expire):
-                self.reused += 1
-                return conn
-        if self._connecting is not None:  # share a connect already under way
-            return await asyncio.shield(self._connecting)
-        self._connecting = loop.create_task(self._connect(loop))
-        try:
-            return await asyncio.shield(self._connecting)
-        finally:
-            self._connecting = None
+    def _usable(self) -> _Channel | None:
+        if not self.channels:
+            return None
+        now = self.channels[0].loop.time()
+        self.channels = [c for c in self.channels if not c.closed]
+        for channel in self._candidates():
+            if channel.usable(now, self.expire, self.max_pending):
+                return channel
+        return None
 
-    async def _connect(self, loop) -> _TcpConnection:
-        _, conn = await loop.create_connection(lambda: _TcpConnection(loop), self.host, self.port)
+    def _candidates(self):
+        return self.channels
+
+    async def _open_shared(self, loop) -> _Channel:
+        if self._opening is None:  # one connect at a time; others share it
+            self._opening = loop.create_task(self._open(loop))
+            self._opening.add_done_callback(self._opened)
+        return await asyncio.shield(self._opening)
+
+    def _opened(self, task: asyncio.Task) -> None:
+        self._opening = None
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter may have timed out
+
+    async def _open(self, loop) -> _Channel:
+        channel = await self._connect(loop)
         self.opened += 1
-        self.conns.append(conn)
-        if len(self.conns) > MAX_CONNS:
-            self.conns[0].retired = True
-            self.conns[0]._maybe_close()
-        return conn
+        self.channels.append(channel)
+        if len(self.channels) > self.max_channels:
+            self.channels[0].retired = True
+            self.channels[0]._maybe_close()
+        return channel
+
+    async def _connect(self, loop) -> _Channel:
+        raise NotImplementedError
 
     def close(self) -> None:
-        for conn in self.conns:
-            if conn.transport is not None:
-                conn.transport.close()
-        self.conns.clear()
+        for channel in self.channels:
+            if channel.transport is not None:
+                channel.transport.close()
+        self.channels.clear()
 
 
-class _UdpOnce(asyncio.DatagramProtocol):
-    def __init__(self, qid: bytes, fut: asyncio.Future):
-        self.qid, self.fut = qid, fut
-        self.ignored = 0
+class TcpPool(_Pool):
+    """Persistent pipelined connections to one upstream."""
+
+    async def _connect(self, loop) -> _Channel:
+        _, conn = await loop.create_connection(lambda: _TcpConnection(loop), self.host, self.port)
+        return conn
+
+
+class _UdpSocket(_Channel, asyncio.DatagramProtocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def _write(self, data: bytes) -> None:
+        self.transport.sendto(data)
 
     def datagram_received(self, data, addr):
-        if data[:2] == self.qid and not self.fut.done():
-            self.fut.set_result(data)
-        else:
-            self.ignored += 1
+        self.deliver(data)
+        if self.uses >= UDP_USES:
+            self.retired = True
+        self._maybe_close()
 
     def error_received(self, exc):
-        if not self.fut.done():
-            self.fut.set_exception(exc)  # e.g. ICMP port unreachable
+        # ICMP port/host unreachable on the connected socket: nobody is there
+        # now; every query on it is re-sent (or fails over) at once.
+        self._fail(UpstreamClosed(f"upstream unreachable: {exc}"))
 
     def connection_lost(self, exc):
-        if not self.fut.done():
-            self.fut.set_exception(UpstreamClosed("socket closed"))
+        self._fail(UpstreamClosed(f"socket closed: {exc or 'closed'}"))
 
 
-async def udp_exchange(host: str, port: int, query: bytes, timeout: float) -> bytes:
-    loop = asyncio.get_running_loop()
-    qid = random.getrandbits(16).to_bytes(2, "big")
-    fut = loop.create_future()
-    transport, _ = await loop.create_datagram_endpoint(
-        lambda: _UdpOnce(qid, fut), remote_addr=(host, port))
-    try:
-        transport.sendto(qid + query[2:])
-        reply = await asyncio.wait_for(fut, timeout)
-    finally:
-        transport.close()
-    return query[:2] + reply[2:]
+class UdpPool(_Pool):
+    """A few long-lived connected UDP sockets to one upstream (the kernel
+    drops datagrams from any other address). A query goes out on a random
+    one of them; each is replaced after ``expire`` seconds or ``UDP_USES``
+    queries, so source ports keep changing."""
+    max_channels = UDP_SOCKETS * 2
+    max_pending = 4096
+
+    def _candidates(self):
+        usable = self.channels[-UDP_SOCKETS:]
+        if len(usable) < UDP_SOCKETS:
+            return []  # open more until there are UDP_SOCKETS ports to spread over
+        start = random.randrange(len(usable))
+        return usable[start:] + usable[:start]
+
+    async def _connect(self, loop) -> _Channel:
+        _, sock = await loop.create_datagram_endpoint(lambda: _UdpSocket(loop),
+                                                      remote_addr=(self.host, self.port))
+        return sock

@@ -90,16 +90,6 @@ def test_dead_upstream_gives_servfail_within_the_deadline():
     run(go())
 
 
-def test_refused_upstream_gives_servfail_at_once():
-    corefile = CLUSTER.replace("{up0}", "1")  # nothing listens on port 1
-    async def go():
-        async with node(corefile, upstreams=0) as n:
-            t0 = time.monotonic()
-            rec = DNSRecord.parse(await n.tcp(build(SVC, QTYPE.A)))
-            assert rec.header.rcode == 2 and time.monotonic() - t0 < 1.0
-    run(go())
-
-
 def test_failover_to_the_next_upstream():
     corefile = """.:{port} {{
     bind 127.0.0.1
@@ -159,9 +149,11 @@ def test_upstream_garbage_wrong_id_wrong_question_never_cached():
                 rec = DNSRecord.parse(await n.udp(build(SVC, QTYPE.A, do=0)))
                 assert rec.header.rcode == 2, kind
                 assert len(n.agent.blocks[0].cache) == 0, kind
-                # garbage and wrong question fail at once; a wrong ID is
-                # ignored and the attempts time out
-                assert (time.monotonic() - t0 < 1.0) == (kind != "wrong-id"), kind
+                # garbage is retried (another endpoint behind the Service may
+                # be sane) and a wrong ID is ignored until the attempt times
+                # out: either way SERVFAIL comes at the deadline, not later
+                assert 4.5 < time.monotonic() - t0 < 6.0, kind
+                assert n.up.seen, kind
     run(go(), timeout=40)
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 from dnslib import QTYPE, DNSRecord
 from prometheus_client.parser import text_string_to_metric_families
 
+from nodecache.runtime import UNREADY_AFTER_DOWN
+
 from nodecache import client
 from nodecache.client import build
 from nodecache.config.plugins import parse_config
@@ -195,6 +197,10 @@ def test_health_ready_transitions_and_http_errors():
             steps.append(await get(mport, "/ready"))               # ready
             n.up.drop = 1.0
             await n.udp(build("svc-9.default.svc.cluster.local", QTYPE.A))  # fails: upstream down
+            steps.append(await get(mport, "/ready"))               # down for seconds: still ready
+            for up in n.agent.blocks[0].forward_stage.forwarder.upstreams:
+                assert not up.healthy
+                up.down_since -= UNREADY_AFTER_DOWN                # ... and for long
             steps.append(await get(mport, "/ready"))
             n.up.drop = 0.0
             rt.handed_off = True
@@ -210,8 +216,9 @@ def test_health_ready_transitions_and_http_errors():
     steps, health, missing, bad_method = run(go())
     assert steps[0] == (503, "starting\n")
     assert steps[1] == (200, "OK")
-    assert steps[2][0] == 503 and "zone cluster.local.: no healthy upstream" in steps[2][1]
-    assert steps[3] == (503, "handed off to a successor\n")
+    assert steps[2] == (200, "OK")  # readiness does not flap on a short upstream outage
+    assert steps[3][0] == 503 and "zone cluster.local.: no healthy upstream for 1" in steps[3][1]
+    assert steps[4] == (503, "handed off to a successor\n")
     assert health == (200, "OK") and missing[0] == 404
     assert bad_method.startswith(b"HTTP/1.1 405")
 

@@ -1,0 +1,183 @@
+"""Upstream churn: connections that close or reset under pipelined queries,
+an upstream that refuses for a moment, ID hygiene. Each mechanism has its
+negative control: the same scenario with ``forwarder.retry`` off (wave 1's
+behaviour) must fail."""
+import asyncio
+import time
+
+import pytest
+from dnslib import QTYPE, DNSRecord
+
+from nodecache.client import build, free_port
+from nodecache.fakeupstream import ClusterDNS, FakeUpstream
+from nodecache.forward import transport
+from fakes import run
+from harness import CLUSTER, node
+
+
+def _names(n: int, tag: str) -> list[str]:
+    return [f"svc-{i}.default.svc.cluster.local" if i < 100 else f"{tag}{i}.example.com" for i in range(n)]
+
+
+def _set_retry(agent, on: bool) -> None:
+    for block in agent.blocks:
+        if block.forward_stage:
+            block.forward_stage.forwarder.retry = on
+
+
+async def _sever_scenario(how: str, retry: bool) -> tuple[list[int], float, int]:
+    # each of the first 2 connections is cut when its 6th query arrives; the
+    # upstream is slow enough (0.2 s) that 5 earlier ones are still in flight
+    async with node(CLUSTER, delay=0.2, sever=(how, 6, 2)) as n:
+        _set_retry(n.agent, retry)
+        t0 = time.monotonic()
+        queries = [build(f"svc-{i}.default.svc.cluster.local", QTYPE.A) for i in range(20)]
+        replies = await asyncio.gather(*(n.udp(q, timeout=8) for q in queries))
+        rcodes = [DNSRecord.parse(r).header.rcode for r in replies]
+        fwd = n.agent.blocks[0].forward_stage.forwarder
+        return rcodes, time.monotonic() - t0, (fwd.resent, n.up.severed)
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_queries_in_flight_on_a_dead_connection_are_resent_at_once(how):
+    rcodes, elapsed, (resent, severed) = run(_sever_scenario(how, retry=True))
+    assert rcodes == [0] * 20 and severed == 2
+    assert resent >= 10          # every query that was in flight on the two cut connections
+    assert elapsed < 1.5         # re-sent at once, not after the 2 s attempt timeout
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_negative_control_dead_connection_without_retry_fails_queries(how):
+    rcodes, _, _ = run(_sever_scenario(how, retry=False))
+    assert rcodes.count(2) >= 5  # SERVFAIL for what was in flight
+
+
+async def _refuse_then_come_back(retry: bool, down_for: float = 1.0) -> tuple[list[int], float]:
+    port = free_port()
+    corefile = CLUSTER.replace("{up0}", str(port))
+    async with node(corefile, upstreams=0) as n:
+        _set_retry(n.agent, retry)
+        up = FakeUpstream(answer=ClusterDNS().answer)
+
+        async def restart():
+            await asyncio.sleep(down_for)
+            await up.start("127.0.0.1", port)
+        starter = asyncio.get_running_loop().create_task(restart())
+        t0 = time.monotonic()
+        try:
+            replies = await asyncio.gather(*(n.udp(build(f"svc-{i}.default.svc.cluster.local", QTYPE.A), 8)
+                                             for i in range(5)))
+            return [DNSRecord.parse(r).header.rcode for r in replies], time.monotonic() - t0
+        finally:
+            await starter
+            await up.stop()
+
+
+def test_refused_upstream_is_retried_with_backoff_until_it_comes_back():
+    rcodes, elapsed = run(_refuse_then_come_back(retry=True))
+    assert rcodes == [0] * 5
+    assert 0.9 < elapsed < 2.0   # answered shortly after the upstream is back (backoff <= 0.5 s)
+
+
+def test_negative_control_refused_upstream_without_retry_fails_at_once():
+    rcodes, elapsed = run(_refuse_then_come_back(retry=False))
+    assert rcodes == [2] * 5 and elapsed < 0.9
+
+
+def test_upstream_refusing_past_the_deadline_gives_servfail_at_the_deadline():
+    corefile = CLUSTER.replace("{up0}", "1")  # nothing listens on port 1
+    async def go():
+        async with node(corefile, upstreams=0) as n:
+            t0 = time.monotonic()
+            rec = DNSRecord.parse(await n.tcp(build("svc-1.default.svc.cluster.local", QTYPE.A), 8))
+            fwd = n.agent.blocks[0].forward_stage.forwarder
+            assert rec.header.rcode == 2 and 4.8 < time.monotonic() - t0 < 6.0
+            assert fwd.backoffs >= 8  # kept trying the only upstream, spaced out
+    run(go())
+
+
+def test_single_reset_does_not_mark_the_upstream_down():
+    async def go():
+        async with node(CLUSTER, delay=0.1, sever=("reset", 3, 1)) as n:
+            replies = await asyncio.gather(*(n.udp(build(f"svc-{i}.default.svc.cluster.local", QTYPE.A))
+                                             for i in range(5)))
+            assert [DNSRecord.parse(r).header.rcode for r in replies] == [0] * 5
+            up = n.agent.blocks[0].forward_stage.forwarder.upstreams[0]
+            assert up.healthy and up.fails == 0 and up.failures == 0
+    run(go())
+
+
+def test_timed_out_id_is_not_reused_while_a_late_reply_may_come():
+    async def go():
+        loop = asyncio.get_running_loop()
+        conn = transport._TcpConnection(loop)
+
+        class Sink:
+            def write(self, data): pass
+            def is_closing(self): return False
+            def close(self): pass
+        conn.transport = Sink()
+        q = build("a.example.com", QTYPE.A)
+        with pytest.raises(asyncio.TimeoutError):
+            await transport._exchange_on(conn, q, 0.01)
+        (late_id,) = conn.pending
+        assert conn.pending[late_id] is None and conn.quarantined == 1 and conn.live == 0
+        # the next 2,000 queries never draw the quarantined ID
+        for _ in range(2000):
+            fut = loop.create_future()
+            qid = conn.send(q, fut)
+            assert qid != late_id
+            fut.cancel()
+            conn.pending.pop(qid)
+        # the late reply arrives: dropped (not given to anyone), and the ID is free again
+        conn.deliver(late_id.to_bytes(2, "big") + b"\x81\x80" + b"\x00" * 8)
+        assert late_id not in conn.pending and conn.quarantined == 0 and conn.garbage == 1
+    run(go())
+
+
+def test_reply_with_other_do_or_cd_is_answered_but_never_cached():
+    def flip_cd(query: bytes) -> bytes | None:
+        out = bytearray(ClusterDNS().answer(query))
+        out[3] ^= 0x10  # CD differs from what we asked
+        return bytes(out)
+    async def go():
+        async with node(CLUSTER, answer=flip_cd) as n:
+            name = "svc-1.default.svc.cluster.local"
+            for _ in range(2):
+                rec = DNSRecord.parse(await n.udp(build(name, QTYPE.A)))
+                assert rec.header.rcode == 0 and rec.rr
+            assert len(n.up.seen) == 2 and len(n.agent.blocks[0].cache) == 0
+            assert n.agent.blocks[0].forward_stage.forwarder.mismatched == 2
+    run(go())
+
+
+def test_write_to_a_closing_connection_never_raises_into_the_chain():
+    async def go():
+        loop = asyncio.get_running_loop()
+        conn = transport._TcpConnection(loop)
+
+        class Closing:
+            def write(self, data): raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+            def is_closing(self): return False
+            def abort(self): pass
+        conn.transport = Closing()
+        with pytest.raises(transport.UpstreamClosed):
+            conn.send(build("a.example.com", QTYPE.A), loop.create_future())
+        assert conn.closed and not conn.pending
+    run(go())
+
+
+def test_udp_upstream_queries_share_a_few_long_lived_sockets():
+    corefile = """.:{port} {{
+    bind 127.0.0.1
+    forward . 127.0.0.1:{up0}
+}}"""
+    async def go():
+        async with node(corefile) as n:
+            replies = await asyncio.gather(*(n.udp(build(f"u{i}.example.com", QTYPE.A)) for i in range(200)))
+            assert all(DNSRecord.parse(r).header.rcode == 0 for r in replies)
+            assert len({s.proto for s in n.up.seen}) == 1 and len(n.up.seen) == 200
+            pool = n.agent.blocks[0].forward_stage.forwarder.upstreams[0].udp
+            assert pool.opened <= transport.UDP_SOCKETS + 1   # not one socket per query
+            assert len(n.up.udp_ports) <= transport.UDP_SOCKETS + 1
+    run(go())
