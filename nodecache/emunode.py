@@ -163,13 +163,33 @@ class EmulatedNode:
         self._etc_file(self.pod6, "resolv.conf", POD_RESOLV.format(ns=LOCAL_V6))
         self._etc_file(self.node, "resolv.conf", f"nameserver {UPSTREAM_V4}\n")
         self._kube_proxy()
-        for i, up in enumerate(self.ups):
-            log = self.tmp / f"up{i}.log"
-            self.procs.append(subprocess.Popen(
-                ["ip", "netns", "exec", up, sys.executable, "-m", "nodecache", "fake-upstream",
-                 "--listen", "[::]:53", "--log-queries", str(log)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.replicas: list[subprocess.Popen | None] = [None] * len(self.ups)
+        for i in range(len(self.ups)):
+            self.start_replica(i, wait=False)
         self._wait_upstreams()
+
+    # -- the cluster DNS replicas ------------------------------------------
+    def start_replica(self, i: int, wait: bool = True) -> None:
+        """(Re)start replica i (a CoreDNS pod); it keeps its address, so it
+        stays the same kube-proxy endpoint."""
+        log = self.tmp / f"up{i}.log"
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ups[i], sys.executable, "-m", "nodecache", "fake-upstream",
+             "--listen", "[::]:53", "--log-queries", str(log)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.replicas[i] = proc
+        self.procs.append(proc)
+        if wait:
+            self._wait_upstreams(only=i)
+
+    def stop_replica(self, i: int, sig: int = signal.SIGTERM) -> None:
+        """Stop replica i (SIGTERM: a rollout; SIGKILL: an OOM kill) while
+        kube-proxy still sends it traffic."""
+        proc = self.replicas[i]
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+            proc.wait(10)
+        self.replicas[i] = None
 
     def _kube_proxy(self) -> None:
         """DNAT the ClusterIP to the replicas at random, as kube-proxy's iptables mode does."""
@@ -189,9 +209,9 @@ class EmulatedNode:
                            "--dport", "53", *stat, "-j", "DNAT", "--to-destination", f"{target}:53",
                            ns=self.node)
 
-    def _wait_upstreams(self, limit: float = 20) -> None:
+    def _wait_upstreams(self, limit: float = 20, only: int | None = None) -> None:
         deadline = time.monotonic() + limit
-        for i in range(len(self.ups)):
+        for i in range(len(self.ups)) if only is None else (only,):
             while True:
                 probe = sh(sys.executable, "-c",
                            "import socket,sys;s=socket.socket();s.settimeout(0.5);"
@@ -205,11 +225,12 @@ class EmulatedNode:
 
     # -- the agent ------------------------------------------------------
     def start_agent(self, *extra: str, corefile: str = NODE_COREFILE,
-                    local_ips: str = f"{LOCAL_V4},{LOCAL_V6}", log_name: str = "agent.log") -> subprocess.Popen:
+                    local_ips: str = f"{LOCAL_V4},{LOCAL_V6}", log_name: str = "agent.log",
+                    env: dict[str, str] | None = None) -> subprocess.Popen:
         conf = self.tmp / "Corefile.base"
         conf.write_text(corefile)
         self.agent_log = self.tmp / log_name
-        env = dict(os.environ, KUBE_DNS_UPSTREAM_SERVICE_HOST=UPSTREAM_V4)
+        env = dict(os.environ, KUBE_DNS_UPSTREAM_SERVICE_HOST=UPSTREAM_V4, **(env or {}))
         cmd = ["ip", "netns", "exec", self.node, sys.executable, "-m", "nodecache", "run",
                "-localip", local_ips, "-conf", str(self.tmp / "Corefile"),
                "-basecorefile", str(conf), "-upstreamsvc", "kube-dns-upstream",
@@ -237,6 +258,22 @@ class EmulatedNode:
         return self.agent.wait(limit)
 
     # -- observing ------------------------------------------------------
+    def pod_load(self, names: list[str], rate: float, target: str = LOCAL_V4,
+                 timeout: float = 5.0) -> subprocess.Popen:
+        """Start sending ``names`` (A, UDP) from the pod at ``rate``/s; the
+        process prints ``client.paced``'s JSON result when done (bounded by
+        len(names) / rate + timeout seconds)."""
+        code = ("import asyncio,json,sys;from nodecache import client;"
+                "names=sys.stdin.read().split();"
+                f"qs=[client.build(n,1) for n in names];"
+                f"print(json.dumps(asyncio.run(client.paced('{target}',53,qs,{rate},{timeout}))))")
+        proc = subprocess.Popen(["ip", "netns", "exec", self.pod, sys.executable, "-c", code],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        proc.stdin.write("\n".join(names))
+        proc.stdin.close()
+        self.procs.append(proc)
+        return proc
+
     def getent(self, name: str, v6: bool = False, timeout: float = 15) -> subprocess.CompletedProcess:
         return sh("getent", "ahosts", name, ns=self.pod6 if v6 else self.pod, check=False,
                   timeout=timeout)

@@ -1,0 +1,67 @@
+"""Upstream churn on the emulated node (root): the cluster DNS replicas behind
+kube-proxy's DNAT are rolled one at a time, one is SIGKILLed while still an
+endpoint, and both are gone for a second, while a pod sends only cache
+misses at 300/s. The agent must turn none of it into a failed lookup.
+Negative control: the same run with re-sends and retries off
+(NODECACHE_FORWARD_RETRY=0, wave 1's behaviour) fails lookups."""
+import json
+import signal
+import time
+
+import pytest
+
+from nodecache.emunode import EmulatedNode, missing_requirements
+
+why = missing_requirements()
+pytestmark = pytest.mark.skipif(why is not None, reason=f"emulated node: {why}")
+RATE = 300.0
+SECONDS = 10.0
+
+
+def _churn(n: EmulatedNode) -> None:
+    """The upstream events, about 8 s in all."""
+    time.sleep(1.0)
+    for i in (0, 1):                       # a rolling update, one replica at a time
+        n.stop_replica(i, signal.SIGTERM)
+        time.sleep(0.3)
+        n.start_replica(i)
+        time.sleep(0.7)
+    n.stop_replica(0, signal.SIGKILL)      # OOM-killed while kube-proxy still sends to it
+    time.sleep(1.0)
+    n.start_replica(0)
+    time.sleep(0.5)
+    n.stop_replica(0, signal.SIGKILL)      # no endpoint answers for a second
+    n.stop_replica(1, signal.SIGKILL)
+    time.sleep(1.0)
+    n.start_replica(0, wait=False)
+    n.start_replica(1)
+
+
+def _run(extra_env: dict | None) -> tuple[dict, str]:
+    with EmulatedNode() as n:
+        n.start_agent(env=extra_env)
+        n.wait_agent()
+        tag = f"m{int(time.time() * 1000) % 10**8}"
+        # unique names in the cluster zone: every one a miss, forwarded over TCP
+        names = [f"{tag}-{i}.default.svc.cluster.local" for i in range(int(RATE * SECONDS))]
+        load = n.pod_load(names, RATE)
+        _churn(n)
+        out = load.stdout.read()
+        load.wait(SECONDS + 30)
+        n.stop_agent()
+        return json.loads(out), n.agent_log.read_text()
+
+
+def test_replicas_rolled_killed_and_gone_for_a_second_fail_no_lookup():
+    result, log = _run(None)
+    servfail = result["rcodes"].get("2", 0)
+    answered = sum(result["rcodes"].values())
+    assert result["unanswered"] == 0 and servfail == 0, f"{result}\n{log[-3000:]}"
+    assert answered == result["sent"] == int(RATE * SECONDS)
+    assert set(result["rcodes"]) == {"3"}  # NXDOMAIN from the cluster DNS for every one
+    assert "Traceback" not in log and "every upstream failed" not in log, log[-3000:]
+
+
+def test_negative_control_without_retries_the_same_churn_fails_lookups():
+    result, _ = _run({"NODECACHE_FORWARD_RETRY": "0"})
+    assert result["rcodes"].get("2", 0) + result["unanswered"] > 0, result
