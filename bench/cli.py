@@ -267,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     cmp_.add_argument("--rounds", type=int, default=2, help="alternating repetitions")
     cmp_.add_argument("--scenarios", default="hits,zipf,nxdomain,pod")
     cmp_.add_argument("--servers", default="nodecache,unbound,dnsmasq")
+    cmp_.add_argument("--misses", default="",
+                      help="also measure CPU per miss vs unbound at these fixed rates over a TCP "
+                           "upstream with dnsperf, e.g. 1000,5000")
     cmp_.add_argument("--json", action="store_true")
     hand = sub.add_parser("handoff", help="constant load while hot handoffs happen")
     hand.add_argument("--handoffs", type=int, default=10)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from cli import preflight, report, run_load
 from loadgen import Spec
+from misscost import miss_cost, print_miss_table
 
 CLK = os.sysconf("SC_CLK_TCK")
 POD_RATE = 200.0
@@ -204,16 +205,21 @@ def cmd_compare(args) -> int:
                     cpu_runs = [r["cpu_us_per_query"] for r in sat[s.name] + half[s.name] if r["cpu_us_per_query"]]
                     entry["cpu_us_per_query"] = sorted(cpu_runs)[len(cpu_runs) // 2] if cpu_runs else None
                     results.setdefault(scenario, {})[s.name] = entry
-            dnsperf = run_dnsperf(srvs[0], tmp, load_cpus, args.duration) if srvs else None
+            dnsperf = run_dnsperf(srvs[0], tmp, load_cpus, args.duration) if srvs and scenarios else None
         finally:
             for s in srvs:
                 s.stop()
             upstream.terminate()
             upstream.wait(10)
+        rates = [int(r) for r in args.misses.split(",") if r.strip()]
+        misses = miss_cost(rates, args.duration, args.rounds, tmp, cpus, free_port, _pin, cpu_seconds,
+                           Server) if rates else {}
     if args.json:
-        print(json.dumps({"results": results, "dnsperf": dnsperf, "missing": missing}))
+        print(json.dumps({"results": results, "dnsperf": dnsperf, "missing": missing, "misses": misses}))
         return 0
     print_tables(results, missing, dnsperf, cpus)
+    if misses:
+        print_miss_table(misses, args.duration, args.rounds)
     return 0
 
 

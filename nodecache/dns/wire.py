@@ -202,6 +202,23 @@ def parse_query(data: bytes) -> Query:
                  data[12:lname_end].lower() + data[lname_end:qend] + suffix)
 
 
+def query_from_scan(data: bytes, scanned) -> Query | None:
+    """The slow path's Query for a query ``scan`` already read, without
+    parsing it again; None when only ``parse_query`` may decide (a name
+    whose labels do not end where scan's zero byte is, or a type or class
+    that gets an error or a refusal)."""
+    key, qend, flags, limit, edns = scanned
+    try:
+        if _read_qname(data, 12) != qend - 4:
+            return None
+    except QueryError:
+        return None
+    qtype = data[qend - 4] << 8 | data[qend - 3]
+    if qtype in (TYPE_OPT, TYPE_AXFR, TYPE_IXFR) or data[qend - 2:qend] != b"\x00\x01":
+        return None
+    return Query(data, flags, qend, data[12:qend - 4], qtype, CLASS_IN, edns, limit, key)
+
+
 def _read_additional(data: bytes, i: int, count: int) -> tuple[int, int, int]:
     """Walk the additional section; returns (edns DO or -1, size, version)."""
     edns, size, version = -1, 0, 0

@@ -54,7 +54,7 @@ from ..config.model import ForwardConfig, Upstream
 from ..dns.reply import MalformedReply, Reply, analyse
 from ..dns.wire import AD, CD, RD, make_query
 from ..observe.stats import DURATION_BUCKETS
-from .transport import TcpPool, UdpPool, UpstreamClosed
+from .transport import TcpPool, UdpPool, UpstreamClosed, exchange_on
 
 log = logging.getLogger("nodecache.forward")
 DEFAULT_MAX_INFLIGHT = 20000
@@ -189,6 +189,10 @@ class Forwarder:
         return now - max(u.down_since or now for u in self.upstreams)
 
     def order(self) -> list[UpstreamState]:
+        if len(self.upstreams) == 1:  # the usual case: one Service ClusterIP
+            if not self.upstreams[0].healthy:
+                self.all_down += 1
+            return self.upstreams
         ups = list(self.upstreams)
         if self.cfg.policy == "random":
             random.shuffle(ups)
@@ -240,7 +244,11 @@ class Forwarder:
             up.requests += 1
             t0 = loop.time()
             try:
-                raw = await up.exchange(query, timeout, tcp)
+                channel = (up.pool if tcp else up.udp).usable()
+                if channel is not None:  # the common case: no extra frames
+                    raw = await exchange_on(channel, query, timeout)
+                else:
+                    raw = await up.exchange(query, timeout, tcp)
                 reply = self._validated(raw, key, up)
                 if reply.truncated and not tcp:  # RFC 7766 §5: retry over TCP
                     raw = await up.exchange(query, max(deadline - loop.time(), 0.001), True)

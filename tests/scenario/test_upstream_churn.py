@@ -119,7 +119,7 @@ def test_timed_out_id_is_not_reused_while_a_late_reply_may_come():
         conn.transport = Sink()
         q = build("a.example.com", QTYPE.A)
         with pytest.raises(asyncio.TimeoutError):
-            await transport._exchange_on(conn, q, 0.01)
+            await transport.exchange_on(conn, q, 0.01)
         (late_id,) = conn.pending
         assert conn.pending[late_id] is None and conn.quarantined == 1 and conn.live == 0
         # the next 2,000 queries never draw the quarantined ID

@@ -1,0 +1,158 @@
+"""CPU per cache miss, nodecache vs unbound, at fixed rates over a TCP upstream.
+
+``nodecache-bench compare --misses 1000,5000`` (the miss table only with
+``--scenarios ""``). Method, as a node runs it:
+
+* the upstream both servers forward to is one unbound instance acting as
+  the cluster DNS: every name under ``svc.cluster.local.`` answers A 192.0.2.1
+  (C, single thread, so it never limits either server); it runs with the
+  load on the second CPU;
+* nodecache (``forward . UPSTREAM { force_tcp }``, ``cache``) and unbound
+  (``forward-tcp-upstream: yes``, one thread, iterator only) are pinned to
+  CPU 0 and forward over pipelined/reused TCP connections;
+* dnsperf sends names never asked before (a fresh prefix per run, more
+  names than the run needs, so nothing repeats or hits a cache) at a fixed
+  rate ``-Q`` (sub-saturation, as pods do), for ``--duration`` seconds;
+* per run: the server's own utime+stime from /proc divided by the queries
+  dnsperf saw answered. Servers alternate, ``--rounds`` times; medians.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+UPSTREAM_ZONE = "svc.cluster.local."  # not a zone unbound answers itself (RFC 6761 ones are)
+
+
+def upstream_conf(tmp: Path, port: int) -> Path:
+    conf = tmp / "cluster-dns.conf"
+    conf.write_text(textwrap.dedent(f"""\
+        server:
+            interface: 127.0.0.1@{port}
+            do-daemonize: no
+            use-syslog: no
+            chroot: ""
+            username: ""
+            pidfile: ""
+            directory: "{tmp}"
+            num-threads: 1
+            access-control: 127.0.0.0/8 allow
+            incoming-num-tcp: 64
+            module-config: "iterator"
+            verbosity: 0
+            local-zone: "{UPSTREAM_ZONE}" redirect
+            local-data: "{UPSTREAM_ZONE} 30 IN A 192.0.2.1"
+        """))
+    return conf
+
+
+def unbound_forwarder_conf(tmp: Path, port: int, upstream: int) -> Path:
+    conf = tmp / f"unbound-miss-{port}.conf"
+    conf.write_text(textwrap.dedent(f"""\
+        server:
+            interface: 127.0.0.1@{port}
+            do-daemonize: no
+            use-syslog: no
+            chroot: ""
+            username: ""
+            pidfile: ""
+            directory: "{tmp}"
+            num-threads: 1
+            access-control: 127.0.0.0/8 allow
+            do-not-query-localhost: no
+            module-config: "iterator"
+            msg-cache-size: 64m
+            rrset-cache-size: 128m
+            verbosity: 0
+        forward-zone:
+            name: "."
+            forward-addr: 127.0.0.1@{upstream}
+            forward-tcp-upstream: yes
+        """))
+    return conf
+
+
+def nodecache_corefile(tmp: Path, port: int, upstream: int) -> Path:
+    conf = tmp / "Corefile-miss"
+    conf.write_text(f".:{port} {{\n    cache\n    bind 127.0.0.1\n"
+                    f"    forward . 127.0.0.1:{upstream} {{\n        force_tcp\n    }}\n}}\n")
+    return conf
+
+
+def dnsperf_at(port: int, names: list[str], qfile: Path, rate: int, duration: float, pin) -> dict:
+    qfile.write_text("".join(f"{n} A\n" for n in names))
+    proc = subprocess.run([shutil.which("dnsperf"), "-s", "127.0.0.1", "-p", str(port), "-d", str(qfile),
+                           "-l", str(int(duration)), "-Q", str(rate), "-c", "1", "-q", "500", "-t", "5"],
+                          capture_output=True, text=True, timeout=duration + 60, preexec_fn=pin)
+    completed = re.search(r"Queries completed:\s+(\d+)", proc.stdout)
+    lost = re.search(r"Queries lost:\s+(\d+)", proc.stdout)
+    lat = re.search(r"Average Latency \(s\):\s+([\d.]+)", proc.stdout)
+    if completed is None:
+        raise RuntimeError(f"dnsperf failed: {proc.stdout[-500:]} {proc.stderr[-500:]}")
+    return {"answered": int(completed.group(1)), "lost": int(lost.group(1)) if lost else 0,
+            "avg_ms": float(lat.group(1)) * 1000 if lat else None}
+
+
+def miss_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: list[int],
+              free_port, pin, cpu_seconds, server_cls) -> dict:
+    """{rate: {server: {cpu_us_per_miss, lost, avg_ms, runs}}}"""
+    if not shutil.which("dnsperf") or not shutil.which("unbound"):
+        raise RuntimeError("needs dnsperf and unbound (apt-get install dnsperf unbound)")
+    import sys
+    server_cpus, load_cpus = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
+    up_port = free_port()
+    upstream = subprocess.Popen([shutil.which("unbound"), "-d", "-c", str(upstream_conf(tmp, up_port))],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin(load_cpus))
+    nc_port, ub_port = free_port(), free_port()
+    servers = [server_cls("nodecache", [sys.executable, "-m", "nodecache", "run", "-conf",
+                                        str(nodecache_corefile(tmp, nc_port, up_port)), "-handoff=false",
+                                        "-metrics-listen-address", "", "-status-socket", str(tmp / "ms")],
+                          nc_port),
+               server_cls("unbound", [shutil.which("unbound"), "-d", "-c",
+                                      str(unbound_forwarder_conf(tmp, ub_port, up_port))], ub_port)]
+    out: dict = {}
+    try:
+        for s in servers:
+            s.start(server_cpus)
+        time.sleep(1.5)
+        for rate in rates:
+            runs: dict[str, list[dict]] = {s.name: [] for s in servers}
+            for r in range(rounds):
+                for s in servers:
+                    tag = f"r{rate}x{r}{s.name[0]}{int(time.time() * 1000) % 100000}"
+                    names = [f"{tag}-{i}.{UPSTREAM_ZONE}" for i in range(int(rate * (duration + 2)))]
+                    c0 = cpu_seconds(s.proc.pid)
+                    res = dnsperf_at(s.port, names, tmp / "misses.txt", rate, duration, pin(load_cpus))
+                    cpu = cpu_seconds(s.proc.pid) - c0
+                    res["cpu_us_per_miss"] = round(cpu / res["answered"] * 1e6, 1) if res["answered"] else None
+                    runs[s.name].append(res)
+            for name, rs in runs.items():
+                cpu = sorted(r["cpu_us_per_miss"] or 0 for r in rs)
+                out.setdefault(rate, {})[name] = {
+                    "cpu_us_per_miss": cpu[len(cpu) // 2], "runs": cpu,
+                    "lost": sum(r["lost"] for r in rs),
+                    "avg_ms": sorted(r["avg_ms"] or 0 for r in rs)[len(rs) // 2]}
+    finally:
+        for s in servers:
+            s.stop()
+        upstream.terminate()
+        upstream.wait(10)
+    return out
+
+
+def print_miss_table(table: dict, duration: float, rounds: int) -> None:
+    print(f"\nmisses over a TCP upstream (dnsperf -Q, names never asked before, {duration:g} s x "
+          f"{rounds} alternating rounds, median; server CPU from /proc per answered query):")
+    print(f"  {'rate/s':>7} {'server':10} {'cpu us/miss':>12} {'runs':>24} {'avg ms':>7} {'lost':>5} "
+          f"{'x unbound':>9}")
+    for rate, per in table.items():
+        base = per.get("unbound", {}).get("cpu_us_per_miss")
+        for name, e in per.items():
+            ratio = f"{e['cpu_us_per_miss'] / base:.2f}" if base and e["cpu_us_per_miss"] else "-"
+            runs = ",".join(f"{v:g}" for v in e["runs"])
+            print(f"  {rate:>7} {name:10} {e['cpu_us_per_miss']:>12} {runs:>24} {e['avg_ms']:>7.2f} "
+                  f"{e['lost']:>5} {ratio:>9}")
