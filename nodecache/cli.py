@@ -66,6 +66,9 @@ def parser() -> argparse.ArgumentParser:
                      help="accepted for compatibility; rules are set once listeners serve")
     run.add_argument("-health-port", dest="health_port", type=int, default=8080)
     run.add_argument("-skipteardown", type=go_bool, nargs="?", const=True, default=False)
+    run.add_argument("-failopen", type=go_bool, nargs="?", const=True, default=True,
+                     help="NOTRACK pod DNS only while the agent's socket is bound, so a dead agent's "
+                          "traffic falls through to kube-proxy / a fallback DNAT (default true)")
     run.add_argument("-pidfile", default="")
     run.add_argument("-metrics-listen-address", dest="metrics_listen", default="0.0.0.0:9353")
     run.add_argument("-upstreamsvc", default="kube-dns",
@@ -263,7 +266,7 @@ def describe(config) -> str:
 
 def cmd_run(args) -> int:
     import os
-    from .node.nodeconfig import ConfigMapError
+    from .node.nodeconfig import ConfigMapError, cluster_dns_ip
     from .node.reconcile import NodeParams
     from .runner import ConfigSource, RunParams, parse_local_ips, run_node
     log = logging.getLogger("nodecache")
@@ -273,7 +276,7 @@ def cmd_run(args) -> int:
     log.debug("node flags: localip=%s", ",".join(ips))
     node = NodeParams(ips, args.interfacename, args.setupinterface and bool(ips),
                       args.setupiptables and bool(ips), args.health_port, args.syncinterval,
-                      args.skipteardown)
+                      args.skipteardown, args.failopen, cluster_dns_ip(args.upstreamsvc, dict(os.environ)))
     params = RunParams(args.conf, args.basecorefile, args.kubednscm, args.upstreamsvc, ips, node,
                        args.pidfile, args.configsync, args.metrics_listen, args.dns_port,
                        args.handoff, args.handoff_dir, args.drain, args.cache_file, args.status_socket,

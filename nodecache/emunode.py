@@ -257,6 +257,11 @@ class EmulatedNode:
         self.agent.send_signal(sig)
         return self.agent.wait(limit)
 
+    def pod_nameserver(self, ip: str) -> None:
+        """Point the pod's resolv.conf at ``ip`` (e.g. the kube-dns ClusterIP,
+        as pods keep it in kube-proxy's iptables mode)."""
+        (Path("/etc/netns") / self.pod / "resolv.conf").write_text(POD_RESOLV.format(ns=ip))
+
     # -- observing ------------------------------------------------------
     def pod_load(self, names: list[str], rate: float, target: str = LOCAL_V4,
                  timeout: float = 5.0) -> subprocess.Popen:

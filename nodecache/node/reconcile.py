@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass
 
 from .link import LinkError, ensure_interface, remove_interface
-from .rules import Rule, RuleError, ensure_rule, remove_rule, rules_for
+from .rules import Rule, RuleError, ensure_rule, remove_rule, rule_exists, rules_for
 
 log = logging.getLogger("nodecache.node")
 ERROR_TYPES = ("configmap", "interface_add", "interface_check", "iptables", "iptables_lock")
@@ -35,12 +35,20 @@ class NodeParams:
     health_port: int | None = 8080
     sync_interval: float = 60.0
     skip_teardown: bool = False
+    fail_open: bool = True        # NOTRACK only while our socket is bound (see node.rules)
+    upstream: str | None = None   # the upstream Service IP, for link-local fallback DNAT
 
 
 class NodeSetup:
     def __init__(self, params: NodeParams, dns_ports: dict[str, set[int]]):
         self.params = params
-        self.rules: list[Rule] = rules_for(list(params.local_ips), dns_ports, params.health_port)
+        ips = list(params.local_ips)
+        self.rules: list[Rule] = rules_for(ips, dns_ports, params.health_port, params.fail_open,
+                                           params.upstream)
+        # the other mode's rules (an earlier release's unconditional NOTRACK,
+        # or fail-open rules after -failopen=false) must not stay above ours
+        other = rules_for(ips, dns_ports, params.health_port, not params.fail_open, params.upstream)
+        self.unwanted: list[Rule] = [r for r in other if r not in self.rules]
         self.errors = {t: 0 for t in ERROR_TYPES}
         self.reconciles = 0
         self.rules_added = 0
@@ -75,7 +83,13 @@ class NodeSetup:
             except RuleError as exc:
                 self.count(exc.kind, str(exc))
                 if "not found" in str(exc):
-                    break  # no binary: one message per reconcile is enough
+                    return  # no binary: one message per reconcile is enough
+        for rule in self.unwanted:
+            try:
+                if rule_exists(rule) and remove_rule(rule):
+                    log.info("removed rule of the other fail-open mode: %s", rule)
+            except RuleError as exc:
+                self.count(exc.kind, str(exc))
 
     def reconcile_once(self) -> None:
         self.ensure_interface()

@@ -1,13 +1,35 @@
-"""iptables rules that keep node-local DNS traffic out of conntrack.
+"""iptables rules that keep node-local DNS traffic out of conntrack, and
+let it fall through to the cluster DNS whenever no agent is listening.
 
 For every local IP and DNS port, UDP and TCP, the rules node-cache installs:
 
-* raw PREROUTING  ``-d IP --dport P -j NOTRACK``   pod -> agent
+* raw PREROUTING  ``-d IP --dport P -m socket -j NOTRACK``   pod -> agent
 * raw OUTPUT      ``-s IP --sport P -j NOTRACK``   agent -> pod
 * raw OUTPUT      ``-d IP --dport P -j NOTRACK``   host-network clients -> agent
 * filter INPUT    ``-d IP --dport P -j ACCEPT``    untracked packets skip
 * filter OUTPUT   ``-s IP --sport P -j ACCEPT``    the ESTABLISHED accept rules
 * raw OUTPUT NOTRACK both ways for the health port (TCP), for probes.
+
+**Fail open** (``fail_open``, the default): the pod -> agent NOTRACK rule
+matches only while a local socket is bound to IP:P (``-m socket``; the
+kernel looks it up per packet). With the agent gone (crash, OOM kill,
+between a container's death and its restart) the packet is tracked, so the
+nat table applies: for the kube-dns ClusterIP, kube-proxy's own DNAT sends
+it to CoreDNS; for the link-local address (the IPVS-mode /
+``--cluster-dns=169.254.20.10`` case) our fallback rule, *appended* to the
+chain so that kube-proxy's Service rules (which it keeps first) still take
+a Service IP,
+
+* nat PREROUTING  ``-d IP --dport P -j DNAT --to UPSTREAM:53``  (appended)
+
+sends it to the upstream Service's ClusterIP (same family only). That
+works where a ClusterIP is served after nat PREROUTING, i.e. IPVS mode
+(the ClusterIP is a local address of kube-ipvs0); in iptables mode a
+packet DNAT'd to a ClusterIP is not DNAT'd again, so there only the
+kube-dns ClusterIP path fails open. While the agent serves, its packets are untracked and never reach
+the nat table, so the fallback is inert. No live process is needed for any
+of this. ``-m socket`` is not allowed in OUTPUT (the kernel rejects it),
+so host-network clients keep the unconditional NOTRACK.
 
 IPv4 addresses go to ``iptables``, IPv6 to ``ip6tables``, from one process.
 Each rule carries a comment naming us. ``ensure_rules`` is idempotent: a
@@ -41,6 +63,7 @@ class Rule:
     table: str
     chain: str
     spec: tuple[str, ...]
+    append: bool = False  # at the end of the chain instead of the top
 
     @property
     def binary(self) -> str:
@@ -50,17 +73,24 @@ class Rule:
         return f"{self.binary} -t {self.table} {self.chain} {' '.join(self.spec)}"
 
 
-def rules_for(ips: list[str], dns_ports: dict[str, set[int]] | int, health_port: int | None) -> list[Rule]:
+def rules_for(ips: list[str], dns_ports: dict[str, set[int]] | int, health_port: int | None,
+              fail_open: bool = True, upstream: str | None = None) -> list[Rule]:
     out = []
+    bound = ("-m", "socket") if fail_open else ()
     for ip in ips:
         fam = ipaddress.ip_address(ip).version
         ports = dns_ports.get(ip, {53}) if isinstance(dns_ports, dict) else {dns_ports}
+        fallback = fail_open and upstream and ipaddress.ip_address(upstream).version == fam
         for port in sorted(ports):
             for proto in ("tcp", "udp"):
                 p = ("-p", proto)
                 dst = p + ("-d", ip, "--dport", str(port))
                 src = p + ("-s", ip, "--sport", str(port))
-                out += [Rule(fam, "raw", "PREROUTING", dst + ("-j", "NOTRACK")),
+                if fallback:
+                    to = f"{upstream}:53" if fam == 4 else f"[{upstream}]:53"
+                    out.append(Rule(fam, "nat", "PREROUTING", dst + ("-j", "DNAT", "--to-destination", to),
+                                    append=True))
+                out += [Rule(fam, "raw", "PREROUTING", dst + bound + ("-j", "NOTRACK")),
                         Rule(fam, "filter", "INPUT", dst + ("-j", "ACCEPT")),
                         Rule(fam, "raw", "OUTPUT", src + ("-j", "NOTRACK")),
                         Rule(fam, "filter", "OUTPUT", src + ("-j", "ACCEPT")),
@@ -72,8 +102,24 @@ def rules_for(ips: list[str], dns_ports: dict[str, set[int]] | int, health_port:
     return out
 
 
+def legacy_rules(rules: list[Rule]) -> list[Rule]:
+    """The unconditional pod -> agent NOTRACK rules of earlier releases (or of
+    -failopen=false): left above a fail-open rule, they would defeat it."""
+    out = []
+    for rule in rules:
+        if rule.table == "raw" and rule.chain == "PREROUTING" and "socket" in rule.spec:
+            spec = tuple(x for x in rule.spec if x not in ("-m", "socket"))
+            out.append(Rule(rule.family, rule.table, rule.chain, spec))
+    return out
+
+
+def _target_at(spec: tuple[str, ...]) -> int:
+    return spec.index("-j")
+
+
 def _run(rule: Rule, op: str, *position: str) -> subprocess.CompletedProcess:
-    spec = list(rule.spec[:-2]) + ["-m", "comment", "--comment", COMMENT] + list(rule.spec[-2:])
+    at = _target_at(rule.spec)
+    spec = list(rule.spec[:at]) + ["-m", "comment", "--comment", COMMENT] + list(rule.spec[at:])
     cmd = [rule.binary, "-w", LOCK_WAIT, "-t", rule.table, op, rule.chain, *position, *spec]
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
@@ -103,7 +149,7 @@ def ensure_rule(rule: Rule) -> bool:
     """Insert the rule at the top of its chain if missing. True if added."""
     if rule_exists(rule):
         return False
-    proc = _run(rule, "-I", "1")
+    proc = _run(rule, "-A") if rule.append else _run(rule, "-I", "1")
     if proc.returncode != 0:
         raise _failure(rule, proc, "adding")
     return True

@@ -51,3 +51,48 @@ def test_run_serves_until_sigterm(tmp_path):
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_sigterm_fails_readiness_at_once_then_lameduck_keeps_serving(tmp_path):
+    """What Cilium Local Redirect Policy rollouts need: unready from the
+    moment of SIGTERM, still answering DNS through the lameduck period."""
+    import urllib.error
+    import urllib.request
+    from nodecache.runtime import probe
+    up_port, port, rport = client.free_port(), client.free_port(), client.free_port()
+    fake = subprocess.Popen(CLI + ["fake-upstream", "--listen", f"127.0.0.1:{up_port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    core = tmp_path / "Corefile"
+    core.write_text(f".:{port} {{\n  bind 127.0.0.1\n  health 127.0.0.1:{client.free_port()} {{\n"
+                    f"    lameduck 3s\n  }}\n  ready 127.0.0.1:{rport}\n  cache\n"
+                    f"  forward . 127.0.0.1:{up_port}\n}}\n")
+    status = str(tmp_path / "s")
+    proc = subprocess.Popen(CLI + ["run", "-conf", str(core), "-handoff-dir", str(tmp_path / "h"),
+                                   "-metrics-listen-address", "", "-status-socket", status],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def ready() -> int:
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{rport}/ready", timeout=2).status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except OSError:
+            return 0
+    try:
+        deadline = time.monotonic() + 20
+        while ready() != 200:
+            assert time.monotonic() < deadline, "never ready"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        while ready() != 503:
+            assert time.monotonic() - t0 < 0.5, "readiness did not fail at SIGTERM"
+            time.sleep(0.02)
+        assert probe(status, "ready") == 1
+        reply = run(client.udp("127.0.0.1", port, build("svc-1.default.svc.cluster.local", QTYPE.A), 2))
+        assert DNSRecord.parse(reply).header.rcode == 0 and time.monotonic() - t0 < 3.0  # lameduck: serving
+        assert proc.wait(15) == 0 and time.monotonic() - t0 >= 3.0
+    finally:
+        for p in (proc, fake):
+            if p.poll() is None:
+                p.kill()

@@ -7,7 +7,7 @@ from nodecache.cli import parser
 from nodecache.config.plugins import parse_config
 from nodecache.node.nodeconfig import (ConfigMapError, cluster_dns_ip, read_kubedns_configmap,
                                        render_corefile, service_env)
-from nodecache.node.rules import RuleError, ensure_rule, rules_for
+from nodecache.node.rules import RuleError, ensure_rule, legacy_rules, rules_for
 from nodecache.runner import ConfigSource, RunParams, dns_ports, parse_local_ips
 
 BASE = """\
@@ -138,12 +138,26 @@ def test_rule_set_and_ports():
                        ".:5353 {\n forward . 1.1.1.1\n}\n")
     ports = dns_ports(cfg, ("169.254.20.10", "fd00::10"))
     assert ports == {"169.254.20.10": {53, 5353}, "fd00::10": {5353}}
-    rules = rules_for(["169.254.20.10", "fd00::10"], ports, 8080)
+    rules = rules_for(["169.254.20.10", "fd00::10"], ports, 8080, fail_open=False)
     assert len(rules) == 2 * 10 + 10 + 2 * 2
     assert {r.binary for r in rules} == {"iptables", "ip6tables"}
     assert all(r.binary == "ip6tables" for r in rules if "fd00::10" in r.spec)
     raw_pre = [r for r in rules if r.chain == "PREROUTING"]
     assert all(r.table == "raw" and r.spec[-1] == "NOTRACK" for r in raw_pre)
+
+
+def test_fail_open_rules_notrack_only_with_a_bound_socket_and_fall_back_by_dnat():
+    rules = rules_for(["169.254.20.10", "fd00::10"], 53, 8080, upstream="10.96.0.11")
+    pre = [r for r in rules if r.table == "raw" and r.chain == "PREROUTING"]
+    assert len(pre) == 4 and all(r.spec[-4:] == ("-m", "socket", "-j", "NOTRACK") for r in pre)
+    # raw OUTPUT cannot use -m socket: host-network clients keep the unconditional rule
+    assert not any("socket" in r.spec for r in rules if r.chain == "OUTPUT")
+    dnat = [r for r in rules if r.table == "nat"]
+    assert [(r.family, r.chain, r.append) for r in dnat] == [(4, "PREROUTING", True)] * 2  # v4 only
+    assert all(r.spec[-3:] == ("DNAT", "--to-destination", "10.96.0.11:53") for r in dnat)
+    legacy = legacy_rules(rules)
+    assert len(legacy) == 4 and not any("socket" in r.spec for r in legacy)
+    assert {r.spec[:-2] for r in legacy} == {r.spec[:-4] for r in pre}
 
 
 def test_missing_iptables_binary_is_a_clear_error(monkeypatch, tmp_path):
