@@ -19,6 +19,17 @@ from ..dns.reply import Reply
 from .entry import Entry
 
 MAGIC = b"NCS\x01"
+FORMATS = (1,)  # snapshot formats this release reads and writes (MAGIC's last byte)
+
+
+def negotiate(offered) -> int | None:
+    """The highest snapshot format both sides speak, or None (then the heir
+    takes the sockets and starts with a cold cache)."""
+    try:
+        shared = set(FORMATS) & {int(f) for f in offered}
+    except (TypeError, ValueError):
+        return None
+    return max(shared, default=None)
 _ENTRY = struct.Struct("!BHHHHIII")  # kind flags an ns ar age_ms remaining_ms ttl
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")

@@ -124,23 +124,26 @@ class Donor:
                 await self._refuse(conn, "different uid")
                 return
             hello = parse_control(first, HELLO)
-            if hello.get("version") != VERSION or int(hello.get("revision", -1)) < REVISION:
-                log.warning("handoff refused: heir pid %d speaks version %s revision %s, we are %d/%d",
-                            pid, hello.get("version"), hello.get("revision"), VERSION, REVISION)
-                await self._refuse(conn, f"incompatible: donor is version {VERSION} revision {REVISION}")
+            if hello.get("version") != VERSION:
+                log.warning("handoff refused: heir pid %d speaks protocol version %s, we speak %d",
+                            pid, hello.get("version"), VERSION)
+                await self._refuse(conn, f"incompatible: donor speaks protocol version {VERSION}")
                 return
-            log.info("handoff: heir pid %d connected", pid)
+            fmt = snapshot.negotiate(hello.get("snapshots", [1]))
+            log.info("handoff: heir pid %d (revision %s%s) connected; cache %s", pid, hello.get("revision"),
+                     ", a rollback" if _older(hello.get("revision"), REVISION) else "",
+                     f"in snapshot format {fmt}" if fmt else "not sent: no snapshot format in common")
             listed = self.agent.listening_sockets() + self.extra_sockets()
             meta = [{"addr": a, "port": p, "kind": k} for a, p, k, _ in listed]
             socket.send_fds(conn, [control(SOCKETS, sockets=meta, pid=os.getpid(), revision=REVISION)],
                             [fd for *_, fd in listed])
             sent = 0
-            blocks = self.agent.snapshot_blocks()
+            blocks = self.agent.snapshot_blocks() if fmt else []
             entries = sum(len(e) for _, e in blocks)
-            for chunk in snapshot.encode(blocks, self.agent.clock()):
+            for chunk in snapshot.encode(blocks, self.agent.clock()) if fmt else ():
                 await loop.sock_sendall(conn, CHUNK + chunk)
                 sent += len(chunk)
-            await loop.sock_sendall(conn, control(END, entries=entries, bytes=sent))
+            await loop.sock_sendall(conn, control(END, entries=entries, bytes=sent, format=fmt))
             t_sent = time.monotonic()
             parse_control(await asyncio.wait_for(loop.sock_recv(conn, MAX_MESSAGE), READY_TIMEOUT), READY)
         except (ProtocolError, OSError, asyncio.TimeoutError) as exc:
@@ -158,6 +161,13 @@ class Donor:
         self.sock.close()  # the path is the heir's now
         self.sock = None
         await self.on_handed_off()
+
+
+def _older(revision, ours: int) -> bool:
+    try:
+        return int(revision) < ours
+    except (TypeError, ValueError):
+        return False
 
 
 def _log_failure(task: asyncio.Task) -> None:

@@ -94,7 +94,8 @@ def _attempt(path: Path, timeout: float) -> Takeover | None:
         raise
     t0 = time.monotonic()
     try:
-        conn.sendall(control(HELLO, version=VERSION, revision=REVISION, pid=os.getpid()))
+        conn.sendall(control(HELLO, version=VERSION, revision=REVISION, pid=os.getpid(),
+                             snapshots=list(snapshot.FORMATS)))
         message, fds, _, _ = socket.recv_fds(conn, MAX_MESSAGE, MAX_FDS)
         try:
             meta = parse_control(message, SOCKETS)

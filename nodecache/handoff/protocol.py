@@ -3,18 +3,21 @@
 One message per packet (SEQPACKET keeps boundaries): a one-byte kind, then
 a payload, JSON for control messages and raw bytes for cache chunks.
 
-    heir  -> donor  HELLO   {"version", "revision", "pid"}
+    heir  -> donor  HELLO   {"version", "revision", "pid", "snapshots": [formats it reads]}
     donor -> heir   SOCKETS {"sockets": [{"addr", "port", "kind"}...], "pid", "revision"}
                     + the listening sockets as SCM_RIGHTS file descriptors, in that order
     donor -> heir   CHUNK   snapshot bytes (cache.snapshot), any number
-    donor -> heir   END     {"entries", "bytes"}
+    donor -> heir   END     {"entries", "bytes", "format": the chosen one, or null: no cache}
     heir  -> donor  READY   {"pid"}
     donor -> heir   REFUSE  {"reason"} instead of SOCKETS
     anyone -> donor STATUS  {}  answered by STATUS_REPLY {"pid", "revision", "entries", "handed_off"}
 
 ``VERSION`` changes when these messages change (a donor refuses another
-version); ``REVISION`` orders releases (a donor refuses a heir of a lower
-revision, so an old binary never silently replaces a newer one).
+version). ``REVISION`` orders releases; any revision may take over from any
+other, so ``kubectl rollout undo`` is as hitless as a rollout: the donor
+sends the cache in the highest snapshot format both speak (a heir that
+lists none, as revision 1 did, reads format 1), or none at all, and the
+sockets pass either way.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import socket
 import struct
 
 VERSION = 1
-REVISION = 1
+REVISION = 2
 MAX_MESSAGE = 256 * 1024
 MAX_FDS = 128
 HELLO, SOCKETS, CHUNK, END, READY, REFUSE = b"H", b"S", b"C", b"E", b"R", b"X"

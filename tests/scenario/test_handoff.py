@@ -203,7 +203,7 @@ def test_donor_killed_mid_drain_heir_serves(tmp_path):
     run(go(), timeout=60)
 
 
-def test_donor_refuses_other_uid_and_old_revision(tmp_path, monkeypatch):
+def test_older_revision_takes_over_rollback_and_other_uid_is_refused(tmp_path, monkeypatch):
     from nodecache.handoff import protocol
     from nodecache.handoff.heir import take_over
 
@@ -219,11 +219,23 @@ def test_donor_refuses_other_uid_and_old_revision(tmp_path, monkeypatch):
         donor = AgentProc(tmp_path, conf, hdir, 0)
         try:
             await donor.wait_for("serving")
-            monkeypatch.setattr(protocol, "REVISION", 0)
-            monkeypatch.setattr("nodecache.handoff.heir.REVISION", 0)
-            with pytest.raises(protocol.ProtocolError, match="incompatible"):
-                await asyncio.to_thread(take_over, str(hdir))
-            await donor.wait_for("handoff refused")
+            await _warm(port)
+            # a rollback: an older revision takes the sockets and the cache (shared format)...
+            monkeypatch.setattr(protocol, "REVISION", 1)
+            monkeypatch.setattr("nodecache.handoff.heir.REVISION", 1)
+            take = await asyncio.to_thread(take_over, str(hdir))
+            assert take is not None and len(take.sockets) == 2 and take.entries == 400
+            assert sum(len(v) for v in take.cache(0.0).values()) == 400
+            take.abandon()
+            await donor.wait_for("a rollback")
+            await donor.wait_for("aborted before READY")
+            # ... and one that reads no snapshot format of ours still takes the sockets, cold
+            from nodecache.cache import snapshot
+            monkeypatch.setattr(snapshot, "FORMATS", (7,))
+            take = await asyncio.to_thread(take_over, str(hdir))
+            assert take is not None and len(take.sockets) == 2 and take.entries == 0 and not take.snapshot
+            take.abandon()
+            await donor.wait_for("no snapshot format in common")
             if os.geteuid() == 0:
                 os.chmod(hdir, 0o755)  # let another uid reach the socket, to test the donor's own check
                 os.chmod(hdir / "handoff.sock", 0o777)
