@@ -18,6 +18,16 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 PY = sys.executable
 
+MISS_METHOD = """\
+`nodecache-bench compare --misses`: nodecache (`cache`, `forward . UP {
+force_tcp }`) and unbound (one thread, `forward-tcp-upstream: yes`) pinned to
+CPU 0, both forwarding over TCP to one unbound acting as the cluster DNS
+(every name under `svc.cluster.local.` answers, on CPU 1 with the load).
+dnsperf on CPU 1 sends names never asked before at a fixed rate (`-Q`, so
+every query is a miss, as for expired and new names on a node). Server CPU
+(utime+stime from /proc) per answered query; servers alternate, 3 rounds of
+5 s, median, the runs listed beside it. Target: at most 1.5x unbound."""
+
 SECTIONS = [
     ("Cost of a cache hit", ["bench/hotpath.py", "--rounds", "5"], """\
 1. *Handler only*: `Dispatcher.fast` (what `datagram_received` runs: scan in
@@ -43,6 +53,8 @@ p50/p99 at half of each server's own saturation rate, open loop; CPU µs per
 query from the server's own accounting; servers alternate, 3 rounds, median.
 The last line runs dnsperf and our generator the same way (one core, 64 in
 flight) against nodecache."""),
+    ("Cost of a cache miss", ["-m", "nodecache_bench.cli", "compare", "--scenarios", "", "--misses",
+                              "1000,5000", "--duration", "5", "--rounds", "3"], MISS_METHOD),
     ("Hot handoff", ["bench/handoff.py", "--handoffs", "30"], """\
 (1) In one process, an agent whose cache holds N entries publishes its
 handoff socket and a heir takes over in a thread (connect to END = donor
