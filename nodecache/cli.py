@@ -80,6 +80,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("-handoff", type=go_bool, nargs="?", const=True, default=True,
                      help="take over from a running agent at the handoff socket (default true)")
     run.add_argument("-handoff-dir", dest="handoff_dir", default="/run/nodecache")
+    run.add_argument("-handoff-grace", dest="handoff_grace", type=go_seconds, default=10.0,
+                     help="after a handoff, how long the old agent stays able to resume if the new one "
+                          "dies (s)")
     run.add_argument("-drain", type=go_seconds, default=5.0,
                      help="how long in-flight queries may finish on shutdown or handoff (s)")
     run.add_argument("-cache-file", dest="cache_file", default="",
@@ -279,8 +282,8 @@ def cmd_run(args) -> int:
                       args.skipteardown, args.failopen, cluster_dns_ip(args.upstreamsvc, dict(os.environ)))
     params = RunParams(args.conf, args.basecorefile, args.kubednscm, args.upstreamsvc, ips, node,
                        args.pidfile, args.configsync, args.metrics_listen, args.dns_port,
-                       args.handoff, args.handoff_dir, args.drain, args.cache_file, args.status_socket,
-                       tuple(problems))
+                       args.handoff, args.handoff_dir, args.drain, args.handoff_grace, args.cache_file,
+                       args.status_socket, tuple(problems))
     source = ConfigSource(params, dict(os.environ))
     try:
         config = source.load(strict=False)

@@ -62,6 +62,7 @@ class RunParams:
     handoff: bool = True
     handoff_dir: str = "/run/nodecache"
     drain: float = 5.0
+    handoff_grace: float = 10.0
     cache_file: str = ""
     status_socket: str = "/tmp/nodecache.status.sock"
     ip_problems: tuple[str, ...] = ()  # invalid -localip entries, counted once started
@@ -192,15 +193,7 @@ async def run_node(params: RunParams, source: ConfigSource, config: Config) -> i
         _load_cache_file(agent, params.cache_file)
     agent.probe_loops()
     state = _State()
-    if params.handoff:
-        rt.donor = Donor(agent, params.handoff_dir, lambda: _handed_off(rt, state, params),
-                         rt.http.listening_sockets)
-        try:
-            rt.donor.start()
-        except OSError as exc:
-            log.error("cannot publish the handoff socket in %s: %s (upgrades will not be hot)",
-                      params.handoff_dir, exc)
-            rt.donor = None
+    _publish_donor(rt, state, params, source)
     rt.start_status(params.status_socket)
     if take:
         take.finish()
@@ -221,6 +214,7 @@ async def run_node(params: RunParams, source: ConfigSource, config: Config) -> i
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, reload_now.set)
     log.info("nodecache %s serving (%d server blocks)", __version__, len(config.blocks))
+    state.reload_now = reload_now
     state.tasks = [loop.create_task(node.loop()),
                    loop.create_task(_watch_config(source, rt, params, reload_now))]
     await stop.wait()
@@ -256,6 +250,45 @@ class _State:
     def __init__(self):
         self.tasks: list[asyncio.Task] = []
         self.drained = asyncio.Event()
+        self.reload_now = asyncio.Event()
+
+
+def _publish_donor(rt: Runtime, state: _State, params: RunParams, source: ConfigSource) -> None:
+    if not params.handoff:
+        return
+    rt.donor = Donor(rt.agent, params.handoff_dir, lambda: _handed_off(rt, state, params),
+                     rt.http.listening_sockets, params.handoff_grace,
+                     lambda spare: _resume(rt, state, params, source, spare))
+    try:
+        rt.donor.start()
+    except OSError as exc:
+        log.error("cannot publish the handoff socket in %s: %s (upgrades will not be hot)",
+                  params.handoff_dir, exc)
+        rt.donor = None
+
+
+async def _resume(rt: Runtime, state: _State, params: RunParams, source: ConfigSource, spare: list) -> None:
+    """Our heir died within the grace period: serve again on the duplicates
+    of the sockets we handed over, with the cache we still hold, and take
+    the node back (a heir that exited cleanly removed interface and rules)."""
+    t0 = time.monotonic()
+    old = rt.agent
+    agent = Agent(old.config, tcp_limits=old.tcp_limits)
+    agent.restore(dict(old.snapshot_blocks()))
+    await agent.start({(a, p, k): s for a, p, k, s in spare if k != "http"})
+    rt.agent = agent
+    rt.configure_http(agent.config, params.metrics_listen)
+    await rt.http.start({(a, p, k): s for a, p, k, s in spare if k == "http"})
+    rt.handed_off = False
+    rt.resumed += 1
+    _publish_donor(rt, state, params, source)
+    loop = asyncio.get_running_loop()
+    state.tasks = [loop.create_task(rt.node.loop()),
+                   loop.create_task(_watch_config(source, rt, params, state.reload_now))]
+    log.warning("handoff: serving again %.0f ms after the heir's death (%d cache entries)",
+                (time.monotonic() - t0) * 1000, sum(len(e) for _, e in agent.snapshot_blocks()))
+    await rt.node.run(rt.node.reconcile_once)
+    agent.probe_loops()
 
 
 async def _handed_off(rt: Runtime, state: _State, params: RunParams) -> None:

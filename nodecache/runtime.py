@@ -43,6 +43,7 @@ class Runtime:
         self.panics = 0
         self.reload_failed = 0
         self.received_entries = 0
+        self.resumed = 0  # times our heir died in the grace period and we served again
         self.takeover_seconds = 0.0
         self.http = HttpServers()
         self.dns_registry, self.setup_registry = registries(self)

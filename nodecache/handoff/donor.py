@@ -7,6 +7,15 @@ a time; a second one is refused ("busy") and retries. Before the heir says
 READY nothing changes here: if it disappears, we carry on untouched. After
 READY we stop reading (the heir reads the same sockets now), finish what we
 took, and never tear down interface or rules: the heir owns them.
+
+Safety net: after READY we keep duplicates of every listening socket (not
+read) for ``grace`` seconds, and the heir keeps its end of the handoff
+connection open for as long as it lives. If that connection ends within
+the grace period and no process answers at the handoff socket, the heir
+died (crash, OOM kill, a failed rollout killed it): ``on_heir_died`` gets
+the duplicates and resumes service, cache included, within milliseconds.
+After the grace period the duplicates are closed and the kernel's
+fail-open rules (``node.rules``) cover the node if the heir dies later.
 """
 from __future__ import annotations
 
@@ -41,7 +50,8 @@ def publish(path: Path) -> socket.socket:
 
 
 class Donor:
-    def __init__(self, agent, directory: str, on_handed_off, extra_sockets=lambda: []):
+    def __init__(self, agent, directory: str, on_handed_off, extra_sockets=lambda: [],
+                 grace: float = 10.0, on_heir_died=None):
         self.agent = agent
         self.extra_sockets = extra_sockets  # () -> [(addr, port, kind, fd)]: the HTTP listeners
         self.path = Path(directory) / SOCKET_NAME
@@ -52,6 +62,9 @@ class Donor:
         self.handed_off = False
         self.handoffs = 0
         self.refused = 0
+        self.grace = grace
+        self.on_heir_died = on_heir_died  # async (spare sockets) -> None
+        self.watch: asyncio.Task | None = None
 
     def start(self) -> None:
         self.sock = publish(self.path)
@@ -62,6 +75,8 @@ class Donor:
     def close(self) -> None:
         if self.task is not None:
             self.task.cancel()
+        if self.watch is not None:
+            self.watch.cancel()
         if self.sock is not None:
             self.sock.close()
             self.sock = None
@@ -149,10 +164,11 @@ class Donor:
         except (ProtocolError, OSError, asyncio.TimeoutError) as exc:
             log.warning("handoff aborted before READY (%s); still serving as before",
                         exc or type(exc).__name__)
+            conn.close()
             return
         finally:
             self.busy = False
-            conn.close()
+        spare = [(a, p, k, socket.socket(fileno=os.dup(fd))) for a, p, k, fd in listed]
         self.handed_off = True
         self.handoffs += 1
         log.info("handoff: heir pid %d READY after %.0f ms (%d sockets, %d cache entries, %d bytes "
@@ -160,7 +176,47 @@ class Donor:
                  (t_sent - t0) * 1000)
         self.sock.close()  # the path is the heir's now
         self.sock = None
+        self.watch = loop.create_task(self._watch_heir(conn, pid, spare, time.monotonic()))
+        self.watch.add_done_callback(_log_failure)
         await self.on_handed_off()
+
+    async def _watch_heir(self, conn: socket.socket, pid: int, spare: list, t_ready: float) -> None:
+        """Hold the spare sockets for the grace period; resume if the heir dies in it."""
+        loop = asyncio.get_running_loop()
+        try:
+            try:
+                said = await asyncio.wait_for(loop.sock_recv(conn, 64), self.grace)
+            except asyncio.TimeoutError:
+                said = None
+            except OSError:
+                said = b""
+            if said != b"" or self.on_heir_died is None:
+                log.info("handoff: grace period over; pid %d owns the node", pid)
+                return
+            if await asyncio.to_thread(_someone_serves, self.path):
+                log.info("handoff: heir pid %d exited and another agent serves; nothing to resume", pid)
+                return
+            log.warning("handoff: heir pid %d died %.0f ms after READY; resuming service with our cache",
+                        pid, (time.monotonic() - t_ready) * 1000)
+            sockets, spare = spare, []
+            await self.on_heir_died(sockets)
+        finally:
+            conn.close()
+            for *_, sock in spare:
+                sock.close()
+
+
+def _someone_serves(path: Path) -> bool:
+    """Does a live agent that has not handed off answer at the handoff socket?"""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+            s.settimeout(0.5)
+            s.connect(str(path))
+            s.sendall(control(STATUS))
+            reply = parse_control(s.recv(MAX_MESSAGE), STATUS_REPLY)
+    except (OSError, ProtocolError):
+        return False
+    return not reply.get("handed_off", True)
 
 
 def _older(revision, ours: int) -> bool:

@@ -6,7 +6,7 @@ process behind it (a crash left it): log, remove it, start cold. Refused
 as "busy" (another heir is mid-handoff): retry for a while. Anything
 garbled in the snapshot: keep the sockets, start with an empty cache.
 ``finish`` sends READY once our listeners serve and our own handoff
-socket is published.
+socket is published, and keeps the connection open for our lifetime.
 """
 from __future__ import annotations
 
@@ -44,11 +44,13 @@ class Takeover:
             return {}
 
     def finish(self) -> None:
+        """Say READY. The connection stays open for as long as this process
+        lives: its end tells the donor, within its grace period, that we died
+        (see handoff.donor)."""
         try:
             self.conn.sendall(control(READY, pid=os.getpid()))
         except OSError as exc:
             log.warning("handoff: could not send READY to donor pid %d: %s", self.donor_pid, exc)
-        finally:
             self.conn.close()
 
     def abandon(self) -> None:

@@ -176,6 +176,11 @@ class DnsCollector:
         refused = CounterMetricFamily("nodecache_handoff_refused", "Handoff attempts this process refused.")
         refused.add_metric([], donor.refused if donor else 0)
         yield refused
+        resumed = CounterMetricFamily("nodecache_handoff_resumed",
+                                      "Times this process served again because its heir died within "
+                                      "the grace period.")
+        resumed.add_metric([], rt.resumed)
+        yield resumed
         taken = GaugeMetricFamily("nodecache_handoff_received_entries",
                                   "Cache entries received when this process took over (0: cold start).")
         taken.add_metric([], rt.received_entries)

@@ -6,6 +6,7 @@ NOTRACK rules (``-m socket``) let the pod's packets fall through to
 kube-proxy's DNAT meanwhile; once the agent is back they are untracked
 again. Negative control: ``-failopen=false`` (wave 1's rules) fails lookups."""
 import signal
+import subprocess
 import threading
 import time
 
@@ -30,7 +31,11 @@ class Lookups(threading.Thread):
         end, i = time.monotonic() + self.seconds, 0
         while time.monotonic() < end:
             name = f"svc-{i % 100}.default"
-            self.results.append((name, self.n.getent(name, timeout=20).returncode))
+            try:
+                code = self.n.getent(name, timeout=20).returncode
+            except subprocess.TimeoutExpired:
+                code = -1  # no answer at all
+            self.results.append((name, code))
             i += 1
             time.sleep(0.05)
 
@@ -76,3 +81,42 @@ def test_agent_sigkilled_and_restarted_fails_no_lookup():
 def test_negative_control_without_fail_open_the_crash_fails_lookups():
     lookups, _, _ = _crash_and_restart("-failopen=false")
     assert lookups.failed, lookups.results
+
+
+def _successor_killed(grace: str) -> tuple[Lookups, str, str]:
+    """Pods use the link-local address (no kube-proxy path behind it here), so
+    only the donor's resume can save their lookups when the heir dies."""
+    with EmulatedNode() as n:
+        donor = n.start_agent("-syncinterval", "1", "-handoff-grace", grace, log_name="donor.log")
+        n.wait_agent()
+        donor_log = n.agent_log
+        lookups = Lookups(n, 6.0)
+        lookups.start()
+        time.sleep(1.0)
+        heir = n.start_agent("-syncinterval", "1", log_name="heir.log")
+        n.wait_agent(needle="READY sent")
+        time.sleep(1.0)
+        heir.send_signal(signal.SIGKILL)
+        heir.wait(10)
+        lookups.join(60)
+        sh("conntrack", "-F", ns=n.node, check=False)
+        if not lookups.failed:
+            for i in range(3):
+                assert n.getent(f"svc-{60 + i}.default").returncode == 0
+        table = n.conntrack()
+        n.agent = donor
+        if donor.poll() is None:
+            n.stop_agent()
+        return lookups, table, donor_log.read_text()
+
+
+def test_successor_sigkilled_after_ready_donor_resumes_and_no_lookup_fails():
+    lookups, table, log = _successor_killed("10")
+    assert "serving again" in log, log[-3000:]
+    assert len(lookups.results) >= 20 and lookups.failed == [], (lookups.failed, log[-3000:])
+    assert [ln for ln in table.splitlines() if "dport=53 " in ln and f"dst={LOCAL_V4} " in ln] == [], table
+
+
+def test_negative_control_without_grace_the_successors_death_fails_lookups():
+    lookups, _, log = _successor_killed("0")
+    assert "serving again" not in log and lookups.failed, lookups.results

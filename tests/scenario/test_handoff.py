@@ -273,3 +273,53 @@ def _hello_as_nobody(path: str) -> bytes:
     os.close(r)
     os.waitpid(pid, 0)
     return out
+
+
+async def _heir_dies_after_ready(tmp_path, grace: str):
+    """Donor A hands over to heir B under load; B is SIGKILLed 1 s after READY."""
+    up, port, conf = await _setup(tmp_path)
+    hdir = tmp_path / "handoff"
+    donor = AgentProc(tmp_path, conf, hdir, 0, "-handoff-grace", grace)
+    heir = None
+    try:
+        await donor.wait_for("serving")
+        await _warm(port)
+        load = Load(port, qps=2000)
+        stop = asyncio.Event()
+        load_task = asyncio.get_running_loop().create_task(load.run(stop, limit=60))
+        await asyncio.sleep(0.5)
+        heir = AgentProc(tmp_path, conf, hdir, 1)
+        await heir.wait_for("READY sent")
+        await asyncio.sleep(1.0)
+        heir.kill()                                   # SIGKILL: no teardown, no goodbye
+        t_kill = time.monotonic()
+        resumed = None
+        while time.monotonic() - t_kill < 3:
+            if "serving again" in donor.text():
+                resumed = time.monotonic() - t_kill
+                break
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(1.0)
+        stop.set()
+        await load_task
+        return load, resumed, donor
+    finally:
+        donor.kill()
+        if heir:
+            heir.kill()
+        await up.server.stop()
+
+
+def test_heir_killed_after_ready_donor_resumes_with_its_cache_and_loses_nothing(tmp_path):
+    load, resumed, donor = run(_heir_dies_after_ready(tmp_path, "10"), timeout=90)
+    text = donor.text()
+    summary = f"sent {load.sent}, answered {load.answered}, unanswered {load.unanswered}, resumed after {resumed}"
+    assert resumed is not None and resumed < 0.5, summary + text
+    assert load.unanswered == 0 and load.answered == load.sent, summary
+    assert "resuming service with our cache" in text and "(400 cache entries)" in text, text
+    assert "serving again" in text
+
+
+def test_negative_control_without_grace_the_heirs_death_loses_queries(tmp_path):
+    load, resumed, donor = run(_heir_dies_after_ready(tmp_path, "0"), timeout=90)
+    assert resumed is None and load.unanswered > 0, donor.text()

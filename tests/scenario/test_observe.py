@@ -50,6 +50,7 @@ METRICS = {
     "coredns_reload_failed_total": set(),
     "nodecache_handoff_given_total": set(),
     "nodecache_handoff_refused_total": set(),
+    "nodecache_handoff_resumed_total": set(),
     "nodecache_handoff_received_entries": set(),
     "nodecache_handoff_takeover_seconds": set(),
     "nodecache_ready": set(),
