@@ -323,3 +323,76 @@ def test_heir_killed_after_ready_donor_resumes_with_its_cache_and_loses_nothing(
 def test_negative_control_without_grace_the_heirs_death_loses_queries(tmp_path):
     load, resumed, donor = run(_heir_dies_after_ready(tmp_path, "0"), timeout=90)
     assert resumed is None and load.unanswered > 0, donor.text()
+
+
+# The release before this one (wave 1, protocol revision 1): a rollout undo
+# hands over from this release to that code, taken from git history.
+PREVIOUS_RELEASE = "787473d"
+
+
+def _previous_release(tmp_path):
+    import subprocess
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[2]
+    dest = tmp_path / "previous"
+    dest.mkdir()
+    try:
+        archive = subprocess.run(["git", "-C", str(repo), "archive", PREVIOUS_RELEASE, "nodecache"],
+                                 capture_output=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"the previous release is not in this checkout's git history: {exc}")
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True, timeout=30)
+    return dest
+
+
+class _OldAgentProc(AgentProc):
+    """`nodecache run` of the previous release. -S keeps the editable install's
+    import hook (which maps `nodecache` to this checkout) out; the venv's
+    site-packages still provide the dependencies."""
+
+    def __init__(self, code, tmp, conf, handoff_dir, n):
+        import subprocess
+        import sys
+        import sysconfig
+        self.log = tmp / f"agent{n}.log"
+        env = dict(os.environ, PYTHONPATH=f"{code}:{sysconfig.get_paths()['purelib']}")
+        self.proc = subprocess.Popen([sys.executable, "-S", "-m", "nodecache", "run", "-conf", str(conf),
+                                      "-handoff-dir", str(handoff_dir), "-drain", "2",
+                                      "-metrics-listen-address", "", "-status-socket", str(tmp / f"s{n}")],
+                                     stdout=open(self.log, "w"), stderr=subprocess.STDOUT, env=env, cwd=tmp)
+
+
+def test_rollback_to_the_previous_release_under_load_loses_nothing(tmp_path):
+    old_code = _previous_release(tmp_path)
+
+    async def go():
+        up, port, conf = await _setup(tmp_path)
+        hdir = tmp_path / "handoff"
+        donor = AgentProc(tmp_path, conf, hdir, 0)
+        heir = None
+        try:
+            await donor.wait_for("serving")
+            await _warm(port)
+            load = Load(port, qps=3000)
+            stop = asyncio.Event()
+            load_task = asyncio.get_running_loop().create_task(load.run(stop, limit=60))
+            await asyncio.sleep(0.5)
+            heir = _OldAgentProc(old_code, tmp_path, conf, hdir, 1)
+            await heir.wait_for("READY sent")
+            assert await donor.terminate() == 0, donor.text()
+            await asyncio.sleep(1.0)
+            stop.set()
+            await load_task
+            return load, donor.text(), heir.text()
+        finally:
+            donor.kill()
+            if heir:
+                heir.kill()
+            await up.server.stop()
+    load, donor_log, heir_log = run(go(), timeout=90)
+    summary = f"sent {load.sent} + {load.tcp_sent} tcp, unanswered {load.unanswered}, errors {load.errors}"
+    print(summary)
+    assert "a rollback" in donor_log, donor_log
+    assert "took 2 sockets and 400 cache entries" in heir_log, heir_log
+    assert load.sent > 3000 and load.unanswered == 0 and load.errors == 0, summary
+    assert load.answered == load.sent and load.tcp_answered == load.tcp_sent, summary
