@@ -35,7 +35,8 @@ class AgentProc:
         self.log = tmp / f"agent{n}.log"
         self.status = tmp / f"agent{n}.status"
         self.proc = subprocess.Popen(CLI + ["run", "-conf", str(conf), "-handoff-dir", str(handoff_dir),
-                                            "-drain", "2", "-metrics-listen-address", "",
+                                            "-drain", "2", "-handoff-grace", "0.3",
+                                            "-metrics-listen-address", "",
                                             "-status-socket", str(self.status), *extra],
                                      stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
 

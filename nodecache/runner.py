@@ -217,7 +217,18 @@ async def run_node(params: RunParams, source: ConfigSource, config: Config) -> i
     state.reload_now = reload_now
     state.tasks = [loop.create_task(node.loop()),
                    loop.create_task(_watch_config(source, rt, params, reload_now))]
+    state.stop = stop
     await stop.wait()
+    resumed_after_stop = False
+    while await _hold_safety_net(rt):
+        # Our heir died while we were being replaced. Exiting now would leave
+        # the node without an agent until the heir's container restarts, so
+        # serve on: the restarted heir takes over from us (then we exit), or
+        # a second signal, or the kubelet's SIGKILL, ends us.
+        log.warning("stop requested, but our heir died: serving until a new agent takes over")
+        resumed_after_stop = state.exit_after_handoff = True
+        stop.clear()
+        await stop.wait()
     for task in state.tasks:
         task.cancel()
     if rt.donor is not None:
@@ -234,16 +245,32 @@ async def run_node(params: RunParams, source: ConfigSource, config: Config) -> i
         await asyncio.sleep(lameduck)
     log.info("shutting down")
     notify("STOPPING=1")
-    if params.node.setup_iptables and not params.node.skip_teardown:
+    teardown = not resumed_after_stop
+    if not teardown:  # our heir died while we were being replaced: leave the fail-open rules
+        log.info("leaving interface and rules in place: the DaemonSet's next agent takes them over")
+    if teardown and params.node.setup_iptables and not params.node.skip_teardown:
         await node.run(node.teardown_rules)
     await rt.agent.stop(params.drain)
     rt.close()
     if params.cache_file:
         _save_cache_file(rt.agent, params.cache_file)
-    await node.run(node.teardown_interface)
+    if teardown:
+        await node.run(node.teardown_interface)
     if params.pidfile:
         Path(params.pidfile).unlink(missing_ok=True)
     return 0
+
+
+async def _hold_safety_net(rt: Runtime) -> bool:
+    """A stop right after a handoff (a rolling update terminates the old pod
+    as soon as the new one is ready): stay able to resume until the grace
+    period ends. True if the heir died meanwhile and we serve again."""
+    donor = rt.donor
+    if not rt.handed_off or donor is None or donor.watch is None or donor.watch.done():
+        return False
+    log.info("stop requested after a handoff: able to resume until the grace period ends")
+    await asyncio.wait({donor.watch})
+    return not rt.handed_off
 
 
 class _State:
@@ -251,6 +278,8 @@ class _State:
         self.tasks: list[asyncio.Task] = []
         self.drained = asyncio.Event()
         self.reload_now = asyncio.Event()
+        self.stop = asyncio.Event()
+        self.exit_after_handoff = False  # a stop came while handed off, then we resumed
 
 
 def _publish_donor(rt: Runtime, state: _State, params: RunParams, source: ConfigSource) -> None:
@@ -293,6 +322,7 @@ async def _resume(rt: Runtime, state: _State, params: RunParams, source: ConfigS
 
 async def _handed_off(rt: Runtime, state: _State, params: RunParams) -> None:
     """The heir serves now: stop reading, finish what we took, own nothing."""
+    drained = state.drained = asyncio.Event()  # this handoff's (we may hand off again after a resume)
     rt.handed_off = True
     for task in state.tasks:
         task.cancel()  # no more reconciles or reloads: the heir owns the node
@@ -301,7 +331,9 @@ async def _handed_off(rt: Runtime, state: _State, params: RunParams) -> None:
     await rt.agent.stop(params.drain)
     log.info("handed off: drained in %.0f ms; staying alive, unready, until terminated",
              (time.monotonic() - t0) * 1000)
-    state.drained.set()
+    drained.set()
+    if state.exit_after_handoff:
+        state.stop.set()  # the stop we were asked for earlier
 
 
 def _reload_interval(config: Config, default: float) -> float:

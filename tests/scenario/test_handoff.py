@@ -275,8 +275,9 @@ def _hello_as_nobody(path: str) -> bytes:
     return out
 
 
-async def _heir_dies_after_ready(tmp_path, grace: str):
-    """Donor A hands over to heir B under load; B is SIGKILLed 1 s after READY."""
+async def _heir_dies_after_ready(tmp_path, grace: str, sigterm_donor: bool = False, restart_heir: bool = False):
+    """Donor A hands over to heir B under load; B is SIGKILLed 1 s after READY.
+    ``sigterm_donor``: A gets SIGTERM right after READY, as a rolling update does."""
     up, port, conf = await _setup(tmp_path)
     hdir = tmp_path / "handoff"
     donor = AgentProc(tmp_path, conf, hdir, 0, "-handoff-grace", grace)
@@ -290,6 +291,8 @@ async def _heir_dies_after_ready(tmp_path, grace: str):
         await asyncio.sleep(0.5)
         heir = AgentProc(tmp_path, conf, hdir, 1)
         await heir.wait_for("READY sent")
+        if sigterm_donor:
+            donor.proc.terminate()
         await asyncio.sleep(1.0)
         heir.kill()                                   # SIGKILL: no teardown, no goodbye
         t_kill = time.monotonic()
@@ -300,8 +303,17 @@ async def _heir_dies_after_ready(tmp_path, grace: str):
                 break
             await asyncio.sleep(0.005)
         await asyncio.sleep(1.0)
+        if restart_heir:  # the DaemonSet restarts the dead container: it takes over again
+            heir = AgentProc(tmp_path, conf, hdir, 2)
+            await heir.wait_for("READY sent")
+            await asyncio.sleep(0.5)
         stop.set()
         await load_task
+        if restart_heir:
+            for _ in range(200):
+                if donor.proc.poll() is not None:
+                    break
+                await asyncio.sleep(0.05)
         return load, resumed, donor
     finally:
         donor.kill()
@@ -318,6 +330,17 @@ def test_heir_killed_after_ready_donor_resumes_with_its_cache_and_loses_nothing(
     assert load.unanswered == 0 and load.answered == load.sent, summary
     assert "resuming service with our cache" in text and "(400 cache entries)" in text, text
     assert "serving again" in text
+
+
+def test_heir_killed_while_the_donor_is_being_terminated_donor_resumes_until_the_heir_is_back(tmp_path):
+    load, resumed, donor = run(_heir_dies_after_ready(tmp_path, "3", sigterm_donor=True, restart_heir=True),
+                               timeout=90)
+    text = donor.text()
+    assert "able to resume until the grace period ends" in text and resumed is not None, text
+    assert "serving until a new agent takes over" in text, text
+    assert load.unanswered == 0 and load.answered == load.sent, (load.sent, load.unanswered)
+    # the restarted heir took over from us, and only then did we honour the stop
+    assert donor.proc.returncode == 0 and text.count("READY after") == 2, text
 
 
 def test_negative_control_without_grace_the_heirs_death_loses_queries(tmp_path):
