@@ -15,7 +15,7 @@ refer past it; an upstream that puts records after its OPT is rejected.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .wire import QR, TC, TYPE_OPT, TYPE_SOA
 
@@ -24,8 +24,7 @@ class MalformedReply(ValueError):
     """The upstream sent something that is not a usable DNS reply."""
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(NamedTuple):
     flags: int
     rcode: int            # with EDNS extended bits (RFC 6891 §6.1.3)
     qkey: bytes           # lower-cased qname + qtype + qclass
@@ -38,6 +37,9 @@ class Reply:
     negative_ttl: int | None  # RFC 2308 §5: min(SOA TTL, SOA MINIMUM)
     do: int = -1          # DO bit of the reply's OPT, -1 without OPT
     cacheable: bool = True  # False: pass on to the client, never store
+
+    # A NamedTuple, not a frozen dataclass: one is built per cache miss, and a
+    # frozen dataclass pays an object.__setattr__ per field to build.
 
     @property
     def truncated(self) -> bool:
@@ -103,9 +105,9 @@ def analyse(data: bytes) -> Reply:
         i = _name_end(data, i, n)
         if i + 10 > n:
             raise MalformedReply("record header truncated")
-        rtype = _u16(data, i)
-        ttl = _u32(data, i + 4)
-        rdlen = _u16(data, i + 8)
+        rtype = data[i] << 8 | data[i + 1]
+        ttl = data[i + 4] << 24 | data[i + 5] << 16 | data[i + 6] << 8 | data[i + 7]
+        rdlen = data[i + 8] << 8 | data[i + 9]
         rdata = i + 10
         if rdata + rdlen > n:
             raise MalformedReply("record data truncated")

@@ -48,7 +48,6 @@ import os
 import random
 import time
 from bisect import bisect_left
-from dataclasses import replace
 
 from ..config.model import ForwardConfig, Upstream
 from ..dns.reply import MalformedReply, Reply, analyse
@@ -270,7 +269,7 @@ class Forwarder:
         cd, do = key[-1] & 1, key[-1] >> 1
         if bool(reply.flags & CD) != bool(cd) or (reply.do >= 0 and reply.do != do):
             self.mismatched += 1  # right question, maybe not the variant the key names
-            return replace(reply, cacheable=False)
+            return reply._replace(cacheable=False)
         return reply
 
     def close(self) -> None:

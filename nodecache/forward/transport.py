@@ -220,7 +220,6 @@ class _Pool:
         if not self.channels:
             return None
         now = self.channels[0].loop.time()
-        self.channels = [c for c in self.channels if not c.closed]
         for channel in self._candidates():
             if channel.usable(now, self.expire, self.max_pending):
                 return channel
@@ -243,7 +242,7 @@ class _Pool:
     async def _open(self, loop) -> _Channel:
         channel = await self._connect(loop)
         self.opened += 1
-        self.channels.append(channel)
+        self.channels = [c for c in self.channels if not c.closed] + [channel]
         if len(self.channels) > self.max_channels:
             self.channels[0].retired = True
             self.channels[0]._maybe_close()

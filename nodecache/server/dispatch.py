@@ -37,6 +37,9 @@ class Dispatcher:
         self.router = router
         self.stats = stats
         self.tasks: set[asyncio.Task] = set()
+        # what fast() read of the datagram it just declined (None: not the
+        # common shape), so the transport's slow-path call does not read it again
+        self.scanned = None
         self.dropped = 0       # queries we could not even answer with an error
         self.error_replies = 0
         self.truncated = 0
@@ -44,7 +47,7 @@ class Dispatcher:
     def fast(self, data: bytes, proto: str) -> bytes | None:
         """The reply for a cache hit, else None."""
         t0 = _clock()
-        s = scan(data)
+        s = self.scanned = scan(data)
         if s is None:
             return None
         key, qend, flags, limit, edns = s
@@ -62,11 +65,13 @@ class Dispatcher:
                           len(data), len(reply), _clock() - t0, "cache")
         return reply
 
-    async def answer(self, data: bytes, proto: str, client) -> bytes | None:
-        """The reply to any query, or None to drop it."""
+    async def answer(self, data: bytes, proto: str, client, scanned=False) -> bytes | None:
+        """The reply to any query, or None to drop it. ``scanned``: what
+        ``fast`` read of ``data`` (``self.scanned`` right after it declined)."""
         t0 = _clock()
         try:
-            scanned = scan(data)  # the common shape: no second parse
+            if scanned is False:
+                scanned = scan(data)  # the common shape: no second parse
             q = query_from_scan(data, scanned) if scanned is not None else None
             if q is None:
                 q = parse_query(data)

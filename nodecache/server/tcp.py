@@ -107,14 +107,14 @@ class TcpConnection(asyncio.Protocol):
                 self.transport.write(frame(hit))
                 continue
             self.inflight += 1
-            dispatcher.spawn(self._slow(msg))
+            dispatcher.spawn(self._slow(msg, dispatcher.scanned))
         if self.inflight >= self.state.limits.max_inflight and not self.paused:
             self.paused = True
             self.transport.pause_reading()
 
-    async def _slow(self, msg: bytes) -> None:
+    async def _slow(self, msg: bytes, scanned) -> None:
         try:
-            reply = await self.state.dispatcher.answer(msg, "tcp", self.peer)
+            reply = await self.state.dispatcher.answer(msg, "tcp", self.peer, scanned)
             if reply is not None and self.transport is not None and not self.transport.is_closing():
                 self.transport.write(frame(reply))
         finally:

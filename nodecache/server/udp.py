@@ -29,11 +29,12 @@ class UdpServer(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr):
         self.queries += 1
-        reply = self.dispatcher.fast(data, "udp")
+        dispatcher = self.dispatcher
+        reply = dispatcher.fast(data, "udp")
         if reply is not None:
             self.transport.sendto(reply, addr)
             return
-        self.dispatcher.spawn(self._slow(data, addr))
+        dispatcher.spawn(self._slow(data, addr, dispatcher.scanned))
 
     def stop_reading(self) -> None:
         """Stop taking datagrams (they stay queued in the kernel for whoever
@@ -63,8 +64,8 @@ class UdpServer(asyncio.DatagramProtocol):
         elif self.transport is not None:
             self.transport.close()
 
-    async def _slow(self, data: bytes, addr) -> None:
-        reply = await self.dispatcher.answer(data, "udp", addr)
+    async def _slow(self, data: bytes, addr, scanned) -> None:
+        reply = await self.dispatcher.answer(data, "udp", addr, scanned)
         if reply is not None:
             self._send(reply, addr)
 

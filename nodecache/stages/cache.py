@@ -32,10 +32,13 @@ class CacheStage(Stage):
         self.cache = Cache(cfg, clock)
         self.cache.on_prefetch = self._refresh_soon
         self.zones = [encode_name(z) for z in (cfg.zones or block_zones)]
+        self.everything = b"\x00" in self.zones  # the root zone: no per-query check
         self.tasks: set[asyncio.Task] = set()
         self.refresh_failures = 0
 
     def covers(self, lname: bytes) -> bool:
+        if self.everything:
+            return True
         return any(in_zone(lname, z) for z in self.zones)
 
     async def handle(self, request: Request) -> Answer:

@@ -21,11 +21,13 @@ class ForwardStage(Stage):
         self.except_zones = [encode_name(z) for z in cfg.except_zones]
 
     async def handle(self, request: Request) -> Answer:
-        lname = request.query.key[:-5]
-        if not in_zone(lname, self.from_zone) or any(in_zone(lname, z) for z in self.except_zones):
-            return await self.next(request)
+        key = request.query.key
+        if self.from_zone != b"\x00" or self.except_zones:
+            lname = key[:-5]
+            if not in_zone(lname, self.from_zone) or any(in_zone(lname, z) for z in self.except_zones):
+                return await self.next(request)
         try:
-            reply = await self.forwarder.resolve(request.query.key)
+            reply = await self.forwarder.resolve(key)
         except Overloaded:
             return Answer(REFUSED, plugin="forward")
         return Answer(reply.rcode, reply=reply, plugin="forward")
