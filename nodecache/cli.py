@@ -117,6 +117,8 @@ def parser() -> argparse.ArgumentParser:
     fake.add_argument("--services", type=int, default=100, help="svc-0..svc-N-1 per namespace")
     fake.add_argument("--ttl", type=int, default=30)
     fake.add_argument("--delay-ms", type=float, default=0.0)
+    fake.add_argument("--slow", default="", metavar="PREFIX=MS",
+                      help="answer names whose first label is PREFIX after MS milliseconds (a slow zone)")
     fake.add_argument("--log-queries", default="", help="append 'proto client qtype name' per query to FILE")
     return p
 
@@ -296,9 +298,13 @@ def cmd_run(args) -> int:
 async def fake_upstream(args) -> int:
     from .fakeupstream import ClusterDNS, FakeUpstream
     host, _, port = args.listen.rpartition(":")
+    delay = args.delay_ms / 1000
+    if args.slow:
+        prefix, _, ms = args.slow.partition("=")
+        slow_wire, slow_delay, base = bytes([len(prefix)]) + prefix.encode(), float(ms) / 1000, delay
+        delay = lambda data: slow_delay if data[12:12 + len(slow_wire)] == slow_wire else base  # noqa: E731
     server = FakeUpstream(ClusterDNS(args.domain, args.services, ttl=args.ttl).answer,
-                          delay=args.delay_ms / 1000, log_path=args.log_queries or None,
-                          record=False)
+                          delay=delay, log_path=args.log_queries or None, record=False)
     await server.start(host.strip("[]"), int(port))
     logging.getLogger("nodecache").info("emulated cluster DNS for %s on %s:%d", args.domain,
                                         host, server.port)

@@ -3,13 +3,22 @@
 * Every complete frame is a query. Hits are answered at once; misses run
   as tasks and are written when ready, in whatever order they finish
   (RFC 7766 §6.2.1.1), each with its own ID so the client can match them.
-* At most ``max_inflight`` slow queries per connection: beyond that the
-  connection stops reading (backpressure) until one completes, rather than
-  queueing without bound.
-* At most ``max_conns`` connections per listener; more are closed at once.
-* A connection with nothing in flight that sends nothing for ``idle``
-  seconds is closed (RFC 7766 §6.2.3), which also ends half-open
-  connections and slow senders of partial frames.
+* Memory per connection is bounded whatever the client does:
+  - writes: above ``WRITE_HIGH`` bytes unsent (a client that does not read
+    its replies) the transport calls ``pause_writing``; from then on no
+    further frame is answered and reading stops, until the buffer drains
+    below ``WRITE_LOW``. A connection still blocked ``idle`` seconds later
+    is aborted (RST), so its buffer is freed;
+  - queries: at most ``max_inflight`` slow queries at once; the cap is
+    checked per frame, so one read carrying thousands of frames starts at
+    most that many. Frames read but not yet started wait in a backlog that
+    is bounded because reading stops as soon as one is waiting.
+* At most ``max_conns`` connections per listener and ``max_per_client``
+  from one client address; more are aborted at once.
+* A connection with nothing in flight that completes no query for
+  ``idle`` seconds is closed (RFC 7766 §6.2.3). Only a complete frame
+  re-arms the timer, so a client trickling partial frames (slowloris) is
+  closed too.
 * A frame larger than ``MAX_QUERY`` is not a query: the connection is closed.
 * EOF from the client (half-close) still lets in-flight answers go out,
   then closes.
@@ -18,17 +27,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 
 from ..dns.framing import FrameReader, FrameTooLarge, frame
 from .dispatch import Dispatcher
 
 log = logging.getLogger("nodecache.tcp")
 MAX_QUERY = 16384
+WRITE_HIGH, WRITE_LOW = 64 * 1024, 16 * 1024
 
 
 class TcpLimits:
-    def __init__(self, idle: float = 10.0, max_conns: int = 2000, max_inflight: int = 64):
+    def __init__(self, idle: float = 10.0, max_conns: int = 2000, max_inflight: int = 64,
+                 max_per_client: int = 64):
         self.idle, self.max_conns, self.max_inflight = idle, max_conns, max_inflight
+        self.max_per_client = max_per_client
 
 
 class TcpServerState:
@@ -38,9 +51,12 @@ class TcpServerState:
         self.dispatcher = dispatcher
         self.limits = limits
         self.conns: set["TcpConnection"] = set()
+        self.per_client: dict[str, int] = {}
         self.queries = 0
-        self.rejected_conns = 0
+        self.rejected_conns = 0       # over max_conns
+        self.rejected_per_client = 0  # over max_per_client
         self.idle_closed = 0
+        self.blocked_aborted = 0      # replies never read for `idle` seconds
         self.oversized = 0
 
     def protocol(self) -> "TcpConnection":
@@ -57,25 +73,45 @@ class TcpConnection(asyncio.Protocol):
         self.reader = FrameReader(MAX_QUERY)
         self.transport: asyncio.Transport | None = None
         self.inflight = 0
-        self.paused = False
+        self.backlog: deque[bytes] = deque()  # frames read, not yet started
+        self.reading = True
+        self.write_blocked = False
         self.eof = False
         self.timer: asyncio.TimerHandle | None = None
         self.peer = None
+        self.client = ""
 
     def connection_made(self, transport):
         self.transport = transport
-        if len(self.state.conns) >= self.state.limits.max_conns:
-            self.state.rejected_conns += 1
+        state, limits = self.state, self.state.limits
+        if len(state.conns) >= limits.max_conns:
+            state.rejected_conns += 1
             transport.abort()
             return
         self.peer = transport.get_extra_info("peername")
-        self.state.conns.add(self)
+        self.client = self.peer[0] if self.peer else ""
+        if state.per_client.get(self.client, 0) >= limits.max_per_client:
+            state.rejected_per_client += 1
+            self.client = ""
+            transport.abort()
+            return
+        state.per_client[self.client] = state.per_client.get(self.client, 0) + 1
+        state.conns.add(self)
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
         self._arm()
 
     def connection_lost(self, exc):
-        self.state.conns.discard(self)
+        state = self.state
+        if self in state.conns:
+            state.conns.discard(self)
+            left = state.per_client.get(self.client, 1) - 1
+            if left > 0:
+                state.per_client[self.client] = left
+            else:
+                state.per_client.pop(self.client, None)
         if self.timer is not None:
             self.timer.cancel()
+        self.backlog.clear()
         self.transport = None
 
     def _arm(self) -> None:
@@ -86,9 +122,52 @@ class TcpConnection(asyncio.Protocol):
 
     def _idle(self) -> None:
         self.timer = None
-        if self.inflight == 0 and self.transport is not None:
+        if self.transport is None:
+            return
+        if self.write_blocked:  # the client has not read its replies for `idle` seconds
+            self.state.blocked_aborted += 1
+            self.transport.abort()
+        elif self.inflight == 0:
             self.state.idle_closed += 1
             self.transport.close()
+
+    # -- backpressure -------------------------------------------------------
+    def pause_writing(self):
+        self.write_blocked = True
+        self._pause()
+        self._arm()  # abort if it stays blocked this long
+
+    def resume_writing(self):
+        self.write_blocked = False
+        self._arm()
+        self._work()
+
+    def _pause(self) -> None:
+        if self.reading and self.transport is not None:
+            self.reading = False
+            self.transport.pause_reading()
+
+    def _work(self) -> None:
+        """Start backlog frames while the caps allow; read again when all are started."""
+        limit = self.state.limits.max_inflight
+        dispatcher = self.state.dispatcher
+        backlog = self.backlog
+        while backlog and not self.write_blocked and self.inflight < limit and self.transport is not None:
+            msg = backlog.popleft()
+            self.state.queries += 1
+            hit = dispatcher.fast(msg, "tcp")
+            if hit is not None:
+                self.transport.write(frame(hit))  # may call pause_writing
+                continue
+            self.inflight += 1
+            dispatcher.spawn(self._slow(msg, dispatcher.scanned))
+        if self.transport is None or self.eof:
+            return
+        if backlog or self.write_blocked or self.inflight >= limit:
+            self._pause()
+        elif not self.reading:
+            self.reading = True
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes):
         try:
@@ -98,19 +177,12 @@ class TcpConnection(asyncio.Protocol):
             log.debug("closing %s: %s", self.peer, exc)
             self.transport.abort()
             return
-        self._arm()
-        dispatcher = self.state.dispatcher
-        for msg in frames:
-            self.state.queries += 1
-            hit = dispatcher.fast(msg, "tcp")
-            if hit is not None:
-                self.transport.write(frame(hit))
-                continue
-            self.inflight += 1
-            dispatcher.spawn(self._slow(msg, dispatcher.scanned))
-        if self.inflight >= self.state.limits.max_inflight and not self.paused:
-            self.paused = True
-            self.transport.pause_reading()
+        if not frames:
+            return  # a partial frame does not count as activity (slowloris)
+        if not self.write_blocked:
+            self._arm()
+        self.backlog.extend(frames)
+        self._work()
 
     async def _slow(self, msg: bytes, scanned) -> None:
         try:
@@ -124,17 +196,15 @@ class TcpConnection(asyncio.Protocol):
     def _after_reply(self) -> None:
         if self.transport is None:
             return
-        if self.paused and self.inflight < self.state.limits.max_inflight and not self.eof:
-            self.paused = False
-            self.transport.resume_reading()
-        if self.eof and self.inflight == 0:
+        self._work()
+        if self.eof and self.inflight == 0 and not self.backlog:
             self.transport.close()
-        elif self.inflight == 0:
+        elif self.inflight == 0 and not self.write_blocked:
             self._arm()
 
     def eof_received(self):
         self.eof = True
-        return self.inflight > 0  # keep the write side open for pending answers
+        return self.inflight > 0 or bool(self.backlog)  # keep the write side open for pending answers
 
     def close(self) -> None:
         if self.transport is not None:

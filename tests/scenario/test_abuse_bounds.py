@@ -1,0 +1,98 @@
+"""Bounds that keep one hostile client from growing the agent's memory or
+starving other clients. Each test checks that its bound actually triggered."""
+import asyncio
+import socket
+import time
+
+from dnslib import QTYPE, DNSRecord
+
+from nodecache.client import build
+from nodecache.dns.framing import frame
+from nodecache.server import tcp as tcp_mod
+from nodecache.server.tcp import TcpLimits
+from fakes import run
+from harness import CLUSTER, node
+
+CACHED = "svc-1.default.svc.cluster.local"
+
+
+def test_client_that_never_reads_is_paused_bounded_and_aborted():
+    async def go():
+        async with node(CLUSTER, tcp_limits=TcpLimits(idle=1.0)) as n:
+            await n.udp(build(CACHED, QTYPE.A))  # cached
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", n.port))
+            sock.setblocking(False)
+            chunk = b"".join(frame(build(CACHED, QTYPE.A)) for _ in range(200))
+            pending, sent, deadline = b"", 0, time.monotonic() + 0.8
+            while time.monotonic() < deadline:  # pipeline as fast as the agent takes them
+                try:
+                    if not pending:
+                        pending, sent = chunk, sent + 200
+                    pending = pending[sock.send(pending):]
+                except BlockingIOError:
+                    await asyncio.sleep(0.002)
+                except OSError:
+                    break
+            state = n.agent.listeners[0].tcp_state
+            (conn,) = state.conns
+            buffered = conn.transport.get_write_buffer_size()
+            assert conn.write_blocked and not conn.reading             # the bound triggered
+            assert buffered <= tcp_mod.WRITE_HIGH + 1024, buffered      # ... and held
+            assert len(conn.backlog) < 4000 and state.queries < sent
+            await asyncio.sleep(1.5)                                     # blocked past idle
+            assert state.blocked_aborted == 1 and not state.conns
+            sock.close()
+            # other clients were answered meanwhile and still are
+            assert DNSRecord.parse(await n.tcp(build(CACHED, QTYPE.A))).rr
+    run(go())
+
+
+def test_inflight_cap_is_per_frame_not_per_read():
+    async def go():
+        async with node(CLUSTER, delay=0.5, tcp_limits=TcpLimits(max_inflight=8)) as n:
+            reader, writer = await asyncio.open_connection("127.0.0.1", n.port)
+            # one write, 300 frames of distinct misses
+            writer.write(b"".join(frame(build(f"svc-{i}.other.svc.cluster.local", QTYPE.A, qid=i))
+                                  for i in range(300)))
+            await asyncio.sleep(0.3)
+            assert len(n.up.seen) == 8  # not 300: the cap applies per frame
+            writer.close()
+    run(go())
+
+
+def test_partial_frames_do_not_keep_a_connection_alive():
+    async def go():
+        async with node(CLUSTER, tcp_limits=TcpLimits(idle=1.0)) as n:
+            reader, writer = await asyncio.open_connection("127.0.0.1", n.port)
+            query = frame(build(CACHED, QTYPE.A))
+            t0 = time.monotonic()
+            for byte in query[:-1]:  # a slowloris: one byte every 0.2 s, never a whole frame
+                writer.write(bytes([byte]))
+                await asyncio.sleep(0.2)
+                if writer.transport.is_closing() or reader.at_eof():
+                    break
+            data = await asyncio.wait_for(reader.read(), 3)
+            assert data == b"" and time.monotonic() - t0 < 2.5
+            assert n.agent.listeners[0].tcp_state.idle_closed == 1
+    run(go())
+
+
+def test_per_client_connection_cap_leaves_room_for_others():
+    async def go():
+        async with node(CLUSTER, tcp_limits=TcpLimits(max_per_client=3)) as n:
+            mine = [await asyncio.open_connection("127.0.0.1", n.port) for _ in range(3)]
+            reader, _ = await asyncio.open_connection("127.0.0.1", n.port)
+            assert await asyncio.wait_for(reader.read(), 2) == b""      # the 4th: aborted
+            state = n.agent.listeners[0].tcp_state
+            assert state.rejected_per_client == 1
+            # another client address still gets in and is answered
+            other_r, other_w = await asyncio.open_connection("127.0.0.1", n.port, local_addr=("127.0.0.2", 0))
+            other_w.write(frame(build(CACHED, QTYPE.A)))
+            assert len(await asyncio.wait_for(other_r.read(2), 3)) == 2
+            for _, w in mine + [(None, other_w)]:
+                w.close()
+            await asyncio.sleep(0.1)
+            assert state.per_client == {}  # every slot given back
+    run(go())
