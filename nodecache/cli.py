@@ -83,6 +83,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("-handoff-grace", dest="handoff_grace", type=go_seconds, default=10.0,
                      help="after a handoff, how long the old agent stays able to resume if the new one "
                           "dies (s)")
+    run.add_argument("-max-inflight", dest="max_inflight", type=int, default=4096,
+                     help="queries not answered from the cache that may be in progress at once; "
+                          "more are REFUSED (default 4096)")
+    run.add_argument("-max-inflight-per-client", dest="max_inflight_per_client", type=int, default=512,
+                     help="the share of -max-inflight one client address may hold (default 512)")
     run.add_argument("-drain", type=go_seconds, default=5.0,
                      help="how long in-flight queries may finish on shutdown or handoff (s)")
     run.add_argument("-cache-file", dest="cache_file", default="",
@@ -274,7 +279,11 @@ def cmd_run(args) -> int:
     from .node.nodeconfig import ConfigMapError, cluster_dns_ip
     from .node.reconcile import NodeParams
     from .runner import ConfigSource, RunParams, parse_local_ips, run_node
+    from .fdlimit import raise_nofile
     log = logging.getLogger("nodecache")
+    old, new = raise_nofile()
+    if new != old:
+        log.info("open file limit raised from %d to %d", old, new)
     ips, problems = parse_local_ips(args.localip)
     if args.setupebtables:
         log.warning("-setupebtables: ebtables rules are not supported; ignored")
@@ -284,7 +293,8 @@ def cmd_run(args) -> int:
                       args.skipteardown, args.failopen, cluster_dns_ip(args.upstreamsvc, dict(os.environ)))
     params = RunParams(args.conf, args.basecorefile, args.kubednscm, args.upstreamsvc, ips, node,
                        args.pidfile, args.configsync, args.metrics_listen, args.dns_port,
-                       args.handoff, args.handoff_dir, args.drain, args.handoff_grace, args.cache_file,
+                       args.handoff, args.handoff_dir, args.drain, args.handoff_grace,
+                       args.max_inflight, args.max_inflight_per_client, args.cache_file,
                        args.status_socket, tuple(problems))
     source = ConfigSource(params, dict(os.environ))
     try:

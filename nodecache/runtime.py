@@ -23,6 +23,7 @@ import socket
 import time
 from pathlib import Path
 
+from .fdlimit import AcceptGuard
 from .observe.http import HttpServers
 from .observe.metrics import exposition, registries
 
@@ -135,8 +136,9 @@ class Runtime:
 
     async def _serve_status(self) -> None:
         loop = asyncio.get_running_loop()
+        guard = AcceptGuard("status socket")
         while True:
-            conn, _ = await loop.sock_accept(self.status_sock)
+            conn, _ = await guard.accept(self.status_sock)
             try:
                 conn.setblocking(False)
                 await loop.sock_sendall(conn, json.dumps(self.status()).encode())

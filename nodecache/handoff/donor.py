@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from ..cache import snapshot
+from ..fdlimit import AcceptGuard
 from .protocol import (CHUNK, END, HELLO, MAX_MESSAGE, READY, REFUSE, REVISION, SOCKET_NAME, SOCKETS,
                        STATUS, STATUS_REPLY, VERSION, ProtocolError, control, parse_control, peer_uid)
 
@@ -88,8 +89,9 @@ class Donor:
 
     async def _accept_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        guard = AcceptGuard("handoff socket")
         while True:
-            conn, _ = await loop.sock_accept(self.sock)
+            conn, _ = await guard.accept(self.sock)
             conn.setblocking(False)
             task = loop.create_task(self._handle(conn))
             task.add_done_callback(_log_failure)

@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.process_collector import ProcessCollector
 
 from .. import __version__
-from .stats import DURATION_BUCKETS, SIZE_BUCKETS, type_label
+from .stats import DURATION_BUCKETS, SIZE_BUCKETS
 
 RCODES = ("NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN", "YXRRSET",
           "NXRRSET", "NOTAUTH", "NOTZONE")
@@ -58,6 +58,12 @@ class DnsCollector:
             yield from self._requests(agent)
             yield from self._cache(agent)
             yield from self._forward(agent)
+            refused = CounterMetricFamily("nodecache_refused", "Queries refused at once because their "
+                                          "client's share or the agent's slow-path capacity was full.",
+                                          labels=["reason"])
+            refused.add_metric(["client_share"], agent.admission.refused_share)
+            refused.add_metric(["capacity"], agent.admission.refused_capacity)
+            yield refused
         reload_failed = CounterMetricFamily("coredns_reload_failed", "Counter of the number of failed reload attempts.")
         reload_failed.add_metric([], self.rt.reload_failed)
         yield reload_failed
@@ -70,8 +76,7 @@ class DnsCollector:
         rsize = defaultdict(lambda: [[0] * (len(SIZE_BUCKETS) + 1), 0])
         for listener in agent.listeners + self.rt.retired_listeners():
             st = listener.stats
-            for (zone, proto, qtype, rcode, dobit, qb, rb, db, plugin), (n, secs, ql, rl) in list(st.counts.items()):
-                t = type_label(qtype)
+            for (zone, proto, t, rcode, dobit, qb, rb, db, plugin), (n, secs, ql, rl) in list(st.counts.items()):
                 req[(st.server, zone, "", proto, st.family, t)] += n
                 resp[(st.server, zone, "", rcode_label(rcode), plugin)] += n
                 if dobit:

@@ -21,15 +21,11 @@ SIZE_BUCKETS = (0, 100, 200, 300, 400, 511, 1023, 2047, 4095, 8291, 16000, 32000
 _SIZE_INDEX = [bisect_left(SIZE_BUCKETS, n) for n in range(65536 + 12)]
 _FIRST = DURATION_BUCKETS[0]
 PLUGINS = ("", "cache", "forward", "errors", "loop")
+# CoreDNS reports the common types by name and everything else as "other"
 _DNS_TYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA",
               33: "SRV", 35: "NAPTR", 39: "DNAME", 41: "OPT", 43: "DS", 46: "RRSIG", 47: "NSEC",
               48: "DNSKEY", 50: "NSEC3", 52: "TLSA", 64: "SVCB", 65: "HTTPS", 99: "SPF",
               251: "IXFR", 252: "AXFR", 255: "ANY", 257: "CAA"}
-
-
-def type_label(qtype: int) -> str:
-    # CoreDNS reports the common types by name and everything else as "other"
-    return _DNS_TYPES.get(qtype, "other")
 
 
 class ListenerStats:
@@ -38,13 +34,17 @@ class ListenerStats:
     def __init__(self, server: str, family: str):
         self.server = server      # "dns://IP:PORT", CoreDNS's server label
         self.family = family      # "1" IPv4, "2" IPv6
-        # labels -> [count, seconds, request bytes, response bytes]
+        # (zone, proto, type label, rcode, do, size buckets, duration bucket, plugin)
+        #   -> [count, seconds, request bytes, response bytes]
         self.counts: dict[tuple, list] = {}
 
     def record(self, zone: str, proto: str, qtype: int, rcode: int, do: int, qlen: int, rlen: int,
                seconds: float, plugin: str) -> None:
         dur = 0 if seconds <= _FIRST else bisect_left(DURATION_BUCKETS, seconds)
-        key = (zone, proto, qtype, rcode, do, _SIZE_INDEX[qlen], _SIZE_INDEX[rlen], dur, plugin)
+        # keyed by the exported type label, not the raw QTYPE: the number of
+        # series (and a scrape's cost) stays bounded whatever clients send
+        key = (zone, proto, _DNS_TYPES.get(qtype, "other"), rcode, do, _SIZE_INDEX[qlen], _SIZE_INDEX[rlen],
+               dur, plugin)
         acc = self.counts.get(key)
         if acc is None:
             acc = self.counts[key] = [0, 0.0, 0, 0]

@@ -16,6 +16,7 @@ import time
 
 from ..config.model import Config
 from .block import Block
+from .admission import Admission
 from .dispatch import Dispatcher
 from ..observe.stats import ListenerStats
 from .router import Router
@@ -61,11 +62,12 @@ def make_sockets(addr: str, port: int) -> tuple[socket.socket, socket.socket]:
 
 
 class Listener:
-    def __init__(self, addr: str, port: int, blocks: list[Block], limits: TcpLimits):
+    def __init__(self, addr: str, port: int, blocks: list[Block], limits: TcpLimits,
+                 admission: Admission | None = None):
         self.addr, self.port = addr, port
         family = "2" if ":" in addr else "1"
         self.stats = ListenerStats(self.server_label(), family)
-        self.dispatcher = Dispatcher(Router(blocks), self.stats)
+        self.dispatcher = Dispatcher(Router(blocks), self.stats, admission)
         self.tcp_state = TcpServerState(self.dispatcher, limits)
         self.udp: UdpServer | None = None
         self.udp_transport = None
@@ -108,13 +110,15 @@ def _blocks_for(blocks: list[Block], addr: str, port: int) -> list[Block]:
 
 
 class Agent:
-    def __init__(self, config: Config, clock=time.monotonic, tcp_limits: TcpLimits | None = None):
+    def __init__(self, config: Config, clock=time.monotonic, tcp_limits: TcpLimits | None = None,
+                 admission: Admission | None = None):
         self.config = config
         self.clock = clock
         self.tcp_limits = tcp_limits or TcpLimits()
+        self.admission = admission or Admission()  # one for the whole agent
         self.blocks = [Block(b, clock) for b in config.blocks]
         self.listeners: list[Listener] = [
-            Listener(addr, port, _blocks_for(self.blocks, addr, port), self.tcp_limits)
+            Listener(addr, port, _blocks_for(self.blocks, addr, port), self.tcp_limits, self.admission)
             for addr, port in config.listeners]
         self.retiring: set[asyncio.Task] = set()
         self.retired: list[Listener] = []  # removed by reloads; their counters still count
@@ -206,7 +210,8 @@ class Agent:
         try:
             for addr, port in config.listeners:
                 if (addr, port) not in current:
-                    listener = Listener(addr, port, _blocks_for(blocks, addr, port), self.tcp_limits)
+                    listener = Listener(addr, port, _blocks_for(blocks, addr, port), self.tcp_limits,
+                                        self.admission)
                     await self._start_listener(listener)
                     started.append(listener)
         except ListenError:

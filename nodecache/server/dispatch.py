@@ -19,7 +19,10 @@ import time
 
 from ..dns.wire import (MAX_MESSAGE, REFUSED, SERVFAIL, QueryError, error_reply, parse_query, query_from_scan,
                         scan, truncated_reply)
+from functools import partial
+
 from ..observe.stats import ListenerStats
+from .admission import Admission
 from ..stages.base import Request
 from .router import Router
 
@@ -33,9 +36,10 @@ def fit(reply: bytes, data: bytes, limit: int, qend: int, edns: int) -> bytes:
 
 
 class Dispatcher:
-    def __init__(self, router: Router, stats: ListenerStats):
+    def __init__(self, router: Router, stats: ListenerStats, admission: Admission | None = None):
         self.router = router
         self.stats = stats
+        self.admission = admission or Admission()
         self.tasks: set[asyncio.Task] = set()
         # what fast() read of the datagram it just declined (None: not the
         # common shape), so the transport's slow-path call does not read it again
@@ -102,6 +106,21 @@ class Dispatcher:
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    def start_slow(self, coro_fn, data: bytes, client: str, *args) -> bytes | None:
+        """Run ``coro_fn(data, *args)`` as a slow-path task if admission allows
+        (see server.admission); else the REFUSED reply to send at once (None:
+        nothing to send)."""
+        admission = self.admission
+        if not admission.admit(client):
+            scanned = self.scanned
+            self.error_replies += 1
+            return error_reply(data, REFUSED, scanned[1], scanned[4]) if scanned is not None else None
+        task = asyncio.get_running_loop().create_task(coro_fn(data, *args))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(partial(admission.release, client))
+        return None
 
     async def drain(self, timeout: float) -> int:
         """Wait for in-flight slow-path work; returns how many were cut off."""

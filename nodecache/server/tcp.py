@@ -159,8 +159,11 @@ class TcpConnection(asyncio.Protocol):
             if hit is not None:
                 self.transport.write(frame(hit))  # may call pause_writing
                 continue
+            refused = dispatcher.start_slow(self._slow, msg, self.client, dispatcher.scanned)
+            if refused is not None:
+                self.transport.write(frame(refused))
+                continue
             self.inflight += 1
-            dispatcher.spawn(self._slow(msg, dispatcher.scanned))
         if self.transport is None or self.eof:
             return
         if backlog or self.write_blocked or self.inflight >= limit:
@@ -185,6 +188,7 @@ class TcpConnection(asyncio.Protocol):
         self._work()
 
     async def _slow(self, msg: bytes, scanned) -> None:
+        # inflight was counted by _work right after this task was created
         try:
             reply = await self.state.dispatcher.answer(msg, "tcp", self.peer, scanned)
             if reply is not None and self.transport is not None and not self.transport.is_closing():

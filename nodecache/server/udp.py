@@ -34,7 +34,9 @@ class UdpServer(asyncio.DatagramProtocol):
         if reply is not None:
             self.transport.sendto(reply, addr)
             return
-        dispatcher.spawn(self._slow(data, addr, dispatcher.scanned))
+        refused = dispatcher.start_slow(self._slow, data, addr[0], addr, dispatcher.scanned)
+        if refused is not None:
+            self.transport.sendto(refused, addr)
 
     def stop_reading(self) -> None:
         """Stop taking datagrams (they stay queued in the kernel for whoever

@@ -96,3 +96,104 @@ def test_per_client_connection_cap_leaves_room_for_others():
             await asyncio.sleep(0.1)
             assert state.per_client == {}  # every slot given back
     run(go())
+
+
+def _slow_flood(data: bytes) -> float:
+    return 1.0 if b"\x05flood" in data else 0.0
+
+
+async def _udp_from(src: str, port: int, data: bytes, timeout: float = 3.0) -> bytes:
+    from nodecache import client
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    transport, _ = await loop.create_datagram_endpoint(lambda: client._Once(fut), local_addr=(src, 0),
+                                                       remote_addr=("127.0.0.1", port))
+    try:
+        transport.sendto(data)
+        return await asyncio.wait_for(fut, timeout)
+    finally:
+        transport.close()
+
+
+def test_a_client_flooding_slow_misses_gets_refused_beyond_its_share_others_are_served():
+    from nodecache.server.admission import Admission
+
+    async def go():
+        async with node(CLUSTER, delay=_slow_flood, admission=Admission(total=100, per_client=10)) as n:
+            flood = [asyncio.ensure_future(_udp_from("127.0.0.1", n.port, build(f"flood.{i}.example.com", QTYPE.A)))
+                     for i in range(50)]
+            await asyncio.sleep(0.2)
+            t0 = time.monotonic()
+            good = DNSRecord.parse(await _udp_from("127.0.0.2", n.port, build("www.example.com", QTYPE.A)))
+            assert good.header.rcode == 0 and good.rr and time.monotonic() - t0 < 0.5  # promptly
+            rcodes = [DNSRecord.parse(r).header.rcode for r in await asyncio.gather(*flood)]
+            assert rcodes.count(5) == 40 and rcodes.count(3) + rcodes.count(0) == 10
+            assert n.agent.admission.refused_share == 40
+            assert n.agent.admission.running == 0 and n.agent.admission.by_client == {}
+    run(go())
+
+
+def test_total_capacity_refuses_once_every_slot_is_taken():
+    from nodecache.server.admission import Admission
+
+    async def go():
+        async with node(CLUSTER, delay=_slow_flood, admission=Admission(total=15, per_client=10)) as n:
+            a = [asyncio.ensure_future(_udp_from("127.0.0.1", n.port, build(f"flood.a{i}.example.com", QTYPE.A)))
+                 for i in range(10)]
+            await asyncio.sleep(0.1)
+            b = [asyncio.ensure_future(_udp_from("127.0.0.2", n.port, build(f"flood.b{i}.example.com", QTYPE.A)))
+                 for i in range(8)]
+            b_rcodes = [DNSRecord.parse(r).header.rcode for r in await asyncio.gather(*b)]
+            await asyncio.gather(*a)
+            assert b_rcodes.count(5) == 3 and n.agent.admission.refused_capacity == 3
+    run(go())
+
+
+def test_metric_series_stay_bounded_over_a_qtype_sweep():
+    from nodecache.observe.stats import ListenerStats
+    stats = ListenerStats("dns://:53", "1")
+    for qtype in range(1, 20001):
+        stats.record(".", "udp", qtype, 0, 0, 40, 80, 0.0001, "cache")
+    labels = {key[2] for key in stats.counts}
+    assert "other" in labels and "A" in labels and len(stats.counts) == len(labels) < 40
+
+
+def test_accept_loop_survives_running_out_of_descriptors(monkeypatch):
+    import errno
+    from nodecache import fdlimit
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        calls = []
+        real = loop.sock_accept
+
+        async def flaky(sock):
+            calls.append(1)
+            if len(calls) <= 3:
+                raise OSError(errno.EMFILE, "Too many open files")
+            return await real(sock)
+        monkeypatch.setattr(loop, "sock_accept", flaky)
+        monkeypatch.setattr(fdlimit, "BACKOFF", 0.01)
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.setblocking(False)
+        guard = fdlimit.AcceptGuard("test")
+        c = socket.create_connection(server.getsockname())
+        conn, _ = await asyncio.wait_for(guard.accept(server), 2)
+        assert guard.failures == 3 and len(calls) == 4   # the bound triggered, the loop went on
+        for s in (conn, c, server):
+            s.close()
+    run(go())
+
+
+def test_soft_descriptor_limit_is_raised_to_the_hard_limit():
+    import resource
+    from nodecache.fdlimit import raise_nofile
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+        old, new = raise_nofile()
+        assert old == min(1024, hard) and resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

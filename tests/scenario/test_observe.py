@@ -54,6 +54,7 @@ METRICS = {
     "nodecache_handoff_received_entries": set(),
     "nodecache_handoff_takeover_seconds": set(),
     "nodecache_ready": set(),
+    "nodecache_refused_total": {"reason"},
 }
 SETUP_METRICS = {"coredns_nodecache_setup_errors_total": {"errortype"}}
 
