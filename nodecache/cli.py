@@ -88,6 +88,11 @@ def parser() -> argparse.ArgumentParser:
                           "more are REFUSED (default 4096)")
     run.add_argument("-max-inflight-per-client", dest="max_inflight_per_client", type=int, default=512,
                      help="the share of -max-inflight one client address may hold (default 512)")
+    run.add_argument("-cache-bytes", dest="cache_bytes", type=_size, default=64 << 20,
+                     help="bytes all caches together may hold (records + ~400 B per entry); "
+                          "oldest unused entries go first (default 64Mi)")
+    run.add_argument("-cache-max-item", dest="cache_max_item", type=_size, default=16 << 10,
+                     help="a reply whose records exceed this is served but not cached (default 16Ki)")
     run.add_argument("-drain", type=go_seconds, default=5.0,
                      help="how long in-flight queries may finish on shutdown or handoff (s)")
     run.add_argument("-cache-file", dest="cache_file", default="",
@@ -126,6 +131,18 @@ def parser() -> argparse.ArgumentParser:
                       help="answer names whose first label is PREFIX after MS milliseconds (a slow zone)")
     fake.add_argument("--log-queries", default="", help="append 'proto client qtype name' per query to FILE")
     return p
+
+
+def _size(text: str) -> int:
+    """A byte count: 65536, 64Ki, 64Mi, 1Gi (Kubernetes' binary suffixes) or k/M/G."""
+    units = {"ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "k": 1000, "m": 1000**2, "g": 1000**3}
+    t = text.strip().lower()
+    for suffix in sorted(units, key=len, reverse=True):
+        if t.endswith(suffix) and t[:-len(suffix)].isdigit():
+            return int(t[:-len(suffix)]) * units[suffix]
+    if t.isdigit():
+        return int(t)
+    raise argparse.ArgumentTypeError(f"not a byte count: {text!r} (e.g. 65536, 64Ki, 64Mi)")
 
 
 def go_bool(text: str) -> bool:
@@ -294,7 +311,8 @@ def cmd_run(args) -> int:
     params = RunParams(args.conf, args.basecorefile, args.kubednscm, args.upstreamsvc, ips, node,
                        args.pidfile, args.configsync, args.metrics_listen, args.dns_port,
                        args.handoff, args.handoff_dir, args.drain, args.handoff_grace,
-                       args.max_inflight, args.max_inflight_per_client, args.cache_file,
+                       args.max_inflight, args.max_inflight_per_client, args.cache_bytes,
+                       args.cache_max_item, args.cache_file,
                        args.status_socket, tuple(problems))
     source = ConfigSource(params, dict(os.environ))
     try:

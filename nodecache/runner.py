@@ -41,6 +41,7 @@ from .handoff.systemd import listen_fds, notify
 from .handoff.heir import take_over
 from .handoff.protocol import ProtocolError
 from .runtime import Runtime
+from .cache.store import ByteBudget
 from .server.admission import Admission
 from .server.agent import Agent, ListenError
 
@@ -66,6 +67,8 @@ class RunParams:
     handoff_grace: float = 10.0
     max_inflight: int = 4096
     max_inflight_per_client: int = 512
+    cache_bytes: int = 64 << 20
+    cache_max_item: int = 16 << 10
     cache_file: str = ""
     status_socket: str = "/tmp/nodecache.status.sock"
     ip_problems: tuple[str, ...] = ()  # invalid -localip entries, counted once started
@@ -168,7 +171,8 @@ async def run_node(params: RunParams, source: ConfigSource, config: Config) -> i
             log.error("handoff from the running agent failed (%s); it keeps serving. Exiting.", exc)
             return 1
     await node.run(node.ensure_interface)
-    agent = Agent(config, admission=Admission(params.max_inflight, params.max_inflight_per_client))
+    agent = Agent(config, admission=Admission(params.max_inflight, params.max_inflight_per_client),
+                  budget=ByteBudget(params.cache_bytes, params.cache_max_item))
     rt = Runtime(agent, node)
     # decode the snapshot before serving (in a thread: the donor serves meanwhile)
     cached = await asyncio.to_thread(take.cache, agent.clock()) if take else None
@@ -306,7 +310,8 @@ async def _resume(rt: Runtime, state: _State, params: RunParams, source: ConfigS
     t0 = time.monotonic()
     old = rt.agent
     agent = Agent(old.config, tcp_limits=old.tcp_limits,
-                  admission=Admission(old.admission.total, old.admission.per_client))
+                  admission=Admission(old.admission.total, old.admission.per_client),
+                  budget=ByteBudget(old.budget.limit, old.budget.max_item))
     agent.restore(dict(old.snapshot_blocks()))
     await agent.start({(a, p, k): s for a, p, k, s in spare if k != "http"})
     rt.agent = agent

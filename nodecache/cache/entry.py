@@ -1,15 +1,22 @@
 """A cached reply, ready to be rendered for any client asking the same question.
 
 An entry keeps the upstream reply's records after the question (the tail,
-see ``dns.reply``) and where each TTL sits in it. Rendering for a client is
-the client's ID, our flags, the counts, the client's own question bytes
-(its letter case, RFC 4343 / 0x20), the tail, and our OPT if it sent one.
+see ``dns.reply``) and where each TTL sits in it: one copy of the records,
+nothing else of size. Rendering for a client is the client's ID, our flags
+and the counts (the *head*), the client's own question bytes (its letter
+case, RFC 4343 / 0x20), the tail, and our OPT if it sent one: one join of
+existing byte strings.
 
 TTLs count down: every record shows ``min(original, entry TTL) - age``
 (RFC 1035 §7.1 / RFC 2181 §8: what a cache hands out must not outlive what
-it holds). The tail is re-rendered at most once per second of age and
-memoised, and so is the header for each kind of client (RD/CD/AD bits,
-with or without OPT), so most hits are one join of existing byte strings.
+it holds). The tail is re-rendered at most once per second of age, in
+place of the old one (only TTL bytes change, so the tail is its own
+template).
+
+Heads depend only on the entry's flags and counts and on the kind of
+client (RD/CD/AD bits, with or without OPT), so they live in a ``Shape``
+shared by every entry with the same flags and counts: thousands of
+entries answering one A record share one table of a few heads.
 """
 from __future__ import annotations
 
@@ -21,12 +28,50 @@ KIND_NAMES = ("success", "denial", "servfail")
 STALE_TTL = 30  # RFC 8767 §4: stale answers carry a TTL of 30 seconds
 _ECHO = RD | CD
 _VARIANT = RD | CD | AD  # client flag bits that change our header; edns + 1 (0..2) fits below
+_OPT = (b"", OPT_PLAIN, OPT_DO)  # what follows the tail, by the client's edns + 1
+MAX_SHAPES = 4096  # beyond this (an upstream inventing counts), entries get a private shape
+# Bytes an entry costs beyond its key and tail (measured by bench/memory.py's
+# per-entry figure and the unit test of it): the budget counts with it.
+ENTRY_OVERHEAD = 400
+
+
+class Shape:
+    """Flags and counts shared by many entries, and their memoised heads."""
+    __slots__ = ("flags", "counts", "heads")
+
+    def __init__(self, flags: int, counts: tuple[int, int, int]):
+        self.flags = flags
+        self.counts = counts
+        self.heads: dict[int, bytes] = {}
+
+    def head(self, qflags: int, edns: int) -> bytes:
+        variant = (qflags & _VARIANT) | (edns + 1)
+        head = self.heads.get(variant)
+        if head is None:
+            flags = self.flags | (qflags & _ECHO)
+            if flags & AD and not (qflags & AD or edns == 1):
+                flags ^= AD  # RFC 6840 §5.8: AD only to clients that asked with AD or DO
+            an, ns, ar = self.counts
+            head = self.heads[variant] = (flags.to_bytes(2, "big") + b"\x00\x01" + an.to_bytes(2, "big")
+                                          + ns.to_bytes(2, "big") + (ar + (edns >= 0)).to_bytes(2, "big"))
+        return head
+
+
+_shapes: dict[tuple[int, tuple[int, int, int]], Shape] = {}
+
+
+def shape_for(flags: int, counts: tuple[int, int, int]) -> Shape:
+    shape = _shapes.get((flags, counts))
+    if shape is None:
+        shape = Shape(flags, counts)
+        if len(_shapes) < MAX_SHAPES:
+            _shapes[(flags, counts)] = shape
+    return shape
 
 
 class Entry:
-    __slots__ = ("key", "kind", "flags", "counts_plain", "counts_opt", "src", "offsets",
-                 "ttls", "stored", "ttl", "expires", "age", "next_tick", "tail", "bodies",
-                 "heads", "last_hit", "streak", "refreshing")
+    __slots__ = ("key", "kind", "shape", "offsets", "ttls", "tail", "stored", "ttl", "expires", "age",
+                 "next_tick", "last_hit", "streak", "refreshing", "visited")
 
     def __init__(self, key: bytes, reply: Reply, kind: int, ttl: int, now: float):
         self.key = key
@@ -35,12 +80,7 @@ class Entry:
         # cache is not authoritative; RD and CD come from each client. TC is
         # kept for an uncached truncated reply (never cached) so that the
         # client retries over TCP (RFC 7766 §5).
-        self.flags = 0x8080 | (reply.flags & (AD | TC | 0xF))
-        an, ns, ar = reply.counts
-        base = b"\x00\x01" + an.to_bytes(2, "big") + ns.to_bytes(2, "big")
-        self.counts_plain = base + ar.to_bytes(2, "big")
-        self.counts_opt = base + (ar + 1).to_bytes(2, "big")
-        self.src = reply.tail
+        self.shape = shape_for(0x8080 | (reply.flags & (AD | TC | 0xF)), reply.counts)
         self.offsets = reply.ttl_offsets
         self.ttls = tuple(min(t, ttl) for t in reply.ttls)
         self.stored = now
@@ -48,35 +88,31 @@ class Entry:
         self.expires = now + ttl
         self.age = 0
         self.next_tick = now + 1
-        self.tail = self._render_tail(0) if self.ttls != reply.ttls else reply.tail
-        self.bodies = self._bodies(self.tail)
-        # header (flags + counts) per client variant, see _head
-        self.heads: dict[int, bytes] = {}
+        self.tail = reply.tail
+        if self.ttls != reply.ttls:
+            self.tail = self._render_tail(0)
         self.last_hit = now
         self.streak = 0
         self.refreshing = False
+        self.visited = False  # second chance on eviction (see cache.store)
+
+    @property
+    def flags(self) -> int:
+        return self.shape.flags
+
+    @property
+    def size(self) -> int:
+        """What the entry costs, for the cache's byte budget."""
+        return ENTRY_OVERHEAD + len(self.key) + len(self.tail)
 
     def _render_tail(self, age: int) -> bytes:
-        tail = bytearray(self.src)
+        tail = bytearray(self.tail)
         for off, ttl in zip(self.offsets, self.ttls):
             tail[off:off + 4] = (ttl - age if ttl > age else 0).to_bytes(4, "big")
         return bytes(tail)
 
     def remaining(self, now: float) -> float:
         return self.expires - now
-
-    @staticmethod
-    def _bodies(tail: bytes) -> list:
-        """What follows the question, indexed by the client's edns + 1; the
-        variants with our OPT are built on first use (most clients send
-        OPT, but many entries are only ever asked one way)."""
-        return [tail, None, None]
-
-    def _body(self, edns: int) -> bytes:
-        # edns is -1 (no OPT: the bare tail, always present), 0 or 1 (the DO bit).
-        body = self.bodies[0] + (OPT_DO if edns == 1 else OPT_PLAIN)
-        self.bodies[edns + 1] = body
-        return body
 
     def render(self, data: bytes, qend: int, qflags: int, edns: int, now: float) -> bytes:
         """The reply to query ``data`` (whose question ends at qend)."""
@@ -86,31 +122,16 @@ class Entry:
             if age != self.age:
                 self.age = age
                 self.tail = self._render_tail(age)
-                self.bodies = self._bodies(self.tail)
-        head = self.heads.get((qflags & _VARIANT) | (edns + 1))
-        if head is None:
-            head = self._head(qflags, edns)
-        body = self.bodies[edns + 1]
-        if body is None:  # not truthiness: an empty tail (SERVFAIL, bare NODATA) is a valid body
-            body = self._body(edns)
-        return b"".join((data[:2], head, data[12:qend], body))
+        shape = self.shape
+        head = shape.heads.get((qflags & _VARIANT) | (edns + 1)) or shape.head(qflags, edns)
+        return b"".join((data[:2], head, data[12:qend], self.tail, _OPT[edns + 1]))
 
     def render_stale(self, data: bytes, qend: int, qflags: int, edns: int) -> bytes:
         """Same reply with every TTL at STALE_TTL (RFC 8767 §4)."""
-        tail = bytearray(self.src)
+        tail = bytearray(self.tail)
         for off in self.offsets:
             tail[off:off + 4] = STALE_TTL.to_bytes(4, "big")
-        body = bytes(tail) + (b"", OPT_PLAIN, OPT_DO)[edns + 1]
-        return b"".join((data[:2], self._head(qflags, edns), data[12:qend], body))
-
-    def _head(self, qflags: int, edns: int) -> bytes:
-        """Flags and counts for a client with these flags and EDNS state; memoised."""
-        flags = self.flags | (qflags & _ECHO)
-        if flags & AD and not (qflags & AD or edns == 1):
-            flags ^= AD  # RFC 6840 §5.8: AD only to clients that asked with AD or DO
-        head = flags.to_bytes(2, "big") + (self.counts_plain if edns < 0 else self.counts_opt)
-        self.heads[(qflags & _VARIANT) | (edns + 1)] = head
-        return head
+        return b"".join((data[:2], self.shape.head(qflags, edns), data[12:qend], bytes(tail), _OPT[edns + 1]))
 
 
 def render_uncached(reply: Reply, data: bytes, qend: int, qflags: int, edns: int) -> bytes:

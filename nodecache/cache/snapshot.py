@@ -42,15 +42,14 @@ class SnapshotError(ValueError):
 def encode_entry(entry: Entry, now: float) -> bytes:
     age = max(0, int((now - entry.stored) * 1000))
     remaining = int((entry.expires - now) * 1000)
-    an, ns = int.from_bytes(entry.counts_plain[2:4], "big"), int.from_bytes(entry.counts_plain[4:6], "big")
-    ar = int.from_bytes(entry.counts_plain[6:8], "big")
+    an, ns, ar = entry.shape.counts
     parts = [_U16.pack(len(entry.key)), entry.key,
              _ENTRY.pack(entry.kind, entry.flags, an, ns, ar, min(age, 2**32 - 1),
                          remaining & 0xFFFFFFFF, entry.ttl),
              _U16.pack(len(entry.offsets)),
              b"".join(_U16.pack(o) for o in entry.offsets),
              b"".join(_U32.pack(t) for t in entry.ttls),
-             _U32.pack(len(entry.src)), entry.src]
+             _U32.pack(len(entry.tail)), entry.tail]
     return b"".join(parts)
 
 

@@ -1,10 +1,10 @@
-"""The cache proper: two LRU maps (success, denial) of rendered-ready entries.
+"""The cache proper: two maps (success, denial) of rendered-ready entries.
 
 Pure and synchronous, with the clock injected, so every TTL, eviction,
 prefetch and serve-stale rule is tested without sleeping.
 
-* ``hit`` is the hot path: one dict lookup per class, an expiry check, an LRU
-  touch and a render that is usually a join of cached bytes. It never
+* ``hit`` is the hot path: one dict lookup per class, an expiry check, a
+  flag set and a render that is usually a join of cached bytes. It never
   allocates beyond the reply and never logs; counters are plain integers
   read by the metrics collector at scrape time.
 * ``lookup`` is the slow path's view: fresh, stale (RFC 8767) or absent.
@@ -14,7 +14,16 @@ prefetch and serve-stale rule is tested without sleeping.
   clamped likewise, and not cached at all without a SOA;
   SERVFAIL for the configured ``servfail`` duration (RFC 2308 §7.1 allows
   up to 5 minutes); truncated replies and any other RCODE never.
-Eviction is least-recently-used within each class's capacity.
+Eviction (CLOCK / second chance, like SIEVE: no reordering on a hit): each
+class is kept in insertion order; a hit only marks the entry visited. To
+make room, the oldest entry is taken: if visited, it is cleared and moved
+to the young end, otherwise evicted. Popular entries stay, one-hit names
+(most misses) go first.
+
+Memory is bounded twice: by each class's entry capacity (CoreDNS's
+options) and by a byte budget shared by every cache of the agent
+(``ByteBudget``: entry overhead + key + records), and a reply whose records
+exceed ``max_item`` bytes is not cached at all.
 """
 from __future__ import annotations
 
@@ -28,12 +37,30 @@ from ..dns.wire import NOERROR, NXDOMAIN, SERVFAIL
 from .entry import DENIAL, SERVFAIL_KIND, SUCCESS, Entry
 
 FRESH, STALE = "fresh", "stale"
+DEFAULT_BUDGET = 64 << 20   # bytes for all caches of an agent (see README: memory)
+DEFAULT_MAX_ITEM = 16 << 10  # records bytes; larger replies are served, not cached
+
+
+class ByteBudget:
+    """The bytes every cache of one agent may hold together."""
+
+    def __init__(self, limit: int = DEFAULT_BUDGET, max_item: int = DEFAULT_MAX_ITEM):
+        self.limit, self.max_item = limit, max_item
+        self.caches: list["Cache"] = []
+
+    @property
+    def used(self) -> int:
+        return sum(c.bytes for c in self.caches)
 
 
 class Cache:
-    def __init__(self, config: CacheConfig, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, config: CacheConfig, clock: Callable[[], float] = time.monotonic,
+                 budget: ByteBudget | None = None):
         self.config = config
         self.clock = clock
+        self.budget = budget or ByteBudget()
+        self.budget.caches.append(self)
+        self.bytes = 0
         self._success: OrderedDict[bytes, Entry] = OrderedDict()
         self._denial: OrderedDict[bytes, Entry] = OrderedDict()
         self._stale_for = config.serve_stale.duration if config.serve_stale else 0.0
@@ -50,6 +77,8 @@ class Cache:
         self.served_stale = 0
         self.prefetches = 0
         self.drops = 0  # replies not cached because they were truncated
+        self.too_big = 0  # replies not cached because their records exceed max_item
+        self.budget_evictions = 0  # evicted to stay within the byte budget
 
     def __len__(self) -> int:
         return len(self._success) + len(self._denial)
@@ -69,7 +98,7 @@ class Cache:
         now = self.clock()
         if now >= entry.expires:
             return None  # expired: the slow path decides (stale, refresh, evict)
-        lru.move_to_end(key)
+        entry.visited = True
         self.hits[entry.kind] += 1
         if self._prefetch_pct and not entry.refreshing:
             self._consider_prefetch(entry, now)
@@ -101,13 +130,14 @@ class Cache:
             return None, None
         now = self.clock()
         if now < entry.expires:
-            lru.move_to_end(key)
+            entry.visited = True
             self.hits[entry.kind] += 1
             return entry, FRESH
         if now < entry.expires + self._stale_for and entry.kind != SERVFAIL_KIND:
-            lru.move_to_end(key)
+            entry.visited = True
             return entry, STALE
         del lru[key]
+        self.bytes -= entry.size
         self.misses += 1
         return None, None
 
@@ -134,6 +164,9 @@ class Cache:
     def insert(self, key: bytes, reply: Reply) -> Entry | None:
         if reply.truncated:
             self.drops += 1
+        if len(reply.tail) > self.budget.max_item:
+            self.too_big += 1
+            return None
         decision = self.classify(reply)
         if decision is None:
             return None
@@ -146,17 +179,44 @@ class Cache:
 
     def put(self, entry: Entry) -> None:
         key = entry.key
-        self._success.pop(key, None)
-        self._denial.pop(key, None)
+        for lru in (self._success, self._denial):
+            old = lru.pop(key, None)
+            if old is not None:
+                self.bytes -= old.size
         if entry.kind == SUCCESS:
             lru, cap = self._success, self.config.success.capacity
         else:
             lru, cap = self._denial, self.config.denial.capacity
         lru[key] = entry
+        self.bytes += entry.size
         self.inserts += 1
         while len(lru) > cap:
-            _, old = lru.popitem(last=False)
-            self.evictions[old.kind] += 1
+            self._evict_one(lru)
+        if self.budget.used > self.budget.limit:
+            while self.budget.used > self.budget.limit and len(self):
+                self._evict_one(self._success if len(self._success) >= len(self._denial) else self._denial)
+                self.budget_evictions += 1
+
+    def _evict_one(self, lru: OrderedDict) -> None:
+        """Second chance: visited entries move to the young end, cleared; the
+        first unvisited one goes (bounded: at most one pass over the map)."""
+        for _ in range(len(lru)):
+            key, entry = lru.popitem(last=False)
+            if entry.visited:
+                entry.visited = False
+                lru[key] = entry
+                continue
+            self.bytes -= entry.size
+            self.evictions[entry.kind] += 1
+            return
+        key, entry = lru.popitem(last=False)  # everything was visited: the oldest goes
+        self.bytes -= entry.size
+        self.evictions[entry.kind] += 1
+
+    def detach(self) -> None:
+        """This cache is going away (a reload replaced it): stop counting its bytes."""
+        if self in self.budget.caches:
+            self.budget.caches.remove(self)
 
     def entries(self):
         """All entries (for snapshots and tests), least recently used first."""
@@ -166,6 +226,7 @@ class Cache:
     def clear(self) -> None:
         self._success.clear()
         self._denial.clear()
+        self.bytes = 0
 
 
 def _clamp(value: int, low: int, high: int) -> int:

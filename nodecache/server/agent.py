@@ -16,6 +16,7 @@ import time
 
 from ..config.model import Config
 from .block import Block
+from ..cache.store import ByteBudget
 from .admission import Admission
 from .dispatch import Dispatcher
 from ..observe.stats import ListenerStats
@@ -111,12 +112,13 @@ def _blocks_for(blocks: list[Block], addr: str, port: int) -> list[Block]:
 
 class Agent:
     def __init__(self, config: Config, clock=time.monotonic, tcp_limits: TcpLimits | None = None,
-                 admission: Admission | None = None):
+                 admission: Admission | None = None, budget: ByteBudget | None = None):
         self.config = config
         self.clock = clock
         self.tcp_limits = tcp_limits or TcpLimits()
         self.admission = admission or Admission()  # one for the whole agent
-        self.blocks = [Block(b, clock) for b in config.blocks]
+        self.budget = budget or ByteBudget()        # likewise: every cache's bytes together
+        self.blocks = [Block(b, clock, self.budget) for b in config.blocks]
         self.listeners: list[Listener] = [
             Listener(addr, port, _blocks_for(self.blocks, addr, port), self.tcp_limits, self.admission)
             for addr, port in config.listeners]
@@ -197,8 +199,11 @@ class Agent:
         New listeners must bind before anything changes: if one cannot,
         the reload fails and the old configuration stays.
         """
-        blocks = [Block(b, self.clock) for b in config.blocks]
+        blocks = [Block(b, self.clock, self.budget) for b in config.blocks]
         old_by_zone = {block_id(b): b for b in self.blocks}
+        for old in self.blocks:
+            if old.cache is not None:
+                old.cache.detach()  # its entries move (or go): count them once, in the new caches
         for block in blocks:
             old = old_by_zone.get(block_id(block))
             if old is not None and old.cache is not None and block.cache is not None:

@@ -26,7 +26,7 @@ log = logging.getLogger("nodecache.server")
 
 
 class Block:
-    def __init__(self, cfg: ServerBlock, clock=time.monotonic):
+    def __init__(self, cfg: ServerBlock, clock=time.monotonic, budget=None):
         self.cfg = cfg
         self.stages: list[Stage] = []
         self.cache_stage = self.forward_stage = None
@@ -35,7 +35,7 @@ class Block:
         if cfg.log:
             self.stages.append(LogStage(cfg.log))
         if cfg.cache:
-            self.cache_stage = CacheStage(cfg.cache, cfg.zones, clock)
+            self.cache_stage = CacheStage(cfg.cache, cfg.zones, clock, budget)
             self.stages.append(self.cache_stage)
         if cfg.forward:
             self.forward_stage = ForwardStage(cfg.forward)

@@ -16,7 +16,7 @@ import asyncio
 import logging
 
 from ..cache.entry import Entry
-from ..cache.store import FRESH, STALE, Cache
+from ..cache.store import FRESH, STALE, ByteBudget, Cache
 from ..config.model import CacheConfig
 from ..dns.wire import RD, SERVFAIL, encode_name, make_query, parse_query
 from .base import Answer, Request, Stage, in_zone
@@ -27,9 +27,9 @@ log = logging.getLogger("nodecache.cache")
 class CacheStage(Stage):
     name = "cache"
 
-    def __init__(self, cfg: CacheConfig, block_zones: tuple[str, ...], clock):
+    def __init__(self, cfg: CacheConfig, block_zones: tuple[str, ...], clock, budget: ByteBudget | None = None):
         self.cfg = cfg
-        self.cache = Cache(cfg, clock)
+        self.cache = Cache(cfg, clock, budget)
         self.cache.on_prefetch = self._refresh_soon
         self.zones = [encode_name(z) for z in (cfg.zones or block_zones)]
         self.everything = b"\x00" in self.zones  # the root zone: no per-query check
@@ -104,3 +104,4 @@ class CacheStage(Stage):
     def close(self) -> None:
         for task in self.tasks:
             task.cancel()
+        self.cache.detach()

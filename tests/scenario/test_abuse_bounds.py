@@ -197,3 +197,20 @@ def test_soft_descriptor_limit_is_raised_to_the_hard_limit():
         assert old == min(1024, hard) and resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_reload_moves_cache_entries_and_counts_their_bytes_once():
+    from nodecache.config.plugins import parse_config
+    from nodecache.demo import COREFILE
+
+    async def go():
+        async with node(CLUSTER) as n:
+            for i in range(30):
+                await n.udp(build(f"svc-{i}.default.svc.cluster.local", QTYPE.A))
+            before = n.agent.budget.used
+            entries = sum(len(b.cache) for b in n.agent.blocks if b.cache is not None)
+            text = COREFILE.format(port=n.port, upstream=n.up.port)
+            await n.agent.reload(parse_config(text, "reloaded"))
+            after = sum(len(b.cache) for b in n.agent.blocks if b.cache is not None)
+            assert after == entries == 30 and n.agent.budget.used == before > 0
+    run(go())

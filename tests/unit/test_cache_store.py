@@ -2,7 +2,7 @@
 serve-stale and prefetch decisions. No sleeps."""
 from dnslib import QTYPE, DNSRecord
 
-from nodecache.cache.store import FRESH, STALE, Cache
+from nodecache.cache.store import FRESH, STALE, ByteBudget, Cache
 from nodecache.config.model import CacheClass, CacheConfig, Prefetch, ServeStale
 from nodecache.dns.reply import analyse
 from nodecache.dns.wire import make_query, question_bytes, scan
@@ -87,12 +87,12 @@ def test_servfail_cached_for_configured_duration():
     assert put(off, "sf.", analyse(reply_to(query("sf."), rcode=2))) is None
 
 
-def test_lru_eviction_order():
+def test_eviction_gives_an_entry_that_was_hit_a_second_chance():
     cache = Cache(CacheConfig(success=CacheClass(capacity=3)), FakeClock())
     for name in ("a.", "b.", "c."):
         put(cache, name, answer(name))
-    assert hit(cache, "a.")            # a is now most recently used
-    put(cache, "d.", answer("d."))     # evicts b, the least recently used
+    assert hit(cache, "a.")            # a is marked visited (no reordering on the hit)
+    put(cache, "d.", answer("d."))     # a gets a second chance; b, the oldest unvisited, goes
     assert hit(cache, "b.") is None
     assert all(hit(cache, n) for n in ("a.", "c.", "d."))
     assert cache.evictions[0] == 1 and cache.sizes() == (3, 0)
@@ -166,3 +166,49 @@ def test_lookup_counts_hits_and_misses():
     assert cache.lookup(key) == (None, None) and cache.misses == 1
     put(cache, "m.", answer("m."))
     assert cache.lookup(key)[1] == FRESH and cache.hits[0] == 1
+
+
+def test_a_scan_of_one_hit_names_does_not_evict_a_popular_entry():
+    cache = Cache(CacheConfig(success=CacheClass(capacity=3)), FakeClock())
+    put(cache, "popular.", answer("popular."))
+    for i in range(50):
+        assert hit(cache, "popular.")
+        put(cache, f"once-{i}.", answer(f"once-{i}."))
+    assert hit(cache, "popular.") and cache.sizes() == (3, 0) and cache.evictions[0] == 48
+
+
+def test_byte_budget_is_shared_by_every_cache_and_evicts_to_stay_within_it():
+    budget = ByteBudget(limit=20_000)
+    one, two = (Cache(CacheConfig(), FakeClock(), budget) for _ in range(2))
+    for i in range(30):
+        put(one, f"one-{i}.", answer(f"one-{i}."))
+    held = one.bytes
+    for i in range(100):
+        put(two, f"two-{i}.", answer(f"two-{i}."))
+        assert budget.used <= budget.limit
+    assert two.budget_evictions > 0 and one.bytes == held   # the inserting cache made room
+    assert budget.used == one.bytes + two.bytes == sum(e.size for c in (one, two) for e in c.entries())
+    one.detach()
+    assert budget.used == two.bytes
+
+
+def test_reply_over_max_item_is_not_cached():
+    cache = Cache(CacheConfig(), FakeClock(), ByteBudget(max_item=100))
+    big = analyse(reply_to(query("big."), *(a_record("big.", f"10.0.0.{i}") for i in range(1, 20))))
+    assert len(big.tail) > 100
+    assert put(cache, "big.", big) is None and cache.too_big == 1 and len(cache) == 0
+    assert put(cache, "small.", answer("small.")) is not None
+
+
+def test_bytes_follow_replacement_expiry_and_clear():
+    clock = FakeClock()
+    cache = Cache(CacheConfig(), clock)
+    put(cache, "a.", answer("a.", ttl=5))
+    first = cache.bytes
+    put(cache, "a.", answer("a.", ttl=5))          # replaced, not added
+    assert cache.bytes == first
+    clock.advance(10)
+    assert cache.lookup(scan(query("a."))[0]) == (None, None) and cache.bytes == 0  # dropped when past serving
+    put(cache, "b.", answer("b."))
+    cache.clear()
+    assert cache.bytes == 0

@@ -67,7 +67,7 @@ def test_garbled_snapshots_are_refused(mangle):
     # a garble that still parses must not produce unusable entries
     for entries in out.values():
         for e in entries:
-            assert all(o + 4 <= len(e.src) for o in e.offsets)
+            assert all(o + 4 <= len(e.tail) for o in e.offsets)
 
 
 def test_random_garbage_never_crashes():
