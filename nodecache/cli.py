@@ -88,6 +88,9 @@ def parser() -> argparse.ArgumentParser:
                           "more are REFUSED (default 4096)")
     run.add_argument("-max-inflight-per-client", dest="max_inflight_per_client", type=int, default=512,
                      help="the share of -max-inflight one client address may hold (default 512)")
+    run.add_argument("-miss-rate-per-client", dest="miss_rate_per_client", type=float, default=1000.0,
+                     help="queries per second one client address may send that are not cache hits; "
+                          "more are REFUSED; 0: no limit (default 1000)")
     run.add_argument("-cache-bytes", dest="cache_bytes", type=_size, default=64 << 20,
                      help="bytes all caches together may hold (records + ~400 B per entry); "
                           "oldest unused entries go first (default 64Mi)")
@@ -311,7 +314,8 @@ def cmd_run(args) -> int:
     params = RunParams(args.conf, args.basecorefile, args.kubednscm, args.upstreamsvc, ips, node,
                        args.pidfile, args.configsync, args.metrics_listen, args.dns_port,
                        args.handoff, args.handoff_dir, args.drain, args.handoff_grace,
-                       args.max_inflight, args.max_inflight_per_client, args.cache_bytes,
+                       args.max_inflight, args.max_inflight_per_client, args.miss_rate_per_client,
+                       args.cache_bytes,
                        args.cache_max_item, args.cache_file,
                        args.status_socket, tuple(problems))
     source = ConfigSource(params, dict(os.environ))

@@ -18,6 +18,7 @@ configuration stays.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import ipaddress
 import logging
@@ -67,6 +68,7 @@ class RunParams:
     handoff_grace: float = 10.0
     max_inflight: int = 4096
     max_inflight_per_client: int = 512
+    miss_rate_per_client: float = 1000.0
     cache_bytes: int = 64 << 20
     cache_max_item: int = 16 << 10
     cache_file: str = ""
@@ -171,7 +173,8 @@ async def run_node(params: RunParams, source: ConfigSource, config: Config) -> i
             log.error("handoff from the running agent failed (%s); it keeps serving. Exiting.", exc)
             return 1
     await node.run(node.ensure_interface)
-    agent = Agent(config, admission=Admission(params.max_inflight, params.max_inflight_per_client),
+    agent = Agent(config, admission=Admission(params.max_inflight, params.max_inflight_per_client,
+                                              params.miss_rate_per_client),
                   budget=ByteBudget(params.cache_bytes, params.cache_max_item))
     rt = Runtime(agent, node)
     # decode the snapshot before serving (in a thread: the donor serves meanwhile)
@@ -212,6 +215,7 @@ async def run_node(params: RunParams, source: ConfigSource, config: Config) -> i
     if params.pidfile:
         _write_pidfile(params.pidfile)
     await node.run(node.ensure_rules)
+    _tune_gc()
     if params.node.setup_iptables:
         log.info("%d rules in place for %s", len(node.rules), ", ".join(params.local_ips) or "no local IP")
     stop = asyncio.Event()
@@ -310,7 +314,7 @@ async def _resume(rt: Runtime, state: _State, params: RunParams, source: ConfigS
     t0 = time.monotonic()
     old = rt.agent
     agent = Agent(old.config, tcp_limits=old.tcp_limits,
-                  admission=Admission(old.admission.total, old.admission.per_client),
+                  admission=Admission(old.admission.total, old.admission.per_client, old.admission.rate),
                   budget=ByteBudget(old.budget.limit, old.budget.max_item))
     agent.restore(dict(old.snapshot_blocks()))
     await agent.start({(a, p, k): s for a, p, k, s in spare if k != "http"})
@@ -343,6 +347,21 @@ async def _handed_off(rt: Runtime, state: _State, params: RunParams) -> None:
     drained.set()
     if state.exit_after_handoff:
         state.stop.set()  # the stop we were asked for earlier
+
+
+def _tune_gc() -> None:
+    """Full garbage collections scan every tracked object: modules, config,
+    and every cache entry, which at 10k+ entries is a pause of tens of ms for
+    every client (measured: a client sweeping QTYPEs pushed other clients'
+    cache-hit p99 from 2 ms to 88 ms, all of it in gen-2 collections).
+    What exists once we serve lives as long as the process: freeze it (never
+    scanned again), and run full collections 100x less often. Young
+    collections still reclaim the short-lived cycles of the slow path
+    (tasks, exceptions); older cycles are still collected, only later."""
+    gc.collect()
+    gc.freeze()
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, 1000)
 
 
 def _reload_interval(config: Config, default: float) -> float:

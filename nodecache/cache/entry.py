@@ -20,6 +20,8 @@ entries answering one A record share one table of a few heads.
 """
 from __future__ import annotations
 
+from array import array
+
 from ..dns.reply import Reply
 from ..dns.wire import AD, CD, OPT_DO, OPT_PLAIN, RD, TC
 
@@ -30,9 +32,17 @@ _ECHO = RD | CD
 _VARIANT = RD | CD | AD  # client flag bits that change our header; edns + 1 (0..2) fits below
 _OPT = (b"", OPT_PLAIN, OPT_DO)  # what follows the tail, by the client's edns + 1
 MAX_SHAPES = 4096  # beyond this (an upstream inventing counts), entries get a private shape
-# Bytes an entry costs beyond its key and tail (measured by bench/memory.py's
-# per-entry figure and the unit test of it): the budget counts with it.
+# Bytes an entry costs beyond its key and tail, and per record (its TTL
+# offset and value), as tracemalloc measures them (tests/unit/test_entry_size):
+# the cache's byte budget counts with these.
 ENTRY_OVERHEAD = 400
+PER_RECORD_SMALL, PER_RECORD_ARRAY, SMALL_RECORDS = 48, 6, 8
+
+
+def _compact(values, typecode: str):
+    """A few values as a tuple (cheapest to iterate), many as a packed array
+    (an int object per value would cost 28+ bytes each)."""
+    return tuple(values) if len(values) <= SMALL_RECORDS else array(typecode, values)
 
 
 class Shape:
@@ -81,15 +91,15 @@ class Entry:
         # kept for an uncached truncated reply (never cached) so that the
         # client retries over TCP (RFC 7766 §5).
         self.shape = shape_for(0x8080 | (reply.flags & (AD | TC | 0xF)), reply.counts)
-        self.offsets = reply.ttl_offsets
-        self.ttls = tuple(min(t, ttl) for t in reply.ttls)
+        self.offsets = _compact(reply.ttl_offsets, "H")  # < 64 KiB: offsets inside one message
+        self.ttls = _compact([min(t, ttl) for t in reply.ttls], "I")
         self.stored = now
         self.ttl = ttl
         self.expires = now + ttl
         self.age = 0
         self.next_tick = now + 1
         self.tail = reply.tail
-        if self.ttls != reply.ttls:
+        if tuple(self.ttls) != reply.ttls:
             self.tail = self._render_tail(0)
         self.last_hit = now
         self.streak = 0
@@ -103,7 +113,9 @@ class Entry:
     @property
     def size(self) -> int:
         """What the entry costs, for the cache's byte budget."""
-        return ENTRY_OVERHEAD + len(self.key) + len(self.tail)
+        n = len(self.offsets)
+        return (ENTRY_OVERHEAD + len(self.key) + len(self.tail)
+                + n * (PER_RECORD_SMALL if n <= SMALL_RECORDS else PER_RECORD_ARRAY))
 
     def _render_tail(self, age: int) -> bytes:
         tail = bytearray(self.tail)

@@ -63,6 +63,7 @@ class DnsCollector:
                                           labels=["reason"])
             refused.add_metric(["client_share"], agent.admission.refused_share)
             refused.add_metric(["capacity"], agent.admission.refused_capacity)
+            refused.add_metric(["client_rate"], agent.admission.refused_rate)
             yield refused
         reload_failed = CounterMetricFamily("coredns_reload_failed", "Counter of the number of failed reload attempts.")
         reload_failed.add_metric([], self.rt.reload_failed)

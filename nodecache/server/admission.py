@@ -9,27 +9,66 @@ at once in the whole agent, and at most ``per_client`` for one client
 address; beyond either the query is answered REFUSED at once (a policy
 refusal, RFC 1035 §4.1.1), without a task. While one client is over its
 share, other clients' misses are still admitted and forwarded.
+
+Concurrency is not the only way to hog a single-threaded agent: one client
+sending thousands of distinct misses a second saturates its CPU (and the
+cluster DNS behind it) even if each finishes quickly. So each client also
+has a token bucket of ``rate`` slow-path starts per second (burst of one
+second's worth); beyond it, REFUSED too. Buckets of clients that have been
+quiet for a second are full and are forgotten when the table grows, so
+spoofed source addresses cannot grow it without bound.
 """
 from __future__ import annotations
 
+import time
+
 DEFAULT_TOTAL = 4096
 DEFAULT_PER_CLIENT = 512
+DEFAULT_RATE = 1000.0  # slow-path starts per second per client
+MAX_BUCKETS = 8192     # then buckets that are full again are forgotten
 
 
 class Admission:
-    __slots__ = ("total", "per_client", "running", "by_client", "refused_share", "refused_capacity")
+    __slots__ = ("total", "per_client", "rate", "running", "by_client", "buckets", "clock",
+                 "refused_share", "refused_capacity", "refused_rate")
 
-    def __init__(self, total: int = DEFAULT_TOTAL, per_client: int = DEFAULT_PER_CLIENT):
+    def __init__(self, total: int = DEFAULT_TOTAL, per_client: int = DEFAULT_PER_CLIENT,
+                 rate: float = DEFAULT_RATE, clock=time.monotonic):
         self.total, self.per_client = total, min(per_client, total)
+        self.rate = rate  # 0: no rate limit
+        self.clock = clock
         self.running = 0
         self.by_client: dict[str, int] = {}
+        self.buckets: dict[str, list] = {}  # client -> [tokens, time of last refill]
         self.refused_share = 0     # nodecache_refused_total{reason="client_share"}
         self.refused_capacity = 0  # nodecache_refused_total{reason="capacity"}
+        self.refused_rate = 0      # nodecache_refused_total{reason="client_rate"}
+
+    def _take_token(self, client: str) -> bool:
+        now = self.clock()
+        bucket = self.buckets.get(client)
+        if bucket is None:
+            if len(self.buckets) >= MAX_BUCKETS:
+                self._forget_full(now)
+            bucket = self.buckets[client] = [self.rate, now]
+        tokens = min(self.rate, bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        if tokens < 1.0:
+            bucket[0] = tokens
+            return False
+        bucket[0] = tokens - 1.0
+        return True
+
+    def _forget_full(self, now: float) -> None:
+        self.buckets = {c: b for c, b in self.buckets.items() if b[0] + (now - b[1]) * self.rate < self.rate}
 
     def admit(self, client: str) -> bool:
         held = self.by_client.get(client, 0)
         if held >= self.per_client:
             self.refused_share += 1
+            return False
+        if self.rate and not self._take_token(client):
+            self.refused_rate += 1
             return False
         if self.running >= self.total:
             self.refused_capacity += 1

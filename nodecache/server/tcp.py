@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections import deque
 
 from ..dns.framing import FrameReader, FrameTooLarge, frame
@@ -35,6 +36,11 @@ from .dispatch import Dispatcher
 log = logging.getLogger("nodecache.tcp")
 MAX_QUERY = 16384
 WRITE_HIGH, WRITE_LOW = 64 * 1024, 16 * 1024
+# Kernel buffers of a client connection: small, so that a client that does
+# not read is noticed (pause_writing) after a few hundred replies rather
+# than after the megabytes an autotuned send buffer absorbs, and one read
+# brings a bounded number of frames. Round trips on a node are sub-ms.
+SOCK_BUFFER = 32 * 1024
 
 
 class TcpLimits:
@@ -98,6 +104,10 @@ class TcpConnection(asyncio.Protocol):
         state.per_client[self.client] = state.per_client.get(self.client, 0) + 1
         state.conns.add(self)
         transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                sock.setsockopt(socket.SOL_SOCKET, opt, SOCK_BUFFER)
         self._arm()
 
     def connection_lost(self, exc):

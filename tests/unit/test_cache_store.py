@@ -212,3 +212,24 @@ def test_bytes_follow_replacement_expiry_and_clear():
     put(cache, "b.", answer("b."))
     cache.clear()
     assert cache.bytes == 0
+
+
+def test_admission_rate_bucket_per_client_refills_and_forgets_quiet_clients():
+    from nodecache.server import admission as adm
+    clock = FakeClock()
+    a = adm.Admission(total=10**6, per_client=10**6, rate=100, clock=clock)
+    took = sum(1 for _ in range(150) if a.admit("hog") and (a.release("hog") or True))
+    assert took == 100 and a.refused_rate == 50          # a burst of one second's worth
+    assert a.admit("other")                               # other clients have their own bucket
+    clock.advance(0.5)
+    took = sum(1 for _ in range(100) if a.admit("hog") and (a.release("hog") or True))
+    assert took == 50                                     # refilled at the rate
+    clock.advance(5)
+    old = adm.MAX_BUCKETS
+    try:
+        adm.MAX_BUCKETS = 3
+        for c in ("x", "y", "z"):
+            a.admit(c)
+        assert len(a.buckets) <= 3                        # full (quiet) buckets were forgotten
+    finally:
+        adm.MAX_BUCKETS = old
