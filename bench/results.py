@@ -28,6 +28,15 @@ every query is a miss, as for expired and new names on a node). Server CPU
 (utime+stime from /proc) per answered query; servers alternate, 3 rounds of
 5 s, median, the runs listed beside it. Target: at most 1.5x unbound."""
 
+ABUSE_METHOD = """\
+`bench/abuse.py`: a fresh `nodecache run` per scenario (pinned to CPU 0; the
+emulated upstream, the clients and the abuser on CPU 1, the abuser in a
+process of its own). A well-behaved client on 127.0.0.2 sends 200 queries/s
+(90% cached, 10% new names) and a TCP query each second; the hostile client
+on 127.0.0.1 runs one abuse for 8 s. VmRSS sampled every 100 ms; hit latency
+is the agent's, miss latency includes the shared single-threaded upstream,
+which the abuser loads too."""
+
 SECTIONS = [
     ("Cost of a cache hit", ["bench/hotpath.py", "--rounds", "5"], """\
 1. *Handler only*: `Dispatcher.fast` (what `datagram_received` runs: scan in
@@ -55,6 +64,7 @@ The last line runs dnsperf and our generator the same way (one core, 64 in
 flight) against nodecache."""),
     ("Cost of a cache miss", ["-m", "nodecache_bench.cli", "compare", "--scenarios", "", "--misses",
                               "1000,5000", "--duration", "5", "--rounds", "3"], MISS_METHOD),
+    ("One hostile client: memory and fairness", ["bench/abuse.py", "--seconds", "8"], ABUSE_METHOD),
     ("Hot handoff", ["bench/handoff.py", "--handoffs", "30"], """\
 (1) In one process, an agent whose cache holds N entries publishes its
 handoff socket and a heir takes over in a thread (connect to END = donor
