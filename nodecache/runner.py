@@ -133,7 +133,8 @@ class ConfigSource:
         stubs, upstreams = {}, []
         if self.kubedns_cm:
             try:
-                stubs, upstreams = read_kubedns_configmap(self.kubedns_cm)
+                stubs, upstreams, problems = read_kubedns_configmap(self.kubedns_cm)
+                self.problems.extend(problems)
             except ConfigMapError as exc:
                 if strict:
                     raise
@@ -397,6 +398,13 @@ async def _watch_config(source: ConfigSource, rt: Runtime, params: RunParams, no
             rt.reload_failed += 1
             rt.node.count("configmap", f"new configuration rejected, keeping the running one: {exc}")
             continue
+        except Exception as exc:  # a bug must not end reloading for good: say so, keep the running one
+            rt.reload_failed += 1
+            log.exception("reloading the configuration failed unexpectedly; keeping the running one")
+            rt.node.count("configmap", f"new configuration failed: {type(exc).__name__}: {exc}")
+            continue
+        for problem in getattr(source, "problems", []):
+            rt.node.count("configmap", problem)
         await rt.reconfigure_http(config, params.metrics_listen)
         log.info("configuration reloaded (%d server blocks)", len(config.blocks))
 

@@ -150,7 +150,12 @@ def _server_block(cur: _Cursor) -> ServerBlockSyntax:
     return ServerBlockSyntax(tuple(keys), _body(cur, open_tok), first.line)
 
 
-def _body(cur: _Cursor, open_tok: Token) -> tuple[Directive, ...]:
+MAX_DEPTH = 8  # blocks inside blocks; real Corefiles use 2 or 3
+
+
+def _body(cur: _Cursor, open_tok: Token, depth: int = 1) -> tuple[Directive, ...]:
+    if depth > MAX_DEPTH:
+        raise cur.error(open_tok.line, f"blocks nested more than {MAX_DEPTH} deep")
     directives = []
     while True:
         tok = cur.peek()
@@ -161,10 +166,10 @@ def _body(cur: _Cursor, open_tok: Token) -> tuple[Directive, ...]:
             return tuple(directives)
         if _is_open(tok):
             raise cur.error(tok.line, "unexpected '{'")
-        directives.append(_directive(cur))
+        directives.append(_directive(cur, depth))
 
 
-def _directive(cur: _Cursor) -> Directive:
+def _directive(cur: _Cursor, depth: int = 1) -> Directive:
     name = cur.take()
     args = []
     body = None
@@ -176,7 +181,7 @@ def _directive(cur: _Cursor) -> Directive:
             break
         if _is_open(tok):
             cur.take()
-            body = _body(cur, tok)
+            body = _body(cur, tok, depth + 1)
             break
         args.append(cur.take())
     return Directive(name.text, tuple(args), body, name.line)

@@ -86,6 +86,9 @@ def normalize_zone(ctx: _Ctx, tok: Token, text: str | None = None) -> str:
         zone = zone[6:]
     zone = zone.rstrip(".") + "."
     labels = zone[:-1].split(".") if zone != "." else []
+    if not zone.isascii() or not zone.isprintable():
+        raise ctx.error(tok.line, f"invalid zone {tok.text!r}: write a non-ASCII name in its IDNA form "
+                                  f"(xn--...); control characters are not allowed")
     if "/" in zone or any(not 0 < len(label) < 64 for label in labels) or len(zone) > 254:
         raise ctx.error(tok.line, f"invalid zone {tok.text!r}")
     return zone

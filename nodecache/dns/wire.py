@@ -277,7 +277,10 @@ def encode_name(name: str) -> bytes:
         return b"\x00"
     out = bytearray()
     for label in name.split("."):
-        raw = label.encode("ascii")
+        try:
+            raw = label.encode("ascii")
+        except UnicodeEncodeError:
+            raise ValueError(f"not an ASCII name: {name!r} (use its IDNA form)") from None
         if not 0 < len(raw) < 64:
             raise ValueError(f"bad label in {name!r}")
         out.append(len(raw))

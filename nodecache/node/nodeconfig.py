@@ -55,17 +55,67 @@ def cluster_dns_ip(service: str, env: dict[str, str]) -> str | None:
         return None
 
 
-def read_kubedns_configmap(directory: str | Path) -> tuple[dict[str, list[str]], list[str]]:
-    """(stubDomains, upstreamNameservers) from a mounted kube-dns ConfigMap."""
+def read_kubedns_configmap(directory: str | Path) -> tuple[dict[str, list[str]], list[str], list[str]]:
+    """(stubDomains, upstreamNameservers, problems) from a mounted kube-dns
+    ConfigMap. A file that is not the JSON it should be raises
+    ConfigMapError; a single bad value (a server that is a hostname, a
+    domain that is not a DNS name) is left out and said in ``problems``,
+    as node-cache does, so one bad entry never takes the node's DNS down."""
     d = Path(directory)
     stubs = _json_file(d / "stubDomains", dict)
     upstreams = _json_file(d / "upstreamNameservers", list)
+    problems: list[str] = []
+    good_stubs: dict[str, list[str]] = {}
     for domain, servers in stubs.items():
-        if not isinstance(servers, list) or not servers or not all(isinstance(s, str) for s in servers):
-            raise ConfigMapError(f"stubDomains[{domain!r}] must be a non-empty list of servers")
-    if not all(isinstance(s, str) for s in upstreams):
-        raise ConfigMapError("upstreamNameservers must be a list of strings")
-    return stubs, upstreams
+        why = _bad_domain(domain)
+        if why is None and (not isinstance(servers, list) or not servers):
+            why = "must map to a non-empty list of servers"
+        if why is None:
+            bad = [s for s in servers if _bad_server(s)]
+            if bad:
+                why = f"servers must be IP or IP:port, not {', '.join(map(repr, bad))}"
+        if why is not None:
+            problems.append(f"stubDomains[{domain!r}] ignored: {why}")
+            continue
+        good_stubs[domain] = servers
+    good_upstreams = []
+    for server in upstreams:
+        if _bad_server(server):
+            problems.append(f"upstreamNameservers entry {server!r} ignored: not IP or IP:port")
+        else:
+            good_upstreams.append(server)
+    if upstreams and not good_upstreams:
+        problems.append("no usable upstreamNameservers: using the node's resolv.conf")
+    return good_stubs, good_upstreams, problems
+
+
+_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+
+
+def _bad_domain(domain) -> str | None:
+    if not isinstance(domain, str):
+        return "not a string"
+    labels = domain.rstrip(".").split(".")
+    if not domain.rstrip(".") or len(domain.rstrip(".")) > 253 or not all(_LABEL.match(x) for x in labels):
+        return "not a DNS name (letters, digits, '-', '_' in labels of 1-63; IDNA for others)"
+    return None
+
+
+def _bad_server(server) -> bool:
+    if not isinstance(server, str):
+        return True
+    text = server.strip()
+    host, port = text, "53"
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ("53" if not rest else "x")
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return True
+    return not (port.isdigit() and 0 < int(port) < 65536)
 
 
 def _json_file(path: Path, kind: type):

@@ -92,3 +92,36 @@ def test_broken_new_corefile_keeps_the_running_one(tmp_path):
             finally:
                 watcher.cancel()
     run(go())
+
+
+def test_an_unexpected_error_while_reloading_does_not_end_reloading(tmp_path, monkeypatch):
+    async def go():
+        async with node(COREFILE.replace("{ttl}", "30")) as n:
+            conf = tmp_path / "Corefile"
+            good = COREFILE.format(port=n.port, up0=n.up.port, ttl=30)
+            conf.write_text(good)
+            params = RunParams(conf=str(conf), base_corefile=str(tmp_path / "absent"), config_sync=0.05,
+                               metrics_listen="")
+            source = ConfigSource(params, {})
+            real_load, calls = source.load, []
+
+            def load(strict=True):
+                calls.append(1)
+                if len(calls) == 1:
+                    raise RecursionError("maximum recursion depth exceeded")
+                return real_load(strict)
+            monkeypatch.setattr(source, "load", load)
+            setup = NodeSetup(NodeParams((), setup_interface=False, setup_iptables=False), {})
+            rt = Runtime(n.agent, setup)
+            watcher = asyncio.get_running_loop().create_task(_watch_config(source, rt, params, asyncio.Event()))
+            try:
+                await asyncio.sleep(0.1)
+                conf.write_text(good.replace("cache 30", "cache 40"))
+                await asyncio.sleep(0.2)
+                assert rt.reload_failed == 1 and not watcher.done()
+                conf.write_text(good.replace("cache 30", "cache 45"))
+                await asyncio.sleep(0.2)
+                assert n.agent.blocks[0].cfg.cache.success.max_ttl == 45  # still reloading
+            finally:
+                watcher.cancel()
+    run(go())

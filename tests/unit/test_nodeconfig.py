@@ -4,6 +4,7 @@ import json
 import pytest
 
 from nodecache.cli import parser
+from nodecache.config.corefile import CorefileError
 from nodecache.config.plugins import parse_config
 from nodecache.node.nodeconfig import (ConfigMapError, cluster_dns_ip, read_kubedns_configmap,
                                        render_corefile, service_env)
@@ -58,14 +59,47 @@ def test_upstream_nameservers_switch_to_udp_and_stub_domains_become_blocks():
 def test_kubedns_configmap_files(tmp_path):
     (tmp_path / "stubDomains").write_text(json.dumps({"acme.local": ["1.2.3.4"]}))
     (tmp_path / "upstreamNameservers").write_text('["8.8.8.8"]')
-    assert read_kubedns_configmap(tmp_path) == ({"acme.local": ["1.2.3.4"]}, ["8.8.8.8"])
-    assert read_kubedns_configmap(tmp_path / "absent") == ({}, [])
+    assert read_kubedns_configmap(tmp_path) == ({"acme.local": ["1.2.3.4"]}, ["8.8.8.8"], [])
+    assert read_kubedns_configmap(tmp_path / "absent") == ({}, [], [])
     (tmp_path / "stubDomains").write_text("{not json")
     with pytest.raises(ConfigMapError, match="invalid JSON"):
         read_kubedns_configmap(tmp_path)
-    (tmp_path / "stubDomains").write_text('{"a.b": []}')
-    with pytest.raises(ConfigMapError, match="non-empty list"):
-        read_kubedns_configmap(tmp_path)
+
+
+def test_kubedns_configmap_bad_values_are_left_out_one_by_one(tmp_path):
+    (tmp_path / "stubDomains").write_text(json.dumps({
+        "acme.local": ["dns.acme.local"],            # a hostname: node-cache ignores it
+        "bücher.example": ["1.2.3.4"],               # not a DNS name
+        "evil.\n}\n. {\n forward . 6.6.6.6": ["1.2.3.4"],  # Corefile injection
+        "a.b": [],
+        "good.local": ["10.0.0.5:5353", "[fd00::5]:53"]}))
+    (tmp_path / "upstreamNameservers").write_text('["8.8.8.8", "resolver.example", "1.1.1.1:99999"]')
+    stubs, upstreams, problems = read_kubedns_configmap(tmp_path)
+    assert stubs == {"good.local": ["10.0.0.5:5353", "[fd00::5]:53"]} and upstreams == ["8.8.8.8"]
+    assert len(problems) == 6 and all("ignored" in p for p in problems)
+
+
+def test_a_bad_configmap_value_never_stops_startup(tmp_path):
+    (tmp_path / "Corefile.base").write_text(BASE)
+    cm = tmp_path / "cm"
+    cm.mkdir()
+    (cm / "stubDomains").write_text(json.dumps({"acme.local": ["dns.acme.local"]}))
+    source = ConfigSource(_params(tmp_path), {"KUBE_DNS_UPSTREAM_SERVICE_HOST": "10.96.0.11"})
+    config = source.load(strict=True)
+    assert not any("acme.local." in b.zones for b in config.blocks)
+    assert source.problems and "acme.local" in source.problems[0]
+
+
+def test_non_ascii_or_control_characters_in_a_zone_are_a_clear_corefile_error():
+    for zone in ("bücher.example", "a\x01b.example"):
+        with pytest.raises(CorefileError, match="invalid zone"):
+            parse_config(f"{zone}:53 {{\n forward . 1.1.1.1\n}}\n")
+
+
+def test_deep_nesting_is_a_clear_corefile_error():
+    text = ".:53 {\n" + "a {\n" * 50 + "}\n" * 51
+    with pytest.raises(CorefileError, match="nested more than"):
+        parse_config(text)
 
 
 def _params(tmp_path, **kw):
