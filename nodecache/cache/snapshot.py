@@ -1,25 +1,36 @@
 """Cache snapshots: entries to bytes and back, for the hot handoff and for
 saving the cache across a restart. Pure functions, versioned format.
 
-Layout: ``MAGIC`` (4 bytes, carries the version), then records. A record is
+Layout: ``MAGIC`` (4 bytes, carries the format), then records. A record is
 a block id (the server block's zones and port, so entries return to the
 block that serves the same zones) followed by its entries. Each entry
 stores what ``Entry`` needs, with *relative* times: how old it is and how
 long it has left (in milliseconds), so the receiver's clock, which need
-not match ours, places it correctly. Everything is length-prefixed; a
-truncated or garbled snapshot raises ``SnapshotError`` and the receiver
-starts with an empty cache rather than a wrong one.
+not match ours, places it correctly. Everything is length-prefixed.
+
+Format 2 wraps the records in frames (u32 length, u32 CRC-32, records; a
+record never spans frames), so a flipped bit anywhere is found before any
+entry of that frame is used: a cache file on a bad disk is not served as
+answers. Format 1 (no frames) is still read and written, for a heir of an
+older release (the handoff negotiates the format).
+
+``decode`` has one guard: whatever the bytes (truncated, garbled, hostile),
+it returns entries or raises ``SnapshotError``, never another exception,
+so a bad cache file means a cold start, not a crash loop.
 """
 from __future__ import annotations
 
 import struct
+import zlib
 from typing import Iterable, Iterator
 
 from ..dns.reply import Reply
 from .entry import Entry
 
 MAGIC = b"NCS\x01"
-FORMATS = (1,)  # snapshot formats this release reads and writes (MAGIC's last byte)
+MAGIC2 = b"NCS\x02"
+FORMATS = (1, 2)  # snapshot formats this release reads and writes (MAGIC's last byte)
+_FRAME = struct.Struct("!II")  # length, CRC-32 of the records that follow
 
 
 def negotiate(offered) -> int | None:
@@ -53,20 +64,31 @@ def encode_entry(entry: Entry, now: float) -> bytes:
     return b"".join(parts)
 
 
-def encode(blocks: Iterable[tuple[str, list[Entry]]], now: float, chunk: int = 60000) -> Iterator[bytes]:
+def encode(blocks: Iterable[tuple[str, list[Entry]]], now: float, chunk: int = 60000,
+           fmt: int = 2) -> Iterator[bytes]:
     """Yield the snapshot in chunks of about ``chunk`` bytes (the first one
-    starts with MAGIC). A block id record is ``B`` + u16 length + id, an
-    entry record ``E`` + the entry."""
-    buf = bytearray(MAGIC)
+    starts with the format's magic). A block id record is ``B`` + u16 length
+    + id, an entry record ``E`` + the entry; in format 2 each chunk is one
+    checksummed frame."""
+    if fmt not in FORMATS:
+        raise ValueError(f"snapshot format {fmt} is not one of {FORMATS}")
+    head = MAGIC2 if fmt == 2 else MAGIC
+    buf = bytearray()
+
+    def emit() -> bytes:
+        nonlocal head
+        out = head + (_FRAME.pack(len(buf), zlib.crc32(buf)) + buf if fmt == 2 else buf)
+        head = b""
+        buf.clear()
+        return bytes(out)
     for block_id, entries in blocks:
         raw = block_id.encode()
         buf += b"B" + _U16.pack(len(raw)) + raw
         for entry in entries:
             buf += b"E" + encode_entry(entry, now)
             if len(buf) >= chunk:
-                yield bytes(buf)
-                buf = bytearray()
-    yield bytes(buf)
+                yield emit()
+    yield emit()
 
 
 class _Reader:
@@ -88,25 +110,54 @@ class _Reader:
 
 
 def decode(data: bytes, now: float) -> dict[str, list[Entry]]:
-    """Entries by block id, recreated against the local clock ``now``."""
-    if not data.startswith(MAGIC):
-        raise SnapshotError("not a nodecache snapshot of this version")
-    r = _Reader(data)
-    r.pos = len(MAGIC)
+    """Entries by block id, recreated against the local clock ``now``.
+    Raises SnapshotError for anything but a well-formed snapshot."""
+    try:
+        if data.startswith(MAGIC2):
+            return _records(_frames(data), now)
+        if data.startswith(MAGIC):
+            return _records([memoryview(data)[len(MAGIC):]], now)
+    except SnapshotError:
+        raise
+    except (struct.error, ValueError, OverflowError, IndexError, TypeError, MemoryError) as exc:
+        raise SnapshotError(f"garbled snapshot: {type(exc).__name__}: {exc}") from exc
+    raise SnapshotError("not a nodecache snapshot of a format this release reads")
+
+
+def _frames(data: bytes) -> list[memoryview]:
+    view, pos, out = memoryview(data), len(MAGIC2), []
+    while pos < len(data):
+        if pos + _FRAME.size > len(data):
+            raise SnapshotError("snapshot truncated in a frame header")
+        length, crc = _FRAME.unpack_from(data, pos)
+        pos += _FRAME.size
+        frame = view[pos:pos + length]
+        if len(frame) != length:
+            raise SnapshotError("snapshot truncated in a frame")
+        if zlib.crc32(frame) != crc:
+            raise SnapshotError(f"snapshot frame at byte {pos} fails its checksum")
+        out.append(frame)
+        pos += length
+    return out
+
+
+def _records(frames, now: float) -> dict[str, list[Entry]]:
     out: dict[str, list[Entry]] = {}
     current: list[Entry] | None = None
-    while r.pos < len(data):
-        tag = r.take(1)
-        if tag == b"B":
-            try:
-                block_id = r.take(r.u16()).decode()
-            except UnicodeDecodeError as exc:
-                raise SnapshotError("garbled block id") from exc
-            current = out.setdefault(block_id, [])
-        elif tag == b"E" and current is not None:
-            current.append(_decode_entry(r, now))
-        else:
-            raise SnapshotError(f"garbled snapshot at byte {r.pos - 1}")
+    for frame in frames:
+        r = _Reader(bytes(frame))
+        while r.pos < len(r.data):
+            tag = r.take(1)
+            if tag == b"B":
+                try:
+                    block_id = r.take(r.u16()).decode()
+                except UnicodeDecodeError as exc:
+                    raise SnapshotError("garbled block id") from exc
+                current = out.setdefault(block_id, [])
+            elif tag == b"E" and current is not None:
+                current.append(_decode_entry(r, now))
+            else:
+                raise SnapshotError(f"garbled snapshot at byte {r.pos - 1}")
     return out
 
 
@@ -119,7 +170,8 @@ def _decode_entry(r: _Reader, now: float) -> Entry:
     offsets = struct.unpack(f"!{n}H", r.take(2 * n))
     ttls = struct.unpack(f"!{n}I", r.take(4 * n))
     tail = r.take(r.u32())
-    if kind > 2 or any(o + 4 > len(tail) for o in offsets) or len(key) < 6:
+    if (kind > 2 or any(o + 4 > len(tail) for o in offsets) or len(key) < 6 or ttl > 0x7FFFFFFF
+            or an + ns + ar != n or ar >= 0xFFFF):  # every record has its TTL offset; room for our OPT
         raise SnapshotError("inconsistent entry")
     reply = Reply(flags, flags & 0xF, key[:-1], 0, (an, ns, ar), tail, offsets, ttls, None, None)
     stored = now - age_ms / 1000

@@ -157,7 +157,7 @@ class Donor:
             sent = 0
             blocks = self.agent.snapshot_blocks() if fmt else []
             entries = sum(len(e) for _, e in blocks)
-            for chunk in snapshot.encode(blocks, self.agent.clock()) if fmt else ():
+            for chunk in snapshot.encode(blocks, self.agent.clock(), fmt=fmt) if fmt else ():
                 await loop.sock_sendall(conn, CHUNK + chunk)
                 sent += len(chunk)
             await loop.sock_sendall(conn, control(END, entries=entries, bytes=sent, format=fmt))
