@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -224,7 +225,9 @@ def cmd_handoff_status(directory: str) -> int:
 
 def cmd_handoff_reload(directory: str, timeout: float) -> int:
     """Start the running agent's own command line again, detached; it takes
-    over through the handoff socket. Exit 0 once it holds the sockets."""
+    over through the handoff socket. Once it holds the sockets, the old
+    process is told to stop (SIGTERM): it keeps its safety net for its
+    handoff grace period, then exits. Exit 0 once the successor serves."""
     import subprocess
     import time
     try:
@@ -242,7 +245,11 @@ def cmd_handoff_reload(directory: str, timeout: float) -> int:
             return 1
         try:
             if handoff_status(directory)["pid"] == heir.pid:
-                print(f"pid {heir.pid} took over from pid {old}")
+                print(f"pid {heir.pid} took over from pid {old}; pid {old} exits after its grace period")
+                try:
+                    os.kill(old, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
                 return 0
         except OSError:
             pass

@@ -182,9 +182,11 @@ class Agent:
         except ListenError:
             if listener.addr != "::":
                 raise
+            # The listener keeps its configured address ("::", every address)
+            # as its identity, so reloads and a heir's lookup of handed-over
+            # sockets still find it; only the socket is IPv4-only.
             log.warning("IPv6 unavailable; listening on 0.0.0.0:%d only", listener.port)
-            listener.addr = "0.0.0.0"
-            udp, tcp = make_sockets(listener.addr, listener.port)
+            udp, tcp = make_sockets("0.0.0.0", listener.port)
         await listener.start(udp, tcp)
         log.info("listening on %s port %d (udp, tcp)", listener.addr, listener.port)
 

@@ -419,3 +419,34 @@ def test_rollback_to_the_previous_release_under_load_loses_nothing(tmp_path):
     assert "took 2 sockets and 400 cache entries" in heir_log, heir_log
     assert load.sent > 3000 and load.unanswered == 0 and load.errors == 0, summary
     assert load.answered == load.sent and load.tcp_answered == load.tcp_sent, summary
+
+
+def test_handoff_reload_replaces_the_process_and_the_old_one_exits(tmp_path, capsys):
+    """`systemctl reload` runs `nodecache handoff reload`: afterwards exactly one agent remains."""
+    from nodecache.cli import handoff_status
+
+    async def go():
+        up, port, conf = await _setup(tmp_path)
+        hdir = tmp_path / "handoff"
+        old = AgentProc(tmp_path, conf, hdir, 0)
+        new_pid = None
+        try:
+            await old.wait_for("serving")
+            await _warm(port)
+            code = await asyncio.to_thread(main, ["handoff", "reload", "-handoff-dir", str(hdir)])
+            assert code == 0
+            new_pid = handoff_status(str(hdir))["pid"]
+            assert new_pid != old.proc.pid
+            for _ in range(100):  # the old one: grace 0.3 s + drain, then gone
+                if old.proc.poll() is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert old.proc.returncode == 0, old.text()
+            assert DNSRecord.parse(await client.udp("127.0.0.1", port, client.build(NAMES[1], 1))).rr
+        finally:
+            old.kill()
+            if new_pid:
+                os.kill(new_pid, 9)
+            await up.server.stop()
+    run(go(), timeout=60)
+    assert "took over from pid" in capsys.readouterr().out

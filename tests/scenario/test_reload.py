@@ -125,3 +125,32 @@ def test_an_unexpected_error_while_reloading_does_not_end_reloading(tmp_path, mo
             finally:
                 watcher.cancel()
     run(go())
+
+
+def test_without_ipv6_the_wildcard_listener_survives_reloads_and_is_handed_over(monkeypatch):
+    from nodecache.config.plugins import parse_config
+    from nodecache.server import agent as agent_mod
+    from nodecache.server.agent import Agent, ListenError
+    real = agent_mod.make_sockets
+
+    def no_ipv6(addr, port):
+        if addr == "::":
+            raise ListenError(97, "cannot listen on :::53: Address family not supported by protocol")
+        return real(addr, port)
+    monkeypatch.setattr(agent_mod, "make_sockets", no_ipv6)
+
+    async def go():
+        from nodecache import client
+        port = client.free_port()
+        text = f".:{port} {{\n    cache\n    forward . 127.0.0.1:1\n}}\n"
+        agent = Agent(parse_config(text, "no bind"))
+        await agent.start()
+        try:
+            (listener,) = agent.listeners
+            assert listener.addr == "::" and listener.udp_transport.get_extra_info("sockname")[0] == "0.0.0.0"
+            assert {a for a, *_ in agent.listening_sockets()} == {"::"}  # what a heir looks up
+            await agent.reload(parse_config(text.replace("cache", "cache 20"), "no bind"))
+            assert agent.listeners == [listener]  # same sockets: no re-bind attempted
+        finally:
+            await agent.stop(0.1)
+    run(go())
