@@ -33,17 +33,21 @@ from .protocol import (CHUNK, END, HELLO, MAX_MESSAGE, READY, REFUSE, REVISION, 
 
 log = logging.getLogger("nodecache.handoff")
 HELLO_TIMEOUT = 5.0
-READY_TIMEOUT = 30.0
+READY_NAG = 30.0  # log while a heir that is still connected has not said READY
 
 
 def publish(path: Path) -> socket.socket:
-    """A listening SEQPACKET socket at ``path``, replacing any old one atomically."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
+    """A listening SEQPACKET socket at ``path`` (mode 0600), replacing any old
+    one atomically. A directory we create is 0700; an existing one (say
+    /tmp) keeps its mode: the socket's own mode and the peer uid check guard
+    the handoff."""
+    if not path.parent.is_dir():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.unlink(missing_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     sock.bind(str(tmp))
+    os.chmod(tmp, 0o600)
     sock.listen(4)
     os.rename(tmp, path)
     sock.setblocking(False)
@@ -162,7 +166,7 @@ class Donor:
                 sent += len(chunk)
             await loop.sock_sendall(conn, control(END, entries=entries, bytes=sent, format=fmt))
             t_sent = time.monotonic()
-            parse_control(await asyncio.wait_for(loop.sock_recv(conn, MAX_MESSAGE), READY_TIMEOUT), READY)
+            parse_control(await self._wait_ready(conn, pid), READY)
         except (ProtocolError, OSError, asyncio.TimeoutError) as exc:
             log.warning("handoff aborted before READY (%s); still serving as before",
                         exc or type(exc).__name__)
@@ -181,6 +185,19 @@ class Donor:
         self.watch = loop.create_task(self._watch_heir(conn, pid, spare, time.monotonic()))
         self.watch.add_done_callback(_log_failure)
         await self.on_handed_off()
+
+    async def _wait_ready(self, conn: socket.socket, pid: int) -> bytes:
+        """The heir's READY, however long it takes while its connection lives:
+        giving up on a live heir would leave two agents each believing the
+        node is theirs. Until READY we serve as before; EOF means it died."""
+        loop = asyncio.get_running_loop()
+        t0 = time.monotonic()
+        while True:
+            try:
+                return await asyncio.wait_for(loop.sock_recv(conn, MAX_MESSAGE), READY_NAG)
+            except asyncio.TimeoutError:
+                log.warning("handoff: heir pid %d connected %.0f s ago and not READY yet; still serving",
+                            pid, time.monotonic() - t0)
 
     async def _watch_heir(self, conn: socket.socket, pid: int, spare: list, t_ready: float) -> None:
         """Hold the spare sockets for the grace period; resume if the heir dies in it."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..cache import snapshot
 from .protocol import (CHUNK, END, HELLO, MAX_FDS, MAX_MESSAGE, READY, REVISION, SOCKET_NAME,
-                       SOCKETS, VERSION, ProtocolError, control, parse_control)
+                       SOCKETS, VERSION, ProtocolError, control, parse_control, peer_uid)
 
 log = logging.getLogger("nodecache.handoff")
 BUSY_RETRY_FOR = 20.0
@@ -96,6 +96,10 @@ def _attempt(path: Path, timeout: float) -> Takeover | None:
         raise
     t0 = time.monotonic()
     try:
+        donor_pid, donor_uid = peer_uid(conn)
+        if donor_uid != os.getuid():  # never take sockets or a cache from another user's process
+            raise ProtocolError(f"refused: the process at {path} (pid {donor_pid}) runs as uid {donor_uid}, "
+                                f"we run as {os.getuid()}")
         conn.sendall(control(HELLO, version=VERSION, revision=REVISION, pid=os.getpid(),
                              snapshots=list(snapshot.FORMATS)))
         message, fds, _, _ = socket.recv_fds(conn, MAX_MESSAGE, MAX_FDS)

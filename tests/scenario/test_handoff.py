@@ -4,6 +4,7 @@ import asyncio
 import os
 import socket
 import time
+from pathlib import Path
 
 import pytest
 from dnslib import QTYPE, DNSRecord
@@ -450,3 +451,76 @@ def test_handoff_reload_replaces_the_process_and_the_old_one_exits(tmp_path, cap
             await up.server.stop()
     run(go(), timeout=60)
     assert "took over from pid" in capsys.readouterr().out
+
+
+def test_publishing_in_an_existing_directory_keeps_its_mode(tmp_path):
+    import stat
+    from nodecache.handoff.donor import publish
+    shared = tmp_path / "shared-tmp"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)  # like /tmp
+    sock = publish(shared / "handoff.sock")
+    try:
+        assert stat.S_IMODE(os.stat(shared).st_mode) == 0o1777
+        assert stat.S_IMODE(os.stat(shared / "handoff.sock").st_mode) == 0o600
+        fresh = tmp_path / "new" / "dir"
+        sock2 = publish(fresh / "handoff.sock")
+        assert stat.S_IMODE(os.stat(fresh).st_mode) == 0o700
+        sock2.close()
+    finally:
+        sock.close()
+
+
+def test_donor_waits_for_a_slow_but_live_heir_instead_of_giving_up(monkeypatch):
+    from nodecache.handoff import donor as donor_mod
+    from nodecache.handoff.protocol import READY, control
+    monkeypatch.setattr(donor_mod, "READY_NAG", 0.05)
+
+    async def go():
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setblocking(False)
+        d = donor_mod.Donor(None, "/nonexistent", None)
+
+        async def slow_heir():
+            await asyncio.sleep(0.3)  # six nag periods
+            theirs.sendall(control(READY, pid=1))
+        task = asyncio.get_running_loop().create_task(slow_heir())
+        got = await asyncio.wait_for(d._wait_ready(ours, 1), 5)
+        await task
+        assert got.startswith(READY)
+        for s in (ours, theirs):
+            s.close()
+    run(go())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a donor as another uid")
+def test_heir_refuses_a_donor_of_another_uid(tmp_path):
+    from nodecache.handoff.heir import take_over
+    from nodecache.handoff.protocol import ProtocolError
+    import tempfile
+    base = Path(tempfile.mkdtemp(prefix="nodecache-uid-", dir="/tmp"))
+    os.chmod(base, 0o777)
+    path = base / "handoff.sock"
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a "donor" owned by nobody: listen, say when ready, wait
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            s.bind(str(path))
+            s.listen(1)
+            os.write(w, b"x")
+            conn, _ = s.accept()
+            conn.recv(100)
+        finally:
+            os._exit(0)
+    try:
+        os.read(r, 1)
+        with pytest.raises(ProtocolError, match="runs as uid 65534"):
+            take_over(str(base))
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        import shutil
+        shutil.rmtree(base, ignore_errors=True)
