@@ -291,12 +291,19 @@ def encode_name(name: str) -> bytes:
     return bytes(out)
 
 
+_PLAIN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_*/+=@#$%&!?~^:,;'`|<>[]{}()")
+
+
 def decode_name(wire: bytes) -> str:
-    """Uncompressed wire name -> presentation form with trailing dot."""
+    """Uncompressed wire name -> presentation form with trailing dot. Any
+    byte that is not printable, and ``.`` or ``\\`` inside a label, is
+    escaped as ``\\DDD`` (RFC 1035 §5.1), so a name can never carry a
+    newline or a control character into a log line."""
     labels, i = [], 0
-    while wire[i]:
+    while i < len(wire) and wire[i]:
         length = wire[i]
-        labels.append(wire[i + 1:i + 1 + length].decode("ascii", "backslashreplace"))
+        raw = wire[i + 1:i + 1 + length]
+        labels.append("".join(chr(b) if b in _PLAIN else f"\\{b:03d}" for b in raw))
         i += length + 1
     return ".".join(labels) + "."
 

@@ -158,7 +158,9 @@ class Forwarder:
         self.rejected = 0   # coredns_forward_max_concurrent_rejects_total
         self.all_down = 0   # coredns_forward_healthcheck_broken_total
 
-    async def resolve(self, key: bytes) -> Reply:
+    async def resolve(self, key: bytes, coalesce: bool = True) -> Reply:
+        if not coalesce:  # the loop probe coming back: it must go round again
+            return await self._exchange(key)
         shared = self.inflight.get(key)
         if shared is not None:
             self.coalesced += 1

@@ -43,6 +43,8 @@ class Block:
         self.handler = chain(self.stages)
         self.panics = 0
         self.loop = LoopDetector(cfg.zones[0]) if cfg.loop and cfg.forward else None
+        if self.loop is not None:
+            self.forward_stage.loop = self.loop
         # The hot path is the cache's own hit method, unless every query
         # must be logged. (A cache limited to some zones holds only entries
         # of those zones, so a hit is always a hit it would serve.)

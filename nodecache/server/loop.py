@@ -3,12 +3,14 @@ to us, and contain it instead of crash-looping.
 
 At start (and after every reload) the block sends one probe through its
 own forwarder: ``<random>.<random>.<zone> HINFO``, a name nobody else can
-ask. If that name ever arrives at one of our listeners, the upstream sent
-it back: a forwarding loop. CoreDNS exits in that case (and the pod
-crash-loops, taking the node's DNS with it); here the block logs once,
-marks itself unready (/ready and the readiness probe say why), and answers
-SERVFAIL for its zone until the configuration changes, while every other
-block keeps serving.
+ask. If that name arrives at one of our listeners, the upstream sent it
+back. One echo is not yet a loop (an upstream may hand a name back once);
+as in CoreDNS, the probe is forwarded again, uncoalesced, and a loop is
+declared when it has come back ``THRESHOLD`` times. CoreDNS exits then
+(and the pod crash-loops, taking the node's DNS with it); here the block
+logs once, marks itself unready (/ready and the readiness probe say why),
+and answers SERVFAIL for its zone until the configuration changes, while
+every other block keeps serving.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from ..dns.wire import encode_name
 
 log = logging.getLogger("nodecache.loop")
 HINFO = 13
+THRESHOLD = 3  # sightings of our probe that make a loop (CoreDNS: more than 2)
 
 
 class LoopDetector:
@@ -37,9 +40,14 @@ class LoopDetector:
             return True
         if key[:-5] == self.wire:
             self.seen += 1
+            if self.seen < THRESHOLD:
+                return False  # forwarded again (see ForwardStage): a loop brings it back
             self.detected = True
-            log.error("forwarding loop detected for zone %s: our probe %s HINFO came back to us; "
+            log.error("forwarding loop detected for zone %s: our probe %s HINFO came back to us %d times; "
                       "answering SERVFAIL for %s until the configuration changes", self.zone,
-                      self.name, self.zone)
+                      self.name, self.seen, self.zone)
             return True
         return False
+
+    def is_probe(self, key: bytes) -> bool:
+        return key[:-5] == self.wire

@@ -19,6 +19,7 @@ class ForwardStage(Stage):
         self.forwarder = Forwarder(cfg)
         self.from_zone = encode_name(cfg.from_zone)
         self.except_zones = [encode_name(z) for z in cfg.except_zones]
+        self.loop = None  # the block's LoopDetector: its probe is never coalesced
 
     async def handle(self, request: Request) -> Answer:
         key = request.query.key
@@ -27,7 +28,10 @@ class ForwardStage(Stage):
             if not in_zone(lname, self.from_zone) or any(in_zone(lname, z) for z in self.except_zones):
                 return await self.next(request)
         try:
-            reply = await self.forwarder.resolve(key)
+            if self.loop is not None and self.loop.is_probe(key):
+                reply = await self.forwarder.resolve(key, coalesce=False)
+            else:
+                reply = await self.forwarder.resolve(key)
         except Overloaded:
             return Answer(REFUSED, plugin="forward")
         return Answer(reply.rcode, reply=reply, plugin="forward")

@@ -328,3 +328,11 @@ def test_probe_and_json_logs(tmp_path):
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_one_echo_of_the_loop_probe_is_not_a_loop():
+    from nodecache.server.loop import THRESHOLD, LoopDetector
+    det = LoopDetector("cluster.local.")
+    assert not any(det.sighted(det.key) for _ in range(THRESHOLD - 1)) and not det.detected
+    assert not det.sighted(b"\x03www\x07example\x00\x00\x01\x00\x01\x00")
+    assert det.sighted(det.key) and det.detected and det.seen == THRESHOLD
