@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import random
 import socket
@@ -131,6 +132,8 @@ async def tcp_abusers(port: int, seconds: float) -> dict:
         try:
             if kind == "slowloris":
                 for b in frame(rng.choice(SEEDS))[:-1]:
+                    if writer.is_closing() or reader.at_eof():
+                        break  # the agent closed it: the point of the test
                     writer.write(bytes([b]))
                     await asyncio.sleep(0.5)
             elif kind == "oversized":
@@ -204,6 +207,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     cpus = sorted(os.sched_getaffinity(0))
     _pin(set(cpus[1:]) or {cpus[0]})()
+    logging.getLogger("asyncio").setLevel(logging.ERROR)  # our abusers write into closed connections
     r = asyncio.run(run(args.packets, args.seconds, args.rate))
     print(f"{r['sent']:,} hostile UDP packets in {r['seconds']:.0f} s ({r['sent'] / r['seconds']:,.0f}/s) "
           f"plus abusive TCP clients")

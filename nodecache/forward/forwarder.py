@@ -210,7 +210,7 @@ class Forwarder:
         query = make_query(random.getrandbits(16), key[:-1], flags, key[-1] >> 1)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.deadline
-        last: Exception | None = None
+        last = "no attempt"
         backoff = BACKOFF_FIRST
         while True:
             timed_out = False
@@ -221,9 +221,10 @@ class Forwarder:
                     return await self._attempt(up, query, key, deadline)
                 except asyncio.TimeoutError:
                     timed_out = True
-                    last = TimeoutError(f"{up.addr}: timed out")
+                    last = f"{up.addr}: timed out"
                 except _HARD_ERRORS as exc:
-                    last = exc if isinstance(exc, MalformedReply) else UpstreamClosed(f"{up.addr}: {exc}")
+                    # a message, not the exception: its traceback holds this frame (a cycle)
+                    last = f"{up.addr}: {exc}"
                 up.failed()
             if not timed_out:  # every upstream refused or broke at once: give them a moment
                 if not self.retry:
