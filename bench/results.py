@@ -65,6 +65,10 @@ flight) against nodecache."""),
     ("Cost of a cache miss", ["-m", "nodecache_bench.cli", "compare", "--scenarios", "", "--misses",
                               "1000,5000", "--duration", "5", "--rounds", "3"], MISS_METHOD),
     ("One hostile client: memory and fairness", ["bench/abuse.py", "--seconds", "8"], ABUSE_METHOD),
+    ("Hostile input: 1,000,000 packets", ["bench/fuzz.py"], """\
+A running agent (per-client limits lifted so that every packet reaches the
+parsers) gets 1,000,000 hostile UDP packets at 8,000/s and abusive TCP
+clients; a well-behaved client sends 100 queries/s throughout."""),
     ("Hot handoff", ["bench/handoff.py", "--handoffs", "30"], """\
 (1) In one process, an agent whose cache holds N entries publishes its
 handoff socket and a heir takes over in a thread (connect to END = donor
