@@ -33,6 +33,7 @@ from pathlib import Path
 
 from cli import preflight, report, run_load
 from loadgen import Spec
+from hitcost import hit_cost, print_hit_table
 from misscost import miss_cost, print_miss_table
 
 CLK = os.sysconf("SC_CLK_TCK")
@@ -214,12 +215,18 @@ def cmd_compare(args) -> int:
         rates = [int(r) for r in args.misses.split(",") if r.strip()]
         misses = miss_cost(rates, args.duration, args.rounds, tmp, cpus, free_port, _pin, cpu_seconds,
                            Server) if rates else {}
+        hit_rates = [int(r) for r in args.hits.split(",") if r.strip()]
+        hits = hit_cost(hit_rates, args.duration, args.rounds, tmp, cpus, free_port, _pin, cpu_seconds,
+                        Server) if hit_rates else {}
     if args.json:
-        print(json.dumps({"results": results, "dnsperf": dnsperf, "missing": missing, "misses": misses}))
+        print(json.dumps({"results": results, "dnsperf": dnsperf, "missing": missing, "misses": misses,
+                          "hits": hits}))
         return 0
     print_tables(results, missing, dnsperf, cpus)
     if misses:
         print_miss_table(misses, args.duration, args.rounds)
+    if hits:
+        print_hit_table(hits, args.duration, args.rounds)
     return 0
 
 
