@@ -18,6 +18,13 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 PY = sys.executable
 
+HIT_METHOD = """\
+`nodecache-bench compare --hits`: nodecache, unbound (one thread) and a bare
+uvloop responder (the floor for any server on this event loop) pinned to
+CPU 0; dnsperf on CPU 1 sends 1,000 cached names at a fixed rate (`-Q`).
+Server CPU (utime+stime from /proc) per answered query; servers alternate,
+3 rounds of 5 s, median, every run listed."""
+
 MISS_METHOD = """\
 `nodecache-bench compare --misses`: nodecache (`cache`, `forward . UP {
 force_tcp }`) and unbound (one thread, `forward-tcp-upstream: yes`) pinned to
@@ -50,6 +57,9 @@ SECTIONS = [
    responder (receive, copy the ID into a fixed reply, send) is the floor for
    any server on this event loop; unbound runs with one thread as a cache in
    front of the same emulated upstream."""),
+    ("Cost of a cache hit at fixed rates", ["-m", "nodecache_bench.cli", "compare", "--scenarios", "",
+                                            "--hits", "5000,30000,80000", "--duration", "5", "--rounds", "3"],
+     HIT_METHOD),
     ("Side by side: nodecache, unbound, dnsmasq", ["-m", "nodecache_bench.cli", "compare", "--duration", "5",
                                                    "--rounds", "3"], """\
 `nodecache-bench compare`: each server is an equivalent cache on 127.0.0.1
