@@ -74,18 +74,6 @@ class Agent:
             p.wait(10)
 
 
-async def _udp_from(src: str, port: int, data: bytes, timeout: float) -> bytes:
-    loop = asyncio.get_running_loop()
-    fut = loop.create_future()
-    transport, _ = await loop.create_datagram_endpoint(lambda: client._Once(fut), local_addr=(src, 0),
-                                                       remote_addr=("127.0.0.1", port))
-    try:
-        transport.sendto(data)
-        return await asyncio.wait_for(fut, timeout)
-    finally:
-        transport.close()
-
-
 async def _tcp_from(src: str, port: int, data: bytes, timeout: float) -> bytes:
     async def go():
         reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(src, 0))
@@ -111,7 +99,10 @@ class GoodClient:
     async def one(self, data: bytes, tcp: bool, miss: bool = False) -> None:
         t0 = time.monotonic()
         try:
-            reply = await (_tcp_from if tcp else _udp_from)(GOOD_SRC, self.port, data, 2.0)
+            if tcp:
+                reply = await _tcp_from(GOOD_SRC, self.port, data, 2.0)
+            else:
+                reply = await client.udp("127.0.0.1", self.port, data, 2.0, source=GOOD_SRC)
         except (asyncio.TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
             self._fail("timeout" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__)
             return

@@ -34,7 +34,7 @@ from pathlib import Path
 from cli import preflight, report, run_load
 from loadgen import Spec
 from hitcost import hit_cost, print_hit_table
-from misscost import miss_cost, print_miss_table
+from misscost import miss_cost, print_miss_table, unbound_forwarder_conf
 
 CLK = os.sysconf("SC_CLK_TCK")
 POD_RATE = 200.0
@@ -79,28 +79,7 @@ class Server:
 
 def unbound_command(tmp: Path, port: int, upstream: int) -> list[str]:
     """unbound as a one-thread cache on 127.0.0.1:port forwarding everything to upstream."""
-    conf = tmp / f"unbound-{port}.conf"
-    conf.write_text(textwrap.dedent(f"""\
-        server:
-            interface: 127.0.0.1@{port}
-            do-daemonize: no
-            use-syslog: no
-            chroot: ""
-            username: ""
-            pidfile: ""
-            directory: "{tmp}"
-            num-threads: 1
-            access-control: 127.0.0.0/8 allow
-            do-not-query-localhost: no
-            module-config: "iterator"
-            msg-cache-size: 64m
-            rrset-cache-size: 128m
-            verbosity: 0
-        forward-zone:
-            name: "."
-            forward-addr: 127.0.0.1@{upstream}
-        """))
-    return [shutil.which("unbound"), "-d", "-c", str(conf)]
+    return [shutil.which("unbound"), "-d", "-c", str(unbound_forwarder_conf(tmp, port, upstream, False))]
 
 
 def servers(tmp: Path, upstream: int, wanted: list[str]) -> list[Server]:

@@ -28,52 +28,40 @@ from pathlib import Path
 UPSTREAM_ZONE = "svc.cluster.local."  # not a zone unbound answers itself (RFC 6761 ones are)
 
 
+def _unbound_conf(tmp: Path, name: str, port: int, server_extra: str, tail: str = "") -> Path:
+    """One-thread unbound on 127.0.0.1:port; ``server_extra`` and ``tail`` are
+    config lines (indented as unbound wants them) for the role it plays."""
+    conf = tmp / name
+    conf.write_text(textwrap.dedent(f"""\
+        server:
+            interface: 127.0.0.1@{port}
+            do-daemonize: no
+            use-syslog: no
+            chroot: ""
+            username: ""
+            pidfile: ""
+            directory: "{tmp}"
+            num-threads: 1
+            access-control: 127.0.0.0/8 allow
+            module-config: "iterator"
+            verbosity: 0
+        """) + server_extra + tail)
+    return conf
+
+
 def upstream_conf(tmp: Path, port: int) -> Path:
-    conf = tmp / "cluster-dns.conf"
-    conf.write_text(textwrap.dedent(f"""\
-        server:
-            interface: 127.0.0.1@{port}
-            do-daemonize: no
-            use-syslog: no
-            chroot: ""
-            username: ""
-            pidfile: ""
-            directory: "{tmp}"
-            num-threads: 1
-            access-control: 127.0.0.0/8 allow
-            incoming-num-tcp: 64
-            module-config: "iterator"
-            verbosity: 0
-            local-zone: "{UPSTREAM_ZONE}" redirect
-            local-data: "{UPSTREAM_ZONE} 30 IN A 192.0.2.1"
-        """))
-    return conf
+    """unbound as the cluster DNS: every name under UPSTREAM_ZONE answers."""
+    return _unbound_conf(tmp, "cluster-dns.conf", port,
+                         f"    incoming-num-tcp: 64\n    local-zone: \"{UPSTREAM_ZONE}\" redirect\n"
+                         f"    local-data: \"{UPSTREAM_ZONE} 30 IN A 192.0.2.1\"\n")
 
 
-def unbound_forwarder_conf(tmp: Path, port: int, upstream: int) -> Path:
-    conf = tmp / f"unbound-miss-{port}.conf"
-    conf.write_text(textwrap.dedent(f"""\
-        server:
-            interface: 127.0.0.1@{port}
-            do-daemonize: no
-            use-syslog: no
-            chroot: ""
-            username: ""
-            pidfile: ""
-            directory: "{tmp}"
-            num-threads: 1
-            access-control: 127.0.0.0/8 allow
-            do-not-query-localhost: no
-            module-config: "iterator"
-            msg-cache-size: 64m
-            rrset-cache-size: 128m
-            verbosity: 0
-        forward-zone:
-            name: "."
-            forward-addr: 127.0.0.1@{upstream}
-            forward-tcp-upstream: yes
-        """))
-    return conf
+def unbound_forwarder_conf(tmp: Path, port: int, upstream: int, tcp_upstream: bool = True) -> Path:
+    """unbound as a cache forwarding everything to 127.0.0.1:upstream."""
+    return _unbound_conf(tmp, f"unbound-{port}.conf", port,
+                         "    do-not-query-localhost: no\n    msg-cache-size: 64m\n    rrset-cache-size: 128m\n",
+                         f"forward-zone:\n    name: \".\"\n    forward-addr: 127.0.0.1@{upstream}\n"
+                         + ("    forward-tcp-upstream: yes\n" if tcp_upstream else ""))
 
 
 def nodecache_corefile(tmp: Path, port: int, upstream: int) -> Path:

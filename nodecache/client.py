@@ -27,10 +27,12 @@ class _Once(asyncio.DatagramProtocol):
             self.fut.set_exception(exc)
 
 
-async def udp(host: str, port: int, data: bytes, timeout: float = 2.0) -> bytes:
+async def udp(host: str, port: int, data: bytes, timeout: float = 2.0, source: str | None = None) -> bytes:
+    """One query, one socket (from ``source`` if given), the first reply."""
     loop = asyncio.get_running_loop()
     fut = loop.create_future()
-    transport, _ = await loop.create_datagram_endpoint(lambda: _Once(fut), remote_addr=(host, port))
+    transport, _ = await loop.create_datagram_endpoint(lambda: _Once(fut), remote_addr=(host, port),
+                                                       local_addr=(source, 0) if source else None)
     try:
         transport.sendto(data)
         return await asyncio.wait_for(fut, timeout)

@@ -104,15 +104,7 @@ def _slow_flood(data: bytes) -> float:
 
 async def _udp_from(src: str, port: int, data: bytes, timeout: float = 3.0) -> bytes:
     from nodecache import client
-    loop = asyncio.get_running_loop()
-    fut = loop.create_future()
-    transport, _ = await loop.create_datagram_endpoint(lambda: client._Once(fut), local_addr=(src, 0),
-                                                       remote_addr=("127.0.0.1", port))
-    try:
-        transport.sendto(data)
-        return await asyncio.wait_for(fut, timeout)
-    finally:
-        transport.close()
+    return await client.udp("127.0.0.1", port, data, timeout, source=src)
 
 
 def test_a_client_flooding_slow_misses_gets_refused_beyond_its_share_others_are_served():
