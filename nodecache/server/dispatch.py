@@ -3,7 +3,8 @@
 ``fast`` is the synchronous cache-hit path (scan in place, route, cache
 hit, count); ``answer`` is the slow path (full parse, RFC error replies,
 the block's stage chain, count). Transports call ``fast`` first and
-schedule ``answer`` as a task only when it returns None. Both fit UDP
+schedule ``answer`` as a task (``start_slow``, which applies admission)
+only when it returns None. Both fit UDP
 replies to the client's size (TC=1 when too big, RFC 1035 §4.2.1, RFC 6891
 §7) and both record the query in ``stats`` for the metrics. Background
 tasks are tracked so shutdown can drain them.
@@ -16,11 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 
 from ..dns.wire import (MAX_MESSAGE, REFUSED, SERVFAIL, QueryError, error_reply, parse_query, query_from_scan,
                         scan, truncated_reply)
-from functools import partial
-
 from ..observe.stats import ListenerStats
 from .admission import Admission
 from ..stages.base import Request
@@ -101,11 +101,6 @@ class Dispatcher:
         self.stats.record(zone, proto, q.qtype, reply[3] & 0xF, q.edns == 1, len(data), len(reply),
                           _clock() - t0, plugin)
         return reply
-
-    def spawn(self, coro) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
 
     def start_slow(self, coro_fn, data: bytes, client: str, *args) -> bytes | None:
         """Run ``coro_fn(data, *args)`` as a slow-path task if admission allows
