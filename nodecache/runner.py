@@ -225,6 +225,7 @@ async def run_node(params: RunParams, source: ConfigSource, config: Config) -> i
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, reload_now.set)
+    loop.set_exception_handler(rt.on_loop_exception)
     log.info("nodecache %s serving (%d server blocks)", __version__, len(config.blocks))
     state.reload_now = reload_now
     state.tasks = [loop.create_task(node.loop()),

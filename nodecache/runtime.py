@@ -81,6 +81,12 @@ class Runtime:
                 "handed_off": self.handed_off,
                 "entries": sum(len(b.cache) for b in self.agent.blocks if b.cache is not None)}
 
+    def on_loop_exception(self, loop, context) -> None:
+        """The event loop's handler: an exception no code of ours caught is a
+        panic (coredns_panics_total); logged as asyncio would."""
+        self.panics += 1
+        loop.default_exception_handler(context)
+
     # -- HTTP ---------------------------------------------------------------
     def configure_http(self, config, metrics_listen: str) -> None:
         self.http.routes = self.http_routes(config, metrics_listen)

@@ -17,8 +17,6 @@ from .model import (LOG_CLASSES, CacheClass, CacheConfig, Config, ForwardConfig,
                     Prefetch, Reload, ServeStale, ServerBlock, Upstream)
 
 DEFAULT_PORT = 53
-# Accepted so Corefiles written for CoreDNS load, with what they do here.
-NOT_YET: set[str] = set()
 POLICIES = ("random", "round_robin", "sequential")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
@@ -114,9 +112,6 @@ def _server_blocks(ctx: _Ctx, syntax: corefile.ServerBlockSyntax) -> list[Server
     for d in syntax.directives:
         setup = _SETUP.get(d.name)
         if setup is None:
-            if d.name in NOT_YET:
-                raise ctx.error(d.line, f"directive '{d.name}' is not supported by this version "
-                                        f"of nodecache yet; remove it")
             raise ctx.error(d.line, f"unknown directive '{d.name}'")
         name = "binds" if d.name == "bind" else d.name
         if name in fields:

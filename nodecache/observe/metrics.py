@@ -65,6 +65,7 @@ class DnsCollector:
             refused.add_metric(["capacity"], agent.admission.refused_capacity)
             refused.add_metric(["client_rate"], agent.admission.refused_rate)
             yield refused
+            yield self._events(agent)
         reload_failed = CounterMetricFamily("coredns_reload_failed", "Counter of the number of failed reload attempts.")
         reload_failed.add_metric([], self.rt.reload_failed)
         yield reload_failed
@@ -135,6 +136,35 @@ class DnsCollector:
         yield hits
         yield evictions
         yield from simple.values()
+
+    def _events(self, agent):
+        """Counters an operator needs that CoreDNS has no series for, one
+        family with a fixed set of ``event`` labels (README: metrics)."""
+        listeners = list(agent.listeners) + list(agent.retired)
+        fwds = [b.forward_stage.forwarder for b in agent.blocks if b.forward_stage]
+        caches = [b.cache_stage for b in agent.blocks if b.cache_stage]
+        tcp = [lst.tcp_state for lst in listeners]
+        counts = {
+            "dropped": sum(lst.dispatcher.dropped for lst in listeners),
+            "error_reply": sum(lst.dispatcher.error_replies for lst in listeners),
+            "truncated": sum(lst.dispatcher.truncated for lst in listeners),
+            "udp_reply_unsent": sum(lst.udp.unsent for lst in listeners if lst.udp is not None),
+            "coalesced": sum(f.coalesced for f in fwds),
+            "upstream_resent": sum(f.resent for f in fwds),
+            "upstream_retry_round": sum(f.backoffs for f in fwds),
+            "upstream_reply_mismatch": sum(f.mismatched for f in fwds),
+            "refresh_failed": sum(c.refresh_failures for c in caches),
+            "tcp_rejected_max_conns": sum(t.rejected_conns for t in tcp),
+            "tcp_rejected_per_client": sum(t.rejected_per_client for t in tcp),
+            "tcp_aborted_blocked": sum(t.blocked_aborted for t in tcp),
+            "tcp_closed_idle": sum(t.idle_closed for t in tcp),
+            "tcp_oversized": sum(t.oversized for t in tcp),
+        }
+        events = CounterMetricFamily("nodecache_events", "Things that happen to queries and connections "
+                                     "that CoreDNS's series do not show.", labels=["event"])
+        for event, n in counts.items():
+            events.add_metric([event], n)
+        return events
 
     def _forward(self, agent):
         rejects = CounterMetricFamily("coredns_forward_max_concurrent_rejects", "Counter of the number of "

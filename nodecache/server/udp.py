@@ -20,7 +20,6 @@ class UdpServer(asyncio.DatagramProtocol):
     def __init__(self, dispatcher: Dispatcher):
         self.dispatcher = dispatcher
         self.transport: asyncio.DatagramTransport | None = None
-        self.queries = 0
         self.spare: socket.socket | None = None  # sends replies after stop_reading
         self.unsent = 0
 
@@ -28,7 +27,6 @@ class UdpServer(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr):
-        self.queries += 1
         dispatcher = self.dispatcher
         reply = dispatcher.fast(data, "udp")
         if reply is not None:

@@ -19,7 +19,7 @@ from nodecache.config.plugins import parse_config
 from nodecache.node.reconcile import NodeParams, NodeSetup
 from nodecache.runtime import Runtime
 from fakes import run
-from harness import node
+from harness import CLUSTER, node
 
 README = Path(__file__).resolve().parent.parent.parent / "README.md"
 
@@ -55,6 +55,7 @@ METRICS = {
     "nodecache_handoff_takeover_seconds": set(),
     "nodecache_ready": set(),
     "nodecache_refused_total": {"reason"},
+    "nodecache_events_total": {"event"},
 }
 SETUP_METRICS = {"coredns_nodecache_setup_errors_total": {"errortype"}}
 
@@ -336,3 +337,40 @@ def test_one_echo_of_the_loop_probe_is_not_a_loop():
     assert not any(det.sighted(det.key) for _ in range(THRESHOLD - 1)) and not det.detected
     assert not det.sighted(b"\x03www\x07example\x00\x00\x01\x00\x01\x00")
     assert det.sighted(det.key) and det.detected and det.seen == THRESHOLD
+
+
+def test_events_metric_counts_what_coredns_series_do_not_show():
+    from nodecache.observe.metrics import exposition
+
+    async def go():
+        async with node(CLUSTER) as n:
+            rt = await runtime_for(n)
+            await n.udp(build("svc-1.default.svc.cluster.local", QTYPE.A))
+            bad = build("svc-1.default.svc.cluster.local", QTYPE.A)
+            formerr = bad[:4] + b"\x00\x02" + bad[6:]  # qdcount 2: FORMERR
+            await n.udp(formerr)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.sendto(b"\x00" * 5, ("127.0.0.1", n.port))  # unreadable: dropped
+            sock.close()
+            await asyncio.sleep(0.2)
+            text = exposition(rt.dns_registry)[2].decode()
+            rt.close()
+            return text
+    text = run(go())
+    events = {s.labels["event"]: s.value for f in text_string_to_metric_families(text)
+              if f.name == "nodecache_events" for s in f.samples}
+    assert events["error_reply"] == 1 and events["dropped"] == 1 and events["tcp_oversized"] == 0
+    assert len(events) == 14
+
+
+def test_an_exception_nobody_caught_counts_as_a_panic():
+    async def go():
+        async with node(CLUSTER) as n:
+            rt = await runtime_for(n)
+            loop = asyncio.get_running_loop()
+            loop.set_exception_handler(rt.on_loop_exception)  # as run_node does
+            loop.call_soon(lambda: 1 / 0)
+            await asyncio.sleep(0.05)
+            rt.close()
+            return rt.panics
+    assert run(go()) == 1
