@@ -20,8 +20,15 @@ import ipaddress
 import logging
 from dataclasses import dataclass, field
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+
+
+def _netlink():
+    """pyroute2, imported on first use: it costs ~12 MiB of resident memory,
+    which an agent that sets up no interface (no -localip, systemd, benches)
+    should not pay."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+    return IPRoute, NetlinkError
 
 log = logging.getLogger("nodecache.node")
 IFA_F_NODAD = 0x02
@@ -47,7 +54,8 @@ def _kind(link) -> str:
     return info.get_attr("IFLA_INFO_KIND") if info else ""
 
 
-def _create(ipr: IPRoute, name: str) -> str:
+def _create(ipr, name: str) -> str:
+    _, NetlinkError = _netlink()
     try:
         ipr.link("add", ifname=name, kind="dummy")
         return "dummy"
@@ -64,6 +72,7 @@ def _create(ipr: IPRoute, name: str) -> str:
 
 
 def ensure_interface(name: str, ips: list[str]) -> LinkReport:
+    IPRoute, NetlinkError = _netlink()
     report = LinkReport()
     with IPRoute() as ipr:
         try:
@@ -99,6 +108,7 @@ def ensure_interface(name: str, ips: list[str]) -> LinkReport:
 
 def remove_interface(name: str) -> bool:
     """Delete the interface if it exists and is of a kind we create."""
+    IPRoute, _ = _netlink()
     with IPRoute() as ipr:
         found = ipr.link_lookup(ifname=name)
         if not found:
@@ -113,6 +123,7 @@ def remove_interface(name: str) -> bool:
 
 def interface_state(name: str) -> tuple[str, list[str]] | None:
     """(kind, addresses) of the interface, or None if absent (for tests and status)."""
+    IPRoute, _ = _netlink()
     with IPRoute() as ipr:
         found = ipr.link_lookup(ifname=name)
         if not found:
