@@ -232,14 +232,13 @@ async def run_node(params: RunParams, source: ConfigSource, config: Config) -> i
                    loop.create_task(_watch_config(source, rt, params, reload_now))]
     state.stop = stop
     await stop.wait()
-    resumed_after_stop = False
     while await _hold_safety_net(rt):
         # Our heir died while we were being replaced. Exiting now would leave
         # the node without an agent until the heir's container restarts, so
         # serve on: the restarted heir takes over from us (then we exit), or
         # a second signal, or the kubelet's SIGKILL, ends us.
         log.warning("stop requested, but our heir died: serving until a new agent takes over")
-        resumed_after_stop = state.exit_after_handoff = True
+        state.exit_after_handoff = True
         stop.clear()
         await stop.wait()
     for task in state.tasks:
@@ -258,7 +257,7 @@ async def run_node(params: RunParams, source: ConfigSource, config: Config) -> i
         await asyncio.sleep(lameduck)
     log.info("shutting down")
     notify("STOPPING=1")
-    teardown = not resumed_after_stop
+    teardown = not state.exit_after_handoff
     if not teardown:  # our heir died while we were being replaced: leave the fail-open rules
         log.info("leaving interface and rules in place: the DaemonSet's next agent takes them over")
     if teardown and params.node.setup_iptables and not params.node.skip_teardown:
@@ -315,10 +314,14 @@ async def _resume(rt: Runtime, state: _State, params: RunParams, source: ConfigS
     the node back (a heir that exited cleanly removed interface and rules)."""
     t0 = time.monotonic()
     old = rt.agent
-    agent = Agent(old.config, tcp_limits=old.tcp_limits,
-                  admission=Admission(old.admission.total, old.admission.per_client, old.admission.rate),
-                  budget=ByteBudget(old.budget.limit, old.budget.max_item))
-    agent.restore(dict(old.snapshot_blocks()))
+    # the same limits objects: the old agent's queries still in flight keep
+    # their admission slots; its caches stop counting, their entries move here
+    agent = Agent(old.config, tcp_limits=old.tcp_limits, admission=old.admission, budget=old.budget)
+    entries = dict(old.snapshot_blocks())
+    for block in old.blocks:
+        if block.cache is not None:
+            block.cache.detach()
+    agent.restore(entries)
     await agent.start({(a, p, k): s for a, p, k, s in spare if k != "http"})
     rt.agent = agent
     rt.configure_http(agent.config, params.metrics_listen)

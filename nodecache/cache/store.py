@@ -192,24 +192,19 @@ class Cache:
         self.inserts += 1
         while len(lru) > cap:
             self._evict_one(lru)
-        if self.budget.used > self.budget.limit:
-            while self.budget.used > self.budget.limit and len(self):
-                self._evict_one(self._success if len(self._success) >= len(self._denial) else self._denial)
-                self.budget_evictions += 1
+        while self.budget.used > self.budget.limit and len(self):
+            self._evict_one(self._success if len(self._success) >= len(self._denial) else self._denial)
+            self.budget_evictions += 1
 
     def _evict_one(self, lru: OrderedDict) -> None:
         """Second chance: visited entries move to the young end, cleared; the
-        first unvisited one goes (bounded: at most one pass over the map)."""
-        for _ in range(len(lru)):
+        first unvisited one goes. Bounded: after one pass every flag is clear."""
+        while True:
             key, entry = lru.popitem(last=False)
-            if entry.visited:
-                entry.visited = False
-                lru[key] = entry
-                continue
-            self.bytes -= entry.size
-            self.evictions[entry.kind] += 1
-            return
-        key, entry = lru.popitem(last=False)  # everything was visited: the oldest goes
+            if not entry.visited:
+                break
+            entry.visited = False
+            lru[key] = entry
         self.bytes -= entry.size
         self.evictions[entry.kind] += 1
 

@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass
 
 from .link import LinkError, ensure_interface, remove_interface
-from .rules import Rule, RuleError, ensure_rule, remove_rule, rule_exists, rules_for
+from .rules import Rule, RuleError, ensure_rule, remove_rule, rules_for
 
 log = logging.getLogger("nodecache.node")
 ERROR_TYPES = ("configmap", "interface_add", "interface_check", "iptables", "iptables_lock")
@@ -86,7 +86,7 @@ class NodeSetup:
                     return  # no binary: one message per reconcile is enough
         for rule in self.unwanted:
             try:
-                if rule_exists(rule) and remove_rule(rule):
+                if remove_rule(rule):
                     log.info("removed rule of the other fail-open mode: %s", rule)
             except RuleError as exc:
                 self.count(exc.kind, str(exc))

@@ -69,13 +69,12 @@ class Dispatcher:
                           len(data), len(reply), _clock() - t0, "cache")
         return reply
 
-    async def answer(self, data: bytes, proto: str, client, scanned=False) -> bytes | None:
+    async def answer(self, data: bytes, proto: str, client, scanned) -> bytes | None:
         """The reply to any query, or None to drop it. ``scanned``: what
-        ``fast`` read of ``data`` (``self.scanned`` right after it declined)."""
+        ``fast`` read of ``data`` (``self.scanned`` right after it declined),
+        so the common shape is not parsed twice."""
         t0 = _clock()
         try:
-            if scanned is False:
-                scanned = scan(data)  # the common shape: no second parse
             q = query_from_scan(data, scanned) if scanned is not None else None
             if q is None:
                 q = parse_query(data)

@@ -46,8 +46,6 @@ class ErrorsStage(Stage):
     name = "errors"
 
     def __init__(self):
-        self.logged = 0
-        self.suppressed = 0
         self.throttle = Throttle()
 
     async def handle(self, request: Request) -> Answer:
@@ -57,11 +55,8 @@ class ErrorsStage(Stage):
             q = request.query
             write, held = self.throttle.allow()
             if write:
-                self.logged += 1
                 log.error("plugin/errors: %d %s %s: %s%s", SERVFAIL, decode_name(q.qname), type_name(q.qtype),
                           exc, f" ({held} similar lines suppressed)" if held else "")
-            else:
-                self.suppressed += 1
             return Answer(SERVFAIL, plugin="errors")
 
 
