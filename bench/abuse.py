@@ -35,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from compare import _pin  # bench/ is on sys.path: its modules import each other by name
 from nodecache import client
 from nodecache.dns.framing import frame
 from nodecache.dns.wire import make_query, question_bytes
@@ -245,15 +246,6 @@ async def everything(port: int, seconds: float) -> str:
 
 ABUSERS = {"idle": idle, "everything": everything, "tcp-hoard": tcp_hoard, "qtype-sweep": qtype_sweep, "unique-flood": unique_flood,
            "big-answers": big_answers, "tcp-conns": tcp_conns}
-
-
-def _pin(cpus):
-    def apply():
-        try:
-            os.sched_setaffinity(0, cpus)
-        except OSError:
-            pass
-    return apply
 
 
 async def _abuser_process(name: str, port: int, seconds: float) -> str:
