@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from array import array
 
+from ..dns.key import EDNS_DO, NO_EDNS
 from ..dns.reply import Reply
 from ..dns.wire import AD, CD, OPT_DO, OPT_PLAIN, RD, TC
 
@@ -59,11 +60,11 @@ class Shape:
         head = self.heads.get(variant)
         if head is None:
             flags = self.flags | (qflags & _ECHO)
-            if flags & AD and not (qflags & AD or edns == 1):
+            if flags & AD and not (qflags & AD or edns == EDNS_DO):
                 flags ^= AD  # RFC 6840 §5.8: AD only to clients that asked with AD or DO
             an, ns, ar = self.counts
             head = self.heads[variant] = (flags.to_bytes(2, "big") + b"\x00\x01" + an.to_bytes(2, "big")
-                                          + ns.to_bytes(2, "big") + (ar + (edns >= 0)).to_bytes(2, "big"))
+                                          + ns.to_bytes(2, "big") + (ar + (edns != NO_EDNS)).to_bytes(2, "big"))
         return head
 
 

@@ -24,6 +24,7 @@ import struct
 import zlib
 from typing import Iterable, Iterator
 
+from ..dns.key import question
 from ..dns.reply import Reply
 from .entry import Entry
 
@@ -173,7 +174,7 @@ def _decode_entry(r: _Reader, now: float) -> Entry:
     if (kind > 2 or any(o + 4 > len(tail) for o in offsets) or len(key) < 6 or ttl > 0x7FFFFFFF
             or an + ns + ar != n or ar >= 0xFFFF):  # every record has its TTL offset; room for our OPT
         raise SnapshotError("inconsistent entry")
-    reply = Reply(flags, flags & 0xF, key[:-1], 0, (an, ns, ar), tail, offsets, ttls, None, None)
+    reply = Reply(flags, flags & 0xF, question(key), 0, (an, ns, ar), tail, offsets, ttls, None, None)
     stored = now - age_ms / 1000
     entry = Entry(key, reply, kind, ttl, stored)
     entry.expires = now + remaining_ms / 1000

@@ -11,15 +11,14 @@ Two readers of an incoming query exist on purpose:
   allow, and for what it cannot accept it says which error the RFC asks
   for, so the transport can answer FORMERR/NOTIMP/REFUSED/BADVERS or drop.
 
-Both produce the same cache key for the same query (a property the tests
-check over generated queries). The key is the lower-cased question name
-(RFC 4343: ASCII case-insensitive), the raw QTYPE/QCLASS bytes, and one
-byte holding the DO (RFC 3225) and CD (RFC 4035 §3.2.2) bits, since both
-change what the upstream returns.
+Both produce the same cache key (``dns.key``) for the same query (a
+property the tests check over generated queries).
 """
 from __future__ import annotations
 
 from typing import NamedTuple
+
+from .key import BITS as KEY_BITS, NO_EDNS, bits as key_bits
 
 # RCODEs (RFC 1035 §4.1.1, RFC 6891 §9 for BADVERS's extended value).
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
@@ -40,8 +39,6 @@ MAX_MESSAGE = 65535
 
 _COUNTS_PLAIN = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 _COUNTS_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"
-# Last byte of a cache key: bit 1 = DO, bit 0 = CD.
-KEY_SUFFIX = (b"\x00", b"\x01", b"\x02", b"\x03")
 
 
 def opt_record(do: bool) -> bytes:
@@ -64,8 +61,9 @@ def udp_limit(has_opt: bool, size: int) -> int:
 def scan(data: bytes):
     """Hot-path reader. Returns ``(key, qend, flags, limit, edns)`` or None.
 
-    ``qend`` is the offset just past the question, ``edns`` is -1 without
-    OPT, else the DO bit (0 or 1). ``limit`` is the client's UDP limit.
+    ``qend`` is the offset just past the question, ``edns`` the client's EDNS
+    state (``dns.key``: NO_EDNS, EDNS or EDNS_DO, i.e. -1 or the DO bit),
+    ``limit`` the client's UDP limit.
 
     The name ends at the first zero byte after the header: found by one C
     call instead of a walk over the labels. For a name with a zero inside a
@@ -84,8 +82,8 @@ def scan(data: bytes):
     if counts == _COUNTS_PLAIN:
         if qend != n or z < 12:
             return None
-        return (data[12:z + 1].lower() + data[z + 1:qend] + KEY_SUFFIX[(data[3] >> 4) & 1],
-                qend, data[2] << 8 | data[3], PLAIN_UDP_LIMIT, -1)
+        return (data[12:z + 1].lower() + data[z + 1:qend] + KEY_BITS[(data[3] >> 4) & 1],
+                qend, data[2] << 8 | data[3], PLAIN_UDP_LIMIT, NO_EDNS)
     if counts != _COUNTS_OPT or z < 12:
         return None
     # One OPT of version 0 ending the message exactly (RFC 6891 §6.1.1).
@@ -94,14 +92,14 @@ def scan(data: bytes):
     if qend + 11 + (data[qend + 9] << 8 | data[qend + 10]) != n:
         return None
     do = data[qend + 7] >> 7
-    return (data[12:z + 1].lower() + data[z + 1:qend] + KEY_SUFFIX[do << 1 | (data[3] >> 4) & 1],
+    return (data[12:z + 1].lower() + data[z + 1:qend] + KEY_BITS[do << 1 | (data[3] >> 4) & 1],
             qend, data[2] << 8 | data[3], udp_limit(True, data[qend + 3] << 8 | data[qend + 4]), do)
 
 
 class QueryError(Exception):
     """A query we must answer with an error RCODE, or drop (rcode None)."""
 
-    def __init__(self, rcode: int | None, reason: str, qend: int = 0, edns: int = -1):
+    def __init__(self, rcode: int | None, reason: str, qend: int = 0, edns: int = NO_EDNS):
         super().__init__(reason)
         self.rcode = rcode
         self.reason = reason
@@ -194,11 +192,10 @@ def parse_query(data: bytes) -> Query:
         rcode = FORMERR if qtype == TYPE_OPT else REFUSED
         raise QueryError(rcode, f"qtype {qtype} class {qclass} not served", qend, edns)
     cd = (flags >> 4) & 1
-    suffix = KEY_SUFFIX[(max(edns, 0) << 1) | cd]
     lname_end = qend - 4
     return Query(data, flags, qend, data[12:lname_end], qtype, qclass, edns,
-                 udp_limit(edns >= 0, size),
-                 data[12:lname_end].lower() + data[lname_end:qend] + suffix)
+                 udp_limit(edns != NO_EDNS, size),
+                 data[12:lname_end].lower() + data[lname_end:qend] + key_bits(max(edns, 0), cd))
 
 
 def query_from_scan(data: bytes, scanned) -> Query | None:
@@ -228,7 +225,7 @@ def _read_additional(data: bytes, i: int, count: int) -> tuple[int, int, int]:
         rtype = int.from_bytes(data[i:i + 2], "big")
         rdlen = int.from_bytes(data[i + 8:i + 10], "big")
         if rtype == TYPE_OPT:
-            if edns >= 0:
+            if edns != NO_EDNS:
                 raise QueryError(FORMERR, "more than one OPT")  # RFC 6891 §6.1.1
             size = int.from_bytes(data[i + 2:i + 4], "big")
             version = data[i + 5]
@@ -246,7 +243,7 @@ def error_reply(data: bytes, rcode: int, qend: int = 0, edns: int = -1) -> bytes
     flags = QR | RA | ((data[2] << 8 | data[3]) & (OPCODE_MASK | RD | CD)) | (rcode & 0xF)
     question = data[12:qend] if qend else b""
     header = data[:2] + flags.to_bytes(2, "big") + (b"\x00\x01" if qend else b"\x00\x00")
-    if edns < 0:
+    if edns == NO_EDNS:
         return header + b"\x00\x00\x00\x00\x00\x00" + question
     opt = bytearray(OPT_DO if edns else OPT_PLAIN)
     opt[5] = rcode >> 4
@@ -257,7 +254,7 @@ def truncated_reply(data: bytes, qend: int, flags: int, edns: int) -> bytes:
     """RFC 2181 §9 / RFC 1035 §4.2.1: too big for UDP -> TC=1 and no records,
     so the client retries over TCP."""
     header = data[:2] + (flags | TC).to_bytes(2, "big")
-    if edns < 0:
+    if edns == NO_EDNS:
         return header + _COUNTS_PLAIN + data[12:qend]
     return header + _COUNTS_OPT + data[12:qend] + (OPT_DO if edns else OPT_PLAIN)
 

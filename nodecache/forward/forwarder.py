@@ -50,6 +50,7 @@ import time
 from bisect import bisect_left
 
 from ..config.model import ForwardConfig, Upstream
+from ..dns.key import cd, do, question
 from ..dns.reply import MalformedReply, Reply, analyse
 from ..dns.wire import AD, CD, RD, make_query
 from ..observe.stats import DURATION_BUCKETS
@@ -206,8 +207,8 @@ class Forwarder:
         return healthy + [u for u in ups if not u.healthy]
 
     async def _exchange(self, key: bytes) -> Reply:
-        flags = RD | AD | (CD if key[-1] & 1 else 0)
-        query = make_query(random.getrandbits(16), key[:-1], flags, key[-1] >> 1)
+        flags = RD | AD | (CD if cd(key) else 0)
+        query = make_query(random.getrandbits(16), question(key), flags, do(key))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.deadline
         last = "no attempt"
@@ -267,10 +268,10 @@ class Forwarder:
 
     def _validated(self, raw: bytes, key: bytes, up: UpstreamState) -> Reply:
         reply = analyse(raw)
-        if reply.qkey != key[:-1]:
+        if reply.qkey != question(key):
             raise MalformedReply(f"{up.addr} answered another question")
-        cd, do = key[-1] & 1, key[-1] >> 1
-        if bool(reply.flags & CD) != bool(cd) or (reply.do >= 0 and reply.do != do):
+        want_cd, want_do = cd(key), do(key)
+        if bool(reply.flags & CD) != bool(want_cd) or (reply.do >= 0 and reply.do != want_do):
             self.mismatched += 1  # right question, maybe not the variant the key names
             return reply._replace(cacheable=False)
         return reply

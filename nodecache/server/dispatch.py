@@ -19,6 +19,7 @@ import asyncio
 import time
 from functools import partial
 
+from ..dns.key import EDNS_DO, qtype as key_qtype
 from ..dns.wire import (MAX_MESSAGE, REFUSED, SERVFAIL, QueryError, error_reply, parse_query, query_from_scan,
                         scan, truncated_reply)
 from ..observe.stats import ListenerStats
@@ -65,7 +66,7 @@ class Dispatcher:
         if proto == "udp" and len(reply) > limit:
             self.truncated += 1
             reply = truncated_reply(data, qend, reply[2] << 8 | reply[3], edns)
-        self.stats.record(zone, proto, key[-4] | key[-5] << 8, reply[3] & 0xF, edns == 1,
+        self.stats.record(zone, proto, key_qtype(key), reply[3] & 0xF, edns == EDNS_DO,
                           len(data), len(reply), _clock() - t0, "cache")
         return reply
 
@@ -97,7 +98,7 @@ class Dispatcher:
         if len(reply) > limit:
             self.truncated += 1
             reply = fit(reply, data, limit, q.qend, q.edns)
-        self.stats.record(zone, proto, q.qtype, reply[3] & 0xF, q.edns == 1, len(data), len(reply),
+        self.stats.record(zone, proto, q.qtype, reply[3] & 0xF, q.edns == EDNS_DO, len(data), len(reply),
                           _clock() - t0, plugin)
         return reply
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import secrets
 
+from ..dns.key import make as make_key, name as key_name
 from ..dns.wire import encode_name
 
 log = logging.getLogger("nodecache.loop")
@@ -30,7 +31,7 @@ class LoopDetector:
         labels = f"{secrets.randbelow(10**9)}.{secrets.randbelow(10**9)}"
         self.name = f"{labels}.{zone}" if zone != "." else f"{labels}."
         self.wire = encode_name(self.name)
-        self.key = self.wire + HINFO.to_bytes(2, "big") + b"\x00\x01\x00"
+        self.key = make_key(self.wire, HINFO)
         self.detected = False
         self.seen = 0
 
@@ -38,7 +39,7 @@ class LoopDetector:
         """True if queries of this block must be refused (SERVFAIL) because of a loop."""
         if self.detected:
             return True
-        if key[:-5] == self.wire:
+        if key_name(key) == self.wire:
             self.seen += 1
             if self.seen < THRESHOLD:
                 return False  # forwarded again (see ForwardStage): a loop brings it back
@@ -50,4 +51,4 @@ class LoopDetector:
         return False
 
     def is_probe(self, key: bytes) -> bool:
-        return key[:-5] == self.wire
+        return key_name(key) == self.wire

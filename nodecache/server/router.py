@@ -5,6 +5,7 @@ on suffixes of the name that start at label boundaries, longest first.
 """
 from __future__ import annotations
 
+from ..dns.key import TRAILER
 from ..dns.wire import encode_name
 from .block import Block
 
@@ -18,10 +19,10 @@ class Router:
         self.only = self.by_zone[b"\x00"] if len(self.by_zone) == 1 and b"\x00" in self.by_zone else None
 
     def block_for(self, key: bytes) -> tuple[Block, str] | None:
-        """(block, zone) for a cache key (the lower-case wire name, then 5 bytes)."""
+        """(block, zone) for a cache key (see dns.key)."""
         if self.only is not None:
             return self.only
-        end = len(key) - 5
+        end = len(key) - TRAILER
         get = self.by_zone.get
         i = 0
         while i < end:

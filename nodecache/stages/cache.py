@@ -18,7 +18,8 @@ import logging
 from ..cache.entry import Entry
 from ..cache.store import FRESH, STALE, ByteBudget, Cache
 from ..config.model import CacheConfig
-from ..dns.wire import RD, SERVFAIL, encode_name, make_query, parse_query
+from ..dns.key import cd, edns, name as key_name, question
+from ..dns.wire import CD, RD, SERVFAIL, encode_name, make_query, parse_query
 from .base import Answer, Request, Stage, in_zone
 
 log = logging.getLogger("nodecache.cache")
@@ -43,7 +44,7 @@ class CacheStage(Stage):
 
     async def handle(self, request: Request) -> Answer:
         q = request.query
-        if not self.covers(q.key[:-5]):
+        if not self.covers(key_name(q.key)):
             return await self.next(request)
         entry, state = self.cache.lookup(q.key)
         if state == FRESH:
@@ -88,8 +89,7 @@ class CacheStage(Stage):
 
     async def _refresh(self, entry: Entry) -> None:
         key = entry.key
-        flags = RD | (0x10 if key[-1] & 1 else 0)
-        data = make_query(0, key[:-1], flags, (key[-1] >> 1) if key[-1] & 2 else -1)
+        data = make_query(0, question(key), RD | (CD if cd(key) else 0), edns(key))
         request = Request(parse_query(data), proto="internal")
         try:
             answer = await self.next(request)

@@ -6,6 +6,7 @@ can log it; the block turns it into SERVFAIL.
 from __future__ import annotations
 
 from ..config.model import ForwardConfig
+from ..dns.key import name as key_name
 from ..dns.wire import REFUSED, encode_name
 from ..forward.forwarder import Forwarder, Overloaded
 from .base import Answer, Request, Stage, in_zone
@@ -24,7 +25,7 @@ class ForwardStage(Stage):
     async def handle(self, request: Request) -> Answer:
         key = request.query.key
         if self.from_zone != b"\x00" or self.except_zones:
-            lname = key[:-5]
+            lname = key_name(key)
             if not in_zone(lname, self.from_zone) or any(in_zone(lname, z) for z in self.except_zones):
                 return await self.next(request)
         try:

@@ -18,6 +18,7 @@ import time
 from dnslib import CLASS, RCODE
 
 from ..config.model import LogConfig
+from ..dns.key import EDNS_DO
 from ..dns.wire import NOERROR, NXDOMAIN, SERVFAIL, decode_name, encode_name
 from ..forward.forwarder import ForwardFailure
 from .base import Answer, Request, Stage, in_zone, render
@@ -80,7 +81,7 @@ class LogStage(Stage):
             "{>id}": str(q.data[0] << 8 | q.data[1]), "{type}": type_name(q.qtype),
             "{class}": CLASS.get(q.qclass, f"CLASS{q.qclass}"), "{name}": decode_name(q.qname),
             "{proto}": request.proto, "{size}": str(len(q.data)),
-            "{>do}": "true" if q.edns == 1 else "false", "{>bufsize}": str(q.limit),
+            "{>do}": "true" if q.edns == EDNS_DO else "false", "{>bufsize}": str(q.limit),
             "{rcode}": RCODE.get(flags & 0xF, str(flags & 0xF)),
             "{>rflags}": ",".join(n for bit, n in _FLAG_NAMES if flags & bit),
             "{rsize}": str(len(wire)), "{>opcode}": "QUERY",
