@@ -23,7 +23,7 @@ test: $(STAMP) system-deps
 	$(PY) -m pytest -q
 
 bench: $(STAMP) system-deps
-	$(PY) bench/results.py
+	$(PY) -m nodecache_bench.results
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,4 +1,4 @@
-"""``python bench/abuse.py``: the agent's memory, and a well-behaved client's
+"""``python -m nodecache_bench.abuse``: the agent's memory, and a well-behaved client's
 latency, while one hostile client abuses it.
 
 Each scenario runs against a fresh ``nodecache run`` (cache + forward over
@@ -35,8 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from compare import _pin  # bench/ is on sys.path: its modules import each other by name
-from nodecache import client
+from .compare import _pin
+from nodecache.testing import client
 from nodecache.dns.framing import frame
 from nodecache.dns.wire import make_query, question_bytes
 

@@ -24,11 +24,9 @@ import socket
 import sys
 import time
 from dataclasses import asdict, replace
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loadgen import BEHIND_LIMIT, Engine, Result, Spec  # noqa: E402
+from .loadgen import BEHIND_LIMIT, Engine, Result, Spec
 
 RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 
@@ -50,7 +48,7 @@ def _worker(spec_dict: dict, stop, out) -> None:
 
 def preflight(spec: Spec, wait: float = 2.0, tries: int = 3) -> None:
     """Fail clearly, after a bounded wait, if the server does not answer."""
-    from nodecache.client import build
+    from nodecache.testing.client import build
     family = socket.AF_INET6 if ":" in spec.host else socket.AF_INET
     if spec.proto == "tcp":
         try:
@@ -244,7 +242,7 @@ def spec_from(args) -> Spec:
 def cmd_run(args) -> int:
     spec = spec_from(args)
     if args.scenario == "file":
-        from scenarios import QueryFile
+        from .scenarios import QueryFile
         QueryFile(args.queries)  # fail fast on a bad file
     workers = args.workers or default_workers()
     result = run_load(spec, workers, progress=not args.quiet and not args.json)
@@ -282,9 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return cmd_run(args)
         if args.command == "compare":
-            from compare import cmd_compare
+            from .compare import cmd_compare
             return cmd_compare(args)
-        from handoff import main as handoff_main
+        from .handoff import main as handoff_main
         return handoff_main(["--handoffs", str(args.handoffs), "--qps", str(args.qps)])
     except BenchError as exc:
         print(f"nodecache-bench: {exc}", file=sys.stderr)

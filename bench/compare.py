@@ -27,21 +27,20 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
-from cli import preflight, report, run_load
-from loadgen import Spec
-from hitcost import hit_cost, print_hit_table
-from misscost import miss_cost, print_miss_table, unbound_forwarder_conf
+from .cli import preflight, report, run_load
+from .loadgen import Spec
+from .hitcost import hit_cost, print_hit_table
+from .misscost import miss_cost, print_miss_table, unbound_forwarder_conf
 
 CLK = os.sysconf("SC_CLK_TCK")
 POD_RATE = 200.0
 
 
 def free_port() -> int:
-    from nodecache.client import free_port as fp
+    from nodecache.testing.client import free_port as fp
     return fp()
 
 
@@ -214,7 +213,7 @@ def run_dnsperf(server: Server, tmp: Path, load_cpus: set[int], duration: float)
     if exe is None or server.name != "nodecache":
         return None
     qfile = tmp / "queries.txt"
-    from scenarios import cluster_names
+    from .scenarios import cluster_names
     qfile.write_text("".join(f"{n} A\n" for n in cluster_names(300)))
     proc = subprocess.run([exe, "-s", "127.0.0.1", "-p", str(server.port), "-d", str(qfile),
                            "-l", str(int(duration)), "-c", "1", "-q", "64"],

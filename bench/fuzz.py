@@ -1,4 +1,4 @@
-"""``python bench/fuzz.py``: a running agent under 1,000,000 hostile UDP
+"""``python -m nodecache_bench.fuzz``: a running agent under 1,000,000 hostile UDP
 packets and a set of abusive TCP clients (not part of CI: about two minutes).
 
 The agent (``nodecache run``, pinned to CPU 0, per-client limits lifted so
@@ -30,17 +30,15 @@ import os
 import random
 import socket
 import struct
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from abuse import CACHED, Agent, GoodClient, _pin, rss_mib  # noqa: E402
+from .abuse import CACHED, Agent, GoodClient, _pin, rss_mib
 
-from nodecache import client  # noqa: E402
-from nodecache.dns.framing import frame  # noqa: E402
-from nodecache.dns.wire import make_query, question_bytes  # noqa: E402
+from nodecache.testing import client
+from nodecache.dns.framing import frame
+from nodecache.dns.wire import make_query, question_bytes
 
 SEEDS = [client.build(n, t, do=d) for n in CACHED[:20] + ["www.example.com", "a.b.c.d.example.org"]
          for t in (1, 28, 33, 16) for d in (-1, 0, 1)]

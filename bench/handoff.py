@@ -11,35 +11,31 @@
 
 Bounded in count and time; traffic to 127.0.0.1 only.
 
-    .venv/bin/python bench/handoff.py [--handoffs N] [--qps Q]
+    .venv/bin/python -m nodecache_bench.handoff [--handoffs N] [--qps Q]
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import re
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-import uvloop  # noqa: E402
-from dnslib import QTYPE  # noqa: E402
+import uvloop
+from dnslib import QTYPE
 
-from nodecache import client  # noqa: E402
-from nodecache.config.plugins import parse_config  # noqa: E402
-from nodecache.dns.reply import analyse  # noqa: E402
-from nodecache.dns.wire import make_query, question_bytes, scan  # noqa: E402
-from nodecache.fakeupstream import ClusterDNS, FakeUpstream  # noqa: E402
-from nodecache.handoff.donor import Donor  # noqa: E402
-from nodecache.handoff.heir import take_over  # noqa: E402
-from nodecache.server.agent import Agent  # noqa: E402
-from procs import NAMES, AgentProc, Load, corefile  # noqa: E402
+from nodecache.testing import client
+from nodecache.config.plugins import parse_config
+from nodecache.dns.reply import analyse
+from nodecache.dns.wire import make_query, question_bytes, scan
+from nodecache.testing.fakeupstream import ClusterDNS, FakeUpstream
+from nodecache.handoff.donor import Donor
+from nodecache.handoff.heir import take_over
+from nodecache.server.agent import Agent
+from .procs import NAMES, AgentProc, Load, corefile
 
 
 async def snapshot_transfer(n: int, tmp: Path) -> dict:

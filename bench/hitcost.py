@@ -19,15 +19,15 @@ import sys
 import time
 from pathlib import Path
 
-from hotpath import BARE
-from misscost import UPSTREAM_ZONE, dnsperf_at, nodecache_corefile, unbound_forwarder_conf, upstream_conf
+from .hotpath import BARE
+from .misscost import UPSTREAM_ZONE, dnsperf_at, nodecache_corefile, unbound_forwarder_conf, upstream_conf
 
 NAMES = [f"h{i}.{UPSTREAM_ZONE}" for i in range(1000)]
 
 
 def _reply_bytes(port: int) -> bytes:
     import socket
-    from nodecache.client import build
+    from nodecache.testing.client import build
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(2)
         s.sendto(build(NAMES[0].rstrip("."), 1, qid=0), ("127.0.0.1", port))

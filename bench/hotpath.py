@@ -14,7 +14,7 @@
 Bounded: every phase has a query count and a time limit. Traffic only to
 127.0.0.1.
 
-    .venv/bin/python bench/hotpath.py [--queries N] [--names K] [--rounds R]
+    .venv/bin/python -m nodecache_bench.hotpath [--queries N] [--names K] [--rounds R]
 """
 from __future__ import annotations
 
@@ -30,14 +30,11 @@ import textwrap
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from nodecache.client import build, free_port  # noqa: E402
-from nodecache.config.plugins import parse_config  # noqa: E402
-from nodecache.fakeupstream import ClusterDNS, FakeUpstream  # noqa: E402
-from nodecache.server.agent import Agent  # noqa: E402
+from nodecache.testing.client import build, free_port
+from nodecache.config.plugins import parse_config
+from nodecache.testing.fakeupstream import ClusterDNS, FakeUpstream
+from nodecache.server.agent import Agent
 
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -69,7 +66,7 @@ async def handler_only(queries: int, k: int) -> dict:
             forward . 127.0.0.1:{up_port}
         }}""")))
     await agent.start()
-    from nodecache import client
+    from nodecache.testing import client
     msgs = [build(n, 1, qid=i) for i, n in enumerate(names(k))]
     for m in msgs:
         await client.udp("127.0.0.1", port, m)
@@ -166,7 +163,7 @@ def socket_runs(queries: int, k: int, tmp: Path, rounds: int) -> dict[str, dict]
     msgs = [build(n, 1, qid=i) for i, n in enumerate(names(k))]
     up_port = free_port()
     procs = [subprocess.Popen([py, "-m", "nodecache", "fake-upstream", "--listen", f"127.0.0.1:{up_port}"],
-                              stdout=subprocess.DEVNULL, cwd=ROOT)]
+                              stdout=subprocess.DEVNULL)]
     results = {}
     try:
         wait_ready(up_port, msgs[0])
@@ -185,12 +182,12 @@ def socket_runs(queries: int, k: int, tmp: Path, rounds: int) -> dict[str, dict]
                         bare_port))
         reply.close()
         if shutil.which("unbound"):
-            from compare import unbound_command
+            from .compare import unbound_command
             ub_port = free_port()
             servers.append(("unbound", unbound_command(tmp, ub_port, up_port), ub_port))
         running = []
         for name, cmd, sport in servers:
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             procs.append(proc)
             running.append((name, proc, sport))
         samples: dict[str, list[dict]] = {name: [] for name, _, _ in running}

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from nodecache.dns.framing import FrameReader, frame
 from nodecache.dns.wire import RD, make_query
 
-from histogram import Histogram
-from scenarios import make, pod_plan
+from .histogram import Histogram
+from .scenarios import make, pod_plan
 
 TICK = 0.001
 BEHIND_LIMIT = 0.05

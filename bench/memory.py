@@ -5,7 +5,7 @@ blocks, 9,984 success + 9,984 denial entries each at most), fills the
 caches through the real query path from an in-process emulated upstream,
 and reads VmRSS from /proc. Bounded: a fixed number of queries.
 
-    .venv/bin/python bench/memory.py
+    .venv/bin/python -m nodecache_bench.memory
 """
 from __future__ import annotations
 
@@ -16,13 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-import uvloop  # noqa: E402
+import uvloop
 
-from nodecache import client  # noqa: E402
-from nodecache.fakeupstream import ClusterDNS, FakeUpstream  # noqa: E402
+from nodecache.testing import client
+from nodecache.testing.fakeupstream import ClusterDNS, FakeUpstream
 
 
 def rss_mib(pid: int) -> float:

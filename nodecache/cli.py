@@ -182,80 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import run_demo
         return _run_loop(run_demo(args.bench))
-    if args.command == "handoff" and args.handoff_command == "reload":
-        return cmd_handoff_reload(args.handoff_dir, args.timeout)
     if args.command == "handoff":
-        return cmd_handoff_status(args.handoff_dir)
+        from .handoff import control
+        if args.handoff_command == "reload":
+            return control.cmd_reload(args.handoff_dir, args.timeout)
+        return control.cmd_status(args.handoff_dir)
     if args.command == "fake-upstream":
         _setup_logging(False)
         return _run_loop(fake_upstream(args))
     return 2
-
-
-def handoff_status(directory: str) -> dict:
-    """The running agent's answer at the handoff socket; raises OSError."""
-    import json
-    import socket
-    from pathlib import Path
-    from .handoff.protocol import MAX_MESSAGE, SOCKET_NAME, STATUS, STATUS_REPLY, control
-    path = Path(directory) / SOCKET_NAME
-    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
-        conn.settimeout(5)
-        conn.connect(str(path))
-        conn.sendall(control(STATUS))
-        reply = conn.recv(MAX_MESSAGE)
-    if reply[:1] != STATUS_REPLY:
-        raise OSError(f"unexpected answer from {path}")
-    return json.loads(reply[1:])
-
-
-def cmd_handoff_status(directory: str) -> int:
-    try:
-        info = handoff_status(directory)
-    except FileNotFoundError:
-        print(f"no agent: {directory}/handoff.sock does not exist")
-        return 1
-    except OSError as exc:
-        print(f"no agent answering in {directory}: {exc.strerror or exc}")
-        return 1
-    print(f"pid {info['pid']} holds {info['listeners']} sockets, revision {info['revision']}, "
-          f"{info['entries']} cache entries" + (" (handed off)" if info.get("handed_off") else ""))
-    return 0
-
-
-def cmd_handoff_reload(directory: str, timeout: float) -> int:
-    """Start the running agent's own command line again, detached; it takes
-    over through the handoff socket. Once it holds the sockets, the old
-    process is told to stop (SIGTERM): it keeps its safety net for its
-    handoff grace period, then exits. Exit 0 once the successor serves."""
-    import subprocess
-    import time
-    try:
-        old = handoff_status(directory)["pid"]
-        argv = open(f"/proc/{old}/cmdline", "rb").read().split(b"\0")[:-1]
-        env = dict(kv.split(b"=", 1) for kv in open(f"/proc/{old}/environ", "rb").read().split(b"\0") if b"=" in kv)
-    except OSError as exc:
-        print(f"no running agent to reload: {exc}", file=sys.stderr)
-        return 1
-    heir = subprocess.Popen(argv, env=env, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if heir.poll() is not None:
-            print(f"successor exited with {heir.returncode}; pid {old} keeps serving", file=sys.stderr)
-            return 1
-        try:
-            if handoff_status(directory)["pid"] == heir.pid:
-                print(f"pid {heir.pid} took over from pid {old}; pid {old} exits after its grace period")
-                try:
-                    os.kill(old, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-                return 0
-        except OSError:
-            pass
-        time.sleep(0.1)
-    print(f"successor pid {heir.pid} did not take over within {timeout:g}s", file=sys.stderr)
-    return 1
 
 
 def _load_or_report(path: str):
@@ -302,7 +237,6 @@ def describe(config) -> str:
 
 
 def cmd_run(args) -> int:
-    import os
     from .node.nodeconfig import ConfigMapError, cluster_dns_ip
     from .node.reconcile import NodeParams
     from .runner import ConfigSource, RunParams, parse_local_ips, run_node
@@ -335,7 +269,7 @@ def cmd_run(args) -> int:
 
 
 async def fake_upstream(args) -> int:
-    from .fakeupstream import ClusterDNS, FakeUpstream
+    from .testing.fakeupstream import ClusterDNS, FakeUpstream
     host, _, port = args.listen.rpartition(":")
     delay = args.delay_ms / 1000
     if args.slow:

@@ -12,9 +12,9 @@ import time
 
 from dnslib import QTYPE, RCODE, DNSRecord
 
-from . import client
+from .testing import client
 from .config.plugins import parse_config
-from .fakeupstream import ClusterDNS, FakeUpstream
+from .testing.fakeupstream import ClusterDNS, FakeUpstream
 from .server.agent import Agent
 
 COREFILE = """\

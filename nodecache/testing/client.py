@@ -5,8 +5,8 @@ import asyncio
 import random
 import socket
 
-from .dns.framing import FrameReader, frame
-from .dns.wire import RD, make_query, question_bytes
+from ..dns.framing import FrameReader, frame
+from ..dns.wire import RD, make_query, question_bytes
 
 
 def build(name: str, qtype: int, do: int = -1, qid: int | None = None, flags: int = RD) -> bytes:

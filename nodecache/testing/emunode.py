@@ -268,7 +268,7 @@ class EmulatedNode:
         """Start sending ``names`` (A, UDP) from the pod at ``rate``/s; the
         process prints ``client.paced``'s JSON result when done (bounded by
         len(names) / rate + timeout seconds)."""
-        code = ("import asyncio,json,sys;from nodecache import client;"
+        code = ("import asyncio,json,sys;from nodecache.testing import client;"
                 "names=sys.stdin.read().split();"
                 f"qs=[client.build(n,1) for n in names];"
                 f"print(json.dumps(asyncio.run(client.paced('{target}',53,qs,{rate},{timeout}))))")

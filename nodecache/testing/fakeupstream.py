@@ -34,7 +34,7 @@ from typing import Callable
 
 from dnslib import AAAA, EDNS0, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSRecord
 
-from .dns.framing import FrameReader, FrameTooLarge, frame
+from ..dns.framing import FrameReader, FrameTooLarge, frame
 
 EXAMPLE_ZONES = ("example.", "example.com.", "example.net.", "example.org.")
 
@@ -243,7 +243,7 @@ class FakeUpstream:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Listen on host:port (``::`` = both families); port 0 = any free one."""
-        from .server.agent import make_sockets
+        from ..server.agent import make_sockets
         loop = asyncio.get_running_loop()
         for _ in range(20):  # port 0: the UDP port may be taken for TCP; try another
             try:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from nodecache.emunode import EmulatedNode, missing_requirements
+from nodecache.testing.emunode import EmulatedNode, missing_requirements
 
 why = missing_requirements()
 pytestmark = pytest.mark.skipif(why is not None, reason=f"emulated node: {why}")

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from nodecache.emunode import CLUSTER_V4, LOCAL_V4, LOCAL_V6, EmulatedNode, missing_requirements, sh
+from nodecache.testing.emunode import CLUSTER_V4, LOCAL_V4, LOCAL_V6, EmulatedNode, missing_requirements, sh
 
 why = missing_requirements()
 pytestmark = pytest.mark.skipif(why is not None, reason=f"emulated node: {why}")

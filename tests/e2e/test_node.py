@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from nodecache.emunode import (CLUSTER_V4, LOCAL_V4, LOCAL_V6, EmulatedNode, missing_requirements,
+from nodecache.testing.emunode import (CLUSTER_V4, LOCAL_V4, LOCAL_V6, EmulatedNode, missing_requirements,
                                sh)
 
 why = missing_requirements()
@@ -58,7 +58,7 @@ def test_no_conntrack_for_pod_dns_but_control_query_is_tracked(node):
            and (f"dst={LOCAL_V4} " in ln or f"dst={LOCAL_V6} " in ln)]
     assert dns == [], table  # (an ICMP error about a late reply may be tracked; it is not DNS)
     # control: a pod query straight to the DNAT'd ClusterIP is tracked (UDP, the racy path)
-    code = ("import asyncio;from nodecache import client;"
+    code = ("import asyncio;from nodecache.testing import client;"
             f"asyncio.run(client.udp('{CLUSTER_V4}', 53, client.build('svc-1.default.svc.cluster.local', 1), 3))")
     sh(sys.executable, "-c", code, ns=node.pod)
     table = node.conntrack()

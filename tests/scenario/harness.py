@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import contextlib
 
-from nodecache import client
+from nodecache.testing import client
 from nodecache.config.plugins import parse_config
 from nodecache.demo import COREFILE
-from nodecache.fakeupstream import ClusterDNS, FakeUpstream
+from nodecache.testing.fakeupstream import ClusterDNS, FakeUpstream
 from nodecache.server.agent import Agent
 from nodecache.server.tcp import TcpLimits
 

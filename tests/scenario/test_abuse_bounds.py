@@ -6,7 +6,7 @@ import time
 
 from dnslib import QTYPE, DNSRecord
 
-from nodecache.client import build
+from nodecache.testing.client import build
 from nodecache.dns.framing import frame
 from nodecache.server import tcp as tcp_mod
 from nodecache.server.tcp import TcpLimits
@@ -103,7 +103,7 @@ def _slow_flood(data: bytes) -> float:
 
 
 async def _udp_from(src: str, port: int, data: bytes, timeout: float = 3.0) -> bytes:
-    from nodecache import client
+    from nodecache.testing import client
     return await client.udp("127.0.0.1", port, data, timeout, source=src)
 
 

@@ -6,7 +6,7 @@ import socket
 
 from dnslib import QTYPE, DNSRecord
 
-from nodecache.client import build
+from nodecache.testing.client import build
 from nodecache.dns.framing import frame
 from nodecache.dns.wire import make_query, question_bytes
 from nodecache.server.tcp import TcpLimits

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from nodecache import client
+from nodecache.testing import client
 
 BENCH = [sys.executable, "-m", "nodecache_bench.cli"]
 

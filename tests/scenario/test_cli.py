@@ -7,8 +7,8 @@ import time
 
 from dnslib import QTYPE, DNSRecord
 
-from nodecache import client
-from nodecache.client import build
+from nodecache.testing import client
+from nodecache.testing.client import build
 from fakes import run
 
 CLI = [sys.executable, "-m", "nodecache"]

@@ -4,8 +4,8 @@ import time
 
 from dnslib import QTYPE, DNSRecord
 
-from nodecache.client import build
-from nodecache.fakeupstream import ClusterDNS
+from nodecache.testing.client import build
+from nodecache.testing.fakeupstream import ClusterDNS
 from fakes import FakeClock, run
 from harness import CLUSTER, node
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from dnslib import QTYPE, DNSRecord
 
-from nodecache import client
+from nodecache.testing import client
 from nodecache.cli import main
-from nodecache.fakeupstream import ClusterDNS, FakeUpstream
+from nodecache.testing.fakeupstream import ClusterDNS, FakeUpstream
 from fakes import run
-from procs import NAMES, AgentProc, Load, corefile
+from nodecache_bench.procs import NAMES, AgentProc, Load, corefile
 
 
 class Upstream:
@@ -428,7 +428,7 @@ def test_rollback_to_the_previous_release_under_load_loses_nothing(tmp_path):
 
 def test_handoff_reload_replaces_the_process_and_the_old_one_exits(tmp_path, capsys):
     """`systemctl reload` runs `nodecache handoff reload`: afterwards exactly one agent remains."""
-    from nodecache.cli import handoff_status
+    from nodecache.handoff.control import status as handoff_status
 
     async def go():
         up, port, conf = await _setup(tmp_path)

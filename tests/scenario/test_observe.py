@@ -13,8 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nodecache.runtime import UNREADY_AFTER_DOWN
 
-from nodecache import client
-from nodecache.client import build
+from nodecache.testing import client
+from nodecache.testing.client import build
 from nodecache.config.plugins import parse_config
 from nodecache.node.reconcile import NodeParams, NodeSetup
 from nodecache.runtime import Runtime

@@ -4,8 +4,8 @@ import asyncio
 
 from dnslib import QTYPE, DNSRecord
 
-from nodecache import client
-from nodecache.client import build
+from nodecache.testing import client
+from nodecache.testing.client import build
 from nodecache.config.plugins import parse_config
 from nodecache.node.reconcile import NodeParams, NodeSetup
 from nodecache.runner import ConfigSource, RunParams, _watch_config
@@ -140,7 +140,7 @@ def test_without_ipv6_the_wildcard_listener_survives_reloads_and_is_handed_over(
     monkeypatch.setattr(agent_mod, "make_sockets", no_ipv6)
 
     async def go():
-        from nodecache import client
+        from nodecache.testing import client
         port = client.free_port()
         text = f".:{port} {{\n    cache\n    forward . 127.0.0.1:1\n}}\n"
         agent = Agent(parse_config(text, "no bind"))

@@ -10,10 +10,10 @@ import sys
 
 from dnslib import QTYPE, DNSRecord
 
-from nodecache import client
+from nodecache.testing import client
 from nodecache.cache import snapshot
 from fakes import run
-from procs import NAMES, corefile
+from nodecache_bench.procs import NAMES, corefile
 from test_handoff import Upstream
 
 

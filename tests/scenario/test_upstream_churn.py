@@ -8,8 +8,8 @@ import time
 import pytest
 from dnslib import QTYPE, DNSRecord
 
-from nodecache.client import build, free_port
-from nodecache.fakeupstream import ClusterDNS, FakeUpstream
+from nodecache.testing.client import build, free_port
+from nodecache.testing.fakeupstream import ClusterDNS, FakeUpstream
 from nodecache.forward import transport
 from fakes import run
 from harness import CLUSTER, node

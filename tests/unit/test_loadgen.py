@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from histogram import Histogram
-from loadgen import Engine, Spec
-from scenarios import NxDomain, PodLookups, QueryFile, Zipf, pod_plan
+from nodecache_bench.histogram import Histogram
+from nodecache_bench.loadgen import Engine, Spec
+from nodecache_bench.scenarios import NxDomain, PodLookups, QueryFile, Zipf, pod_plan
 from fakes import run
 
 
