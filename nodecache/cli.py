@@ -239,7 +239,8 @@ def describe(config) -> str:
 def cmd_run(args) -> int:
     from .node.nodeconfig import ConfigMapError, cluster_dns_ip
     from .node.reconcile import NodeParams
-    from .runner import ConfigSource, RunParams, parse_local_ips, run_node
+    from .lifecycle import run_node
+    from .runner import ConfigSource, RunParams, parse_local_ips
     from .fdlimit import raise_nofile
     log = logging.getLogger("nodecache")
     old, new = raise_nofile()

@@ -1,49 +1,33 @@
-"""``nodecache run``: the agent on a node, with node-cache's command line.
+"""``nodecache run``'s inputs: its parameters (node-cache's command line),
+where the configuration comes from and when it changed, and the cache
+file. The process itself is driven by ``lifecycle``.
 
-Lifecycle: build the Corefile (node-cache templating, see
-``node.nodeconfig``) -> take the sockets and cache from a running agent if
-one answers at the handoff socket (``handoff``) -> ensure the interface ->
-start listeners (on the adopted sockets, or new ones) -> publish our own
-handoff socket and tell the donor READY -> write the pidfile -> ensure the
-rules -> serve, reconciling every ``-syncinterval`` and re-reading the
-templates every ``-configsync``. When a successor takes over: stop reading,
-drain, stay alive and unready, own nothing. On SIGTERM/SIGINT (not handed
-off): remove the rules, drain and stop, remove the interface (unless
-``-skipteardown``).
-
-A Corefile that is broken at startup is fatal (exit 2, ``file:line:
-message``); one that breaks later is logged and counted, and the running
-configuration stays.
+The Corefile is built from the template (``-basecorefile``, else
+``-conf``) with node-cache's templating (``node.nodeconfig``): local IPs,
+the upstream Service's ClusterIP, the kube-dns ConfigMap's stubDomains and
+upstreamNameservers. A Corefile that is broken at startup is fatal (exit
+2, ``file:line: message``); one that breaks later is logged and counted,
+and the running configuration stays (``watch_config``).
 """
 from __future__ import annotations
 
 import asyncio
-import gc
 import hashlib
 import ipaddress
 import logging
-import os
 import random
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__
+from .cache import snapshot
 from .config.corefile import CorefileError
 from .config.model import Config
 from .config.plugins import parse_config
 from .node.nodeconfig import (CLUSTER_DNS, ConfigMapError, cluster_dns_ip, read_kubedns_configmap,
                               render_corefile, service_env)
-from .node.reconcile import NodeParams, NodeSetup
-from .cache import snapshot
-from .handoff.donor import Donor
-from .handoff.systemd import listen_fds, notify
-from .handoff.heir import take_over
-from .handoff.protocol import ProtocolError
+from .node.reconcile import NodeParams
 from .runtime import Runtime
-from .cache.store import ByteBudget
-from .server.admission import Admission
 from .server.agent import Agent, ListenError
 
 log = logging.getLogger("nodecache")
@@ -158,215 +142,6 @@ def dns_ports(config: Config, ips: tuple[str, ...]) -> dict[str, set[int]]:
     return {ip: ports or {53} for ip, ports in out.items()}
 
 
-async def run_node(params: RunParams, source: ConfigSource, config: Config) -> int:
-    node = NodeSetup(params.node, dns_ports(config, params.local_ips))
-    for problem in getattr(source, "problems", []):
-        node.count("configmap", problem)
-    for problem in params.ip_problems:
-        node.count("interface_add", f"{problem}: not set up")
-    if not params.local_ips and (params.node.setup_interface or params.node.setup_iptables) and params.ip_problems:
-        log.error("no valid -localip: no interface or rules; serving the Corefile's addresses only")
-    take = None
-    if params.handoff:
-        try:
-            take = await asyncio.to_thread(take_over, params.handoff_dir)
-        except ProtocolError as exc:
-            log.error("handoff from the running agent failed (%s); it keeps serving. Exiting.", exc)
-            return 1
-    await node.run(node.ensure_interface)
-    agent = Agent(config, admission=Admission(params.max_inflight, params.max_inflight_per_client,
-                                              params.miss_rate_per_client),
-                  budget=ByteBudget(params.cache_bytes, params.cache_max_item))
-    rt = Runtime(agent, node)
-    # decode the snapshot before serving (in a thread: the donor serves meanwhile)
-    cached = await asyncio.to_thread(take.cache, agent.clock()) if take else None
-    adopted = take.sockets if take else listen_fds()
-    http_socks = {k: v for k, v in adopted.items() if k[2] == "http"}
-    try:
-        await agent.start({k: v for k, v in adopted.items() if k[2] != "http"})
-    except ListenError as exc:
-        log.error("%s", exc)
-        if take:
-            take.abandon()
-        await agent.stop(0)
-        if not take:
-            await node.run(node.teardown)
-        return 1
-    rt.configure_http(config, params.metrics_listen)
-    await rt.http.start(http_socks)
-    for sock in http_socks.values():
-        sock.close()  # handed over but no longer configured
-    rt.started = True
-    if take:
-        rt.received_entries = agent.restore(cached)
-        log.info("handoff: serving with %d cache entries from pid %d", rt.received_entries, take.donor_pid)
-    elif params.cache_file:
-        _load_cache_file(agent, params.cache_file)
-    agent.probe_loops()
-    state = _State()
-    _publish_donor(rt, state, params, source)
-    rt.start_status(params.status_socket)
-    if take:
-        take.finish()
-        rt.takeover_seconds = time.monotonic() - take.started
-        log.info("handoff: READY sent %.0f ms after connecting", rt.takeover_seconds * 1000)
-        notify(f"MAINPID={os.getpid()}\nREADY=1")
-    else:
-        notify("READY=1")
-    if params.pidfile:
-        _write_pidfile(params.pidfile)
-    await node.run(node.ensure_rules)
-    _tune_gc()
-    if params.node.setup_iptables:
-        log.info("%d rules in place for %s", len(node.rules), ", ".join(params.local_ips) or "no local IP")
-    stop = asyncio.Event()
-    reload_now = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGUSR1, reload_now.set)
-    loop.set_exception_handler(rt.on_loop_exception)
-    log.info("nodecache %s serving (%d server blocks)", __version__, len(config.blocks))
-    state.reload_now = reload_now
-    state.tasks = [loop.create_task(node.loop()),
-                   loop.create_task(_watch_config(source, rt, params, reload_now))]
-    state.stop = stop
-    await stop.wait()
-    while await _hold_safety_net(rt):
-        # Our heir died while we were being replaced. Exiting now would leave
-        # the node without an agent until the heir's container restarts, so
-        # serve on: the restarted heir takes over from us (then we exit), or
-        # a second signal, or the kubelet's SIGKILL, ends us.
-        log.warning("stop requested, but our heir died: serving until a new agent takes over")
-        state.exit_after_handoff = True
-        stop.clear()
-        await stop.wait()
-    for task in state.tasks:
-        task.cancel()
-    if rt.donor is not None:
-        rt.donor.close()
-    if rt.handed_off:
-        log.info("exiting after handoff: interface and rules belong to the successor")
-        await state.drained.wait()
-        rt.close()
-        return 0
-    rt.stopping = True
-    lameduck = rt.lameduck()
-    if lameduck:
-        log.info("lameduck: serving (unready) for %.1fs before shutting down", lameduck)
-        await asyncio.sleep(lameduck)
-    log.info("shutting down")
-    notify("STOPPING=1")
-    teardown = not state.exit_after_handoff
-    if not teardown:  # our heir died while we were being replaced: leave the fail-open rules
-        log.info("leaving interface and rules in place: the DaemonSet's next agent takes them over")
-    if teardown and params.node.setup_iptables and not params.node.skip_teardown:
-        await node.run(node.teardown_rules)
-    await rt.agent.stop(params.drain)
-    rt.close()
-    if params.cache_file:
-        _save_cache_file(rt.agent, params.cache_file)
-    if teardown:
-        await node.run(node.teardown_interface)
-    if params.pidfile:
-        Path(params.pidfile).unlink(missing_ok=True)
-    return 0
-
-
-async def _hold_safety_net(rt: Runtime) -> bool:
-    """A stop right after a handoff (a rolling update terminates the old pod
-    as soon as the new one is ready): stay able to resume until the grace
-    period ends. True if the heir died meanwhile and we serve again."""
-    donor = rt.donor
-    if not rt.handed_off or donor is None or donor.watch is None or donor.watch.done():
-        return False
-    log.info("stop requested after a handoff: able to resume until the grace period ends")
-    await asyncio.wait({donor.watch})
-    return not rt.handed_off
-
-
-class _State:
-    def __init__(self):
-        self.tasks: list[asyncio.Task] = []
-        self.drained = asyncio.Event()
-        self.reload_now = asyncio.Event()
-        self.stop = asyncio.Event()
-        self.exit_after_handoff = False  # a stop came while handed off, then we resumed
-
-
-def _publish_donor(rt: Runtime, state: _State, params: RunParams, source: ConfigSource) -> None:
-    if not params.handoff:
-        return
-    rt.donor = Donor(rt.agent, params.handoff_dir, lambda: _handed_off(rt, state, params),
-                     rt.http.listening_sockets, params.handoff_grace,
-                     lambda spare: _resume(rt, state, params, source, spare))
-    try:
-        rt.donor.start()
-    except OSError as exc:
-        log.error("cannot publish the handoff socket in %s: %s (upgrades will not be hot)",
-                  params.handoff_dir, exc)
-        rt.donor = None
-
-
-async def _resume(rt: Runtime, state: _State, params: RunParams, source: ConfigSource, spare: list) -> None:
-    """Our heir died within the grace period: serve again on the duplicates
-    of the sockets we handed over, with the cache we still hold, and take
-    the node back (a heir that exited cleanly removed interface and rules)."""
-    t0 = time.monotonic()
-    old = rt.agent
-    # the same limits objects: the old agent's queries still in flight keep
-    # their admission slots; its caches stop counting, their entries move here
-    agent = Agent(old.config, tcp_limits=old.tcp_limits, admission=old.admission, budget=old.budget)
-    entries = dict(old.snapshot_blocks())
-    for block in old.blocks:
-        if block.cache is not None:
-            block.cache.detach()
-    agent.restore(entries)
-    await agent.start({(a, p, k): s for a, p, k, s in spare if k != "http"})
-    rt.agent = agent
-    rt.configure_http(agent.config, params.metrics_listen)
-    await rt.http.start({(a, p, k): s for a, p, k, s in spare if k == "http"})
-    rt.handed_off = False
-    rt.resumed += 1
-    _publish_donor(rt, state, params, source)
-    loop = asyncio.get_running_loop()
-    state.tasks = [loop.create_task(rt.node.loop()),
-                   loop.create_task(_watch_config(source, rt, params, state.reload_now))]
-    log.warning("handoff: serving again %.0f ms after the heir's death (%d cache entries)",
-                (time.monotonic() - t0) * 1000, sum(len(e) for _, e in agent.snapshot_blocks()))
-    await rt.node.run(rt.node.reconcile_once)
-    agent.probe_loops()
-
-
-async def _handed_off(rt: Runtime, state: _State, params: RunParams) -> None:
-    """The heir serves now: stop reading, finish what we took, own nothing."""
-    drained = state.drained = asyncio.Event()  # this handoff's (we may hand off again after a resume)
-    rt.handed_off = True
-    for task in state.tasks:
-        task.cancel()  # no more reconciles or reloads: the heir owns the node
-    rt.http.close()    # the heir serves the HTTP endpoints on the same sockets
-    t0 = time.monotonic()
-    await rt.agent.stop(params.drain)
-    log.info("handed off: drained in %.0f ms; staying alive, unready, until terminated",
-             (time.monotonic() - t0) * 1000)
-    drained.set()
-    if state.exit_after_handoff:
-        state.stop.set()  # the stop we were asked for earlier
-
-
-def _tune_gc() -> None:
-    """Full garbage collections scan every tracked object, and most of them
-    (modules, functions, configuration: ~100k objects) exist once we serve
-    and live as long as the process. Freeze those, so that collections only
-    scan what came later (cache entries are one tracked object each).
-    Measured: a client sweeping QTYPEs had pushed other clients' cache-hit
-    p99 from 3 ms to 88 ms through full collections; frozen, 2.9 ms. The
-    thresholds stay CPython's: collecting less often was measured to let
-    the slow path's reference cycles pile up under a flood (+51 MiB in 25 s)."""
-    gc.collect()
-    gc.freeze()
-
-
 def _reload_interval(config: Config, default: float) -> float:
     """The Corefile's `reload INTERVAL [JITTER]` if any block has it (with
     jitter, so a fleet does not reload in step), else -configsync."""
@@ -377,7 +152,7 @@ def _reload_interval(config: Config, default: float) -> float:
     return max(1.0, r.interval + random.uniform(-r.jitter, r.jitter))
 
 
-async def _watch_config(source: ConfigSource, rt: Runtime, params: RunParams, now: asyncio.Event) -> None:
+async def watch_config(source: ConfigSource, rt: Runtime, params: RunParams, now: asyncio.Event) -> None:
     """Reload when the Corefile, template or ConfigMap changes (polled, by
     content hash) or on SIGUSR1. A broken new configuration is logged and
     counted, and the running one stays."""
@@ -411,7 +186,7 @@ async def _watch_config(source: ConfigSource, rt: Runtime, params: RunParams, no
         log.info("configuration reloaded (%d server blocks)", len(config.blocks))
 
 
-def _load_cache_file(agent: Agent, path: str) -> None:
+def load_cache_file(agent: Agent, path: str) -> None:
     try:
         entries = snapshot.load(path, agent.clock(), time.time())
     except FileNotFoundError:
@@ -422,7 +197,7 @@ def _load_cache_file(agent: Agent, path: str) -> None:
     log.info("loaded %d cache entries from %s", agent.restore(entries), path)
 
 
-def _save_cache_file(agent: Agent, path: str) -> None:
+def save_cache_file(agent: Agent, path: str) -> None:
     try:
         size = snapshot.save(path, agent.snapshot_blocks(), agent.clock(), time.time())
     except OSError as exc:  # full disk, read-only: the cache is lost, nothing else
@@ -430,11 +205,3 @@ def _save_cache_file(agent: Agent, path: str) -> None:
         return
     log.info("saved the cache to %s (%d bytes)", path, size)
 
-
-def _write_pidfile(path: str) -> None:
-    tmp = f"{path}.tmp"
-    try:
-        Path(tmp).write_text(f"{os.getpid()}\n")
-        os.replace(tmp, path)
-    except OSError as exc:
-        log.error("cannot write pidfile %s: %s", path, exc)

@@ -1,8 +1,10 @@
 """What a running agent knows about itself: readiness, HTTP endpoints,
 metrics, and the status socket its probes ask.
 
+The process's phase (``Phase``) is set by its one owner, ``lifecycle``,
+through ``enter``, which refuses moves the lifecycle does not make.
 Readiness (``/ready``, ``nodecache probe ready``, the ``nodecache_ready``
-gauge) is computed from the process's own state each time it is asked:
+gauge) is computed from the phase and the agent each time it is asked:
 unready while starting, after handing off, while shutting down (lameduck),
 for a zone whose every upstream has been down for ``UNREADY_AFTER_DOWN``
 seconds, and for a zone with a forwarding loop; the reasons are returned
@@ -16,6 +18,7 @@ already belongs to the newer one.
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
 import os
@@ -33,14 +36,25 @@ log = logging.getLogger("nodecache")
 UNREADY_AFTER_DOWN = 10.0
 
 
+class Phase(enum.Enum):
+    STARTING = "starting"
+    SERVING = "serving"
+    HANDED_OFF = "handed off"   # a successor holds our sockets; we drain and wait
+    STOPPING = "stopping"
+
+
+_MOVES = {Phase.STARTING: {Phase.SERVING, Phase.STOPPING},
+          Phase.SERVING: {Phase.HANDED_OFF, Phase.STOPPING},
+          Phase.HANDED_OFF: {Phase.SERVING},  # resumed: the successor died in the grace period
+          Phase.STOPPING: set()}
+
+
 class Runtime:
     def __init__(self, agent, node):
         self.agent = agent
         self.node = node
         self.donor = None
-        self.started = False
-        self.handed_off = False
-        self.stopping = False
+        self.phase = Phase.STARTING
         self.panics = 0
         self.reload_failed = 0
         self.received_entries = 0
@@ -52,6 +66,16 @@ class Runtime:
         self.status_task: asyncio.Task | None = None
 
     # -- state ------------------------------------------------------------
+    def enter(self, phase: Phase) -> None:
+        if phase not in _MOVES[self.phase]:
+            raise RuntimeError(f"lifecycle bug: {self.phase.value} -> {phase.value}")
+        log.debug("phase: %s -> %s", self.phase.value, phase.value)
+        self.phase = phase
+
+    @property
+    def handed_off(self) -> bool:
+        return self.phase is Phase.HANDED_OFF
+
     def retired_listeners(self):
         return list(self.agent.retired) if self.agent else []
 
@@ -59,11 +83,11 @@ class Runtime:
         return self.agent.block_server(block)
 
     def unready_reasons(self) -> list[str]:
-        if not self.started:
+        if self.phase is Phase.STARTING:
             return ["starting"]
-        if self.handed_off:
+        if self.phase is Phase.HANDED_OFF:
             return ["handed off to a successor"]
-        reasons = ["shutting down"] if self.stopping else []
+        reasons = ["shutting down"] if self.phase is Phase.STOPPING else []
         for block in self.agent.blocks:
             zones = " ".join(block.cfg.zones)
             if block.loop is not None and block.loop.detected:

@@ -17,7 +17,7 @@ from nodecache.testing import client
 from nodecache.testing.client import build
 from nodecache.config.plugins import parse_config
 from nodecache.node.reconcile import NodeParams, NodeSetup
-from nodecache.runtime import Runtime
+from nodecache.runtime import Phase, Runtime
 from fakes import run
 from harness import CLUSTER, node
 
@@ -115,7 +115,7 @@ def test_exact_counters_after_scripted_traffic():
     async def go():
         async with node(_corefile(mport)) as n:
             rt = await runtime_for(n)
-            rt.started = True
+            rt.enter(Phase.SERVING)
             svc = build("svc-1.default.svc.cluster.local", QTYPE.A)
             for _ in range(3):
                 await n.udp(svc)                                   # 1 miss + 2 hits
@@ -157,7 +157,7 @@ def test_names_labels_and_naming_rules():
     async def go():
         async with node(_corefile(mport)) as n:
             rt = await runtime_for(n, f"127.0.0.1:{sport}")
-            rt.started = True
+            rt.enter(Phase.SERVING)
             await n.udp(build("svc-1.default.svc.cluster.local", QTYPE.A, do=1))
             _, text = await get(mport, "/metrics")
             _, setup = await get(sport, "/metrics")
@@ -196,7 +196,7 @@ def test_health_ready_transitions_and_http_errors():
         async with node(_corefile(mport)) as n:
             rt = await runtime_for(n)
             steps = [await get(mport, "/ready")]                   # starting
-            rt.started = True
+            rt.enter(Phase.SERVING)
             steps.append(await get(mport, "/ready"))               # ready
             n.up.drop = 1.0
             await n.udp(build("svc-9.default.svc.cluster.local", QTYPE.A))  # fails: upstream down
@@ -206,7 +206,7 @@ def test_health_ready_transitions_and_http_errors():
                 up.down_since -= UNREADY_AFTER_DOWN                # ... and for long
             steps.append(await get(mport, "/ready"))
             n.up.drop = 0.0
-            rt.handed_off = True
+            rt.enter(Phase.HANDED_OFF)
             steps.append(await get(mport, "/ready"))
             health = await get(mport, "/health")
             missing = await get(mport, "/nope")
@@ -261,7 +261,7 @@ example.com:{port} {{
     async def go():
         async with node(corefile % mport) as n:
             rt = await runtime_for(n)
-            rt.started = True
+            rt.enter(Phase.SERVING)
             n.agent.probe_loops()
             for _ in range(100):
                 if n.agent.blocks[0].loop.detected:
@@ -284,7 +284,7 @@ def test_scrape_during_reload():
     async def go():
         async with node(_corefile(mport)) as n:
             rt = await runtime_for(n)
-            rt.started = True
+            rt.enter(Phase.SERVING)
             text = _corefile(mport).format(port=n.port, up0=n.up.port)
             results = []
 

@@ -8,7 +8,7 @@ from nodecache.testing import client
 from nodecache.testing.client import build
 from nodecache.config.plugins import parse_config
 from nodecache.node.reconcile import NodeParams, NodeSetup
-from nodecache.runner import ConfigSource, RunParams, _watch_config
+from nodecache.runner import ConfigSource, RunParams, watch_config
 from nodecache.runtime import Runtime
 from fakes import run
 from harness import node
@@ -78,7 +78,7 @@ def test_broken_new_corefile_keeps_the_running_one(tmp_path):
             source = ConfigSource(params, {})
             setup = NodeSetup(NodeParams((), setup_interface=False, setup_iptables=False), {})
             rt = Runtime(n.agent, setup)
-            watcher = asyncio.get_running_loop().create_task(_watch_config(source, rt, params, asyncio.Event()))
+            watcher = asyncio.get_running_loop().create_task(watch_config(source, rt, params, asyncio.Event()))
             try:
                 await asyncio.sleep(0.1)
                 conf.write_text(good.replace("cache 30", "cache 30\n    frobnicate"))
@@ -113,7 +113,7 @@ def test_an_unexpected_error_while_reloading_does_not_end_reloading(tmp_path, mo
             monkeypatch.setattr(source, "load", load)
             setup = NodeSetup(NodeParams((), setup_interface=False, setup_iptables=False), {})
             rt = Runtime(n.agent, setup)
-            watcher = asyncio.get_running_loop().create_task(_watch_config(source, rt, params, asyncio.Event()))
+            watcher = asyncio.get_running_loop().create_task(watch_config(source, rt, params, asyncio.Event()))
             try:
                 await asyncio.sleep(0.1)
                 conf.write_text(good.replace("cache 30", "cache 40"))
