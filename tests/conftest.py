@@ -1,4 +1,19 @@
+import inspect
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+def pytest_pyfunc_call(pyfuncitem):
+    """``async def test_...`` runs on uvloop (the product's loop), bounded in
+    time like ``fakes.run``: scenario tests need no wrapper of their own."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    from fakes import run
+    args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    run(pyfuncitem.obj(**args), timeout=ASYNC_TEST_TIMEOUT)
+    return True
+
+
+ASYNC_TEST_TIMEOUT = 60.0

@@ -52,3 +52,16 @@ def parsed(wire: bytes) -> DNSRecord:
 
 
 NOERROR, NXDOMAIN, SERVFAIL = RCODE.NOERROR, RCODE.NXDOMAIN, RCODE.SERVFAIL
+
+
+async def eventually(condition, timeout: float = 5.0, what: str = "") -> None:
+    """Wait until ``condition()`` is true (polled every 10 ms); fail after
+    ``timeout`` seconds. For effects that happen in the background (a reload,
+    a drain, a refresh): waiting on the effect, not for a fixed time, keeps
+    the test both fast and immune to a slow machine."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {timeout:g}s: {what or condition}")
+        await asyncio.sleep(0.01)

@@ -10,92 +10,83 @@ from nodecache.testing.client import build
 from nodecache.dns.framing import frame
 from nodecache.server import tcp as tcp_mod
 from nodecache.server.tcp import TcpLimits
-from fakes import run
+from fakes import eventually
 from harness import CLUSTER, node
 
 CACHED = "svc-1.default.svc.cluster.local"
 
 
-def test_client_that_never_reads_is_paused_bounded_and_aborted():
-    async def go():
-        async with node(CLUSTER, tcp_limits=TcpLimits(idle=1.0)) as n:
-            await n.udp(build(CACHED, QTYPE.A))  # cached
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.connect(("127.0.0.1", n.port))
-            sock.setblocking(False)
-            chunk = b"".join(frame(build(CACHED, QTYPE.A)) for _ in range(200))
-            pending, sent, deadline = b"", 0, time.monotonic() + 0.8
-            while time.monotonic() < deadline:  # pipeline as fast as the agent takes them
-                try:
-                    if not pending:
-                        pending, sent = chunk, sent + 200
-                    pending = pending[sock.send(pending):]
-                except BlockingIOError:
-                    await asyncio.sleep(0.002)
-                except OSError:
-                    break
-            state = n.agent.listeners[0].tcp_state
-            (conn,) = state.conns
-            buffered = conn.transport.get_write_buffer_size()
-            assert conn.write_blocked and not conn.reading             # the bound triggered
-            assert buffered <= tcp_mod.WRITE_HIGH + 1024, buffered      # ... and held
-            assert len(conn.backlog) < 4000 and state.queries < sent
-            await asyncio.sleep(1.5)                                     # blocked past idle
-            assert state.blocked_aborted == 1 and not state.conns
-            sock.close()
-            # other clients were answered meanwhile and still are
-            assert DNSRecord.parse(await n.tcp(build(CACHED, QTYPE.A))).rr
-    run(go())
+async def test_client_that_never_reads_is_paused_bounded_and_aborted():
+    async with node(CLUSTER, tcp_limits=TcpLimits(idle=1.0)) as n:
+        await n.udp(build(CACHED, QTYPE.A))  # cached
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", n.port))
+        sock.setblocking(False)
+        chunk = b"".join(frame(build(CACHED, QTYPE.A)) for _ in range(200))
+        pending, sent, deadline = b"", 0, time.monotonic() + 0.8
+        while time.monotonic() < deadline:  # pipeline as fast as the agent takes them
+            try:
+                if not pending:
+                    pending, sent = chunk, sent + 200
+                pending = pending[sock.send(pending):]
+            except BlockingIOError:
+                await asyncio.sleep(0.002)
+            except OSError:
+                break
+        state = n.agent.listeners[0].tcp_state
+        (conn,) = state.conns
+        buffered = conn.transport.get_write_buffer_size()
+        assert conn.write_blocked and not conn.reading             # the bound triggered
+        assert buffered <= tcp_mod.WRITE_HIGH + 1024, buffered      # ... and held
+        assert len(conn.backlog) < 4000 and state.queries < sent
+        await eventually(lambda: state.blocked_aborted == 1, what="aborted when blocked past idle")
+        assert not state.conns
+        sock.close()
+        # other clients were answered meanwhile and still are
+        assert DNSRecord.parse(await n.tcp(build(CACHED, QTYPE.A))).rr
 
 
-def test_inflight_cap_is_per_frame_not_per_read():
-    async def go():
-        async with node(CLUSTER, delay=0.5, tcp_limits=TcpLimits(max_inflight=8)) as n:
-            reader, writer = await asyncio.open_connection("127.0.0.1", n.port)
-            # one write, 300 frames of distinct misses
-            writer.write(b"".join(frame(build(f"svc-{i}.other.svc.cluster.local", QTYPE.A, qid=i))
-                                  for i in range(300)))
-            await asyncio.sleep(0.3)
-            assert len(n.up.seen) == 8  # not 300: the cap applies per frame
-            writer.close()
-    run(go())
+async def test_inflight_cap_is_per_frame_not_per_read():
+    async with node(CLUSTER, delay=0.5, tcp_limits=TcpLimits(max_inflight=8)) as n:
+        reader, writer = await asyncio.open_connection("127.0.0.1", n.port)
+        # one write, 300 frames of distinct misses
+        writer.write(b"".join(frame(build(f"svc-{i}.other.svc.cluster.local", QTYPE.A, qid=i))
+                              for i in range(300)))
+        await asyncio.sleep(0.3)
+        assert len(n.up.seen) == 8  # not 300: the cap applies per frame
+        writer.close()
 
 
-def test_partial_frames_do_not_keep_a_connection_alive():
-    async def go():
-        async with node(CLUSTER, tcp_limits=TcpLimits(idle=1.0)) as n:
-            reader, writer = await asyncio.open_connection("127.0.0.1", n.port)
-            query = frame(build(CACHED, QTYPE.A))
-            t0 = time.monotonic()
-            for byte in query[:-1]:  # a slowloris: one byte every 0.2 s, never a whole frame
-                writer.write(bytes([byte]))
-                await asyncio.sleep(0.2)
-                if writer.transport.is_closing() or reader.at_eof():
-                    break
-            data = await asyncio.wait_for(reader.read(), 3)
-            assert data == b"" and time.monotonic() - t0 < 2.5
-            assert n.agent.listeners[0].tcp_state.idle_closed == 1
-    run(go())
+async def test_partial_frames_do_not_keep_a_connection_alive():
+    async with node(CLUSTER, tcp_limits=TcpLimits(idle=1.0)) as n:
+        reader, writer = await asyncio.open_connection("127.0.0.1", n.port)
+        query = frame(build(CACHED, QTYPE.A))
+        t0 = time.monotonic()
+        for byte in query[:-1]:  # a slowloris: one byte every 0.2 s, never a whole frame
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.2)
+            if writer.transport.is_closing() or reader.at_eof():
+                break
+        data = await asyncio.wait_for(reader.read(), 3)
+        assert data == b"" and time.monotonic() - t0 < 2.5
+        assert n.agent.listeners[0].tcp_state.idle_closed == 1
 
 
-def test_per_client_connection_cap_leaves_room_for_others():
-    async def go():
-        async with node(CLUSTER, tcp_limits=TcpLimits(max_per_client=3)) as n:
-            mine = [await asyncio.open_connection("127.0.0.1", n.port) for _ in range(3)]
-            reader, _ = await asyncio.open_connection("127.0.0.1", n.port)
-            assert await asyncio.wait_for(reader.read(), 2) == b""      # the 4th: aborted
-            state = n.agent.listeners[0].tcp_state
-            assert state.rejected_per_client == 1
-            # another client address still gets in and is answered
-            other_r, other_w = await asyncio.open_connection("127.0.0.1", n.port, local_addr=("127.0.0.2", 0))
-            other_w.write(frame(build(CACHED, QTYPE.A)))
-            assert len(await asyncio.wait_for(other_r.read(2), 3)) == 2
-            for _, w in mine + [(None, other_w)]:
-                w.close()
-            await asyncio.sleep(0.1)
-            assert state.per_client == {}  # every slot given back
-    run(go())
+async def test_per_client_connection_cap_leaves_room_for_others():
+    async with node(CLUSTER, tcp_limits=TcpLimits(max_per_client=3)) as n:
+        mine = [await asyncio.open_connection("127.0.0.1", n.port) for _ in range(3)]
+        reader, _ = await asyncio.open_connection("127.0.0.1", n.port)
+        assert await asyncio.wait_for(reader.read(), 2) == b""      # the 4th: aborted
+        state = n.agent.listeners[0].tcp_state
+        assert state.rejected_per_client == 1
+        # another client address still gets in and is answered
+        other_r, other_w = await asyncio.open_connection("127.0.0.1", n.port, local_addr=("127.0.0.2", 0))
+        other_w.write(frame(build(CACHED, QTYPE.A)))
+        assert len(await asyncio.wait_for(other_r.read(2), 3)) == 2
+        for _, w in mine + [(None, other_w)]:
+            w.close()
+        await eventually(lambda: state.per_client == {}, what="every slot given back")
 
 
 def _slow_flood(data: bytes) -> float:
@@ -107,38 +98,32 @@ async def _udp_from(src: str, port: int, data: bytes, timeout: float = 3.0) -> b
     return await client.udp("127.0.0.1", port, data, timeout, source=src)
 
 
-def test_a_client_flooding_slow_misses_gets_refused_beyond_its_share_others_are_served():
+async def test_a_client_flooding_slow_misses_gets_refused_beyond_its_share_others_are_served():
     from nodecache.server.admission import Admission
-
-    async def go():
-        async with node(CLUSTER, delay=_slow_flood, admission=Admission(total=100, per_client=10)) as n:
-            flood = [asyncio.ensure_future(_udp_from("127.0.0.1", n.port, build(f"flood.{i}.example.com", QTYPE.A)))
-                     for i in range(50)]
-            await asyncio.sleep(0.2)
-            t0 = time.monotonic()
-            good = DNSRecord.parse(await _udp_from("127.0.0.2", n.port, build("www.example.com", QTYPE.A)))
-            assert good.header.rcode == 0 and good.rr and time.monotonic() - t0 < 0.5  # promptly
-            rcodes = [DNSRecord.parse(r).header.rcode for r in await asyncio.gather(*flood)]
-            assert rcodes.count(5) == 40 and rcodes.count(3) + rcodes.count(0) == 10
-            assert n.agent.admission.refused_share == 40
-            assert n.agent.admission.running == 0 and n.agent.admission.by_client == {}
-    run(go())
+    async with node(CLUSTER, delay=_slow_flood, admission=Admission(total=100, per_client=10)) as n:
+        flood = [asyncio.ensure_future(_udp_from("127.0.0.1", n.port, build(f"flood.{i}.example.com", QTYPE.A)))
+                 for i in range(50)]
+        await eventually(lambda: n.agent.admission.refused_share == 40, what="the flood arrived")
+        t0 = time.monotonic()
+        good = DNSRecord.parse(await _udp_from("127.0.0.2", n.port, build("www.example.com", QTYPE.A)))
+        assert good.header.rcode == 0 and good.rr and time.monotonic() - t0 < 0.5  # promptly
+        rcodes = [DNSRecord.parse(r).header.rcode for r in await asyncio.gather(*flood)]
+        assert rcodes.count(5) == 40 and rcodes.count(3) + rcodes.count(0) == 10
+        assert n.agent.admission.refused_share == 40
+        assert n.agent.admission.running == 0 and n.agent.admission.by_client == {}
 
 
-def test_total_capacity_refuses_once_every_slot_is_taken():
+async def test_total_capacity_refuses_once_every_slot_is_taken():
     from nodecache.server.admission import Admission
-
-    async def go():
-        async with node(CLUSTER, delay=_slow_flood, admission=Admission(total=15, per_client=10)) as n:
-            a = [asyncio.ensure_future(_udp_from("127.0.0.1", n.port, build(f"flood.a{i}.example.com", QTYPE.A)))
-                 for i in range(10)]
-            await asyncio.sleep(0.1)
-            b = [asyncio.ensure_future(_udp_from("127.0.0.2", n.port, build(f"flood.b{i}.example.com", QTYPE.A)))
-                 for i in range(8)]
-            b_rcodes = [DNSRecord.parse(r).header.rcode for r in await asyncio.gather(*b)]
-            await asyncio.gather(*a)
-            assert b_rcodes.count(5) == 3 and n.agent.admission.refused_capacity == 3
-    run(go())
+    async with node(CLUSTER, delay=_slow_flood, admission=Admission(total=15, per_client=10)) as n:
+        a = [asyncio.ensure_future(_udp_from("127.0.0.1", n.port, build(f"flood.a{i}.example.com", QTYPE.A)))
+             for i in range(10)]
+        await eventually(lambda: n.agent.admission.running == 10, what="a's ten admitted")
+        b = [asyncio.ensure_future(_udp_from("127.0.0.2", n.port, build(f"flood.b{i}.example.com", QTYPE.A)))
+             for i in range(8)]
+        b_rcodes = [DNSRecord.parse(r).header.rcode for r in await asyncio.gather(*b)]
+        await asyncio.gather(*a)
+        assert b_rcodes.count(5) == 3 and n.agent.admission.refused_capacity == 3
 
 
 def test_metric_series_stay_bounded_over_a_qtype_sweep():
@@ -150,33 +135,30 @@ def test_metric_series_stay_bounded_over_a_qtype_sweep():
     assert "other" in labels and "A" in labels and len(stats.counts) == len(labels) < 40
 
 
-def test_accept_loop_survives_running_out_of_descriptors(monkeypatch):
+async def test_accept_loop_survives_running_out_of_descriptors(monkeypatch):
     import errno
     from nodecache import fdlimit
+    loop = asyncio.get_running_loop()
+    calls = []
+    real = loop.sock_accept
 
-    async def go():
-        loop = asyncio.get_running_loop()
-        calls = []
-        real = loop.sock_accept
-
-        async def flaky(sock):
-            calls.append(1)
-            if len(calls) <= 3:
-                raise OSError(errno.EMFILE, "Too many open files")
-            return await real(sock)
-        monkeypatch.setattr(loop, "sock_accept", flaky)
-        monkeypatch.setattr(fdlimit, "BACKOFF", 0.01)
-        server = socket.socket()
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        server.setblocking(False)
-        guard = fdlimit.AcceptGuard("test")
-        c = socket.create_connection(server.getsockname())
-        conn, _ = await asyncio.wait_for(guard.accept(server), 2)
-        assert guard.failures == 3 and len(calls) == 4   # the bound triggered, the loop went on
-        for s in (conn, c, server):
-            s.close()
-    run(go())
+    async def flaky(sock):
+        calls.append(1)
+        if len(calls) <= 3:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return await real(sock)
+    monkeypatch.setattr(loop, "sock_accept", flaky)
+    monkeypatch.setattr(fdlimit, "BACKOFF", 0.01)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.setblocking(False)
+    guard = fdlimit.AcceptGuard("test")
+    c = socket.create_connection(server.getsockname())
+    conn, _ = await asyncio.wait_for(guard.accept(server), 2)
+    assert guard.failures == 3 and len(calls) == 4   # the bound triggered, the loop went on
+    for s in (conn, c, server):
+        s.close()
 
 
 def test_soft_descriptor_limit_is_raised_to_the_hard_limit():
@@ -191,18 +173,15 @@ def test_soft_descriptor_limit_is_raised_to_the_hard_limit():
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_reload_moves_cache_entries_and_counts_their_bytes_once():
+async def test_reload_moves_cache_entries_and_counts_their_bytes_once():
     from nodecache.config.plugins import parse_config
     from nodecache.demo import COREFILE
-
-    async def go():
-        async with node(CLUSTER) as n:
-            for i in range(30):
-                await n.udp(build(f"svc-{i}.default.svc.cluster.local", QTYPE.A))
-            before = n.agent.budget.used
-            entries = sum(len(b.cache) for b in n.agent.blocks if b.cache is not None)
-            text = COREFILE.format(port=n.port, upstream=n.up.port)
-            await n.agent.reload(parse_config(text, "reloaded"))
-            after = sum(len(b.cache) for b in n.agent.blocks if b.cache is not None)
-            assert after == entries == 30 and n.agent.budget.used == before > 0
-    run(go())
+    async with node(CLUSTER) as n:
+        for i in range(30):
+            await n.udp(build(f"svc-{i}.default.svc.cluster.local", QTYPE.A))
+        before = n.agent.budget.used
+        entries = sum(len(b.cache) for b in n.agent.blocks if b.cache is not None)
+        text = COREFILE.format(port=n.port, upstream=n.up.port)
+        await n.agent.reload(parse_config(text, "reloaded"))
+        after = sum(len(b.cache) for b in n.agent.blocks if b.cache is not None)
+        assert after == entries == 30 and n.agent.budget.used == before > 0

@@ -10,7 +10,6 @@ from nodecache.testing.client import build
 from nodecache.dns.framing import frame
 from nodecache.dns.wire import make_query, question_bytes
 from nodecache.server.tcp import TcpLimits
-from fakes import run
 from harness import CLUSTER, node
 
 
@@ -32,7 +31,7 @@ async def udp_raw(port, data, timeout=0.3):
         t.close()
 
 
-def test_malformed_udp_packets():
+async def test_malformed_udp_packets():
     q = question_bytes("svc-1.default.svc.cluster.local", QTYPE.A)
     cases = {
         b"": None, b"\x01": None, b"\x00" * 11: None,             # dropped: no header
@@ -42,93 +41,76 @@ def test_malformed_udp_packets():
         make_query(5, q, flags=0x1100): 4,                        # opcode STATUS: NOTIMP
         make_query(5, question_bytes("x.example.com", QTYPE.A, 3)): 5,  # CHAOS: REFUSED
     }
-
-    async def go():
-        async with node(CLUSTER) as n:
-            for data, rcode in cases.items():
-                reply = await udp_raw(n.port, data)
-                if rcode is None:
-                    assert reply is None, data
-                else:
-                    rec = DNSRecord.parse(reply)
-                    assert rec.header.rcode == rcode and rec.header.id == 5, data
-            assert n.up.seen == []
-            assert DNSRecord.parse(await n.udp(build("www.example.com", QTYPE.A))).rr
-    run(go())
+    async with node(CLUSTER) as n:
+        for data, rcode in cases.items():
+            reply = await udp_raw(n.port, data)
+            if rcode is None:
+                assert reply is None, data
+            else:
+                rec = DNSRecord.parse(reply)
+                assert rec.header.rcode == rcode and rec.header.id == 5, data
+        assert n.up.seen == []
+        assert DNSRecord.parse(await n.udp(build("www.example.com", QTYPE.A))).rr
 
 
-def test_random_garbage_never_breaks_the_server():
+async def test_random_garbage_never_breaks_the_server():
     rng = random.Random(1)
     base = build("svc-1.default.svc.cluster.local", QTYPE.A, do=1)
-
-    async def go():
-        async with node(CLUSTER) as n:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            for i in range(2000):
-                if i % 2:
-                    data = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 80)))
-                else:  # mutate a valid query: flips and cuts
-                    data = bytearray(base)
-                    for _ in range(rng.randint(1, 4)):
-                        data[rng.randrange(len(data))] = rng.getrandbits(8)
-                    data = bytes(data[:rng.randint(0, len(data))])
-                sock.sendto(data, ("127.0.0.1", n.port))
-            sock.close()
-            await asyncio.sleep(0.5)
-            assert sum(b.panics for b in n.agent.blocks) == 0
-            assert DNSRecord.parse(await n.udp(build("www.example.com", QTYPE.A))).rr
-    run(go())
+    async with node(CLUSTER) as n:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for i in range(2000):
+            if i % 2:
+                data = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 80)))
+            else:  # mutate a valid query: flips and cuts
+                data = bytearray(base)
+                for _ in range(rng.randint(1, 4)):
+                    data[rng.randrange(len(data))] = rng.getrandbits(8)
+                data = bytes(data[:rng.randint(0, len(data))])
+            sock.sendto(data, ("127.0.0.1", n.port))
+        sock.close()
+        await asyncio.sleep(0.5)
+        assert sum(b.panics for b in n.agent.blocks) == 0
+        assert DNSRecord.parse(await n.udp(build("www.example.com", QTYPE.A))).rr
 
 
-def test_oversized_tcp_frame_closes_the_connection():
-    async def go():
-        async with node(CLUSTER) as n:
-            reader, writer = await asyncio.open_connection("127.0.0.1", n.port)
-            writer.write(b"\xff\xff" + b"\x00" * 100)
-            assert await asyncio.wait_for(reader.read(), 2) == b""
-            writer.close()
-    run(go())
+async def test_oversized_tcp_frame_closes_the_connection():
+    async with node(CLUSTER) as n:
+        reader, writer = await asyncio.open_connection("127.0.0.1", n.port)
+        writer.write(b"\xff\xff" + b"\x00" * 100)
+        assert await asyncio.wait_for(reader.read(), 2) == b""
+        writer.close()
 
 
-def test_half_open_and_idle_connections_are_closed():
-    async def go():
-        async with node(CLUSTER, tcp_limits=TcpLimits(idle=0.3)) as n:
-            reader, writer = await asyncio.open_connection("127.0.0.1", n.port)
-            writer.write(b"\x00\x30\x12")  # a frame that never completes
-            assert await asyncio.wait_for(reader.read(), 2) == b""
-            listener = n.agent.listeners[0]
-            assert listener.tcp_state.idle_closed == 1 and not listener.tcp_state.conns
-    run(go())
+async def test_half_open_and_idle_connections_are_closed():
+    async with node(CLUSTER, tcp_limits=TcpLimits(idle=0.3)) as n:
+        reader, writer = await asyncio.open_connection("127.0.0.1", n.port)
+        writer.write(b"\x00\x30\x12")  # a frame that never completes
+        assert await asyncio.wait_for(reader.read(), 2) == b""
+        listener = n.agent.listeners[0]
+        assert listener.tcp_state.idle_closed == 1 and not listener.tcp_state.conns
 
 
-def test_client_half_close_still_gets_its_answers():
-    async def go():
-        async with node(CLUSTER, delay=0.1) as n:
-            reader, writer = await asyncio.open_connection("127.0.0.1", n.port)
-            writer.write(frame(build("svc-2.default.svc.cluster.local", QTYPE.A)))
-            writer.write_eof()
-            data = await asyncio.wait_for(reader.read(), 3)
-            assert DNSRecord.parse(data[2:]).rr
-    run(go())
+async def test_client_half_close_still_gets_its_answers():
+    async with node(CLUSTER, delay=0.1) as n:
+        reader, writer = await asyncio.open_connection("127.0.0.1", n.port)
+        writer.write(frame(build("svc-2.default.svc.cluster.local", QTYPE.A)))
+        writer.write_eof()
+        data = await asyncio.wait_for(reader.read(), 3)
+        assert DNSRecord.parse(data[2:]).rr
 
 
-def test_connection_cap():
-    async def go():
-        async with node(CLUSTER, tcp_limits=TcpLimits(max_conns=3)) as n:
-            conns = [await asyncio.open_connection("127.0.0.1", n.port) for _ in range(3)]
-            reader, writer = await asyncio.open_connection("127.0.0.1", n.port)
-            assert await asyncio.wait_for(reader.read(), 2) == b""  # closed at once
-            assert n.agent.listeners[0].tcp_state.rejected_conns == 1
-            for _, w in conns:
-                w.close()
-    run(go())
+async def test_connection_cap():
+    async with node(CLUSTER, tcp_limits=TcpLimits(max_conns=3)) as n:
+        conns = [await asyncio.open_connection("127.0.0.1", n.port) for _ in range(3)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", n.port)
+        assert await asyncio.wait_for(reader.read(), 2) == b""  # closed at once
+        assert n.agent.listeners[0].tcp_state.rejected_conns == 1
+        for _, w in conns:
+            w.close()
 
 
-def test_inflight_cap_applies_backpressure_not_loss():
+async def test_inflight_cap_applies_backpressure_not_loss():
     names = [f"svc-{i}.other.svc.cluster.local" for i in range(40)]
-
-    async def go():
-        async with node(CLUSTER, delay=0.05, tcp_limits=TcpLimits(max_inflight=4)) as n:
-            replies = await n.tcp_many([build(x, QTYPE.A, qid=i) for i, x in enumerate(names)])
-            assert sorted(r[0] << 8 | r[1] for r in replies) == list(range(40))
-    run(go())
+    async with node(CLUSTER, delay=0.05, tcp_limits=TcpLimits(max_inflight=4)) as n:
+        replies = await n.tcp_many([build(x, QTYPE.A, qid=i) for i, x in enumerate(names)])
+        assert sorted(r[0] << 8 | r[1] for r in replies) == list(range(40))

@@ -12,82 +12,69 @@ from harness import CLUSTER, node
 SVC = "svc-1.default.svc.cluster.local"
 
 
-def test_miss_goes_upstream_once_over_tcp_then_hits():
-    async def go():
-        async with node(CLUSTER) as n:
-            first = DNSRecord.parse(await n.udp(build(SVC, QTYPE.A)))
-            assert [(s.proto, s.name) for s in n.up.seen] == [("tcp", SVC + ".")]
-            second = DNSRecord.parse(await n.udp(build(SVC, QTYPE.A)))
-            third = DNSRecord.parse(await n.tcp(build(SVC, QTYPE.A)))
-            assert len(n.up.seen) == 1  # hits: no upstream query
-            assert first.rr[0].rdata == second.rr[0].rdata == third.rr[0].rdata
-            assert n.agent.blocks[0].cache.hits[0] == 2
-    run(go())
+async def test_miss_goes_upstream_once_over_tcp_then_hits():
+    async with node(CLUSTER) as n:
+        first = DNSRecord.parse(await n.udp(build(SVC, QTYPE.A)))
+        assert [(s.proto, s.name) for s in n.up.seen] == [("tcp", SVC + ".")]
+        second = DNSRecord.parse(await n.udp(build(SVC, QTYPE.A)))
+        third = DNSRecord.parse(await n.tcp(build(SVC, QTYPE.A)))
+        assert len(n.up.seen) == 1  # hits: no upstream query
+        assert first.rr[0].rdata == second.rr[0].rdata == third.rr[0].rdata
+        assert n.agent.blocks[0].cache.hits[0] == 2
 
 
-def test_other_zones_use_udp_and_longest_suffix_picks_the_block():
-    async def go():
-        async with node(CLUSTER) as n:
-            await n.udp(build("www.example.com", QTYPE.A))
-            await n.udp(build("kubernetes.default.svc.cluster.local", QTYPE.A))
-            assert [(s.proto, s.name) for s in n.up.seen] == [
-                ("udp", "www.example.com."), ("tcp", "kubernetes.default.svc.cluster.local.")]
-            assert len(n.agent.blocks[0].cache) == 1 and len(n.agent.blocks[1].cache) == 1
-    run(go())
+async def test_other_zones_use_udp_and_longest_suffix_picks_the_block():
+    async with node(CLUSTER) as n:
+        await n.udp(build("www.example.com", QTYPE.A))
+        await n.udp(build("kubernetes.default.svc.cluster.local", QTYPE.A))
+        assert [(s.proto, s.name) for s in n.up.seen] == [
+            ("udp", "www.example.com."), ("tcp", "kubernetes.default.svc.cluster.local.")]
+        assert len(n.agent.blocks[0].cache) == 1 and len(n.agent.blocks[1].cache) == 1
 
 
-def test_client_case_echoed_and_shares_the_entry():
-    async def go():
-        async with node(CLUSTER) as n:
-            await n.udp(build(SVC, QTYPE.A))
-            rec = DNSRecord.parse(await n.udp(build("SvC-1.DEFAULT.svc.Cluster.Local", QTYPE.A)))
-            assert str(rec.q.qname) == "SvC-1.DEFAULT.svc.Cluster.Local."
-            assert len(n.up.seen) == 1 and rec.rr
-    run(go())
+async def test_client_case_echoed_and_shares_the_entry():
+    async with node(CLUSTER) as n:
+        await n.udp(build(SVC, QTYPE.A))
+        rec = DNSRecord.parse(await n.udp(build("SvC-1.DEFAULT.svc.Cluster.Local", QTYPE.A)))
+        assert str(rec.q.qname) == "SvC-1.DEFAULT.svc.Cluster.Local."
+        assert len(n.up.seen) == 1 and rec.rr
 
 
-def test_100_concurrent_identical_misses_make_one_upstream_query():
-    async def go():
-        async with node(CLUSTER, delay=0.05) as n:
-            replies = await asyncio.gather(*(n.udp(build(SVC, QTYPE.A)) for _ in range(100)))
-            assert all(DNSRecord.parse(r).rr for r in replies)
-            assert len(n.up.seen) == 1
-    run(go())
+async def test_100_concurrent_identical_misses_make_one_upstream_query():
+    async with node(CLUSTER, delay=0.05) as n:
+        replies = await asyncio.gather(*(n.udp(build(SVC, QTYPE.A)) for _ in range(100)))
+        assert all(DNSRecord.parse(r).rr for r in replies)
+        assert len(n.up.seen) == 1
 
 
-def test_50_pipelined_tcp_queries_answered_out_of_order():
+async def test_50_pipelined_tcp_queries_answered_out_of_order():
     names = [f"svc-{i}.default.svc.cluster.local" for i in range(50)]
 
     def delay(data):  # later queries are answered sooner
         name = str(DNSRecord.parse(data).q.qname)
         return (50 - int(name.split(".")[0][4:])) * 0.004
-
-    async def go():
-        async with node(CLUSTER, delay=delay) as n:
-            queries = [build(name, QTYPE.A, qid=1000 + i) for i, name in enumerate(names)]
-            replies = await n.tcp_many(queries)
-            ids = [r[0] << 8 | r[1] for r in replies]
-            assert sorted(ids) == list(range(1000, 1050))
-            assert ids != sorted(ids)  # out of order: the fast ones did not wait
-            for r in replies:
-                rec = DNSRecord.parse(r)
-                assert str(rec.q.qname) == names[rec.header.id - 1000] + "." and rec.rr
-            # and the upstream saw them pipelined on one connection
-            assert n.up.tcp_connections == 1
-    run(go())
+    async with node(CLUSTER, delay=delay) as n:
+        queries = [build(name, QTYPE.A, qid=1000 + i) for i, name in enumerate(names)]
+        replies = await n.tcp_many(queries)
+        ids = [r[0] << 8 | r[1] for r in replies]
+        assert sorted(ids) == list(range(1000, 1050))
+        assert ids != sorted(ids)  # out of order: the fast ones did not wait
+        for r in replies:
+            rec = DNSRecord.parse(r)
+            assert str(rec.q.qname) == names[rec.header.id - 1000] + "." and rec.rr
+        # and the upstream saw them pipelined on one connection
+        assert n.up.tcp_connections == 1
 
 
-def test_dead_upstream_gives_servfail_within_the_deadline():
-    async def go():
-        async with node(CLUSTER, drop=1.0) as n:
-            t0 = time.monotonic()
-            rec = DNSRecord.parse(await n.udp(build(SVC, QTYPE.A)))
-            elapsed = time.monotonic() - t0
-            assert rec.header.rcode == 2 and 4.5 < elapsed < 6.0
-            assert n.up.names().count(SVC + ".") == 3  # attempts at 0 s, 2 s, 4 s
-            assert ". " not in n.up.names() and "." in n.up.names()  # health probe ran
-            assert len(n.agent.blocks[0].cache) == 0
-    run(go())
+async def test_dead_upstream_gives_servfail_within_the_deadline():
+    async with node(CLUSTER, drop=1.0) as n:
+        t0 = time.monotonic()
+        rec = DNSRecord.parse(await n.udp(build(SVC, QTYPE.A)))
+        elapsed = time.monotonic() - t0
+        assert rec.header.rcode == 2 and 4.5 < elapsed < 6.0
+        assert n.up.names().count(SVC + ".") == 3  # attempts at 0 s, 2 s, 4 s
+        assert ". " not in n.up.names() and "." in n.up.names()  # health probe ran
+        assert len(n.agent.blocks[0].cache) == 0
 
 
 def test_failover_to_the_next_upstream():
@@ -108,21 +95,19 @@ def test_failover_to_the_next_upstream():
     run(go())
 
 
-def test_truncation_for_small_clients_and_full_answer_over_tcp():
-    async def go():
-        async with node(CLUSTER) as n:
-            big = "big-20.example.com"
-            plain = DNSRecord.parse(await n.udp(build(big, QTYPE.TXT)))
-            assert plain.header.tc == 1 and not plain.rr and not plain.ar
-            edns = DNSRecord.parse(await n.udp(build(big, QTYPE.TXT, do=0)))
-            assert edns.header.tc == 1 and [r.rtype for r in edns.ar] == [QTYPE.OPT]
-            full = DNSRecord.parse(await n.tcp(build(big, QTYPE.TXT)))
-            assert full.header.tc == 0 and len(full.rr) == 20
-            small = DNSRecord.parse(await n.udp(build("big-3.example.com", QTYPE.TXT, do=0)))
-            assert small.header.tc == 0 and len(small.rr) == 3
-            # upstream truncated our UDP query (1232 > 2 KB reply) and we retried over TCP
-            assert [s.proto for s in n.up.seen if s.name == big + "."] == ["udp", "tcp"]
-    run(go())
+async def test_truncation_for_small_clients_and_full_answer_over_tcp():
+    async with node(CLUSTER) as n:
+        big = "big-20.example.com"
+        plain = DNSRecord.parse(await n.udp(build(big, QTYPE.TXT)))
+        assert plain.header.tc == 1 and not plain.rr and not plain.ar
+        edns = DNSRecord.parse(await n.udp(build(big, QTYPE.TXT, do=0)))
+        assert edns.header.tc == 1 and [r.rtype for r in edns.ar] == [QTYPE.OPT]
+        full = DNSRecord.parse(await n.tcp(build(big, QTYPE.TXT)))
+        assert full.header.tc == 0 and len(full.rr) == 20
+        small = DNSRecord.parse(await n.udp(build("big-3.example.com", QTYPE.TXT, do=0)))
+        assert small.header.tc == 0 and len(small.rr) == 3
+        # upstream truncated our UDP query (1232 > 2 KB reply) and we retried over TCP
+        assert [s.proto for s in n.up.seen if s.name == big + "."] == ["udp", "tcp"]
 
 
 def _garbage_answer(kind):

@@ -475,26 +475,23 @@ def test_publishing_in_an_existing_directory_keeps_its_mode(tmp_path):
         sock.close()
 
 
-def test_donor_waits_for_a_slow_but_live_heir_instead_of_giving_up(monkeypatch):
+async def test_donor_waits_for_a_slow_but_live_heir_instead_of_giving_up(monkeypatch):
     from nodecache.handoff import donor as donor_mod
     from nodecache.handoff.protocol import READY, control
     monkeypatch.setattr(donor_mod, "READY_NAG", 0.05)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    d = donor_mod.Donor(None, "/nonexistent", None)
 
-    async def go():
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        ours.setblocking(False)
-        d = donor_mod.Donor(None, "/nonexistent", None)
-
-        async def slow_heir():
-            await asyncio.sleep(0.3)  # six nag periods
-            theirs.sendall(control(READY, pid=1))
-        task = asyncio.get_running_loop().create_task(slow_heir())
-        got = await asyncio.wait_for(d._wait_ready(ours, 1), 5)
-        await task
-        assert got.startswith(READY)
-        for s in (ours, theirs):
-            s.close()
-    run(go())
+    async def slow_heir():
+        await asyncio.sleep(0.3)  # six nag periods
+        theirs.sendall(control(READY, pid=1))
+    task = asyncio.get_running_loop().create_task(slow_heir())
+    got = await asyncio.wait_for(d._wait_ready(ours, 1), 5)
+    await task
+    assert got.startswith(READY)
+    for s in (ours, theirs):
+        s.close()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a donor as another uid")

@@ -84,87 +84,77 @@ def test_negative_control_refused_upstream_without_retry_fails_at_once():
     assert rcodes == [2] * 5 and elapsed < 0.9
 
 
-def test_upstream_refusing_past_the_deadline_gives_servfail_at_the_deadline():
+async def test_upstream_refusing_past_the_deadline_gives_servfail_at_the_deadline():
     corefile = CLUSTER.replace("{up0}", "1")  # nothing listens on port 1
-    async def go():
-        async with node(corefile, upstreams=0) as n:
-            t0 = time.monotonic()
-            rec = DNSRecord.parse(await n.tcp(build("svc-1.default.svc.cluster.local", QTYPE.A), 8))
-            fwd = n.agent.blocks[0].forward_stage.forwarder
-            assert rec.header.rcode == 2 and 4.8 < time.monotonic() - t0 < 6.0
-            assert fwd.backoffs >= 8  # kept trying the only upstream, spaced out
-    run(go())
+    async with node(corefile, upstreams=0) as n:
+        t0 = time.monotonic()
+        rec = DNSRecord.parse(await n.tcp(build("svc-1.default.svc.cluster.local", QTYPE.A), 8))
+        fwd = n.agent.blocks[0].forward_stage.forwarder
+        assert rec.header.rcode == 2 and 4.8 < time.monotonic() - t0 < 6.0
+        assert fwd.backoffs >= 8  # kept trying the only upstream, spaced out
 
 
-def test_single_reset_does_not_mark_the_upstream_down():
-    async def go():
-        async with node(CLUSTER, delay=0.1, sever=("reset", 3, 1)) as n:
-            replies = await asyncio.gather(*(n.udp(build(f"svc-{i}.default.svc.cluster.local", QTYPE.A))
-                                             for i in range(5)))
-            assert [DNSRecord.parse(r).header.rcode for r in replies] == [0] * 5
-            up = n.agent.blocks[0].forward_stage.forwarder.upstreams[0]
-            assert up.healthy and up.fails == 0 and up.failures == 0
-    run(go())
+async def test_single_reset_does_not_mark_the_upstream_down():
+    async with node(CLUSTER, delay=0.1, sever=("reset", 3, 1)) as n:
+        replies = await asyncio.gather(*(n.udp(build(f"svc-{i}.default.svc.cluster.local", QTYPE.A))
+                                         for i in range(5)))
+        assert [DNSRecord.parse(r).header.rcode for r in replies] == [0] * 5
+        up = n.agent.blocks[0].forward_stage.forwarder.upstreams[0]
+        assert up.healthy and up.fails == 0 and up.failures == 0
 
 
-def test_timed_out_id_is_not_reused_while_a_late_reply_may_come():
-    async def go():
-        loop = asyncio.get_running_loop()
-        conn = transport._TcpConnection(loop)
+async def test_timed_out_id_is_not_reused_while_a_late_reply_may_come():
+    loop = asyncio.get_running_loop()
+    conn = transport._TcpConnection(loop)
 
-        class Sink:
-            def write(self, data): pass
-            def is_closing(self): return False
-            def close(self): pass
-        conn.transport = Sink()
-        q = build("a.example.com", QTYPE.A)
-        with pytest.raises(asyncio.TimeoutError):
-            await transport.exchange_on(conn, q, 0.01)
-        (late_id,) = conn.pending
-        assert conn.pending[late_id] is None and conn.quarantined == 1 and conn.live == 0
-        # the next 2,000 queries never draw the quarantined ID
-        for _ in range(2000):
-            fut = loop.create_future()
-            qid = conn.send(q, fut)
-            assert qid != late_id
-            fut.cancel()
-            conn.pending.pop(qid)
-        # the late reply arrives: dropped (not given to anyone), and the ID is free again
-        conn.deliver(late_id.to_bytes(2, "big") + b"\x81\x80" + b"\x00" * 8)
-        assert late_id not in conn.pending and conn.quarantined == 0 and conn.garbage == 1
-    run(go())
+    class Sink:
+        def write(self, data): pass
+        def is_closing(self): return False
+        def close(self): pass
+    conn.transport = Sink()
+    q = build("a.example.com", QTYPE.A)
+    with pytest.raises(asyncio.TimeoutError):
+        await transport.exchange_on(conn, q, 0.01)
+    (late_id,) = conn.pending
+    assert conn.pending[late_id] is None and conn.quarantined == 1 and conn.live == 0
+    # the next 2,000 queries never draw the quarantined ID
+    for _ in range(2000):
+        fut = loop.create_future()
+        qid = conn.send(q, fut)
+        assert qid != late_id
+        fut.cancel()
+        conn.pending.pop(qid)
+    # the late reply arrives: dropped (not given to anyone), and the ID is free again
+    conn.deliver(late_id.to_bytes(2, "big") + b"\x81\x80" + b"\x00" * 8)
+    assert late_id not in conn.pending and conn.quarantined == 0 and conn.garbage == 1
 
 
-def test_reply_with_other_do_or_cd_is_answered_but_never_cached():
+async def test_reply_with_other_do_or_cd_is_answered_but_never_cached():
     def flip_cd(query: bytes) -> bytes | None:
         out = bytearray(ClusterDNS().answer(query))
         out[3] ^= 0x10  # CD differs from what we asked
         return bytes(out)
-    async def go():
-        async with node(CLUSTER, answer=flip_cd) as n:
-            name = "svc-1.default.svc.cluster.local"
-            for _ in range(2):
-                rec = DNSRecord.parse(await n.udp(build(name, QTYPE.A)))
-                assert rec.header.rcode == 0 and rec.rr
-            assert len(n.up.seen) == 2 and len(n.agent.blocks[0].cache) == 0
-            assert n.agent.blocks[0].forward_stage.forwarder.mismatched == 2
-    run(go())
+    async with node(CLUSTER, answer=flip_cd) as n:
+        name = "svc-1.default.svc.cluster.local"
+        for _ in range(2):
+            rec = DNSRecord.parse(await n.udp(build(name, QTYPE.A)))
+            assert rec.header.rcode == 0 and rec.rr
+        assert len(n.up.seen) == 2 and len(n.agent.blocks[0].cache) == 0
+        assert n.agent.blocks[0].forward_stage.forwarder.mismatched == 2
 
 
-def test_write_to_a_closing_connection_never_raises_into_the_chain():
-    async def go():
-        loop = asyncio.get_running_loop()
-        conn = transport._TcpConnection(loop)
+async def test_write_to_a_closing_connection_never_raises_into_the_chain():
+    loop = asyncio.get_running_loop()
+    conn = transport._TcpConnection(loop)
 
-        class Closing:
-            def write(self, data): raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
-            def is_closing(self): return False
-            def abort(self): pass
-        conn.transport = Closing()
-        with pytest.raises(transport.UpstreamClosed):
-            conn.send(build("a.example.com", QTYPE.A), loop.create_future())
-        assert conn.closed and not conn.pending
-    run(go())
+    class Closing:
+        def write(self, data): raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+        def is_closing(self): return False
+        def abort(self): pass
+    conn.transport = Closing()
+    with pytest.raises(transport.UpstreamClosed):
+        conn.send(build("a.example.com", QTYPE.A), loop.create_future())
+    assert conn.closed and not conn.pending
 
 
 def test_udp_upstream_queries_share_a_few_long_lived_sockets():
