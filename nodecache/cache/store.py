@@ -73,7 +73,6 @@ class Cache:
         self.hits = [0, 0, 0]
         self.misses = 0
         self.evictions = [0, 0, 0]
-        self.inserts = 0
         self.served_stale = 0
         self.prefetches = 0
         self.drops = 0  # replies not cached because they were truncated
@@ -189,7 +188,6 @@ class Cache:
             lru, cap = self._denial, self.config.denial.capacity
         lru[key] = entry
         self.bytes += entry.size
-        self.inserts += 1
         while len(lru) > cap:
             self._evict_one(lru)
         while self.budget.used > self.budget.limit and len(self):

@@ -85,7 +85,6 @@ class UpstreamState:
         self.fails = 0
         self.down_since: float | None = None
         self.probe: asyncio.Task | None = None
-        self.requests = 0
         self.failures = 0
         self.healthcheck_failures = 0
         # rcode -> [bucket counts (DURATION_BUCKETS + Inf), sum of seconds]
@@ -244,7 +243,6 @@ class Forwarder:
         tcp = self.cfg.force_tcp
         for resend in range(MAX_RESENDS + 1):
             timeout = min(self.cfg.attempt_timeout, deadline - loop.time())
-            up.requests += 1
             t0 = loop.time()
             try:
                 channel = (up.pool if tcp else up.udp).usable()

@@ -63,7 +63,7 @@ class _Channel:
         self.uses = 0
         self.closed = False
         self.retired = False
-        self.garbage = 0  # replies nobody waited for
+        self.unmatched = 0  # replies nobody waited for: late (after a timeout) or an unknown ID
 
     @property
     def live(self) -> int:
@@ -111,9 +111,9 @@ class _Channel:
         if fut is None:  # a late reply to a quarantined ID: now the ID is free again
             del self.pending[qid]
             self.quarantined -= 1
-            self.garbage += 1
+            self.unmatched += 1
         elif fut is False or fut.done():
-            self.garbage += 1
+            self.unmatched += 1
         else:
             del self.pending[qid]
             fut.set_result(msg)
@@ -194,6 +194,7 @@ class _Pool:
         self.channels: list[_Channel] = []
         self.reused = 0    # coredns_proxy_conn_cache_hits_total
         self.opened = 0    # coredns_proxy_conn_cache_misses_total
+        self._unmatched_gone = 0  # unmatched replies of channels no longer listed
         self._opening: asyncio.Future | None = None
 
     async def exchange(self, query: bytes, timeout: float) -> bytes:
@@ -242,6 +243,7 @@ class _Pool:
     async def _open(self, loop) -> _Channel:
         channel = await self._connect(loop)
         self.opened += 1
+        self._unmatched_gone += sum(c.unmatched for c in self.channels if c.closed)
         self.channels = [c for c in self.channels if not c.closed] + [channel]
         if len(self.channels) > self.max_channels:
             self.channels[0].retired = True
@@ -251,10 +253,16 @@ class _Pool:
     async def _connect(self, loop) -> _Channel:
         raise NotImplementedError
 
+    @property
+    def unmatched(self) -> int:
+        """Replies that came for nobody, on every channel this pool had."""
+        return self._unmatched_gone + sum(c.unmatched for c in self.channels)
+
     def close(self) -> None:
         for channel in self.channels:
             if channel.transport is not None:
                 channel.transport.close()
+        self._unmatched_gone = self.unmatched
         self.channels.clear()
 
 

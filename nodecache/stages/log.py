@@ -49,7 +49,6 @@ class LogStage(Stage):
         self.cfg = cfg
         self.zones = [encode_name(n) for n in cfg.names]
         self.format = FORMATS.get(cfg.format or "{common}", cfg.format or COMMON)
-        self.lines = 0
 
     async def handle(self, request: Request) -> Answer:
         try:
@@ -70,7 +69,6 @@ class LogStage(Stage):
             return
         if "all" not in self.cfg.classes and classify(wire) not in self.cfg.classes:
             return
-        self.lines += 1
         log.info("%s", self.render(request, wire))
 
     def render(self, request: Request, wire: bytes) -> str:

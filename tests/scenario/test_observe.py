@@ -360,7 +360,9 @@ def test_events_metric_counts_what_coredns_series_do_not_show():
     events = {s.labels["event"]: s.value for f in text_string_to_metric_families(text)
               if f.name == "nodecache_events" for s in f.samples}
     assert events["error_reply"] == 1 and events["dropped"] == 1 and events["tcp_oversized"] == 0
-    assert len(events) == 14
+    assert events["upstream_reply_unmatched"] == 0 and events["upstream_attempt_failed"] == 0
+    assert events["cache_budget_evicted"] == 0 and events["cache_too_big"] == 0 and events["rules_added"] == 0
+    assert len(events) == 19
 
 
 def test_an_exception_nobody_caught_counts_as_a_panic():

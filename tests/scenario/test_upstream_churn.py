@@ -126,7 +126,7 @@ async def test_timed_out_id_is_not_reused_while_a_late_reply_may_come():
         conn.pending.pop(qid)
     # the late reply arrives: dropped (not given to anyone), and the ID is free again
     conn.deliver(late_id.to_bytes(2, "big") + b"\x81\x80" + b"\x00" * 8)
-    assert late_id not in conn.pending and conn.quarantined == 0 and conn.garbage == 1
+    assert late_id not in conn.pending and conn.quarantined == 0 and conn.unmatched == 1
 
 
 async def test_reply_with_other_do_or_cd_is_answered_but_never_cached():
