@@ -69,6 +69,7 @@ class Cache:
         # Called with an entry that should be refreshed in the background;
         # the callee sets ``entry.refreshing`` while it works.
         self.on_prefetch: Callable[[Entry], None] | None = None
+        self.hit_entry: Entry | None = None  # the entry the last ``hit`` answered from
         # Counters (read at scrape time): indexes follow entry kinds.
         self.hits = [0, 0, 0]
         self.misses = 0
@@ -101,6 +102,7 @@ class Cache:
         self.hits[entry.kind] += 1
         if self._prefetch_pct and not entry.refreshing:
             self._consider_prefetch(entry, now)
+        self.hit_entry = entry  # what the caller may memoise (server.memo)
         return entry.render(data, qend, qflags, edns, now)
 
     def _consider_prefetch(self, entry: Entry, now: float) -> None:

@@ -55,6 +55,7 @@ class DnsCollector:
         panics.add_metric([], sum(b.panics for b in agent.blocks) + self.rt.panics)
         yield panics
         if agent is not None:
+            agent.fold_counters()
             yield from self._requests(agent)
             yield from self._cache(agent)
             yield from self._forward(agent)
@@ -147,7 +148,7 @@ class DnsCollector:
         counts = {
             "dropped": sum(lst.dispatcher.dropped for lst in listeners),
             "error_reply": sum(lst.dispatcher.error_replies for lst in listeners),
-            "truncated": sum(lst.dispatcher.truncated for lst in listeners),
+            "truncated": sum(lst.dispatcher.truncated + lst.dispatcher.memo.truncated for lst in listeners),
             "udp_reply_unsent": sum(lst.udp.unsent for lst in listeners if lst.udp is not None),
             "coalesced": sum(f.coalesced for f in fwds),
             "upstream_resent": sum(f.resent for f in fwds),

@@ -38,8 +38,10 @@ class ListenerStats:
         #   -> [count, seconds, request bytes, response bytes]
         self.counts: dict[tuple, list] = {}
 
-    def record(self, zone: str, proto: str, qtype: int, rcode: int, do: int, qlen: int, rlen: int,
-               seconds: float, plugin: str) -> None:
+    def series(self, zone: str, proto: str, qtype: int, rcode: int, do: int, qlen: int, rlen: int,
+               seconds: float, plugin: str) -> list:
+        """The accumulator [count, seconds, request bytes, response bytes]
+        of the series these labels fall in."""
         dur = 0 if seconds <= _FIRST else bisect_left(DURATION_BUCKETS, seconds)
         # keyed by the exported type label, not the raw QTYPE: the number of
         # series (and a scrape's cost) stays bounded whatever clients send
@@ -48,6 +50,11 @@ class ListenerStats:
         acc = self.counts.get(key)
         if acc is None:
             acc = self.counts[key] = [0, 0.0, 0, 0]
+        return acc
+
+    def record(self, zone: str, proto: str, qtype: int, rcode: int, do: int, qlen: int, rlen: int,
+               seconds: float, plugin: str) -> None:
+        acc = self.series(zone, proto, qtype, rcode, do, qlen, rlen, seconds, plugin)
         acc[0] += 1
         acc[1] += seconds
         acc[2] += qlen

@@ -64,11 +64,11 @@ def make_sockets(addr: str, port: int) -> tuple[socket.socket, socket.socket]:
 
 class Listener:
     def __init__(self, addr: str, port: int, blocks: list[Block], limits: TcpLimits,
-                 admission: Admission | None = None):
+                 admission: Admission | None = None, clock=time.monotonic):
         self.addr, self.port = addr, port
         family = "2" if ":" in addr else "1"
         self.stats = ListenerStats(self.server_label(), family)
-        self.dispatcher = Dispatcher(Router(blocks), self.stats, admission)
+        self.dispatcher = Dispatcher(Router(blocks), self.stats, admission, clock)
         self.tcp_state = TcpServerState(self.dispatcher, limits)
         self.udp: UdpServer | None = None
         self.udp_transport = None
@@ -120,7 +120,8 @@ class Agent:
         self.budget = budget or ByteBudget()        # likewise: every cache's bytes together
         self.blocks = [Block(b, clock, self.budget) for b in config.blocks]
         self.listeners: list[Listener] = [
-            Listener(addr, port, _blocks_for(self.blocks, addr, port), self.tcp_limits, self.admission)
+            Listener(addr, port, _blocks_for(self.blocks, addr, port), self.tcp_limits, self.admission,
+                     self.clock)
             for addr, port in config.listeners]
         self.retiring: set[asyncio.Task] = set()
         self.retired: list[Listener] = []  # removed by reloads; their counters still count
@@ -218,7 +219,7 @@ class Agent:
             for addr, port in config.listeners:
                 if (addr, port) not in current:
                     listener = Listener(addr, port, _blocks_for(blocks, addr, port), self.tcp_limits,
-                                        self.admission)
+                                        self.admission, self.clock)
                     await self._start_listener(listener)
                     started.append(listener)
         except ListenError:
@@ -246,6 +247,17 @@ class Agent:
                 task = asyncio.get_running_loop().create_task(block.probe_loop())
                 self.retiring.add(task)
                 task.add_done_callback(self.retiring.discard)
+                task.add_done_callback(lambda _, block=block: self._loop_probed(block))
+
+    def _loop_probed(self, block: Block) -> None:
+        if block.loop.detected:  # its answers, memoised ones included, stop now
+            for listener in self.listeners:
+                listener.dispatcher.memo.clear()
+
+    def fold_counters(self) -> None:
+        """Bring every counter up to date with the memoised hits (server.memo)."""
+        for listener in self.listeners + self.retired:
+            listener.dispatcher.memo.fold()
 
     def block_server(self, block: Block) -> str:
         """CoreDNS's ``server`` label for a block: its first listener's."""
@@ -284,6 +296,7 @@ class Agent:
             block.close()
 
     def cache_stats(self) -> dict:
+        self.fold_counters()
         out = {}
         for block in self.blocks:
             if block.cache is not None:

@@ -50,6 +50,9 @@ class Block:
         # of those zones, so a hit is always a hit it would serve.)
         cache = self.cache_stage
         self.fast = cache.cache.hit if cache and not cfg.log else _no_fast_path
+        # UDP hits may be memoised (server.memo) unless each hit must be seen
+        # (prefetch counts them, the log writes them)
+        self.memoizable = self.fast is not _no_fast_path and not cfg.cache.prefetch
 
     @property
     def cache(self):
@@ -78,6 +81,7 @@ class Block:
             log.debug("loop probe for %s: %s", self.loop.zone, exc)
         if self.loop.detected:
             self.fast = _no_fast_path  # no cached answers either: the zone is down
+            self.memoizable = False    # (the agent empties the memo tables)
 
     def close(self) -> None:
         for stage in self.stages:

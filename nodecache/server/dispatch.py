@@ -1,7 +1,9 @@
 """From query bytes to reply bytes, for any transport.
 
 ``fast`` is the synchronous cache-hit path (scan in place, route, cache
-hit, count); ``answer`` is the slow path (full parse, RFC error replies,
+hit, count; over UDP it also memoises the finished reply, see
+``server.memo``, which the UDP transport looks up before calling it);
+``answer`` is the slow path (full parse, RFC error replies,
 the block's stage chain, count). Transports call ``fast`` first and
 schedule ``answer`` as a task (``start_slow``, which applies admission)
 only when it returns None. Both fit UDP
@@ -24,6 +26,7 @@ from ..dns.wire import (MAX_MESSAGE, REFUSED, SERVFAIL, QueryError, error_reply,
                         scan, truncated_reply)
 from ..observe.stats import ListenerStats
 from .admission import Admission
+from .memo import Memo, MemoTable
 from ..stages.base import Request
 from .router import Router
 
@@ -37,9 +40,12 @@ def fit(reply: bytes, data: bytes, limit: int, qend: int, edns: int) -> bytes:
 
 
 class Dispatcher:
-    def __init__(self, router: Router, stats: ListenerStats, admission: Admission | None = None):
-        self.router = router
+    def __init__(self, router: Router, stats: ListenerStats, admission: Admission | None = None,
+                 clock=time.monotonic):
+        self.memo = MemoTable()
+        self._router = router
         self.stats = stats
+        self.clock = clock  # the caches' clock: what a memo's expiry is measured on
         self.admission = admission or Admission()
         self.tasks: set[asyncio.Task] = set()
         # what fast() read of the datagram it just declined (None: not the
@@ -63,12 +69,35 @@ class Dispatcher:
         reply = block.fast(key, data, qend, flags, edns)
         if reply is None:
             return None
-        if proto == "udp" and len(reply) > limit:
+        truncated = proto == "udp" and len(reply) > limit
+        if truncated:
             self.truncated += 1
             reply = truncated_reply(data, qend, reply[2] << 8 | reply[3], edns)
+        seconds = _clock() - t0
         self.stats.record(zone, proto, key_qtype(key), reply[3] & 0xF, edns == EDNS_DO,
-                          len(data), len(reply), _clock() - t0, "cache")
+                          len(data), len(reply), seconds, "cache")
+        if proto == "udp" and block.memoizable:
+            self._memoise(data, reply, block.cache, zone, key, edns, seconds, truncated)
         return reply
+
+    def _memoise(self, data: bytes, reply: bytes, cache, zone: str, key: bytes, edns: int, seconds: float,
+                 truncated: bool) -> None:
+        entry = cache.hit_entry
+        until = entry.next_tick if entry.next_tick < entry.expires else entry.expires
+        acc = self.stats.series(zone, "udp", key_qtype(key), reply[3] & 0xF, edns == EDNS_DO, len(data),
+                                len(reply), 0.0, "cache")
+        self.memo.put(data[2:], Memo(until, reply[2:], entry, cache, acc, len(data), len(reply), seconds,
+                                     truncated))
+
+    @property
+    def router(self) -> Router:
+        return self._router
+
+    @router.setter
+    def router(self, router: Router) -> None:
+        """A reload changed what this listener serves: no memo survives it."""
+        self._router = router
+        self.memo.clear()
 
     async def answer(self, data: bytes, proto: str, client, scanned) -> bytes | None:
         """The reply to any query, or None to drop it. ``scanned``: what

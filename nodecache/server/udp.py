@@ -1,6 +1,8 @@
 """UDP transport: bytes in, bytes out, nothing else.
 
-A cache hit is answered inside ``datagram_received`` (no task, no await);
+A cache hit is answered inside ``datagram_received`` (no task, no await):
+from the memo of finished replies when these exact query bytes were
+answered before (``server.memo``), else by the dispatcher's fast path;
 anything else becomes a task. The dispatcher has already fitted the reply
 to the client's UDP size.
 """
@@ -19,6 +21,8 @@ log = logging.getLogger("nodecache.udp")
 class UdpServer(asyncio.DatagramProtocol):
     def __init__(self, dispatcher: Dispatcher):
         self.dispatcher = dispatcher
+        self.memo = dispatcher.memo.get
+        self.clock = dispatcher.clock
         self.transport: asyncio.DatagramTransport | None = None
         self.spare: socket.socket | None = None  # sends replies after stop_reading
         self.unsent = 0
@@ -27,6 +31,11 @@ class UdpServer(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr):
+        memo = self.memo(data[2:])
+        if memo is not None and self.clock() < memo.until:
+            memo.hits += 1
+            self.transport.sendto(data[:2] + memo.tail, addr)
+            return
         dispatcher = self.dispatcher
         reply = dispatcher.fast(data, "udp")
         if reply is not None:

@@ -1,0 +1,115 @@
+"""Memoised UDP replies (server.memo): the same answers and the same counters
+as the full hit path, and never past a TTL change, a reload or a loop."""
+from __future__ import annotations
+
+import random
+
+from dnslib import QTYPE, DNSRecord
+
+from nodecache.server import memo as memo_mod
+from nodecache.server.block import _no_fast_path
+from nodecache.testing.client import build
+from fakes import FakeClock
+from harness import CLUSTER, node
+
+NAMES = [f"svc-{i}.default.svc.cluster.local" for i in range(20)] + ["www.example.com"]
+
+
+def _traffic(seed: int = 7) -> list[bytes]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(600):
+        name = rng.choice(NAMES)
+        if rng.random() < 0.3:  # 0x20: the same name in another letter case is another memo
+            name = "".join(c.upper() if rng.random() < 0.5 else c for c in name)
+        qtype = rng.choice([QTYPE.A, QTYPE.AAAA, QTYPE.A])
+        out.append(build(name, qtype, do=rng.choice([-1, -1, 0, 1]), qid=i))
+    return out
+
+
+async def _run(traffic: list[bytes], memoise: bool):
+    async with node(CLUSTER, clock=FakeClock()) as n:
+        if not memoise:
+            for block in n.agent.blocks:
+                block.memoizable = False
+        replies = [await n.udp(q) for q in traffic]
+        n.agent.fold_counters()
+        listener = n.agent.listeners[0]
+        counts = {}  # every series but the duration bucket, which timing decides
+        for k, (n_, _, qbytes, rbytes) in listener.stats.counts.items():
+            acc = counts.setdefault(k[:7] + k[8:], [0, 0, 0])
+            acc[0] += n_
+            acc[1] += qbytes
+            acc[2] += rbytes
+        hits = [list(b.cache.hits) for b in n.agent.blocks if b.cache is not None]
+        visited = sorted(e.key for b in n.agent.blocks if b.cache is not None
+                         for e in b.cache.entries() if e.visited)
+        return replies, counts, hits, visited, len(listener.dispatcher.memo)
+
+
+async def test_memoised_hits_answer_and_count_exactly_like_the_full_hit_path():
+    traffic = _traffic()
+    memo_replies, memo_counts, memo_hits, memo_visited, memos = await _run(traffic, True)
+    plain_replies, plain_counts, plain_hits, plain_visited, none = await _run(traffic, False)
+    assert memos > 0 and none == 0  # the control really ran without memos
+    assert memo_replies == plain_replies
+    assert memo_counts == plain_counts
+    assert memo_hits == plain_hits and sum(map(sum, memo_hits)) > 300
+    assert memo_visited == plain_visited
+
+
+async def test_a_memo_ends_when_a_ttl_would_change():
+    clock = FakeClock()
+    async with node(CLUSTER, clock=clock) as n:
+        q = build(NAMES[0], QTYPE.A, qid=1)
+        first = await n.udp(q)    # a miss
+        second = await n.udp(q)   # a hit, memoised
+        third = await n.udp(q)    # from the memo
+        (memo,) = n.agent.listeners[0].dispatcher.memo.table.values()
+        assert first == second == third and memo.hits == 1
+        clock.advance(1.0)
+        later = DNSRecord.parse(await n.udp(q))
+        assert later.rr[0].ttl == DNSRecord.parse(first).rr[0].ttl - 1
+        clock.advance(3600)  # long expired: asked upstream again, not answered from a memo
+        await n.udp(q)
+        assert len(n.up.seen) == 2
+
+
+async def test_a_detected_loop_empties_the_memo():
+    async with node(CLUSTER, clock=FakeClock()) as n:
+        block = n.agent.blocks[0]
+        q = build(NAMES[1], QTYPE.A)
+        await n.udp(q)
+        await n.udp(q)
+        assert len(n.agent.listeners[0].dispatcher.memo) == 1
+        from nodecache.server.loop import LoopDetector
+        block.loop = LoopDetector(block.cfg.zones[0])
+        block.loop.detected = True
+        block.fast, block.memoizable = _no_fast_path, False  # what probe_loop does on detection
+        assert DNSRecord.parse(await n.udp(q)).header.rcode == 0  # control: the memo still answers
+        n.agent._loop_probed(block)
+        assert DNSRecord.parse(await n.udp(q)).header.rcode == 2  # SERVFAIL: the zone is looped
+
+
+async def test_a_reload_empties_the_memo():
+    async with node(CLUSTER, clock=FakeClock()) as n:
+        q = build(NAMES[2], QTYPE.A)
+        await n.udp(q)
+        await n.udp(q)
+        dispatcher = n.agent.listeners[0].dispatcher
+        assert len(dispatcher.memo) == 1
+        await n.agent.reload(n.agent.config)
+        assert len(dispatcher.memo) == 0
+
+
+async def test_a_full_table_is_folded_and_emptied(monkeypatch):
+    monkeypatch.setattr(memo_mod, "MEMO_MAX", 3)
+    async with node(CLUSTER, clock=FakeClock()) as n:
+        for name in NAMES[:6]:
+            q = build(name, QTYPE.A)
+            for _ in range(3):
+                await n.udp(q)
+        dispatcher = n.agent.listeners[0].dispatcher
+        assert len(dispatcher.memo) <= 3
+        n.agent.fold_counters()
+        assert n.agent.blocks[0].cache.hits[0] == 12  # 6 names x 2 hits, none lost in the clears
