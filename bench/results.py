@@ -70,8 +70,10 @@ random names: every query a miss), `pod` (glibc-style lookups: search list,
 A+AAAA in parallel, at 200 lookups/s). Saturation: closed loop, 64 in flight;
 p50/p99 at half of each server's own saturation rate, open loop; CPU µs per
 query from the server's own accounting; servers alternate, 3 rounds, median.
-The last line runs dnsperf and our generator the same way (one core, 64 in
-flight) against nodecache."""),
+The last line is the generator's drive rate: dnsperf and nodecache-bench
+the same way (closed loop, one core, 64 in flight) against unbound, the
+fastest server here, so that the generators are what is measured; 2
+alternating rounds, median."""),
     ("Cost of a cache miss", ["-m", "nodecache_bench.cli", "compare", "--scenarios", "", "--misses",
                               "1000,5000", "--duration", "5", "--rounds", "3"], MISS_METHOD),
     ("One hostile client: memory and fairness", ["-m", "nodecache_bench.abuse", "--seconds", "8"], ABUSE_METHOD),
@@ -90,9 +92,12 @@ reconnecting when the server closes the connection, as RFC 7766 clients do),
 400 cached names; 30 back-to-back handoffs, each followed by SIGTERM to the
 donor. Every query is accounted for (3 s patience)."""),
     ("Memory", ["-m", "nodecache_bench.memory"], """\
-`nodecache run` with four blocks of node-cache's shape (9,984 success + 9,984
-denial entries each), filled through the real query path; VmRSS from /proc.
-The DaemonSet's memory limit is sized from this."""),
+Bytes per entry two ways: tracemalloc around inserting 10,000 and 100,000
+one-A-record entries into one cache (what an entry costs beyond its
+records), and the VmRSS of a `nodecache run` (four blocks of node-cache's
+shape) filled through the real query path to 10,000 and then 100,000
+entries (everything: records, keys, allocator slack, the slow path's own
+growth). The DaemonSet's memory limit is sized from this."""),
 ]
 
 

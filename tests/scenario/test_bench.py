@@ -108,3 +108,26 @@ def test_plot(agent, tmp_path):
                                   "--plot", str(png), "--quiet"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+async def test_a_hits_run_warms_the_cache_before_it_measures():
+    """Every name of the hits set is asked (and answered) once before the
+    measured run: the upstream sees each name once, all before the run."""
+    from harness import node
+    from nodecache_bench.cli import warm_up
+    from nodecache_bench.loadgen import Spec
+    import asyncio
+    async with node(".:{port} {{\n cache\n bind 127.0.0.1\n forward . 127.0.0.1:{up0}\n}}\n") as n:
+        spec = Spec("127.0.0.1", n.port, scenario="hits", names=120)
+        answered = await asyncio.to_thread(warm_up, spec)
+        assert answered == 120 and len({s.name for s in n.up.seen}) == 120 and len(n.up.seen) == 120
+        assert sum(len(b.cache) for b in n.agent.blocks if b.cache is not None) == 120
+
+
+def test_every_run_option_has_help_text():
+    import argparse
+    from nodecache_bench.cli import add_run_args
+    ap = argparse.ArgumentParser()
+    add_run_args(ap)
+    missing = [a.dest for a in ap._actions if not a.help and a.dest != "help"]
+    assert missing == []
