@@ -75,6 +75,12 @@ def hit_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: li
                     "cpu_us_per_query": cpu[len(cpu) // 2], "runs": cpu,
                     "achieved": round(sorted(r["answered"] for r in rs)[len(rs) // 2] / duration),
                     "lost": sum(r["lost"] for r in rs)}
+        for s in servers:  # how far one process goes: dnsperf closed loop, 64 in flight
+            c0, t0 = cpu_seconds(s.proc.pid), time.monotonic()
+            res = dnsperf_at(s.port, NAMES, qfile, 0, duration, pin(load_cpus))
+            busy = (cpu_seconds(s.proc.pid) - c0) / (time.monotonic() - t0)
+            out.setdefault("saturation", {})[s.name] = {"qps": round(res["answered"] / duration),
+                                                        "cpu_share": round(busy, 2)}
     finally:
         for s in servers:
             s.stop()
@@ -89,6 +95,8 @@ def print_hit_table(table: dict, duration: float, rounds: int) -> None:
     print(f"  {'rate/s':>7} {'server':12} {'answered/s':>10} {'cpu us/q':>9} {'runs':>22} {'x unbound':>9} "
           f"{'x floor':>8}")
     for rate, per in table.items():
+        if rate == "saturation":
+            continue
         base = per.get("unbound", {}).get("cpu_us_per_query")
         floor = per.get("bare uvloop", {}).get("cpu_us_per_query")
         for name, e in per.items():
@@ -97,3 +105,7 @@ def print_hit_table(table: dict, duration: float, rounds: int) -> None:
             xf = f"{cpu / floor:.2f}" if floor and cpu else "-"
             runs = ",".join(f"{v:g}" for v in e["runs"])
             print(f"  {rate:>7} {name:12} {e['achieved']:>10} {cpu:>9} {runs:>22} {xu:>9} {xf:>8}")
+    sat = table.get("saturation")
+    if sat:
+        print("  saturation (dnsperf closed loop, 64 in flight, same names; one core each): "
+              + "; ".join(f"{name} {e['qps']:,} q/s at {e['cpu_share']:.0%} CPU" for name, e in sat.items()))

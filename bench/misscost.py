@@ -73,8 +73,9 @@ def nodecache_corefile(tmp: Path, port: int, upstream: int) -> Path:
 
 def dnsperf_at(port: int, names: list[str], qfile: Path, rate: int, duration: float, pin) -> dict:
     qfile.write_text("".join(f"{n} A\n" for n in names))
+    pace = ["-Q", str(rate), "-q", "500"] if rate else ["-q", "64"]  # rate 0: closed loop, 64 in flight
     proc = subprocess.run([shutil.which("dnsperf"), "-s", "127.0.0.1", "-p", str(port), "-d", str(qfile),
-                           "-l", str(int(duration)), "-Q", str(rate), "-c", "1", "-q", "500", "-t", "5"],
+                           "-l", str(int(duration)), "-c", "1", "-t", "5", *pace],
                           capture_output=True, text=True, timeout=duration + 60, preexec_fn=pin)
     completed = re.search(r"Queries completed:\s+(\d+)", proc.stdout)
     lost = re.search(r"Queries lost:\s+(\d+)", proc.stdout)
