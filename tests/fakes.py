@@ -19,10 +19,20 @@ class FakeClock:
 
 
 def run(coro, timeout: float = 30.0):
-    """Run a coroutine on uvloop (the product's loop), bounded in time."""
+    """Run a coroutine on uvloop (the product's loop), bounded in time. An
+    exception nobody caught (the loop's handler: a callback or a task that
+    failed) fails the test: in the agent it would be a panic."""
+    uncaught = []
+
     async def bounded():
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: uncaught.append(ctx))
         return await asyncio.wait_for(coro, timeout)
-    return uvloop.run(bounded())
+    result = uvloop.run(bounded())
+    if uncaught:
+        ctx = uncaught[0]
+        raise AssertionError(f"{len(uncaught)} uncaught in the event loop: {ctx.get('message')}: "
+                             f"{ctx.get('exception')!r}") from ctx.get("exception")
+    return result
 
 
 def reply_to(query: bytes, *answers: RR, auth: tuple = (), rcode: int = 0, edns: bool = False) -> bytes:

@@ -142,6 +142,14 @@ class Cache:
         self.misses += 1
         return None, None
 
+    def peek(self, key: bytes) -> Entry | None:
+        """The entry under ``key``, fresh or not, without counting anything."""
+        entry = self._success.get(key)
+        return entry if entry is not None else self._denial.get(key)
+
+    def count_miss(self) -> None:
+        self.misses += 1
+
     def count_stale(self) -> None:
         self.served_stale += 1
 

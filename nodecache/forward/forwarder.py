@@ -148,6 +148,7 @@ class Forwarder:
         self.cfg = cfg
         self.upstreams = [UpstreamState(u, cfg) for u in cfg.to]
         self.inflight: dict[bytes, asyncio.Task] = {}
+        self.direct: dict = {}  # key -> server.direct.DirectMiss: misses sent without a task
         self.max_inflight = cfg.max_concurrent or DEFAULT_MAX_INFLIGHT
         self._rr = 0
         self.coalesced = 0
@@ -205,9 +206,37 @@ class Forwarder:
             self.all_down += 1  # every upstream is down: try them anyway
         return healthy + [u for u in ups if not u.healthy]
 
+    def query_for(self, key: bytes) -> bytes:
+        """The query we send upstream for ``key``, under a random ID (the
+        channel replaces it with its own). AD asks for the AD bit (RFC 6840 §5.7)."""
+        return make_query(random.getrandbits(16), question(key), RD | AD | (CD if cd(key) else 0), do(key))
+
+    def ready_channel(self):
+        """(upstream, channel) a query can go out on at once: the first
+        upstream in policy order, healthy, with an open channel that takes
+        more queries. None when anything needs waiting or deciding (the
+        slow path does that)."""
+        if len(self.inflight) + len(self.direct) >= self.max_inflight:
+            return None
+        up = self.order()[0]
+        if not up.healthy:
+            return None
+        channel = (up.pool if self.cfg.force_tcp else up.udp).usable()
+        return None if channel is None else (up, channel)
+
+    def accepted(self, raw: bytes, key: bytes, up: UpstreamState, seconds: float) -> Reply | None:
+        """``raw`` from ``up`` as the final reply for ``key``, counted as a
+        success; None when it needs more (truncated over UDP: retry over TCP).
+        Raises MalformedReply."""
+        reply = self._validated(raw, key, up)
+        if reply.truncated and not self.cfg.force_tcp:
+            return None
+        up.succeeded()
+        up.observe(reply.rcode, seconds)
+        return reply
+
     async def _exchange(self, key: bytes) -> Reply:
-        flags = RD | AD | (CD if cd(key) else 0)
-        query = make_query(random.getrandbits(16), question(key), flags, do(key))
+        query = self.query_for(key)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.deadline
         last = "no attempt"

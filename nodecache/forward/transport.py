@@ -120,7 +120,7 @@ class _Channel:
 
     def _fail(self, exc: Exception) -> None:
         self.closed = True
-        for fut in self.pending.values():
+        for fut in list(self.pending.values()):  # (a waiter may give its ID back meanwhile)
             if fut is not None and not fut.done():
                 fut.set_exception(exc)
         self.pending.clear()

@@ -53,6 +53,12 @@ class Block:
         # UDP hits may be memoised (server.memo) unless each hit must be seen
         # (prefetch counts them, the log writes them)
         self.memoizable = self.fast is not _no_fast_path and not cfg.cache.prefetch
+        # A plain UDP miss may skip the chain (server.direct) when the chain
+        # would only cache and forward it: the cache covers every name the
+        # block serves, the forwarder takes them all, nothing logs each query.
+        fwd = self.forward_stage
+        self.direct = bool(cache and fwd and not cfg.log and not cfg.cache.zones
+                           and fwd.from_zone == b"\x00" and not fwd.except_zones)
 
     @property
     def cache(self):

@@ -26,6 +26,7 @@ from ..dns.wire import (MAX_MESSAGE, REFUSED, SERVFAIL, QueryError, error_reply,
                         scan, truncated_reply)
 from ..observe.stats import ListenerStats
 from .admission import Admission
+from . import direct
 from .memo import Memo, MemoTable
 from ..stages.base import Request
 from .router import Router
@@ -51,6 +52,10 @@ class Dispatcher:
         # what fast() read of the datagram it just declined (None: not the
         # common shape), so the transport's slow-path call does not read it again
         self.scanned = None
+        # the block fast() routed its last query to, when it was a cache miss
+        # there (the direct miss path starts from it, see server.direct)
+        self.miss_block = self.miss_zone = None
+        self.direct_pending = 0  # misses in flight without a task
         self.dropped = 0       # queries we could not even answer with an error
         self.error_replies = 0
         self.truncated = 0
@@ -58,6 +63,7 @@ class Dispatcher:
     def fast(self, data: bytes, proto: str) -> bytes | None:
         """The reply for a cache hit, else None."""
         t0 = _clock()
+        self.miss_block = None
         s = self.scanned = scan(data)
         if s is None:
             return None
@@ -68,6 +74,7 @@ class Dispatcher:
         block, zone = routed
         reply = block.fast(key, data, qend, flags, edns)
         if reply is None:
+            self.miss_block, self.miss_zone = block, zone
             return None
         truncated = proto == "udp" and len(reply) > limit
         if truncated:
@@ -131,26 +138,40 @@ class Dispatcher:
                           _clock() - t0, plugin)
         return reply
 
-    def start_slow(self, coro_fn, data: bytes, client: str, *args) -> bytes | None:
+    def start_slow(self, coro_fn, data: bytes, client: str, *args, server=None) -> bytes | None:
         """Run ``coro_fn(data, *args)`` as a slow-path task if admission allows
         (see server.admission); else the REFUSED reply to send at once (None:
-        nothing to send)."""
+        nothing to send). Given the UDP ``server`` (args: the client's
+        address and what ``fast`` scanned), a plain miss is sent upstream
+        without a task when it can be (``server.direct``)."""
         admission = self.admission
         if not admission.admit(client):
             scanned = self.scanned
             self.error_replies += 1
             return error_reply(data, REFUSED, scanned[1], scanned[4]) if scanned is not None else None
+        block = self.miss_block
+        if server is not None and block is not None and block.direct \
+                and direct.start(self, block, self.miss_zone, server, data, args[0], client, args[1]):
+            return None
+        self.start_task(coro_fn, data, client, *args)
+        return None
+
+    def start_task(self, coro_fn, data: bytes, client: str, *args) -> None:
+        """Run already admitted work as a slow-path task; its end gives the slot back."""
         task = asyncio.get_running_loop().create_task(coro_fn(data, *args))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-        task.add_done_callback(partial(admission.release, client))
-        return None
+        task.add_done_callback(partial(self.admission.release, client))
 
     async def drain(self, timeout: float) -> int:
         """Wait for in-flight slow-path work; returns how many were cut off."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.direct_pending and loop.time() < deadline:  # their fallbacks become tasks
+            await asyncio.sleep(0.005)
         if not self.tasks:
-            return 0
-        done, pending = await asyncio.wait(set(self.tasks), timeout=timeout)
+            return self.direct_pending
+        done, pending = await asyncio.wait(set(self.tasks), timeout=max(0.0, deadline - loop.time()))
         for task in pending:
             task.cancel()
         return len(pending)

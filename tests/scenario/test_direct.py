@@ -1,0 +1,109 @@
+"""Misses sent upstream without a task (server.direct): the same answers and
+counters as the slow path, and every way off the happy path still answers."""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+from dnslib import QTYPE, DNSRecord
+
+from nodecache.testing.client import build
+from fakes import FakeClock
+from harness import CLUSTER, node
+
+NAMES = [f"svc-{i}.default.svc.cluster.local" for i in range(30)] + [f"nope-{i}.default.svc.cluster.local"
+                                                                     for i in range(5)] + ["www.example.com"]
+
+
+def _traffic(seed: int = 3) -> list[list[bytes]]:
+    """Bursts of queries sent together (identical misses among them)."""
+    rng = random.Random(seed)
+    return [[build(rng.choice(NAMES), rng.choice([QTYPE.A, QTYPE.AAAA]), do=rng.choice([-1, 0, 1]), qid=100 * b + i)
+             for i in range(rng.randint(1, 6))] for b in range(80)]
+
+
+async def _run(traffic, direct: bool):
+    async with node(CLUSTER, clock=FakeClock(), delay=0.002) as n:
+        for block in n.agent.blocks:
+            block.direct = direct and block.direct
+        replies = []
+        for burst in traffic:
+            replies += await asyncio.gather(*(n.udp(q) for q in burst))
+        n.agent.fold_counters()
+        stats = {}
+        for k, v in n.agent.listeners[0].stats.counts.items():
+            acc = stats.setdefault(k[:7] + k[8:], [0, 0, 0])  # all but the duration bucket
+            for i, x in enumerate((v[0], v[2], v[3])):
+                acc[i] += x
+        caches = [(c.hits, c.misses, len(c)) for c in (b.cache for b in n.agent.blocks) if c is not None]
+        return replies, stats, caches, len(n.up.seen), sum(b.forward_stage.forwarder.coalesced
+                                                           for b in n.agent.blocks)
+
+
+async def test_direct_misses_answer_and_count_like_the_slow_path(monkeypatch):
+    from nodecache.server import direct as direct_mod
+    taken, real_start = [], direct_mod.start
+
+    def counting_start(*args):
+        ok = real_start(*args)
+        taken.append(ok)
+        return ok
+    monkeypatch.setattr(direct_mod, "start", counting_start)
+    traffic = _traffic()
+    direct = await _run(traffic, True)
+    assert taken.count(True) > 50  # the direct path really answered most misses
+    taken.clear()
+    slow = await _run(traffic, False)
+    assert taken == []             # ... and the control never took it
+    assert direct[0] == slow[0]           # every reply, byte for byte
+    assert direct[1] == slow[1]           # CoreDNS's request/response series
+    assert direct[2] == slow[2]           # cache hits, misses, entries
+    assert direct[3] == slow[3] < sum(map(len, traffic))  # upstream queries: identical misses coalesced
+
+
+async def test_identical_direct_misses_make_one_upstream_query():
+    async with node(CLUSTER, delay=0.05) as n:
+        await n.udp(build(NAMES[0], QTYPE.A))  # opens the upstream connection: later misses go direct
+        replies = await asyncio.gather(*(n.udp(build(NAMES[1], QTYPE.A)) for _ in range(50)))
+        assert all(DNSRecord.parse(r).rr for r in replies)
+        assert [s.name for s in n.up.seen].count(NAMES[1] + ".") == 1
+        assert n.agent.listeners[0].dispatcher.direct_pending == 0
+
+
+async def test_a_reply_later_than_the_attempt_timeout_is_asked_again_by_the_slow_path():
+    slow_once = {"left": 1}
+
+    def delay(data: bytes) -> float:
+        if b"svc-2" in data and slow_once["left"]:
+            slow_once["left"] -= 1
+            return 3.0  # past the 2 s attempt timeout
+        return 0.0
+    async with node(CLUSTER, delay=delay) as n:
+        await n.udp(build(NAMES[0], QTYPE.A))
+        t0 = time.monotonic()
+        rec = DNSRecord.parse(await n.udp(build(NAMES[2], QTYPE.A)))
+        assert rec.header.rcode == 0 and rec.rr and 1.9 < time.monotonic() - t0 < 3.0
+        assert [s.name for s in n.up.seen].count(NAMES[2] + ".") == 2
+        assert n.agent.listeners[0].dispatcher.direct_pending == 0
+
+
+async def test_a_connection_reset_under_direct_misses_loses_nothing():
+    async with node(CLUSTER, delay=0.05, sever=("reset", 4, 1)) as n:
+        await n.udp(build(NAMES[0], QTYPE.A))
+        replies = await asyncio.gather(*(n.udp(build(NAMES[i], QTYPE.A)) for i in range(3, 12)))
+        assert [DNSRecord.parse(r).header.rcode for r in replies] == [0] * 9
+        assert n.up.severed == 1
+
+
+async def test_misses_in_flight_are_answered_through_a_drain():
+    async with node(CLUSTER, delay=0.3) as n:
+        await n.udp(build(NAMES[0], QTYPE.A))
+        asked = [asyncio.ensure_future(n.udp(build(NAMES[i], QTYPE.A))) for i in range(13, 18)]
+        await asyncio.sleep(0.05)
+        dispatcher = n.agent.listeners[0].dispatcher
+        assert dispatcher.direct_pending == 5
+        for listener in n.agent.listeners:
+            listener.stop_reading()
+        assert await dispatcher.drain(2.0) == 0
+        assert all(DNSRecord.parse(r).rr for r in await asyncio.gather(*asked))
