@@ -159,7 +159,10 @@ class Forwarder:
         self.rejected = 0   # coredns_forward_max_concurrent_rejects_total
         self.all_down = 0   # coredns_forward_healthcheck_broken_total
 
-    async def resolve(self, key: bytes, coalesce: bool = True) -> Reply:
+    async def resolve(self, key: bytes, coalesce: bool = True, started: float | None = None) -> Reply:
+        """The upstream reply for ``key``. ``started`` (time.monotonic): when
+        the client's query arrived, if earlier than now; the deadline counts
+        from then (a direct miss handed over, see server.direct)."""
         if not coalesce:  # the loop probe coming back: it must go round again
             return await self._exchange(key)
         shared = self.inflight.get(key)
@@ -171,7 +174,7 @@ class Forwarder:
             raise Overloaded(f"{len(self.inflight)} queries in flight")
         shared = self.inflight[key] = asyncio.get_running_loop().create_future()
         try:
-            reply = await self._exchange(key)
+            reply = await self._exchange(key, started)
         except BaseException as exc:
             if not shared.done():
                 shared.set_exception(exc if isinstance(exc, Exception) else ForwardFailure("cancelled"))
@@ -235,10 +238,11 @@ class Forwarder:
         up.observe(reply.rcode, seconds)
         return reply
 
-    async def _exchange(self, key: bytes) -> Reply:
+    async def _exchange(self, key: bytes, started: float | None = None) -> Reply:
         query = self.query_for(key)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.cfg.deadline
+        spent = time.monotonic() - started if started is not None else 0.0
+        deadline = loop.time() + max(self.cfg.deadline - spent, self.cfg.attempt_timeout / 4)
         last = "no attempt"
         backoff = BACKOFF_FIRST
         while True:

@@ -15,8 +15,8 @@ Anything off that happy path hands every asker to the slow path, which
 starts over with its full retry logic (see ``forward.forwarder``): the
 connection dying (``set_exception``), no reply within the forwarder's
 attempt timeout, a reply that does not validate or is truncated over UDP,
-or a bug here. Such a query may thus take up to one attempt timeout more
-than the forwarder's deadline before it is answered SERVFAIL. Admission
+or a bug here. The forwarder's deadline still counts from the query's
+arrival (at least a quarter attempt is left for the slow path). Admission
 (``server.admission``) applies as for any slow-path work; an asker's slot
 passes to its slow-path task on a fallback.
 
@@ -140,8 +140,8 @@ class DirectMiss:
         self.dispatcher.direct_pending -= 1
 
     def _hand_over(self, askers: list) -> None:
-        for server, data, addr, client, scanned, _ in askers:
-            self.dispatcher.start_task(server._slow, data, client, addr, scanned)
+        for server, data, addr, client, scanned, t0 in askers:  # the deadline still counts from t0
+            self.dispatcher.start_task(server._slow, data, client, addr, scanned, t0)
 
 
 def start(dispatcher, block, zone: str, server, data: bytes, addr, client: str, scanned) -> bool:

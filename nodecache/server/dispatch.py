@@ -106,7 +106,7 @@ class Dispatcher:
         self._router = router
         self.memo.clear()
 
-    async def answer(self, data: bytes, proto: str, client, scanned) -> bytes | None:
+    async def answer(self, data: bytes, proto: str, client, scanned, started: float | None = None) -> bytes | None:
         """The reply to any query, or None to drop it. ``scanned``: what
         ``fast`` read of ``data`` (``self.scanned`` right after it declined),
         so the common shape is not parsed twice."""
@@ -129,7 +129,7 @@ class Dispatcher:
             if block.loop is not None and block.loop.sighted(q.key):
                 reply, plugin = error_reply(data, SERVFAIL, q.qend, q.edns), "loop"
             else:
-                reply, plugin = await block.serve(Request(q, proto, client))
+                reply, plugin = await block.serve(Request(q, proto, client, started or time.monotonic()))
         limit = q.limit if proto == "udp" else MAX_MESSAGE
         if len(reply) > limit:
             self.truncated += 1

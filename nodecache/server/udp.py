@@ -73,8 +73,8 @@ class UdpServer(asyncio.DatagramProtocol):
         elif self.transport is not None:
             self.transport.close()
 
-    async def _slow(self, data: bytes, addr, scanned) -> None:
-        reply = await self.dispatcher.answer(data, "udp", addr, scanned)
+    async def _slow(self, data: bytes, addr, scanned, started: float | None = None) -> None:
+        reply = await self.dispatcher.answer(data, "udp", addr, scanned, started)
         if reply is not None:
             self._send(reply, addr)
 

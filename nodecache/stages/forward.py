@@ -32,7 +32,7 @@ class ForwardStage(Stage):
             if self.loop is not None and self.loop.is_probe(key):
                 reply = await self.forwarder.resolve(key, coalesce=False)
             else:
-                reply = await self.forwarder.resolve(key)
+                reply = await self.forwarder.resolve(key, started=request.started)
         except Overloaded:
             return Answer(REFUSED, plugin="forward")
         return Answer(reply.rcode, reply=reply, plugin="forward")

@@ -107,3 +107,14 @@ async def test_misses_in_flight_are_answered_through_a_drain():
             listener.stop_reading()
         assert await dispatcher.drain(2.0) == 0
         assert all(DNSRecord.parse(r).rr for r in await asyncio.gather(*asked))
+
+
+async def test_a_direct_miss_nobody_answers_is_servfail_within_the_deadline():
+    async with node(CLUSTER) as n:
+        await n.udp(build(NAMES[0], QTYPE.A))  # the connection is open: the next miss goes direct
+        n.up.drop = 1.0
+        t0 = time.monotonic()
+        rec = DNSRecord.parse(await n.udp(build(NAMES[20], QTYPE.A)))
+        elapsed = time.monotonic() - t0
+        # 2 s direct, then the slow path's attempts until 5 s from arrival (not 5 s more)
+        assert rec.header.rcode == 2 and 4.5 < elapsed < 6.0, elapsed
