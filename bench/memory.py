@@ -10,8 +10,6 @@ emulated upstream to 10,000 and then 100,000 entries, and reads VmRSS from
 from __future__ import annotations
 
 import asyncio
-import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,13 +32,8 @@ def rss_mib(pid: int) -> float:
 
 def _entries(status_socket: str) -> int:
     """Entries the agent holds, from its status socket (``nodecache probe``'s)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.settimeout(5)
-        conn.connect(status_socket)
-        data = b""
-        while chunk := conn.recv(65536):
-            data += chunk
-    return json.loads(data)["entries"]
+    from nodecache.runtime import read_status
+    return read_status(status_socket, 5)["entries"]
 
 
 async def fill(port: int, names: list[str], window: int = 200) -> None:

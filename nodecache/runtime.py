@@ -185,16 +185,22 @@ class Runtime:
             self.status_sock.close()
 
 
+def read_status(path: str, timeout: float = 3.0) -> dict:
+    """What the agent at status socket ``path`` says about itself (``status``).
+    Raises OSError or ValueError."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        conn.connect(path)
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    return json.loads(data)
+
+
 def probe(path: str, what: str) -> int:
     """``nodecache probe live|ready``: 0 when the agent at ``path`` is alive/ready."""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(3)
-            conn.connect(path)
-            data = b""
-            while chunk := conn.recv(65536):
-                data += chunk
-        status = json.loads(data)
+        status = read_status(path)
     except (OSError, ValueError) as exc:
         print(f"not {what}: no answer from {path}: {exc}")
         return 1

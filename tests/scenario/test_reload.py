@@ -63,16 +63,21 @@ async def test_reload_adds_and_removes_listeners():
         assert DNSRecord.parse(await n.udp(build("b.example.com", QTYPE.A))).rr
 
 
+def _watched(tmp_path, n):
+    """A Corefile for agent ``n`` on disk and what watches it: (conf, its
+    text, params, source, node setup, runtime)."""
+    conf = tmp_path / "Corefile"
+    good = COREFILE.format(port=n.port, up0=n.up.port, ttl=30)
+    conf.write_text(good)
+    params = RunParams(conf=str(conf), base_corefile=str(tmp_path / "absent"), config_sync=0.05,
+                       metrics_listen="")
+    setup = NodeSetup(NodeParams((), setup_interface=False, setup_iptables=False), {})
+    return conf, good, params, ConfigSource(params, {}), setup, Runtime(n.agent, setup)
+
+
 async def test_broken_new_corefile_keeps_the_running_one(tmp_path):
     async with node(COREFILE.replace("{ttl}", "30")) as n:
-        conf = tmp_path / "Corefile"
-        good = COREFILE.format(port=n.port, up0=n.up.port, ttl=30)
-        conf.write_text(good)
-        params = RunParams(conf=str(conf), base_corefile=str(tmp_path / "absent"), config_sync=0.05,
-                           metrics_listen="")
-        source = ConfigSource(params, {})
-        setup = NodeSetup(NodeParams((), setup_interface=False, setup_iptables=False), {})
-        rt = Runtime(n.agent, setup)
+        conf, good, params, source, setup, rt = _watched(tmp_path, n)
         watcher = asyncio.get_running_loop().create_task(watch_config(source, rt, params, asyncio.Event()))
         try:
             await asyncio.sleep(0)  # the watcher takes its first fingerprint
@@ -89,12 +94,7 @@ async def test_broken_new_corefile_keeps_the_running_one(tmp_path):
 
 async def test_an_unexpected_error_while_reloading_does_not_end_reloading(tmp_path, monkeypatch):
     async with node(COREFILE.replace("{ttl}", "30")) as n:
-        conf = tmp_path / "Corefile"
-        good = COREFILE.format(port=n.port, up0=n.up.port, ttl=30)
-        conf.write_text(good)
-        params = RunParams(conf=str(conf), base_corefile=str(tmp_path / "absent"), config_sync=0.05,
-                           metrics_listen="")
-        source = ConfigSource(params, {})
+        conf, good, params, source, setup, rt = _watched(tmp_path, n)
         real_load, calls = source.load, []
 
         def load(strict=True):
@@ -103,8 +103,6 @@ async def test_an_unexpected_error_while_reloading_does_not_end_reloading(tmp_pa
                 raise RecursionError("maximum recursion depth exceeded")
             return real_load(strict)
         monkeypatch.setattr(source, "load", load)
-        setup = NodeSetup(NodeParams((), setup_interface=False, setup_iptables=False), {})
-        rt = Runtime(n.agent, setup)
         watcher = asyncio.get_running_loop().create_task(watch_config(source, rt, params, asyncio.Event()))
         try:
             await asyncio.sleep(0)  # the watcher takes its first fingerprint
