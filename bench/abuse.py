@@ -251,9 +251,11 @@ ABUSERS = {"idle": idle, "everything": everything, "tcp-hoard": tcp_hoard, "qtyp
 async def _abuser_process(name: str, port: int, seconds: float) -> str:
     """The abuser runs in its own process, so it cannot stall the good client's loop."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--abuser", name, "--port", str(port), "--seconds", str(seconds),
-        stdout=asyncio.subprocess.PIPE)
-    out, _ = await asyncio.wait_for(proc.communicate(), seconds + 60)
+        sys.executable, "-m", "nodecache_bench.abuse", "--abuser", name, "--port", str(port),
+        "--seconds", str(seconds), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), seconds + 60)
+    if proc.returncode != 0:  # an abuser that did not run would make every figure meaningless
+        raise RuntimeError(f"abuser {name} failed ({proc.returncode}): {err.decode()[-800:]}")
     return out.decode().strip()
 
 
