@@ -27,7 +27,7 @@ from ..dns.wire import (MAX_MESSAGE, REFUSED, SERVFAIL, QueryError, error_reply,
 from ..observe.stats import ListenerStats
 from .admission import Admission
 from . import direct
-from .memo import Memo, MemoTable
+from .memo import MEMO_BYTES, Memo, MemoTable
 from ..stages.base import Request
 from .router import Router
 
@@ -83,13 +83,15 @@ class Dispatcher:
         seconds = _clock() - t0
         self.stats.record(zone, proto, key_qtype(key), reply[3] & 0xF, edns == EDNS_DO,
                           len(data), len(reply), seconds, "cache")
-        if proto == "udp" and block.memoizable:
+        if proto == "udp" and block.memoizable and len(reply) <= MEMO_BYTES:
             self._memoise(data, reply, block.cache, zone, key, edns, seconds, truncated)
         return reply
 
     def _memoise(self, data: bytes, reply: bytes, cache, zone: str, key: bytes, edns: int, seconds: float,
                  truncated: bool) -> None:
         entry = cache.hit_entry
+        if len(entry.tail) > MEMO_BYTES:  # (a big answer truncated for this client)
+            return
         until = entry.next_tick if entry.next_tick < entry.expires else entry.expires
         acc = self.stats.series(zone, "udp", key_qtype(key), reply[3] & 0xF, edns == EDNS_DO, len(data),
                                 len(reply), 0.0, "cache")

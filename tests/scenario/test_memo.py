@@ -113,3 +113,12 @@ async def test_a_full_table_is_folded_and_emptied(monkeypatch):
         assert len(dispatcher.memo) <= 3
         n.agent.fold_counters()
         assert n.agent.blocks[0].cache.hits[0] == 12  # 6 names x 2 hits, none lost in the clears
+
+
+async def test_big_replies_are_not_memoised():
+    async with node(CLUSTER, clock=FakeClock()) as n:
+        q = build("big-40.example.com", QTYPE.TXT, do=0)  # 40 x ~100-byte TXT records: truncated over UDP
+        for _ in range(3):
+            rec = DNSRecord.parse(await n.udp(q))
+            assert rec.header.tc
+        assert len(n.agent.listeners[0].dispatcher.memo) == 0
