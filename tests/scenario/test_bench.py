@@ -131,3 +131,22 @@ def test_every_run_option_has_help_text():
     add_run_args(ap)
     missing = [a.dest for a in ap._actions if not a.help and a.dest != "help"]
     assert missing == []
+
+
+def test_every_bench_module_imports_as_part_of_the_package():
+    """bench/ is a package: a module run as a script, or importing a sibling
+    by bare name, breaks (as the abuse bench's abuser process once did, silently)."""
+    import pathlib
+    import nodecache_bench
+    mods = sorted(p.stem for p in pathlib.Path(nodecache_bench.__file__).parent.glob("*.py") if p.stem != "__init__")
+    code = "import importlib\n" + "".join(f"importlib.import_module('nodecache_bench.{m}')\n" for m in mods)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert len(mods) >= 12
+
+
+def test_the_abuse_bench_runs_its_abuser_as_a_module():
+    import asyncio
+    from nodecache_bench.abuse import _abuser_process
+    out = asyncio.run(_abuser_process("idle", client.free_port(), 0.1))
+    assert out == "nothing"
