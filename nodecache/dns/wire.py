@@ -250,6 +250,14 @@ def error_reply(data: bytes, rcode: int, qend: int = 0, edns: int = -1) -> bytes
     return header + b"\x00\x00\x00\x00\x00\x01" + question + bytes(opt)
 
 
+def fit(reply: bytes, data: bytes, limit: int, qend: int, edns: int) -> bytes:
+    """``reply`` to query ``data``, or its truncated form (TC=1, RFC 1035
+    §4.2.1, RFC 6891 §7) when longer than the client's ``limit``."""
+    if len(reply) <= limit:
+        return reply
+    return truncated_reply(data, qend, reply[2] << 8 | reply[3], edns)
+
+
 def truncated_reply(data: bytes, qend: int, flags: int, edns: int) -> bytes:
     """RFC 2181 §9 / RFC 1035 §4.2.1: too big for UDP -> TC=1 and no records,
     so the client retries over TCP."""

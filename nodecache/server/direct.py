@@ -32,7 +32,7 @@ import time
 from ..cache.entry import render_uncached
 from ..dns.key import EDNS_DO, qtype as key_qtype
 from ..dns.reply import MalformedReply
-from ..dns.wire import truncated_reply
+from ..dns.wire import fit
 
 log = logging.getLogger("nodecache.server")
 _clock = time.monotonic
@@ -111,7 +111,7 @@ class DirectMiss:
                 out = render_uncached(reply, data, qend, flags, edns)
             if len(out) > limit:
                 dispatcher.truncated += 1
-                out = truncated_reply(data, qend, out[2] << 8 | out[3], edns)
+                out = fit(out, data, limit, qend, edns)
             dispatcher.stats.record(self.zone, "udp", qtype, out[3] & 0xF, edns == EDNS_DO, len(data), len(out),
                                     _clock() - t0, "forward")
             askers.pop(0)

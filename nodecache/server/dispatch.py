@@ -22,7 +22,7 @@ import time
 from functools import partial
 
 from ..dns.key import EDNS_DO, qtype as key_qtype
-from ..dns.wire import (MAX_MESSAGE, REFUSED, SERVFAIL, QueryError, error_reply, parse_query, query_from_scan,
+from ..dns.wire import (MAX_MESSAGE, REFUSED, SERVFAIL, QueryError, error_reply, fit, parse_query, query_from_scan,
                         scan, truncated_reply)
 from ..observe.stats import ListenerStats
 from .admission import Admission
@@ -32,12 +32,6 @@ from ..stages.base import Request
 from .router import Router
 
 _clock = time.monotonic
-
-
-def fit(reply: bytes, data: bytes, limit: int, qend: int, edns: int) -> bytes:
-    if len(reply) <= limit:
-        return reply
-    return truncated_reply(data, qend, reply[2] << 8 | reply[3], edns)
 
 
 class Dispatcher:
@@ -53,7 +47,8 @@ class Dispatcher:
         # common shape), so the transport's slow-path call does not read it again
         self.scanned = None
         # the block fast() routed its last query to, when it was a cache miss
-        # there (the direct miss path starts from it, see server.direct)
+        # there (the direct miss path starts from it, see server.direct); the
+        # start_slow that always follows a declined fast() takes it
         self.miss_block = self.miss_zone = None
         self.direct_pending = 0  # misses in flight without a task
         self.dropped = 0       # queries we could not even answer with an error
@@ -63,7 +58,6 @@ class Dispatcher:
     def fast(self, data: bytes, proto: str) -> bytes | None:
         """The reply for a cache hit, else None."""
         t0 = _clock()
-        self.miss_block = None
         s = self.scanned = scan(data)
         if s is None:
             return None
@@ -146,12 +140,12 @@ class Dispatcher:
         nothing to send). Given the UDP ``server`` (args: the client's
         address and what ``fast`` scanned), a plain miss is sent upstream
         without a task when it can be (``server.direct``)."""
+        block, self.miss_block = self.miss_block, None
         admission = self.admission
         if not admission.admit(client):
             scanned = self.scanned
             self.error_replies += 1
             return error_reply(data, REFUSED, scanned[1], scanned[4]) if scanned is not None else None
-        block = self.miss_block
         if server is not None and block is not None and block.direct \
                 and direct.start(self, block, self.miss_zone, server, data, args[0], client, args[1]):
             return None
