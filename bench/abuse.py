@@ -69,6 +69,18 @@ class Agent:
                                      stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
                                      preexec_fn=_pin({cpus[0]}))
 
+    async def ready(self) -> None:
+        """Wait (at most 10 s) until the agent answers, then cache CACHED."""
+        for _ in range(100):
+            try:
+                await client.udp("127.0.0.1", self.port, client.build(CACHED[0], 1), 0.5)
+                break
+            except (asyncio.TimeoutError, OSError):
+                await asyncio.sleep(0.1)
+        for i in range(0, len(CACHED), 50):
+            await asyncio.gather(*(client.udp("127.0.0.1", self.port, client.build(n, 1), 2)
+                                   for n in CACHED[i:i + 50]))
+
     def stop(self) -> None:
         for p in (self.proc, self.up):
             p.kill()
@@ -263,15 +275,7 @@ async def scenario(name: str, seconds: float, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         agent = Agent(Path(tmp), extra)
         try:
-            for _ in range(100):
-                try:
-                    await client.udp("127.0.0.1", agent.port, client.build(CACHED[0], 1), 0.5)
-                    break
-                except (asyncio.TimeoutError, OSError):
-                    await asyncio.sleep(0.1)
-            for i in range(0, 300, 50):
-                await asyncio.gather(*(client.udp("127.0.0.1", agent.port, client.build(n, 1), 2)
-                                       for n in CACHED[i:i + 50]))
+            await agent.ready()
             await asyncio.sleep(0.5)
             before = rss_mib(agent.proc.pid)
             peak = [before]

@@ -157,14 +157,7 @@ async def run(count: int, seconds: float, rate: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         agent = Agent(Path(tmp), ["-miss-rate-per-client", "0", "-max-inflight-per-client", "4096"])
         try:
-            for _ in range(100):
-                try:
-                    await client.udp("127.0.0.1", agent.port, client.build(CACHED[0], 1), 0.5)
-                    break
-                except (asyncio.TimeoutError, OSError):
-                    await asyncio.sleep(0.1)
-            for name in CACHED:
-                await client.udp("127.0.0.1", agent.port, client.build(name, 1), 2)
+            await agent.ready()
             before = rss_mib(agent.proc.pid)
             loop = asyncio.get_running_loop()
             good = GoodClient(agent.port)

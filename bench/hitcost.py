@@ -13,14 +13,12 @@ the floor for any server on this event loop. Servers alternate,
 """
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from .hotpath import BARE
-from .misscost import UPSTREAM_ZONE, dnsperf_at, nodecache_corefile, unbound_forwarder_conf, upstream_conf
+from .misscost import UPSTREAM_ZONE, behind_cluster_dns, dnsperf_at
 
 NAMES = [f"h{i}.{UPSTREAM_ZONE}" for i in range(1000)]
 
@@ -37,20 +35,10 @@ def _reply_bytes(port: int) -> bytes:
 def hit_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: list[int],
              free_port, pin, cpu_seconds, server_cls) -> dict:
     """{rate: {server: {cpu_us_per_query, runs, achieved, lost}}}"""
-    if not shutil.which("dnsperf") or not shutil.which("unbound"):
-        raise RuntimeError("needs dnsperf and unbound (apt-get install dnsperf unbound)")
     server_cpus, load_cpus = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
-    up_port = free_port()
-    upstream = subprocess.Popen([shutil.which("unbound"), "-d", "-c", str(upstream_conf(tmp, up_port))],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin(load_cpus))
-    nc, ub, bare = free_port(), free_port(), free_port()
-    servers = [server_cls("nodecache", [sys.executable, "-m", "nodecache", "run", "-conf",
-                                        str(nodecache_corefile(tmp, nc, up_port)), "-handoff=false",
-                                        "-metrics-listen-address", "", "-status-socket", str(tmp / "hs")], nc),
-               server_cls("unbound", [shutil.which("unbound"), "-d", "-c",
-                                      str(unbound_forwarder_conf(tmp, ub, up_port))], ub)]
+    bare = free_port()
     out: dict = {}
-    try:
+    with behind_cluster_dns(tmp, free_port, pin, load_cpus, server_cls) as (servers, up_port):
         time.sleep(1.0)
         servers.append(server_cls("bare uvloop", [sys.executable, "-c", BARE, str(bare),
                                                   _reply_bytes(up_port).hex()], bare))
@@ -81,11 +69,6 @@ def hit_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: li
             busy = (cpu_seconds(s.proc.pid) - c0) / (time.monotonic() - t0)
             out.setdefault("saturation", {})[s.name] = {"qps": round(res["answered"] / duration),
                                                         "cpu_share": round(busy, 2)}
-    finally:
-        for s in servers:
-            s.stop()
-        upstream.terminate()
-        upstream.wait(10)
     return out
 
 

@@ -18,9 +18,11 @@
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -86,25 +88,39 @@ def dnsperf_at(port: int, names: list[str], qfile: Path, rate: int, duration: fl
             "avg_ms": float(lat.group(1)) * 1000 if lat else None}
 
 
-def miss_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: list[int],
-              free_port, pin, cpu_seconds, server_cls) -> dict:
-    """{rate: {server: {cpu_us_per_miss, lost, avg_ms, runs}}}"""
+@contextlib.contextmanager
+def behind_cluster_dns(tmp: Path, free_port, pin, load_cpus: set[int], server_cls):
+    """One unbound acting as the cluster DNS (on ``load_cpus``), and nodecache
+    and unbound as caches forwarding to it over TCP (not started yet):
+    yields (servers, the cluster DNS's port); all of them stop on exit, with
+    any server the caller appended to the list."""
     if not shutil.which("dnsperf") or not shutil.which("unbound"):
         raise RuntimeError("needs dnsperf and unbound (apt-get install dnsperf unbound)")
-    import sys
-    server_cpus, load_cpus = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
     up_port = free_port()
     upstream = subprocess.Popen([shutil.which("unbound"), "-d", "-c", str(upstream_conf(tmp, up_port))],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin(load_cpus))
     nc_port, ub_port = free_port(), free_port()
     servers = [server_cls("nodecache", [sys.executable, "-m", "nodecache", "run", "-conf",
                                         str(nodecache_corefile(tmp, nc_port, up_port)), "-handoff=false",
-                                        "-metrics-listen-address", "", "-status-socket", str(tmp / "ms")],
-                          nc_port),
+                                        "-metrics-listen-address", "", "-status-socket",
+                                        str(tmp / f"status-{nc_port}")], nc_port),
                server_cls("unbound", [shutil.which("unbound"), "-d", "-c",
                                       str(unbound_forwarder_conf(tmp, ub_port, up_port))], ub_port)]
-    out: dict = {}
     try:
+        yield servers, up_port
+    finally:
+        for s in servers:
+            s.stop()
+        upstream.terminate()
+        upstream.wait(10)
+
+
+def miss_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: list[int],
+              free_port, pin, cpu_seconds, server_cls) -> dict:
+    """{rate: {server: {cpu_us_per_miss, lost, avg_ms, runs}}}"""
+    server_cpus, load_cpus = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
+    out: dict = {}
+    with behind_cluster_dns(tmp, free_port, pin, load_cpus, server_cls) as (servers, _):
         for s in servers:
             s.start(server_cpus)
         time.sleep(1.5)
@@ -125,11 +141,6 @@ def miss_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: l
                     "cpu_us_per_miss": cpu[len(cpu) // 2], "runs": cpu,
                     "lost": sum(r["lost"] for r in rs),
                     "avg_ms": sorted(r["avg_ms"] or 0 for r in rs)[len(rs) // 2]}
-    finally:
-        for s in servers:
-            s.stop()
-        upstream.terminate()
-        upstream.wait(10)
     return out
 
 
