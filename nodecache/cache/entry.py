@@ -127,14 +127,18 @@ class Entry:
     def remaining(self, now: float) -> float:
         return self.expires - now
 
+    def tick(self, now: float) -> None:
+        """Bring the tail's TTLs to the age at ``now`` (at most once a second)."""
+        age = int(now - self.stored)
+        self.next_tick = self.stored + age + 1
+        if age != self.age:
+            self.age = age
+            self.tail = self._render_tail(age)
+
     def render(self, data: bytes, qend: int, qflags: int, edns: int, now: float) -> bytes:
         """The reply to query ``data`` (whose question ends at qend)."""
         if now >= self.next_tick:
-            age = int(now - self.stored)
-            self.next_tick = self.stored + age + 1
-            if age != self.age:
-                self.age = age
-                self.tail = self._render_tail(age)
+            self.tick(now)
         shape = self.shape
         head = shape.heads.get((qflags & _VARIANT) | (edns + 1)) or shape.head(qflags, edns)
         return b"".join((data[:2], head, data[12:qend], self.tail, _OPT[edns + 1]))

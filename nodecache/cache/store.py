@@ -142,6 +142,10 @@ class Cache:
         self.misses += 1
         return None, None
 
+    def holds(self, entry: Entry) -> bool:
+        """Whether ``entry`` is still the one cached under its key."""
+        return self._success.get(entry.key) is entry or self._denial.get(entry.key) is entry
+
     def peek(self, key: bytes) -> Entry | None:
         """The entry under ``key``, fresh or not, without counting anything."""
         entry = self._success.get(key)

@@ -78,11 +78,11 @@ class Dispatcher:
         self.stats.record(zone, proto, key_qtype(key), reply[3] & 0xF, edns == EDNS_DO,
                           len(data), len(reply), seconds, "cache")
         if proto == "udp" and block.memoizable and len(reply) <= MEMO_BYTES:
-            self._memoise(data, reply, block.cache, zone, key, edns, seconds, truncated)
+            self._memoise(data, reply, block.cache, zone, key, edns, seconds, truncated, qend)
         return reply
 
     def _memoise(self, data: bytes, reply: bytes, cache, zone: str, key: bytes, edns: int, seconds: float,
-                 truncated: bool) -> None:
+                 truncated: bool, qend: int) -> None:
         entry = cache.hit_entry
         if len(entry.tail) > MEMO_BYTES:  # (a big answer truncated for this client)
             return
@@ -90,7 +90,7 @@ class Dispatcher:
         acc = self.stats.series(zone, "udp", key_qtype(key), reply[3] & 0xF, edns == EDNS_DO, len(data),
                                 len(reply), 0.0, "cache")
         self.memo.put(data[2:], Memo(until, reply[2:], entry, cache, acc, len(data), len(reply), seconds,
-                                     truncated))
+                                     truncated, qend))
 
     @property
     def router(self) -> Router:

@@ -10,6 +10,14 @@ reply's bytes after the ID, and the UDP transport answers from it with one
 dict lookup, one clock read, one join and one integer increment: no scan,
 no routing, no rendering, no counter series lookup.
 
+When the TTL tick comes, the memo renews itself (``Memo.refresh``) if its
+entry is still the one cached and still fresh: the entry's tail with the
+new TTLs between the memo's own head and OPT, one join. Without that, a
+name asked a few times a second (most names on most nodes) went through
+the full hit path and a new memo once a second: at 5 queries per name
+and second, one query in five (measured: ~1 µs per query of the 4 µs
+above the bare responder at 5,000 q/s over 1,000 names).
+
 Counting is deferred, not dropped: each ``Memo`` counts its own hits, and
 ``fold`` adds them to everything a normal hit would have updated (CoreDNS's
 request, response, size and duration series, the cache's hit counter, the
@@ -24,7 +32,8 @@ cache-hit path took when the memo was made, an upper bound of its own.
 Only blocks whose hits need nothing per hit are memoised: a cache without
 prefetch (prefetch counts each hit's timing) and no query log. A memo may
 outlive its entry's eviction or replacement by less than a second; the
-records it serves are still within the TTL they were cached with. A memo
+records it serves are still within the TTL they were cached with (a
+memo renews only while its entry is still cached). A memo
 holds its entry, which the cache's byte budget no longer counts once
 evicted, so the table is bounded in bytes too: only replies and records of
 at most MEMO_BYTES are memoised (what pods ask nearly always is), which
@@ -37,10 +46,11 @@ MEMO_BYTES = 512   # replies (and entries' records) larger than this are not mem
 
 
 class Memo:
-    __slots__ = ("until", "tail", "hits", "entry", "cache", "acc", "qlen", "rlen", "seconds", "truncated")
+    __slots__ = ("until", "tail", "hits", "entry", "cache", "acc", "qlen", "rlen", "seconds", "truncated",
+                 "head", "opt")
 
     def __init__(self, until: float, tail: bytes, entry, cache, acc: list, qlen: int, rlen: int,
-                 seconds: float, truncated: bool):
+                 seconds: float, truncated: bool, qend: int):
         self.until = until          # on the cache's clock: the next TTL change or expiry
         self.tail = tail            # the reply after its ID
         self.hits = 0               # answered from here since the last fold
@@ -49,6 +59,24 @@ class Memo:
         self.qlen, self.rlen = qlen, rlen
         self.seconds = seconds      # what the full hit path took: counted per memoised hit
         self.truncated = truncated
+        # What surrounds the entry's records in ``tail``: our header and the
+        # client's question before (the reply up to ``qend``), OPT after. A
+        # truncated reply carries no records and never renews (head None).
+        self.head = None if truncated else tail[:qend - 2]
+        self.opt = tail[qend - 2 + len(entry.tail):]
+
+    def refresh(self, now: float) -> bool:
+        """At the TTL tick: renew from the entry if it is still the one
+        cached and still fresh (else the full path decides, as for any hit)."""
+        entry = self.entry
+        if self.head is None or now >= entry.expires or not self.cache.holds(entry):
+            return False
+        if now >= entry.next_tick:
+            entry.tick(now)
+        self.tail = b"".join((self.head, entry.tail, self.opt))
+        until = entry.next_tick
+        self.until = until if until < entry.expires else entry.expires
+        return True
 
 
 class MemoTable:

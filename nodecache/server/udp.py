@@ -32,10 +32,12 @@ class UdpServer(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr):
         memo = self.memo(data[2:])
-        if memo is not None and self.clock() < memo.until:
-            memo.hits += 1
-            self.transport.sendto(data[:2] + memo.tail, addr)
-            return
+        if memo is not None:
+            now = self.clock()
+            if now < memo.until or memo.refresh(now):
+                memo.hits += 1
+                self.transport.sendto(data[:2] + memo.tail, addr)
+                return
         dispatcher = self.dispatcher
         reply = dispatcher.fast(data, "udp")
         if reply is not None:

@@ -27,12 +27,19 @@ def _traffic(seed: int = 7) -> list[bytes]:
     return out
 
 
-async def _run(traffic: list[bytes], memoise: bool):
-    async with node(CLUSTER, clock=FakeClock()) as n:
+async def _run(traffic: list[bytes], memoise: bool, tick_every: int = 0):
+    """Replies and counters for ``traffic``; with ``tick_every``, the clock
+    moves 0.4 s after every that many queries (TTLs count down meanwhile)."""
+    clock = FakeClock()
+    async with node(CLUSTER, clock=clock) as n:
         if not memoise:
             for block in n.agent.blocks:
                 block.memoizable = False
-        replies = [await n.udp(q) for q in traffic]
+        replies = []
+        for i, q in enumerate(traffic):
+            replies.append(await n.udp(q))
+            if tick_every and i % tick_every == tick_every - 1:
+                clock.advance(0.4)
         n.agent.fold_counters()
         listener = n.agent.listeners[0]
         counts = {}  # every series but the duration bucket, which timing decides
@@ -56,6 +63,57 @@ async def test_memoised_hits_answer_and_count_exactly_like_the_full_hit_path():
     assert memo_counts == plain_counts
     assert memo_hits == plain_hits and sum(map(sum, memo_hits)) > 300
     assert memo_visited == plain_visited
+
+
+async def test_memos_renewed_at_each_ttl_tick_answer_and_count_like_the_full_hit_path(monkeypatch):
+    renewed = []
+    refresh = memo_mod.Memo.refresh
+    monkeypatch.setattr(memo_mod.Memo, "refresh", lambda self, now: renewed.append(refresh(self, now))
+                        or renewed[-1])
+    traffic = _traffic(seed=11)
+    memo = await _run(traffic, True, tick_every=40)
+    plain = await _run(traffic, False, tick_every=40)
+    assert renewed.count(True) > 50  # memos really renewed across ticks (6 s of TTL countdown)
+    assert memo[0] == plain[0]       # same bytes: every TTL as the full path renders it
+    assert memo[1:4] == plain[1:4]
+
+
+async def test_a_memo_renews_at_the_tick_without_the_full_hit_path():
+    clock = FakeClock()
+    async with node(CLUSTER, clock=clock) as n:
+        q = build(NAMES[0], QTYPE.A, qid=1)
+        first = await n.udp(q)
+        await n.udp(q)  # memoised
+        dispatcher = n.agent.listeners[0].dispatcher
+        calls = []
+        fast = dispatcher.fast
+        dispatcher.fast = lambda *a: calls.append(1) or fast(*a)
+        for age in range(1, 4):
+            clock.advance(1.0)
+            reply = DNSRecord.parse(await n.udp(q))
+            assert reply.rr[0].ttl == DNSRecord.parse(first).rr[0].ttl - age
+        assert calls == []  # every one renewed from the memo
+        (memo,) = dispatcher.memo.table.values()
+        assert memo.hits == 3  # the second query made it; the next three came from it
+
+
+async def test_a_memo_whose_entry_left_the_cache_does_not_renew():
+    clock = FakeClock()
+    async with node(CLUSTER, clock=clock) as n:
+        q = build(NAMES[0], QTYPE.A, qid=1)
+        await n.udp(q)
+        await n.udp(q)  # memoised
+        cache = n.agent.blocks[0].cache
+        (memo,) = n.agent.listeners[0].dispatcher.memo.table.values()
+        assert cache.holds(memo.entry)
+        cache.clear()
+        assert not cache.holds(memo.entry)
+        assert await n.udp(q)       # within the tick: still the memo (less than a second past eviction)
+        assert len(n.up.seen) == 1
+        clock.advance(1.0)
+        assert not memo.refresh(clock())
+        await n.udp(q)              # past the tick: the full path, a miss, upstream again
+        assert len(n.up.seen) == 2
 
 
 async def test_a_memo_ends_when_a_ttl_would_change():
