@@ -22,7 +22,9 @@ from .dispatch import Dispatcher
 from ..observe.stats import ListenerStats
 from .router import Router
 from .tcp import TcpLimits, TcpServerState
+from . import udpbatch
 from .udp import UdpServer
+from .udpbatch import BatchUdpServer
 
 log = logging.getLogger("nodecache")
 UDP_RCVBUF = 4 << 20  # absorb bursts while the loop is busy
@@ -70,14 +72,16 @@ class Listener:
         self.stats = ListenerStats(self.server_label(), family)
         self.dispatcher = Dispatcher(Router(blocks), self.stats, admission, clock)
         self.tcp_state = TcpServerState(self.dispatcher, limits)
-        self.udp: UdpServer | None = None
-        self.udp_transport = None
+        self.udp: UdpServer | BatchUdpServer | None = None
         self.tcp_server: asyncio.AbstractServer | None = None
 
     async def start(self, udp_sock: socket.socket, tcp_sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        self.udp_transport, self.udp = await loop.create_datagram_endpoint(
-            lambda: UdpServer(self.dispatcher), sock=udp_sock)
+        if udpbatch.available():
+            self.udp = BatchUdpServer(self.dispatcher, udp_sock)
+            self.udp.start(loop)
+        else:
+            _, self.udp = await loop.create_datagram_endpoint(lambda: UdpServer(self.dispatcher), sock=udp_sock)
         self.tcp_server = await loop.create_server(self.tcp_state.protocol, sock=tcp_sock)
         bound = udp_sock.getsockname()
         self.port = bound[1]  # port 0 in tests: the kernel's choice
@@ -150,8 +154,9 @@ class Agent:
         """(addr, port, kind, fd) of every listening socket, for a heir."""
         out = []
         for lst in self.listeners:
-            if lst.udp_transport is not None and not lst.udp_transport.is_closing():
-                out.append((lst.addr, lst.port, "udp", lst.udp_transport.get_extra_info("socket").fileno()))
+            fd = lst.udp.fileno() if lst.udp is not None else None
+            if fd is not None:
+                out.append((lst.addr, lst.port, "udp", fd))
             if lst.tcp_server is not None and lst.tcp_server.sockets:
                 out.append((lst.addr, lst.port, "tcp", lst.tcp_server.sockets[0].fileno()))
         return out

@@ -1,4 +1,5 @@
-"""UDP transport: bytes in, bytes out, nothing else.
+"""UDP transport: bytes in, bytes out, nothing else (on uvloop's datagram
+transport; the agent uses ``server.udpbatch`` instead where it runs).
 
 A cache hit is answered inside ``datagram_received`` (no task, no await):
 from the memo of finished replies when these exact query bytes were
@@ -58,6 +59,15 @@ class UdpServer(asyncio.DatagramProtocol):
         self.spare = socket.socket(fileno=os.dup(sock.fileno()))
         self.spare.setblocking(False)
         self.transport.close()
+
+    def fileno(self) -> int | None:
+        """The listening socket, while it is read (what a successor takes)."""
+        if self.transport is None or self.transport.is_closing():
+            return None
+        return self.transport.get_extra_info("socket").fileno()
+
+    def sockname(self):
+        return self.transport.get_extra_info("sockname")
 
     def _send(self, reply: bytes, addr) -> None:
         if self.spare is None:

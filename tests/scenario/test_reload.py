@@ -134,7 +134,7 @@ async def test_without_ipv6_the_wildcard_listener_survives_reloads_and_is_handed
     await agent.start()
     try:
         (listener,) = agent.listeners
-        assert listener.addr == "::" and listener.udp_transport.get_extra_info("sockname")[0] == "0.0.0.0"
+        assert listener.addr == "::" and listener.udp.sockname()[0] == "0.0.0.0"
         assert {a for a, *_ in agent.listening_sockets()} == {"::"}  # what a heir looks up
         await agent.reload(parse_config(text.replace("cache", "cache 20"), "no bind"))
         assert agent.listeners == [listener]  # same sockets: no re-bind attempted

@@ -1,0 +1,158 @@
+"""The batched UDP transport (server.udpbatch): the same replies as uvloop's
+transport for the same datagrams, in bursts that really arrive as batches;
+senders of both families; a reply the kernel refuses costs only itself."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+from nodecache.server import agent as agent_mod
+from nodecache.server import udpbatch
+from nodecache.testing import client
+from nodecache.testing.client import build
+from fakes import FakeClock
+from harness import CLUSTER, node
+
+pytestmark = pytest.mark.skipif(not udpbatch.available(), reason="recvmmsg/sendmmsg not available here")
+
+NAMES = [f"svc-{i}.default.svc.cluster.local" for i in range(30)] + [f"nope-{i}.example.com" for i in range(5)]
+
+
+def _burst(round_: int) -> list[bytes]:
+    out = []
+    for i, name in enumerate(NAMES):
+        qid = round_ * 1000 + i
+        out.append(build(name, 1, qid=qid))
+        out.append(build(name.upper(), 28, do=1, qid=qid + 100))
+    out.append(bytes([0xF0 + round_, 7]) + b"\x01\x00\x00\x01" + b"\x00" * 6 + b"\x05trunc")  # malformed question
+    out.append(b"\xee\x09")  # shorter than a header: dropped, no reply
+    return out
+
+
+async def _exchange(port: int, queries: list[bytes], expect: int, limit: float = 8.0) -> dict[bytes, bytes]:
+    """Send every query at once from one socket; the replies by ID."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    s.setblocking(False)
+    try:
+        for q in queries:
+            s.sendto(q, ("127.0.0.1", port))
+        got: dict[bytes, bytes] = {}
+        deadline = time.monotonic() + limit
+        while len(got) < expect and time.monotonic() < deadline:
+            try:
+                reply = s.recv(65535)
+                got[reply[:2]] = reply
+            except BlockingIOError:
+                await asyncio.sleep(0.005)
+        return got
+    finally:
+        s.close()
+
+
+async def _run(batched: bool, monkeypatch) -> tuple[list[dict], object]:
+    monkeypatch.setattr(udpbatch, "available", lambda: batched)
+    async with node(CLUSTER, clock=FakeClock()) as n:
+        server = n.agent.listeners[0].udp
+        rounds = []
+        for r in range(3):  # misses, then full-path hits, then memoised hits
+            queries = _burst(r)
+            rounds.append(await _exchange(n.port, queries, len(queries) - 1))
+        return rounds, server
+
+
+async def test_batched_replies_are_uvloops_replies(monkeypatch):
+    batched, server = await _run(True, monkeypatch)
+    plain, control = await _run(False, monkeypatch)
+    assert isinstance(server, udpbatch.BatchUdpServer) and not isinstance(control, udpbatch.BatchUdpServer)
+    assert server.batches < server.datagrams  # bursts really arrived several to a call
+    assert [len(r) for r in batched] == [len(_burst(0)) - 1] * 3  # all answered but the runt
+    assert batched == plain
+
+
+async def test_ipv6_senders_are_answered_on_hits_and_misses():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        probe = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        probe.bind(("::1", 0))
+        probe.close()
+    except OSError as exc:
+        pytest.skip(f"no ::1 here: {exc}")
+    async with node(CLUSTER.replace("bind 127.0.0.1", "bind 127.0.0.1 ::1")) as n:
+        v6 = [lst for lst in n.agent.listeners if lst.addr == "::1"]
+        assert v6 and isinstance(v6[0].udp, udpbatch.BatchUdpServer)
+        for qid in (1, 2, 3):  # a miss (the slow path needs the sender's tuple), a hit, a memo
+            reply = await client.udp("::1", n.port, build(NAMES[0], 1, qid=qid), 5)
+            assert reply[:2] == qid.to_bytes(2, "big") and reply[3] & 0xF == 0
+
+
+def test_sender_tuples_are_what_recvfrom_gives():
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        try:
+            rx = socket.socket(family, socket.SOCK_DGRAM)
+            rx.bind((host, 0))
+        except OSError:
+            continue
+        tx = socket.socket(family, socket.SOCK_DGRAM)
+        tx.bind((host, 0))
+        tx.sendto(b"x", rx.getsockname())
+        _, want = rx.recvfrom(10)
+        port = tx.getsockname()[1]
+        if family == socket.AF_INET:
+            name = (family.to_bytes(2, "little") + port.to_bytes(2, "big") + socket.inet_pton(family, host)
+                    + b"\0" * 8)
+        else:
+            name = (family.to_bytes(2, "little") + port.to_bytes(2, "big") + b"\0" * 4
+                    + socket.inet_pton(family, host) + b"\0" * 4)
+        assert udpbatch.sender(name) == want
+        rx.close()
+        tx.close()
+
+
+def test_a_reply_the_kernel_refuses_costs_only_itself():
+    class Dispatcher:
+        memo = {}
+        clock = staticmethod(time.monotonic)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server = udpbatch.BatchUdpServer(Dispatcher(), s)
+    calls = []
+    script = iter([2, -1, 0, 3])  # two sent; the next refused; one that sends none; the rest sent
+
+    def sendmmsg(fd, pointer, count, flags):
+        calls.append(((pointer.value - server.tx.address) // udpbatch.MM, count))
+        return next(script)
+    server.sendmmsg = sendmmsg
+    server._flush(7)
+    assert calls == [(0, 7), (2, 5), (3, 4), (4, 3)]
+    assert server.unsent == 2
+    server.close()
+
+
+async def test_one_failing_datagram_leaves_the_rest_of_its_batch_answered(monkeypatch):
+    async with node(CLUSTER) as n:
+        dispatcher = n.agent.listeners[0].dispatcher
+        fast = dispatcher.fast
+        poison = build("svc-3.default.svc.cluster.local", 1, qid=666)
+
+        def failing(data, proto):
+            if data == poison:
+                raise RuntimeError("a bug")
+            return fast(data, proto)
+        monkeypatch.setattr(dispatcher, "fast", failing)
+        caught = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: caught.append(ctx))
+        queries = [build(NAMES[i], 1, qid=i) for i in range(10)]
+        got = await _exchange(n.port, queries[:5] + [poison] + queries[5:], 10)
+        assert sorted(got) == sorted(q[:2] for q in queries)
+        assert [c["message"] for c in caught] == ["udp query failed"]
+
+
+def test_the_agent_falls_back_to_uvloops_transport_without_batching(monkeypatch):
+    monkeypatch.setenv("NODECACHE_UDP_BATCH", "0")
+    assert not udpbatch.available()
+    monkeypatch.delenv("NODECACHE_UDP_BATCH")
+    assert udpbatch.available() and agent_mod.udpbatch is udpbatch
