@@ -38,6 +38,7 @@ import mmap
 import os
 import socket
 import sys
+import time
 
 from .dispatch import Dispatcher
 
@@ -47,6 +48,8 @@ BATCH = 32            # datagrams per system call (libuv reads at most 32 per wa
 SLOT = 1 << 16        # bytes per datagram: more than any UDP payload
 NAME = 32             # bytes per sender address: a sockaddr_in6 (28), aligned
 MSG_DONTWAIT = 0x40
+PACE = 4096           # datagrams between two looks at the rate
+TO_BATCH, TO_SINGLE = 16000, 12000  # datagrams/s: where batching starts and stops paying (measured)
 
 
 class _Iovec(ctypes.Structure):
@@ -145,19 +148,29 @@ class BatchUdpServer:
         self.name_view = memoryview(self.names).cast("B")
         names = ctypes.addressof(self.names)
         self.name_at = [names + k * NAME for k in range(BATCH)]
+        # The kernel writes a sender's address at its socket family's full
+        # size (sockaddr_in6 for every sender of an IPv6 socket, v4-mapped
+        # ones included), so that size is every message's name length, in
+        # and out, and never needs resetting. Reply k goes to sender k
+        # unless a query before it left the batch (``_readable``).
+        self.namelen = 28 if sock.family == socket.AF_INET6 else 16
         for k in range(BATCH):
-            self.rx.q[k * Q_PER + Q_NAME] = self.name_at[k]
-            self.rx.i[k * I_PER + I_NAMELEN] = NAME
+            self.rx.q[k * Q_PER + Q_NAME] = self.tx.q[k * Q_PER + Q_NAME] = self.name_at[k]
+            self.rx.i[k * I_PER + I_NAMELEN] = self.tx.i[k * I_PER + I_NAMELEN] = self.namelen
+        self.recvfrom, self.sendto = sock.recvfrom, sock.sendto
         self.loop: asyncio.AbstractEventLoop | None = None
         self.reading = False
+        self.batching = False  # one datagram per wakeup until the rate says otherwise (_pace)
+        self.since, self.paced, self.switches = 0.0, 0, 0
         self.unsent = 0       # replies the kernel would not take (buffer full, client gone)
-        self.datagrams = 0    # received, and in how many system calls: the batching achieved
+        self.datagrams = 0    # received, and in how many recvmmsg calls: the batching achieved
         self.batches = 0
 
     # -- lifecycle --------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        loop.add_reader(self.fd, self.readable)
+        self.since = time.monotonic()
+        loop.add_reader(self.fd, self.readable if self.batching else self.readable_one)
         self.reading = True
 
     def stop_reading(self) -> None:
@@ -184,7 +197,50 @@ class BatchUdpServer:
     def sockname(self):
         return self.sock.getsockname()
 
-    # -- the hot path -----------------------------------------------------
+    def _pace(self) -> None:
+        """Every PACE datagrams: batch above TO_BATCH datagrams/s, read one
+        at a time below TO_SINGLE (hysteresis between the two)."""
+        now = time.monotonic()
+        rate = (self.datagrams - self.paced) / max(now - self.since, 1e-6)
+        self.since, self.paced = now, self.datagrams
+        batching = rate >= TO_BATCH if not self.batching else rate >= TO_SINGLE
+        if batching != self.batching:
+            self.switches += 1
+            self.use_batches(batching)
+
+    def use_batches(self, on: bool) -> None:
+        self.batching = on
+        if self.reading:
+            self.loop.add_reader(self.fd, self.readable if on else self.readable_one)
+
+    # -- the hot path, one datagram at a time (low rates) -------------------
+    def readable_one(self) -> None:
+        try:
+            query, addr = self.recvfrom(SLOT)
+        except OSError:  # nothing after all (EAGAIN), or an error queued by ICMP: nothing to answer
+            return
+        self.datagrams += 1
+        if self.datagrams - self.paced >= PACE:
+            self._pace()
+        m = self.memo(query[2:])
+        if m is not None:
+            now = self.clock()
+            if now < m.until or m.refresh(now):
+                m.hits += 1
+                try:
+                    self.sendto(query[:2] + m.tail, addr)
+                except OSError:  # buffer full or client gone: the client will retry
+                    self.unsent += 1
+                return
+        dispatcher = self.dispatcher
+        reply = dispatcher.fast(query, "udp")
+        if reply is None:
+            reply = dispatcher.start_slow(self._slow, query, addr[0], addr, dispatcher.scanned, server=self)
+            if reply is None:
+                return
+        self._send(reply, addr)
+
+    # -- the hot path in batches (high rates) --------------------------------
     def readable(self) -> None:
         n = self.recvmmsg(self.fd, self.rx.pointer, BATCH, MSG_DONTWAIT, None)
         if n <= 0:
@@ -193,45 +249,53 @@ class BatchUdpServer:
             return
         self.datagrams += n
         self.batches += 1
-        rq, ri, data = self.rx.q, self.rx.i, self.rx.data
-        tq, ti, out, tiov = self.tx.q, self.tx.i, self.tx.data, self.tx.iov
-        memo, name_at = self.memo, self.name_at
+        if self.datagrams - self.paced >= PACE:
+            self._pace()
+        ri, data = self.rx.i, self.rx.data
+        out, tiov = self.tx.data, self.tx.iov
+        memo = self.memo
         now = self.clock()
         ready = 0
         for k in range(n):
             at = k * SLOT
             query = data[at:at + ri[k * I_PER + I_LEN]].tobytes()
-            namelen = ri[k * I_PER + I_NAMELEN]
-            ri[k * I_PER + I_NAMELEN] = NAME  # value-result: reset for the next call
             m = memo(query[2:])
             if m is not None and (now < m.until or m.refresh(now)):
                 m.hits += 1
                 reply = query[:2] + m.tail
             else:
                 try:
-                    reply = self._full(query, k, namelen)
+                    reply = self._full(query, k)
                 except Exception as exc:  # one datagram's bug never costs the others their replies
                     self.loop.call_exception_handler({"message": "udp query failed", "exception": exc})
+                    reply = None
+                if reply is None:  # the slow path answers it, later, on its own
                     continue
-                if reply is None:
-                    continue
+            if ready != k:
+                self.tx.q[ready * Q_PER + Q_NAME] = self.name_at[k]
             to = ready * SLOT
             out[to:to + len(reply)] = reply
             tiov[2 * ready + 1] = len(reply)
-            tq[ready * Q_PER + Q_NAME] = name_at[k]
-            ti[ready * I_PER + I_NAMELEN] = namelen
             ready += 1
         if ready:
             self._flush(ready)
+        if ready != n:
+            self._readdress()
 
-    def _full(self, query: bytes, k: int, namelen: int) -> bytes | None:
+    def _readdress(self) -> None:
+        """Back to reply k for sender k, after a batch where some query left."""
+        q, name_at = self.tx.q, self.name_at
+        for k in range(BATCH):
+            q[k * Q_PER + Q_NAME] = name_at[k]
+
+    def _full(self, query: bytes, k: int) -> bytes | None:
         """Not a memoised hit: the dispatcher's hit path, else the slow path
         (None: its reply, if any, is sent later on its own)."""
         dispatcher = self.dispatcher
         reply = dispatcher.fast(query, "udp")
         if reply is not None:
             return reply
-        addr = sender(self.name_view[k * NAME:k * NAME + namelen].tobytes())
+        addr = sender(self.name_view[k * NAME:k * NAME + self.namelen].tobytes())
         return dispatcher.start_slow(self._slow, query, addr[0], addr, dispatcher.scanned, server=self)
 
     def _flush(self, count: int) -> None:

@@ -53,10 +53,13 @@ async def _exchange(port: int, queries: list[bytes], expect: int, limit: float =
         s.close()
 
 
-async def _run(batched: bool, monkeypatch) -> tuple[list[dict], object]:
-    monkeypatch.setattr(udpbatch, "available", lambda: batched)
+async def _run(mode: str, monkeypatch) -> tuple[list[dict], object]:
+    """mode: "batches" or "single" (server.udpbatch), "uvloop" (server.udp)."""
+    monkeypatch.setattr(udpbatch, "available", lambda: mode != "uvloop")
     async with node(CLUSTER, clock=FakeClock()) as n:
         server = n.agent.listeners[0].udp
+        if mode != "uvloop":
+            server.use_batches(mode == "batches")
         rounds = []
         for r in range(3):  # misses, then full-path hits, then memoised hits
             queries = _burst(r)
@@ -64,16 +67,34 @@ async def _run(batched: bool, monkeypatch) -> tuple[list[dict], object]:
         return rounds, server
 
 
-async def test_batched_replies_are_uvloops_replies(monkeypatch):
-    batched, server = await _run(True, monkeypatch)
-    plain, control = await _run(False, monkeypatch)
+async def test_batched_and_single_replies_are_uvloops_replies(monkeypatch):
+    batched, server = await _run("batches", monkeypatch)
+    single, one = await _run("single", monkeypatch)
+    plain, control = await _run("uvloop", monkeypatch)
     assert isinstance(server, udpbatch.BatchUdpServer) and not isinstance(control, udpbatch.BatchUdpServer)
     assert server.batches < server.datagrams  # bursts really arrived several to a call
+    assert one.batches == 0 and one.datagrams == server.datagrams
     assert [len(r) for r in batched] == [len(_burst(0)) - 1] * 3  # all answered but the runt
     assert batched == plain
+    assert single == plain
 
 
-async def test_ipv6_senders_are_answered_on_hits_and_misses():
+async def test_batching_follows_the_rate(monkeypatch):
+    monkeypatch.setattr(udpbatch, "PACE", 40)
+    async with node(CLUSTER) as n:
+        server = n.agent.listeners[0].udp
+        assert not server.batching  # starts one at a time
+        queries = [build(NAMES[i % 30], 1, qid=i) for i in range(200)]
+        assert len(await _exchange(n.port, queries, 200)) == 200  # a burst: far above TO_BATCH
+        assert server.batching and server.batches > 0
+        for i in range(90):  # ~100/s: far below TO_SINGLE
+            await n.udp(build(NAMES[i % 30], 1, qid=i))
+            await asyncio.sleep(0.01)
+        assert not server.batching and server.switches == 2
+
+
+@pytest.mark.parametrize("batches", [True, False])
+async def test_ipv6_senders_are_answered_on_hits_and_misses(batches):
     if not socket.has_ipv6:
         pytest.skip("no IPv6")
     try:
@@ -84,7 +105,8 @@ async def test_ipv6_senders_are_answered_on_hits_and_misses():
         pytest.skip(f"no ::1 here: {exc}")
     async with node(CLUSTER.replace("bind 127.0.0.1", "bind 127.0.0.1 ::1")) as n:
         v6 = [lst for lst in n.agent.listeners if lst.addr == "::1"]
-        assert v6 and isinstance(v6[0].udp, udpbatch.BatchUdpServer)
+        assert v6 and isinstance(v6[0].udp, udpbatch.BatchUdpServer) and v6[0].udp.namelen == 28
+        v6[0].udp.use_batches(batches)
         for qid in (1, 2, 3):  # a miss (the slow path needs the sender's tuple), a hit, a memo
             reply = await client.udp("::1", n.port, build(NAMES[0], 1, qid=qid), 5)
             assert reply[:2] == qid.to_bytes(2, "big") and reply[3] & 0xF == 0
@@ -132,8 +154,10 @@ def test_a_reply_the_kernel_refuses_costs_only_itself():
     server.close()
 
 
-async def test_one_failing_datagram_leaves_the_rest_of_its_batch_answered(monkeypatch):
+@pytest.mark.parametrize("batches", [True, False])
+async def test_one_failing_datagram_leaves_the_rest_answered(monkeypatch, batches):
     async with node(CLUSTER) as n:
+        n.agent.listeners[0].udp.use_batches(batches)
         dispatcher = n.agent.listeners[0].dispatcher
         fast = dispatcher.fast
         poison = build("svc-3.default.svc.cluster.local", 1, qid=666)
@@ -148,7 +172,7 @@ async def test_one_failing_datagram_leaves_the_rest_of_its_batch_answered(monkey
         queries = [build(NAMES[i], 1, qid=i) for i in range(10)]
         got = await _exchange(n.port, queries[:5] + [poison] + queries[5:], 10)
         assert sorted(got) == sorted(q[:2] for q in queries)
-        assert [c["message"] for c in caught] == ["udp query failed"]
+        assert len(caught) == 1 and isinstance(caught[0]["exception"], RuntimeError)  # counted as a panic
 
 
 def test_the_agent_falls_back_to_uvloops_transport_without_batching(monkeypatch):
