@@ -82,12 +82,12 @@ def _libc():
         return None
 
 
-_CALLS = _libc() if sys.platform.startswith("linux") else None
+CALLS = _libc() if sys.platform.startswith("linux") else None
 
 
 def available() -> bool:
     """Whether the agent serves UDP through this module (see the top)."""
-    return (_CALLS is not None and os.environ.get("NODECACHE_UDP_BATCH", "1") != "0"
+    return (CALLS is not None and os.environ.get("NODECACHE_UDP_BATCH", "1") != "0"
             and ctypes.sizeof(ctypes.c_void_p) == 8 and MM == 64 and ctypes.sizeof(_Iovec) == 16)
 
 
@@ -98,8 +98,10 @@ def _region(size: int):
     return mem, anchor, ctypes.addressof(anchor)
 
 
-class _Vectors:
-    """One direction's buffers and headers: BATCH slots, each with its iovec."""
+class Vectors:
+    """One direction's buffers and headers: BATCH slots, each with its iovec
+    and no address (set one per message, or leave it for a connected socket,
+    as the load generator does)."""
 
     def __init__(self):
         self.mem, self._anchor, data = _region(BATCH * SLOT)
@@ -142,8 +144,8 @@ class BatchUdpServer:
         self.fd = sock.fileno()
         self.memo = dispatcher.memo.get
         self.clock = dispatcher.clock
-        self.recvmmsg, self.sendmmsg = _CALLS
-        self.rx, self.tx = _Vectors(), _Vectors()
+        self.recvmmsg, self.sendmmsg = CALLS
+        self.rx, self.tx = Vectors(), Vectors()
         self.names = ctypes.create_string_buffer(BATCH * NAME)
         self.name_view = memoryview(self.names).cast("B")
         names = ctypes.addressof(self.names)

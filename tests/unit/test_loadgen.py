@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from nodecache.server import udpbatch
 from nodecache_bench.histogram import Histogram
 from nodecache_bench.loadgen import Engine, Spec
 from nodecache_bench.scenarios import NxDomain, PodLookups, QueryFile, Zipf, pod_plan
@@ -52,6 +53,24 @@ async def drive(server: ScriptedServer, **kw):
         transport.close()
 
 
+@pytest.fixture(params=["batched", "uvloop"])
+def udp_path(request, monkeypatch):
+    """Both ways the generator does UDP: recvmmsg/sendmmsg batches, or uvloop's transport."""
+    if request.param == "batched" and not udpbatch.available():
+        pytest.skip("recvmmsg/sendmmsg not available here")
+    monkeypatch.setattr(udpbatch, "available", lambda: request.param == "batched")
+    return request.param
+
+
+@pytest.mark.usefixtures("udp_path")
+def test_closed_loop_keeps_its_window_and_loses_nothing():
+    server = ScriptedServer()
+    r = run(drive(server, mode="closed", concurrency=32, duration=1.0, sockets=1))
+    assert r.answered > 1000 and r.answered == r.sent == server.received
+    assert r.errors == 0 and r.lost == 0 and r.late == 0
+
+
+@pytest.mark.usefixtures("udp_path")
 def test_known_delay_and_loss_are_measured():
     r = run(drive(ScriptedServer(delay=0.010, loss=0.10), qps=1000, duration=2.0, timeout=0.5))
     assert 1900 <= r.sent <= 2100
@@ -60,6 +79,7 @@ def test_known_delay_and_loss_are_measured():
     assert r.errors == 0 and r.late == 0
 
 
+@pytest.mark.usefixtures("udp_path")
 def test_open_loop_shows_a_200ms_stall():
     r = run(drive(ScriptedServer(stall_at=0.5, stall_for=0.2), qps=1000, duration=2.0))
     # ~10% of the queries were due during the stall: p99 must show it
@@ -67,6 +87,7 @@ def test_open_loop_shows_a_200ms_stall():
     assert r.hist.percentile(50) < 0.01
 
 
+@pytest.mark.usefixtures("udp_path")
 def test_closed_loop_counts_wrong_ids_as_errors():
     r = run(drive(ScriptedServer(wrong_id=True), mode="closed", concurrency=4, duration=1.0, timeout=0.2))
     assert r.answered == 0 and r.errors > 0 and r.lost > 0
