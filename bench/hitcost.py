@@ -8,7 +8,8 @@ caches, then dnsperf sends them at a fixed rate ``-Q`` (sub-saturation:
 what pods do) for ``--duration`` seconds. Per run: the server's own
 utime+stime from /proc divided by the queries dnsperf saw answered. The
 bare uvloop responder (receive, copy the ID into a fixed reply, send) is
-the floor for any server on this event loop. Servers alternate,
+the floor for a server on uvloop's datagram transport (nodecache reads
+its sockets itself, server.udpbatch, and can go below it). Servers alternate,
 ``--rounds`` times; medians, with every run listed.
 """
 from __future__ import annotations

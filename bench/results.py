@@ -20,7 +20,7 @@ PY = sys.executable
 
 HIT_METHOD = """\
 `nodecache-bench compare --hits`: nodecache, unbound (one thread) and a bare
-uvloop responder (the floor for any server on this event loop) pinned to
+uvloop responder (the floor for a server on uvloop's datagram transport) pinned to
 CPU 0; dnsperf on CPU 1 sends 1,000 cached names at a fixed rate (`-Q`).
 Server CPU (utime+stime from /proc) per answered query; servers alternate,
 5 rounds of 5 s, median, every run listed."""
@@ -59,7 +59,7 @@ SECTIONS = [
    /proc/PID/stat) divided by the queries it answered. Servers alternate over
    5 rounds; the median run is shown with the min..max. The bare uvloop
    responder (receive, copy the ID into a fixed reply, send) is the floor for
-   any server on this event loop; unbound runs with one thread as a cache in
+   a server on uvloop's datagram transport; unbound runs with one thread as a cache in
    front of the same emulated upstream."""),
     ("Cost of a cache hit at fixed rates", ["-m", "nodecache_bench.cli", "compare", "--scenarios", "",
                                             "--hits", "5000,30000,80000", "--duration", "5", "--rounds", "5"],

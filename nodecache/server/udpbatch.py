@@ -10,9 +10,15 @@ Here the socket is watched with ``loop.add_reader`` and each time it is
 readable one recvmmsg takes every datagram queued (up to ``BATCH``, no
 failing call at the end), the cache hits among them are answered with one
 sendmmsg, and each reply goes back to its sender's address as the kernel
-wrote it (the sockaddr bytes; no tuple). Measured with dnsperf at fixed
-rates (bench/RESULTS.md): at 80,000 q/s 5.0 µs of server CPU per query
-against uvloop's 6.9 and unbound's 5.3; at 30,000 q/s 10.6 against 11.3.
+wrote it (the sockaddr bytes; no tuple). Below TO_SINGLE datagrams/s a
+wakeup rarely finds more than one datagram and two ctypes calls cost more
+than they save, so the socket is read one datagram per wakeup with its own
+recvfrom (the loop's level-triggered poll says when more is waiting: no
+failing read either); above TO_BATCH, in batches (``_pace`` looks at the
+rate every PACE datagrams). Measured with dnsperf at fixed rates
+(``nodecache-bench compare --hits``, bench/RESULTS.md): at 80,000 q/s
+5.4 µs of server CPU per cached query against 7.4 on uvloop's transport
+and unbound's 5.3; at 30,000 q/s 11.3 against 11.7 and 9.8.
 
 The calls go through ctypes over fixed buffers: ``BATCH`` slots of 64 KiB
 for datagrams received (any UDP payload fits, so nothing is ever
@@ -154,7 +160,7 @@ class BatchUdpServer:
         # size (sockaddr_in6 for every sender of an IPv6 socket, v4-mapped
         # ones included), so that size is every message's name length, in
         # and out, and never needs resetting. Reply k goes to sender k
-        # unless a query before it left the batch (``_readable``).
+        # unless a query before it left the batch (``readable``).
         self.namelen = 28 if sock.family == socket.AF_INET6 else 16
         for k in range(BATCH):
             self.rx.q[k * Q_PER + Q_NAME] = self.tx.q[k * Q_PER + Q_NAME] = self.name_at[k]
