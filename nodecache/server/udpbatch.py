@@ -55,6 +55,8 @@ SLOT = 1 << 16        # bytes per datagram: more than any UDP payload
 NAME = 32             # bytes per sender address: a sockaddr_in6 (28), aligned
 MSG_DONTWAIT = 0x40
 PACE = 4096           # datagrams between two looks at the rate
+_TRANSIENT = (errno.EAGAIN, errno.EINTR)            # nothing queued after all, or a signal
+_REFUSED_CALL = (errno.ENOSYS, errno.EPERM)  # the call itself (seccomp, old kernel), not a datagram
 TO_BATCH, TO_SINGLE = 16000, 12000  # datagrams/s: where batching starts and stops paying (measured)
 
 
@@ -169,6 +171,7 @@ class BatchUdpServer:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.reading = False
         self.batching = False  # one datagram per wakeup until the rate says otherwise (_pace)
+        self.batch_ok = True   # False once the kernel refused recvmmsg or sendmmsg
         self.since, self.paced, self.switches = 0.0, 0, 0
         self.unsent = 0       # replies the kernel would not take (buffer full, client gone)
         self.datagrams = 0    # received, and in how many recvmmsg calls: the batching achieved
@@ -211,7 +214,7 @@ class BatchUdpServer:
         now = time.monotonic()
         rate = (self.datagrams - self.paced) / max(now - self.since, 1e-6)
         self.since, self.paced = now, self.datagrams
-        batching = rate >= TO_BATCH if not self.batching else rate >= TO_SINGLE
+        batching = self.batch_ok and (rate >= TO_BATCH if not self.batching else rate >= TO_SINGLE)
         if batching != self.batching:
             self.switches += 1
             self.use_batches(batching)
@@ -252,8 +255,11 @@ class BatchUdpServer:
     def readable(self) -> None:
         n = self.recvmmsg(self.fd, self.rx.pointer, BATCH, MSG_DONTWAIT, None)
         if n <= 0:
-            if n < 0 and ctypes.get_errno() not in (errno.EAGAIN, errno.EINTR):
-                log.debug("udp receive: %s", os.strerror(ctypes.get_errno()))
+            if n < 0 and ctypes.get_errno() not in _TRANSIENT:
+                # not a datagram's error (those are per-message): the call
+                # itself is refused (a seccomp profile, an old kernel), and
+                # the queued datagrams would wake us forever unread
+                self._cannot_batch("recvmmsg", ctypes.get_errno())
             return
         self.datagrams += n
         self.batches += 1
@@ -315,9 +321,29 @@ class BatchUdpServer:
             pointer = self.tx.pointer if first == 0 else ctypes.c_void_p(self.tx.address + first * MM)
             sent = self.sendmmsg(self.fd, pointer, count - first, 0)
             if sent <= 0:
+                if ctypes.get_errno() in _REFUSED_CALL:
+                    self._cannot_batch("sendmmsg", ctypes.get_errno())
+                    self._send_each(first, count)
+                    return
                 self.unsent += 1
                 sent = 1
             first += sent
+
+    def _send_each(self, first: int, count: int) -> None:
+        """Send queued replies first..count-1 one by one (sendmmsg refused)."""
+        q, data, iov = self.tx.q, self.tx.data, self.tx.iov
+        for k in range(first, count):
+            name = q[k * Q_PER + Q_NAME] - self.name_at[0]
+            reply = data[k * SLOT:k * SLOT + iov[2 * k + 1]].tobytes()
+            self._send(reply, sender(self.name_view[name:name + self.namelen].tobytes()))
+
+    def _cannot_batch(self, call: str, err: int) -> None:
+        """The system call is refused, not one datagram: read and answer
+        one datagram at a time from now on."""
+        log.warning("udp %s on %s failed (%s): reading one datagram at a time from now on", call,
+                    self.sockname(), os.strerror(err))
+        self.batch_ok = False
+        self.use_batches(False)
 
     # -- replies from elsewhere ---------------------------------------------
     def _send(self, reply: bytes, addr) -> None:

@@ -180,3 +180,25 @@ def test_the_agent_falls_back_to_uvloops_transport_without_batching(monkeypatch)
     assert not udpbatch.available()
     monkeypatch.delenv("NODECACHE_UDP_BATCH")
     assert udpbatch.available() and agent_mod.udpbatch is udpbatch
+
+
+@pytest.mark.parametrize("call", ["recvmmsg", "sendmmsg"])
+async def test_a_refused_system_call_means_one_datagram_at_a_time(call, caplog):
+    """A seccomp profile or an old kernel that refuses recvmmsg/sendmmsg:
+    every query is still answered, one datagram at a time from then on."""
+    import ctypes
+    import errno
+
+    def refused(*args):
+        ctypes.set_errno(errno.EPERM)
+        return -1
+    async with node(CLUSTER) as n:
+        server = n.agent.listeners[0].udp
+        server.use_batches(True)
+        setattr(server, call, refused)
+        queries = [build(NAMES[i % 30], 1, qid=i) for i in range(40)]
+        await _exchange(n.port, queries[:10], 10)  # fill the cache: later ones are hits, answered in batches
+        got = await _exchange(n.port, queries, 40)
+        assert sorted(got) == sorted(q[:2] for q in queries)
+        assert not server.batching and not server.batch_ok
+        assert f"udp {call} on" in caplog.text and "one datagram at a time" in caplog.text
