@@ -85,8 +85,12 @@ async def handler_only(queries: int, k: int) -> dict:
     current = [b""]
     if hasattr(udp, "readable_one"):
         udp.stop_reading()
-        real = udp.recvfrom, udp.sendto
-        udp.recvfrom, udp.sendto = (lambda size: (current[0], addr)), (lambda data, to: None)
+        real = udp.recvfrom_into, udp.sendto
+
+        def receive(buffer):
+            buffer[:len(current[0])] = current[0]
+            return len(current[0]), addr
+        udp.recvfrom_into, udp.sendto = receive, (lambda data, to: None)
 
         def handler(m):
             current[0] = m
@@ -113,7 +117,7 @@ async def handler_only(queries: int, k: int) -> dict:
         n = reps * len(msgs)
         out[name] = {"queries": n, "user_us": user / n * 1e6, "wall_us": wall / n * 1e6}
     if hasattr(udp, "readable_one"):
-        udp.recvfrom, udp.sendto = real
+        udp.recvfrom_into, udp.sendto = real
     else:
         udp.transport = real
     await agent.stop(0.5)

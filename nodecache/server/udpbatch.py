@@ -167,7 +167,14 @@ class BatchUdpServer:
         for k in range(BATCH):
             self.rx.q[k * Q_PER + Q_NAME] = self.tx.q[k * Q_PER + Q_NAME] = self.name_at[k]
             self.rx.i[k * I_PER + I_NAMELEN] = self.tx.i[k * I_PER + I_NAMELEN] = self.namelen
-        self.recvfrom, self.sendto = sock.recvfrom, sock.sendto
+        # One datagram at a time goes through the first receive slot and is
+        # copied out at its size: recvfrom(SLOT) would allocate 64 KiB per
+        # datagram and shrink it, and queries kept by the slow path would pin
+        # the shrunk chunks all over the heap (bench/fuzz.py, 1M hostile
+        # packets: peak RSS 68.2 MiB that way, 61.4 this way, 58.7 on
+        # uvloop's transport).
+        self.inbox = self.rx.data[:SLOT]
+        self.recvfrom_into, self.sendto = sock.recvfrom_into, sock.sendto
         self.loop: asyncio.AbstractEventLoop | None = None
         self.reading = False
         self.batching = False  # one datagram per wakeup until the rate says otherwise (_pace)
@@ -197,6 +204,7 @@ class BatchUdpServer:
         if self.fd >= 0:
             self.sock.close()
             self.fd = -1
+            self.inbox.release()
             self.rx.release()
             self.tx.release()
             self.name_view.release()
@@ -227,9 +235,10 @@ class BatchUdpServer:
     # -- the hot path, one datagram at a time (low rates) -------------------
     def readable_one(self) -> None:
         try:
-            query, addr = self.recvfrom(SLOT)
+            size, addr = self.recvfrom_into(self.inbox)
         except OSError:  # nothing after all (EAGAIN), or an error queued by ICMP: nothing to answer
             return
+        query = self.inbox[:size].tobytes()
         self.datagrams += 1
         if self.datagrams - self.paced >= PACE:
             self._pace()
