@@ -13,7 +13,7 @@ sendmmsg, and each reply goes back to its sender's address as the kernel
 wrote it (the sockaddr bytes; no tuple). Below TO_SINGLE datagrams/s a
 wakeup rarely finds more than one datagram and two ctypes calls cost more
 than they save, so the socket is read one datagram per wakeup with its own
-recvfrom (the loop's level-triggered poll says when more is waiting: no
+recvfrom_into (the loop's level-triggered poll says when more is waiting: no
 failing read either); above TO_BATCH, in batches (``_pace`` looks at the
 rate every PACE datagrams). Measured with dnsperf at fixed rates
 (``nodecache-bench compare --hits``, bench/RESULTS.md): at 80,000 q/s
