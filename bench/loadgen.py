@@ -33,6 +33,7 @@ from nodecache.dns.wire import RD, make_query
 from nodecache.server import udpbatch
 
 from .histogram import Histogram
+from .udpbatched import batched_udp
 from .scenarios import make, pod_plan
 
 TICK = 0.001
@@ -189,7 +190,7 @@ class Engine:
             if self.spec.proto == "tcp":
                 send, flights, close = await self._tcp()
             elif udpbatch.available():
-                send, flights, close = self._udp_batched()
+                send, flights, close = batched_udp(self, _Flight)
             else:
                 send, flights, close = await self._udp()
             try:
@@ -283,12 +284,12 @@ class Engine:
 
         for _ in range(self.spec.sockets):
             flight = _Flight()
-            transport, _ = await loop.create_datagram_endpoint(lambda f=flight: Proto(f), sock=self._socket())
+            transport, _ = await loop.create_datagram_endpoint(lambda f=flight: Proto(f), sock=self.udp_socket())
             flights.append(flight)
             transports.append(transport)
-        return self._sender(flights, transports, lambda t, data: t.sendto(data))
+        return self.sender(flights, transports, lambda t, data: t.sendto(data))
 
-    def _socket(self) -> socket.socket:
+    def udp_socket(self) -> socket.socket:
         """A UDP socket connected to the server, with room for bursts of
         replies: a reply dropped because this process was busy for a few
         milliseconds would be counted as the server's loss."""
@@ -298,69 +299,6 @@ class Engine:
         sock.setblocking(False)
         sock.connect((self.spec.host, self.spec.port))
         return sock
-
-    def _udp_batched(self):
-        """UDP like ``_udp``, but each socket is read with one recvmmsg per
-        wakeup and the queries its replies set off go out with one sendmmsg
-        (server.udpbatch's buffers), not a system call per datagram: what
-        lets one core drive nearly as much as dnsperf does."""
-        loop = asyncio.get_running_loop()
-        recvmmsg, sendmmsg = udpbatch.CALLS
-        rx, tx = udpbatch.Vectors(), udpbatch.Vectors()
-        batch, slot, at_len = udpbatch.BATCH, udpbatch.SLOT, udpbatch.I_LEN
-        per, dontwait = udpbatch.I_PER, udpbatch.MSG_DONTWAIT
-        engine, dirty, monotonic = self, [], time.monotonic
-
-        class Outbox:
-            """A socket's queries waiting for the next flush (its transport)."""
-
-            def __init__(self, sock: socket.socket):
-                self.sock, self.fd, self.queued = sock, sock.fileno(), []
-
-            def close(self) -> None:
-                loop.remove_reader(self.fd)
-                self.sock.close()
-
-        def readable(flight: _Flight, fd: int) -> None:
-            n = recvmmsg(fd, rx.pointer, batch, dontwait, None)
-            lengths, data, on_reply, now = rx.i, rx.data, engine.on_reply, monotonic()
-            for k in range(n if n > 0 else 0):
-                at = k * slot
-                on_reply(flight, data[at:at + lengths[k * per + at_len]].tobytes(), now)
-            flush()
-
-        def write(box: Outbox, query: bytes) -> None:
-            if not box.queued:
-                dirty.append(box)
-            box.queued.append(query)
-
-        def flush() -> None:
-            out, lengths = tx.data, tx.iov
-            for box in dirty:
-                queued = box.queued
-                for first in range(0, len(queued), batch):
-                    chunk = queued[first:first + batch]
-                    for k, msg in enumerate(chunk):
-                        out[k * slot:k * slot + len(msg)] = msg
-                        lengths[2 * k + 1] = len(msg)
-                    sendmmsg(box.fd, tx.pointer, len(chunk), 0)  # refused ones time out: lost
-                queued.clear()
-            dirty.clear()
-
-        flights, boxes = [], []
-        for _ in range(self.spec.sockets):
-            flight, box = _Flight(), Outbox(self._socket())
-            loop.add_reader(box.fd, readable, flight, box.fd)
-            flights.append(flight)
-            boxes.append(box)
-        send, flights, close_boxes = self._sender(flights, boxes, write)
-
-        def close():
-            close_boxes()
-            rx.release()
-            tx.release()
-        self.flush = flush
-        return send, flights, close
 
     async def _tcp(self):
         loop = asyncio.get_running_loop()
@@ -381,10 +319,10 @@ class Engine:
             transport, _ = await loop.create_connection(lambda f=flight: Proto(f), self.spec.host, self.spec.port)
             flights.append(flight)
             transports.append(transport)
-        return self._sender(flights, transports,
+        return self.sender(flights, transports,
                             lambda t, data: t.is_closing() or t.write(frame(data)))
 
-    def _sender(self, flights, transports, write):
+    def sender(self, flights, transports, write):
         """(send, flights, close) over one transport per flight."""
         for flight, transport in zip(flights, transports):
             flight.transport = transport
