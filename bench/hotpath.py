@@ -83,7 +83,8 @@ async def handler_only(queries: int, k: int) -> dict:
     udp = listener.udp
     addr = ("127.0.0.1", 5300)
     current = [b""]
-    if hasattr(udp, "readable_one"):
+    batched = hasattr(udp, "readable_one")
+    if batched:
         udp.stop_reading()
         real = udp.recvfrom_into, udp.sendto
 
@@ -116,7 +117,7 @@ async def handler_only(queries: int, k: int) -> dict:
         wall = time.perf_counter() - w0
         n = reps * len(msgs)
         out[name] = {"queries": n, "user_us": user / n * 1e6, "wall_us": wall / n * 1e6}
-    if hasattr(udp, "readable_one"):
+    if batched:
         udp.recvfrom_into, udp.sendto = real
     else:
         udp.transport = real

@@ -24,7 +24,6 @@ from .router import Router
 from .tcp import TcpLimits, TcpServerState
 from . import udpbatch
 from .udp import UdpServer
-from .udpbatch import BatchUdpServer
 
 log = logging.getLogger("nodecache")
 UDP_RCVBUF = 4 << 20  # absorb bursts while the loop is busy
@@ -72,13 +71,13 @@ class Listener:
         self.stats = ListenerStats(self.server_label(), family)
         self.dispatcher = Dispatcher(Router(blocks), self.stats, admission, clock)
         self.tcp_state = TcpServerState(self.dispatcher, limits)
-        self.udp: UdpServer | BatchUdpServer | None = None
+        self.udp: UdpServer | udpbatch.BatchUdpServer | None = None
         self.tcp_server: asyncio.AbstractServer | None = None
 
     async def start(self, udp_sock: socket.socket, tcp_sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         if udpbatch.available():
-            self.udp = BatchUdpServer(self.dispatcher, udp_sock)
+            self.udp = udpbatch.BatchUdpServer(self.dispatcher, udp_sock)
             self.udp.start(loop)
         else:
             _, self.udp = await loop.create_datagram_endpoint(lambda: UdpServer(self.dispatcher), sock=udp_sock)

@@ -15,8 +15,8 @@ entry is still the one cached and still fresh: the entry's tail with the
 new TTLs between the memo's own head and OPT, one join. Without that, a
 name asked a few times a second (most names on most nodes) went through
 the full hit path and a new memo once a second: at 5 queries per name
-and second, one query in five (measured: ~1 µs per query of the 4 µs
-above the bare responder at 5,000 q/s over 1,000 names).
+and second, one query in five (measured side by side with dnsperf at
+5,000 q/s over 1,000 names: 39.5 -> 38.0 µs of CPU per query).
 
 Counting is deferred, not dropped: each ``Memo`` counts its own hits, and
 ``fold`` adds them to everything a normal hit would have updated (CoreDNS's
@@ -62,8 +62,9 @@ class Memo:
         # What surrounds the entry's records in ``tail``: our header and the
         # client's question before (the reply up to ``qend``), OPT after. A
         # truncated reply carries no records and never renews (head None).
-        self.head = None if truncated else tail[:qend - 2]
-        self.opt = tail[qend - 2 + len(entry.tail):]
+        self.head = self.opt = None
+        if not truncated:
+            self.head, self.opt = tail[:qend - 2], tail[qend - 2 + len(entry.tail):]
 
     def refresh(self, now: float) -> bool:
         """At the TTL tick: renew from the entry if it is still the one

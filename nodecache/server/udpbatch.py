@@ -15,10 +15,10 @@ wakeup rarely finds more than one datagram and two ctypes calls cost more
 than they save, so the socket is read one datagram per wakeup with its own
 recvfrom_into (the loop's level-triggered poll says when more is waiting: no
 failing read either); above TO_BATCH, in batches (``_pace`` looks at the
-rate every PACE datagrams). Measured with dnsperf at fixed rates
-(``nodecache-bench compare --hits``, bench/RESULTS.md): at 80,000 q/s
-5.4 µs of server CPU per cached query against 7.4 on uvloop's transport
-and unbound's 5.3; at 30,000 q/s 11.3 against 11.7 and 9.8.
+rate every PACE datagrams). Measured side by side with dnsperf at fixed
+rates (the agent before and after this module, unbound; server CPU per
+cached query): at 80,000 q/s 5.5 µs against 7.3 on uvloop's transport and
+unbound's 5.4; at 30,000 q/s 11.5 against 12.4 and 10.2.
 
 The calls go through ctypes over fixed buffers: ``BATCH`` slots of 64 KiB
 for datagrams received (any UDP payload fits, so nothing is ever
@@ -47,6 +47,7 @@ import sys
 import time
 
 from .dispatch import Dispatcher
+from .udp import UdpServer
 
 log = logging.getLogger("nodecache.udp")
 
@@ -363,7 +364,4 @@ class BatchUdpServer:
         except OSError:  # buffer full or client gone: the client will retry
             self.unsent += 1
 
-    async def _slow(self, data: bytes, addr, scanned, started: float | None = None) -> None:
-        reply = await self.dispatcher.answer(data, "udp", addr, scanned, started)
-        if reply is not None:
-            self._send(reply, addr)
+    _slow = UdpServer._slow  # the slow path's answer, sent with our _send
