@@ -25,6 +25,7 @@ import zlib
 from typing import Iterable, Iterator
 
 from ..dns.key import question
+from ..dns.wire import servable_key
 from ..dns.reply import Reply
 from .entry import Entry
 
@@ -156,7 +157,9 @@ def _records(frames, now: float) -> dict[str, list[Entry]]:
                     raise SnapshotError("garbled block id") from exc
                 current = out.setdefault(block_id, [])
             elif tag == b"E" and current is not None:
-                current.append(_decode_entry(r, now))
+                entry = _decode_entry(r, now)
+                if servable_key(entry.key):  # (a donor may have cached what we refuse: never served here)
+                    current.append(entry)
             else:
                 raise SnapshotError(f"garbled snapshot at byte {r.pos - 1}")
     return out

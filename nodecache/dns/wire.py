@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .key import BITS as KEY_BITS, NO_EDNS, bits as key_bits
+from .key import BITS as KEY_BITS, NO_EDNS, TRAILER as KEY_TRAILER, bits as key_bits
 
 # RCODEs (RFC 1035 §4.1.1, RFC 6891 §9 for BADVERS's extended value).
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
@@ -132,6 +132,32 @@ class Query(NamedTuple):
         return bool(self.flags & CD)
 
 
+def refusal(qtype: int, qclass: int) -> int | None:
+    """The one decision on which questions this cache serves: None for a
+    question it may forward and cache, else the RCODE to answer. OPT is not
+    a question (FORMERR, RFC 6891 §6.1.1); a cache serves no zone transfers
+    and only the Internet class (REFUSED: a policy refusal, RFC 1035 §4.1.1).
+    Every path that sends a question upstream or stores an answer asks this
+    (through ``parse_query``, ``query_from_scan`` or ``servable_key``)."""
+    if qclass != CLASS_IN or qtype in (TYPE_OPT, TYPE_AXFR, TYPE_IXFR):
+        return FORMERR if qtype == TYPE_OPT else REFUSED
+    return None
+
+
+def servable_key(key: bytes) -> bool:
+    """Whether a cache key (``dns.key``) names a question this cache may
+    forward and cache: a well-formed name ending exactly where the key's
+    trailer starts, and a question ``refusal`` lets through. For keys that
+    come from outside the query readers (a handed-over snapshot)."""
+    end = len(key) - KEY_TRAILER
+    try:
+        if end < 1 or _read_qname(key, 0) != end:
+            return False
+    except QueryError:
+        return False
+    return refusal(key[end] << 8 | key[end + 1], key[end + 2] << 8 | key[end + 3]) is None
+
+
 def _read_qname(data: bytes, i: int) -> int:
     """Offset past an uncompressed name starting at i; raises QueryError."""
     total = 0
@@ -186,10 +212,8 @@ def parse_query(data: bytes) -> Query:
     edns, size, version = _read_additional(data, qend, ar)
     if version:
         raise QueryError(BADVERS, f"EDNS version {version}", qend, edns)  # RFC 6891 §6.1.3
-    if qtype in (TYPE_OPT, TYPE_AXFR, TYPE_IXFR) or qclass != CLASS_IN:
-        # OPT is not a question (RFC 6891 §6.1.1); a cache serves no zone
-        # transfers and only the Internet class: policy refusal (RFC 1035 §4.1.1).
-        rcode = FORMERR if qtype == TYPE_OPT else REFUSED
+    rcode = refusal(qtype, qclass)
+    if rcode is not None:
         raise QueryError(rcode, f"qtype {qtype} class {qclass} not served", qend, edns)
     cd = (flags >> 4) & 1
     lname_end = qend - 4
@@ -210,7 +234,7 @@ def query_from_scan(data: bytes, scanned) -> Query | None:
     except QueryError:
         return None
     qtype = data[qend - 4] << 8 | data[qend - 3]
-    if qtype in (TYPE_OPT, TYPE_AXFR, TYPE_IXFR) or data[qend - 2:qend] != b"\x00\x01":
+    if refusal(qtype, data[qend - 2] << 8 | data[qend - 1]) is not None:
         return None
     return Query(data, flags, qend, data[12:qend - 4], qtype, CLASS_IN, edns, limit, key)
 

@@ -32,7 +32,7 @@ import time
 from ..cache.entry import render_uncached
 from ..dns.key import EDNS_DO, qtype as key_qtype
 from ..dns.reply import MalformedReply
-from ..dns.wire import fit
+from ..dns.wire import fit, query_from_scan
 
 log = logging.getLogger("nodecache.server")
 _clock = time.monotonic
@@ -147,6 +147,8 @@ class DirectMiss:
 def start(dispatcher, block, zone: str, server, data: bytes, addr, client: str, scanned) -> bool:
     """Send the miss ``data`` (already admitted) upstream without a task, or
     join the identical one in flight. False: the slow path must take it."""
+    if query_from_scan(data, scanned) is None:
+        return False  # a question the slow path refuses or rejects (dns.wire.refusal): it answers
     key = scanned[0]
     forwarder = block.forward_stage.forwarder
     asker = (server, data, addr, client, scanned, _clock())

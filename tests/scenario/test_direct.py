@@ -118,3 +118,48 @@ async def test_a_direct_miss_nobody_answers_is_servfail_within_the_deadline():
         elapsed = time.monotonic() - t0
         # 2 s direct, then the slow path's attempts until 5 s from arrival (not 5 s more)
         assert rec.header.rcode == 2 and 4.5 < elapsed < 6.0, elapsed
+
+
+def _questions_the_slow_path_refuses() -> dict[str, bytes]:
+    """Queries of the common shape (``scan`` reads them) that the slow path
+    answers with an error without asking upstream (dns.wire.refusal and the
+    name checks): the direct miss path must not forward or cache them."""
+    def raw(question: bytes, qid: int) -> bytes:
+        return qid.to_bytes(2, "big") + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + question
+    from nodecache.dns.wire import question_bytes
+    return {
+        "CH TXT version.bind": raw(question_bytes("version.bind", 16, 3), 1),
+        "CH TXT hostname.bind": raw(question_bytes("hostname.bind", 16, 3), 2),
+        "IN AXFR cluster.local": raw(question_bytes("cluster.local", 252), 3),
+        "IN IXFR cluster.local": raw(question_bytes("cluster.local", 251), 4),
+        "qtype OPT": raw(question_bytes("svc-1.default.svc.cluster.local", 41), 5),
+        "class ANY": raw(question_bytes("kubernetes.default.svc.cluster.local", 1, 255), 6),
+        "CH A kubernetes": raw(question_bytes("kubernetes.default.svc.cluster.local", 1, 3), 7),
+        "pointer loop": raw(b"\xc0\x0c\x00\x00\x01\x00\x01", 8),
+        "zero inside a label": raw(b"\x05ab\x00\x00\x01\x00\x01", 9),
+        "321-octet name": raw(b"".join(b"\x3f" + b"a" * 63 for _ in range(5)) + b"\x00\x00\x01\x00\x01", 10),
+    }
+
+
+async def test_direct_misses_forward_and_cache_only_what_the_slow_path_would():
+    """The security review's reproduction: over UDP (direct miss path) these
+    went upstream and were cached, then served over TCP too. Each must get
+    the slow path's error over UDP, before and after a TCP ask, and the
+    upstream must never see one. Control: with the check in direct.start
+    removed, CH/AXFR/class ANY get the upstream's answer and the upstream
+    sees them (this test fails)."""
+    from nodecache.dns.wire import scan
+    async with node(CLUSTER) as n:
+        await n.udp(build(NAMES[0], QTYPE.A))  # an open upstream channel: misses can go direct
+        assert n.agent.blocks[-1].direct or any(b.direct for b in n.agent.blocks)
+        before = len(n.up.seen)
+        for what, query in _questions_the_slow_path_refuses().items():
+            assert scan(query) is not None, what  # the hot path's reader takes it: the direct path sees it
+            want = (await n.tcp(query))[3] & 0xF   # the slow path's answer
+            assert want in (1, 5), what             # FORMERR or REFUSED
+            for _ in range(2):                      # a second ask would be served from the cache
+                got = await n.udp(query)
+                assert got[:2] == query[:2] and got[3] & 0xF == want, what
+            assert (await n.tcp(query))[3] & 0xF == want, what
+        assert n.up.seen[before:] == []
+        assert n.agent.listeners[0].dispatcher.direct_pending == 0

@@ -2,7 +2,7 @@
 import random
 
 import pytest
-from dnslib import QTYPE
+from dnslib import QTYPE, RR, TXT
 
 from nodecache.cache import snapshot
 from nodecache.cache.store import Cache
@@ -134,3 +134,34 @@ def test_a_corrupt_header_field_is_a_snapshot_error_not_a_crash():
     raw[at:at + 2] = b"\xff\xff"
     with pytest.raises(snapshot.SnapshotError, match="inconsistent"):
         snapshot.decode(bytes(raw), _NOW)
+
+
+def test_entries_for_questions_we_refuse_are_not_taken_over():
+    """A donor that cached what this version refuses (an older version's
+    direct miss path cached CH and AXFR answers) hands them over; the heir
+    drops exactly those and keeps the rest. Control: without the
+    servable_key filter in decode, all three come back."""
+    cache, clock = filled(1)
+    for qtype, qclass in ((16, 3), (252, 1)):  # CH TXT, IN AXFR
+        q = make_query(1, question_bytes("version.bind.", qtype, qclass))
+        cache.insert(scan(q)[0], analyse(reply_to(q, RR("version.bind.", qtype, qclass, ttl=60, rdata=TXT("x")))))
+    assert len(list(cache.entries())) == 3
+    data = b"".join(snapshot.encode([("b|53", list(cache.entries()))], clock()))
+    restored = snapshot.decode(data, clock())["b|53"]
+    assert [e.key for e in restored] == [scan(make_query(1, question_bytes("n0.example.", QTYPE.A)))[0]]
+
+
+@pytest.mark.parametrize("key, ok", [
+    (b"\x01a\x00\x00\x01\x00\x01\x00", True),
+    (b"\x00\x00\x1c\x00\x01\x02", True),             # the root, AAAA, DO
+    (b"\x01a\x00\x00\x10\x00\x03\x00", False),       # CH
+    (b"\x01a\x00\x00\xfc\x00\x01\x00", False),       # AXFR
+    (b"\x01a\x00\x00\x29\x00\x01\x00", False),       # OPT
+    (b"\xc0\x0c\x00\x00\x01\x00\x01\x00", False),    # a pointer
+    (b"\x05ab\x00\x00\x01\x00\x01\x00", False),      # labels do not end at the trailer
+    (b"".join(b"\x3f" + b"a" * 63 for _ in range(5)) + b"\x00\x00\x01\x00\x01\x00", False),  # > 255 octets
+    (b"\x00\x01\x00", False),                        # no room for a trailer
+])
+def test_servable_key(key, ok):
+    from nodecache.dns.wire import servable_key
+    assert servable_key(key) is ok
