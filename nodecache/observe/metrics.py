@@ -150,6 +150,8 @@ class DnsCollector:
             "error_reply": sum(lst.dispatcher.error_replies for lst in listeners),
             "truncated": sum(lst.dispatcher.truncated + lst.dispatcher.memo.truncated for lst in listeners),
             "udp_reply_unsent": sum(lst.udp.unsent for lst in listeners if lst.udp is not None),
+            "udp_receive_error": sum(getattr(lst.udp, "receive_errors", 0) for lst in listeners
+                                     if lst.udp is not None),
             "coalesced": sum(f.coalesced for f in fwds),
             "upstream_resent": sum(f.resent for f in fwds),
             "upstream_retry_round": sum(f.backoffs for f in fwds),

@@ -57,7 +57,7 @@ NAME = 32             # bytes per sender address: a sockaddr_in6 (28), aligned
 MSG_DONTWAIT = 0x40
 PACE = 4096           # datagrams between two looks at the rate
 _TRANSIENT = (errno.EAGAIN, errno.EINTR)            # nothing queued after all, or a signal
-_REFUSED_CALL = (errno.ENOSYS, errno.EPERM)  # the call itself (seccomp, old kernel), not a datagram
+_REFUSED_CALL = (errno.ENOSYS, errno.EPERM)  # recvmmsg: the call itself (seccomp, old kernel)
 TO_BATCH, TO_SINGLE = 16000, 12000  # datagrams/s: where batching starts and stops paying (measured)
 
 
@@ -181,7 +181,8 @@ class BatchUdpServer:
         self.batching = False  # one datagram per wakeup until the rate says otherwise (_pace)
         self.batch_ok = True   # False once the kernel refused recvmmsg or sendmmsg
         self.since, self.paced, self.switches = 0.0, 0, 0
-        self.unsent = 0       # replies the kernel would not take (buffer full, client gone)
+        self.unsent = 0       # replies the kernel would not take (buffer full, client gone, firewalled)
+        self.receive_errors = 0  # recvmmsg failures that were neither transient nor a refused call
         self.datagrams = 0    # received, and in how many recvmmsg calls: the batching achieved
         self.batches = 0
 
@@ -239,78 +240,79 @@ class BatchUdpServer:
             size, addr = self.recvfrom_into(self.inbox)
         except OSError:  # nothing after all (EAGAIN), or an error queued by ICMP: nothing to answer
             return
-        query = self.inbox[:size].tobytes()
         self.datagrams += 1
         if self.datagrams - self.paced >= PACE:
             self._pace()
-        m = self.memo(query[2:])
-        if m is not None:
-            now = self.clock()
-            if now < m.until or m.refresh(now):
-                m.hits += 1
-                try:
-                    self.sendto(query[:2] + m.tail, addr)
-                except OSError:  # buffer full or client gone: the client will retry
-                    self.unsent += 1
-                return
-        dispatcher = self.dispatcher
-        reply = dispatcher.fast(query, "udp")
-        if reply is None:
-            reply = dispatcher.start_slow(self._slow, query, addr[0], addr, dispatcher.scanned, server=self)
+        try:
+            query = self.inbox[:size].tobytes()
+            m = self.memo(query[2:])
+            if m is not None:
+                now = self.clock()
+                if now < m.until or m.refresh(now):
+                    m.hits += 1
+                    try:
+                        self.sendto(query[:2] + m.tail, addr)
+                    except OSError:  # buffer full, client gone or firewalled: the client will retry
+                        self.unsent += 1
+                    return
+            dispatcher = self.dispatcher
+            reply = dispatcher.fast(query, "udp")
             if reply is None:
-                return
+                reply = dispatcher.start_slow(self._slow, query, addr[0], addr, dispatcher.scanned, server=self)
+                if reply is None:
+                    return
+        except Exception as exc:  # a bug costs this datagram only
+            self.loop.call_exception_handler({"message": "udp query failed", "exception": exc})
+            return
         self._send(reply, addr)
 
     # -- the hot path in batches (high rates) --------------------------------
     def readable(self) -> None:
         n = self.recvmmsg(self.fd, self.rx.pointer, BATCH, MSG_DONTWAIT, None)
         if n <= 0:
-            if n < 0 and ctypes.get_errno() not in _TRANSIENT:
-                # not a datagram's error (those are per-message): the call
-                # itself is refused (a seccomp profile, an old kernel), and
-                # the queued datagrams would wake us forever unread
-                self._cannot_batch("recvmmsg", ctypes.get_errno())
+            if n < 0:
+                err = ctypes.get_errno()
+                if err in _REFUSED_CALL:
+                    # the call itself is refused (a seccomp profile, an old
+                    # kernel): the queued datagrams would wake us forever unread
+                    self._cannot_batch("recvmmsg", err)
+                elif err not in _TRANSIENT:
+                    self.receive_errors += 1  # an error queued on the socket (now cleared): read on
             return
         self.datagrams += n
         self.batches += 1
         if self.datagrams - self.paced >= PACE:
             self._pace()
         ri, data = self.rx.i, self.rx.data
-        out, tiov = self.tx.data, self.tx.iov
+        out, tq, tiov, name_at = self.tx.data, self.tx.q, self.tx.iov, self.name_at
         memo = self.memo
         now = self.clock()
         ready = 0
         for k in range(n):
-            at = k * SLOT
-            query = data[at:at + ri[k * I_PER + I_LEN]].tobytes()
-            m = memo(query[2:])
-            if m is not None and (now < m.until or m.refresh(now)):
-                m.hits += 1
-                reply = query[:2] + m.tail
-            else:
-                try:
+            # Every datagram's work, reply slot and destination included, is
+            # inside the try: whatever raises costs that datagram alone, and
+            # each queued reply carries the address of its own sender (set
+            # for every reply, so nothing from an earlier batch is reused).
+            try:
+                at = k * SLOT
+                query = data[at:at + ri[k * I_PER + I_LEN]].tobytes()
+                m = memo(query[2:])
+                if m is not None and (now < m.until or m.refresh(now)):
+                    m.hits += 1
+                    reply = query[:2] + m.tail
+                else:
                     reply = self._full(query, k)
-                except Exception as exc:  # one datagram's bug never costs the others their replies
-                    self.loop.call_exception_handler({"message": "udp query failed", "exception": exc})
-                    reply = None
-                if reply is None:  # the slow path answers it, later, on its own
-                    continue
-            if ready != k:
-                self.tx.q[ready * Q_PER + Q_NAME] = self.name_at[k]
-            to = ready * SLOT
-            out[to:to + len(reply)] = reply
-            tiov[2 * ready + 1] = len(reply)
-            ready += 1
+                    if reply is None:  # the slow path answers it, later, on its own
+                        continue
+                to = ready * SLOT
+                out[to:to + len(reply)] = reply
+                tiov[2 * ready + 1] = len(reply)
+                tq[ready * Q_PER + Q_NAME] = name_at[k]
+                ready += 1
+            except Exception as exc:  # one datagram's bug never costs the others their replies
+                self.loop.call_exception_handler({"message": "udp query failed", "exception": exc})
         if ready:
             self._flush(ready)
-        if ready != n:
-            self._readdress()
-
-    def _readdress(self) -> None:
-        """Back to reply k for sender k, after a batch where some query left."""
-        q, name_at = self.tx.q, self.name_at
-        for k in range(BATCH):
-            q[k * Q_PER + Q_NAME] = name_at[k]
 
     def _full(self, query: bytes, k: int) -> bytes | None:
         """Not a memoised hit: the dispatcher's hit path, else the slow path
@@ -325,27 +327,43 @@ class BatchUdpServer:
     def _flush(self, count: int) -> None:
         """Send ``count`` queued replies. sendmmsg stops at the first message
         the kernel refuses (returning how many went, or -1 if the first
-        failed): that one is counted unsent and the rest are tried again."""
+        failed): that one is counted unsent and the rest are tried again.
+        EPERM is what both a seccomp profile refusing the call and a
+        netfilter rule dropping one reply (OUTPUT DROP/REJECT) return, so
+        that message is tried once with sendto: refused too, it was the
+        datagram (counted, the batch goes on); sent, it was the call."""
         first = 0
         while first < count:
             pointer = self.tx.pointer if first == 0 else ctypes.c_void_p(self.tx.address + first * MM)
             sent = self.sendmmsg(self.fd, pointer, count - first, 0)
             if sent <= 0:
-                if ctypes.get_errno() in _REFUSED_CALL:
-                    self._cannot_batch("sendmmsg", ctypes.get_errno())
-                    self._send_each(first, count)
+                err = ctypes.get_errno()
+                if err == errno.ENOSYS or (err == errno.EPERM and self._send_one(first)):
+                    self._cannot_batch("sendmmsg", err)
+                    self._send_each(first + (err == errno.EPERM), count)
                     return
                 self.unsent += 1
                 sent = 1
             first += sent
 
+    def _queued(self, k: int) -> tuple[bytes, tuple]:
+        """Queued reply k and its destination's tuple."""
+        name = self.tx.q[k * Q_PER + Q_NAME] - self.name_at[0]
+        reply = self.tx.data[k * SLOT:k * SLOT + self.tx.iov[2 * k + 1]].tobytes()
+        return reply, sender(self.name_view[name:name + self.namelen].tobytes())
+
+    def _send_one(self, k: int) -> bool:
+        """Queued reply k with sendto: whether the kernel took it."""
+        try:
+            self.sendto(*self._queued(k))
+        except OSError:
+            return False
+        return True
+
     def _send_each(self, first: int, count: int) -> None:
         """Send queued replies first..count-1 one by one (sendmmsg refused)."""
-        q, data, iov = self.tx.q, self.tx.data, self.tx.iov
         for k in range(first, count):
-            name = q[k * Q_PER + Q_NAME] - self.name_at[0]
-            reply = data[k * SLOT:k * SLOT + iov[2 * k + 1]].tobytes()
-            self._send(reply, sender(self.name_view[name:name + self.namelen].tobytes()))
+            self._send(*self._queued(k))
 
     def _cannot_batch(self, call: str, err: int) -> None:
         """The system call is refused, not one datagram: read and answer

@@ -202,3 +202,147 @@ async def test_a_refused_system_call_means_one_datagram_at_a_time(call, caplog):
         assert sorted(got) == sorted(q[:2] for q in queries)
         assert not server.batching and not server.batch_ok
         assert f"udp {call} on" in caplog.text and "one datagram at a time" in caplog.text
+
+
+def _sockets(count: int) -> list[socket.socket]:
+    out = []
+    for _ in range(count):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        s.setblocking(False)
+        out.append(s)
+    return out
+
+
+async def _replies(sock: socket.socket, wait: float = 1.0) -> list[bytes]:
+    got, deadline = [], time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            got.append(sock.recv(65535))
+        except BlockingIOError:
+            await asyncio.sleep(0.01)
+    return got
+
+
+async def test_an_exception_in_a_batch_never_misaddresses_the_next_batch():
+    """The security review's fault injection: in one batch a miss leaves
+    (reply slots shift), a hit is queued, then the memo lookup raises. The
+    next batch's replies must each reach their own sender. Control: with
+    the destination set only when a slot shifted and no try around the
+    memo lookup (the code before), client C's reply went to client D."""
+    async with node(CLUSTER) as n:
+        server = n.agent.listeners[0].udp
+        server.use_batches(True)
+        a, b, c, d = _sockets(4)
+        hit = build(NAMES[1], 1, qid=11)
+        await n.udp(hit)  # cached; ...and memoised
+        await n.udp(hit)
+        real, poison = server.memo, build(NAMES[2], 1, qid=66)
+
+        def memo(key):
+            if key == poison[2:]:
+                raise RuntimeError("injected fault")
+            return real(key)
+        server.memo = memo
+        caught = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: caught.append(ctx))
+        addr = ("127.0.0.1", n.port)
+        a.sendto(build(NAMES[3], 1, qid=31), addr)   # a miss: leaves the batch
+        b.sendto(build(NAMES[1], 1, qid=32), addr)   # a hit queued in slot 0, for sender 1
+        b.sendto(poison, addr)                       # raises
+        got_a, got_b = await asyncio.gather(_replies(a), _replies(b))
+        c.sendto(build(NAMES[1], 1, qid=41), addr)   # the next batch: both hits
+        d.sendto(build(NAMES[1], 1, qid=42), addr)
+        got_c, got_d = await asyncio.gather(_replies(c), _replies(d))
+        assert [r[:2] for r in got_a] == [(31).to_bytes(2, "big")]
+        assert [r[:2] for r in got_b] == [(32).to_bytes(2, "big")]
+        assert [r[:2] for r in got_c] == [(41).to_bytes(2, "big")]
+        assert [r[:2] for r in got_d] == [(42).to_bytes(2, "big")]
+        assert len(caught) == 1 and "injected" in str(caught[0]["exception"])
+        assert server.batching and server.batches >= 2
+        for s in (a, b, c, d):
+            s.close()
+
+
+def _refusing_sendmmsg(server, refuse_at: int):
+    """sendmmsg as the kernel behaves when the message at ``refuse_at`` is
+    refused by a netfilter rule: the ones before it go, then EPERM."""
+    import ctypes
+    import errno
+    real = server.sendmmsg
+
+    def sendmmsg(fd, pointer, count, flags):
+        first = (pointer.value - server.tx.address) // udpbatch.MM
+        if first == refuse_at:
+            ctypes.set_errno(errno.EPERM)
+            return -1
+        if first < refuse_at < first + count:
+            count = refuse_at - first
+        return real(fd, pointer, count, flags)
+    return sendmmsg
+
+
+async def test_a_firewalled_reply_costs_only_itself():
+    """An OUTPUT rule dropping one client's replies makes sendmmsg fail
+    with EPERM at that message, as a seccomp profile would for the call:
+    the one reply is counted unsent (sendto is refused too) and batching
+    stays on. Control: treating every EPERM as a refused call (the code
+    before) turned batching off for good, with a seccomp warning."""
+    async with node(CLUSTER) as n:
+        server = n.agent.listeners[0].udp
+        server.use_batches(True)
+        await _exchange(n.port, [build(NAMES[i], 1, qid=i) for i in range(6)], 6)  # cached
+        server.sendmmsg = _refusing_sendmmsg(server, 2)
+        real_sendto = server.sendto
+
+        def sendto(data, addr):
+            if data[:2] == (102).to_bytes(2, "big"):
+                raise PermissionError(1, "Operation not permitted")  # what a DROP rule gives
+            return real_sendto(data, addr)
+        server.sendto = sendto
+        unsent = server.unsent
+        got = await _exchange(n.port, [build(NAMES[i], 1, qid=100 + i) for i in range(6)], 5)
+        assert sorted(got) == [(100 + i).to_bytes(2, "big") for i in range(6) if i != 2]
+        assert server.unsent == unsent + 1
+        assert server.batching and server.batch_ok
+
+
+async def test_a_refused_call_is_told_from_a_refused_reply():
+    """sendmmsg refused with EPERM while sendto of the same reply goes (a
+    seccomp profile): the call is refused, that reply is not sent twice,
+    and the rest go one by one."""
+    async with node(CLUSTER) as n:
+        server = n.agent.listeners[0].udp
+        server.use_batches(True)
+        await _exchange(n.port, [build(NAMES[i], 1, qid=i) for i in range(6)], 6)
+        server.sendmmsg = _refusing_sendmmsg(server, 0)
+        s = _sockets(1)[0]
+        for i in range(6):
+            s.sendto(build(NAMES[i], 1, qid=200 + i), ("127.0.0.1", n.port))
+        got = [r[:2] for r in await _replies(s)]
+        assert sorted(got) == [(200 + i).to_bytes(2, "big") for i in range(6)]  # each once
+        assert not server.batch_ok and not server.batching
+        s.close()
+
+
+async def test_a_failed_batched_read_that_is_not_a_refused_call_keeps_batching():
+    """recvmmsg failing with anything but EAGAIN/EINTR/EPERM/ENOSYS (an
+    error queued on the socket, ENOMEM) is counted and the next read goes
+    on in batches. Control: the code before switched batching off for good."""
+    import ctypes
+    import errno
+    async with node(CLUSTER) as n:
+        server = n.agent.listeners[0].udp
+        server.use_batches(True)
+        real, failed = server.recvmmsg, []
+
+        def recvmmsg(*args):
+            if not failed:
+                failed.append(1)
+                ctypes.set_errno(errno.ENOMEM)
+                return -1
+            return real(*args)
+        server.recvmmsg = recvmmsg
+        queries = [build(NAMES[i], 1, qid=i) for i in range(8)]
+        assert len(await _exchange(n.port, queries, 8)) == 8
+        assert failed and server.receive_errors == 1 and server.batching and server.batch_ok
