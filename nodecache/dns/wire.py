@@ -176,6 +176,12 @@ def _read_qname(data: bytes, i: int) -> int:
         i += length + 1
 
 
+def question_end(data: bytes) -> int:
+    """Offset just past the (uncompressed) question of message ``data``;
+    raises QueryError."""
+    return _read_qname(data, 12) + 4
+
+
 def _skip_name(data: bytes, i: int) -> int:
     while True:
         if i >= len(data):

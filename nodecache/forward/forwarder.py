@@ -210,9 +210,9 @@ class Forwarder:
         return healthy + [u for u in ups if not u.healthy]
 
     def query_for(self, key: bytes) -> bytes:
-        """The query we send upstream for ``key``, under a random ID (the
-        channel replaces it with its own). AD asks for the AD bit (RFC 6840 §5.7)."""
-        return make_query(random.getrandbits(16), question(key), RD | AD | (CD if cd(key) else 0), do(key))
+        """The query we send upstream for ``key``, under ID 0 (the channel
+        sends it under an ID of its own). AD asks for the AD bit (RFC 6840 §5.7)."""
+        return make_query(0, question(key), RD | AD | (CD if cd(key) else 0), do(key))
 
     def ready_channel(self):
         """(upstream, channel) a query can go out on at once: the first

@@ -5,6 +5,14 @@ message ID (RFC 7766 §6.2.1.1 for TCP; RFC 5452 §9.2 for UDP): a channel
 hands out IDs unique among its own outstanding queries and drops replies
 whose ID it is not waiting for (late, duplicated or forged).
 
+A reply is matched by its ID *and* its question: one that carries a
+pending ID but not the question sent under it (an off-path spoofer who
+guessed the port and ID, a confused upstream) is counted unmatched and
+never frees, completes or fails the query waiting on that ID. IDs come
+from the operating system's CSPRNG (``secrets``; RFC 5452 §9.2: they must
+be unpredictable, and our upstream questions are lower-cased, so 0x20
+adds nothing).
+
 An ID whose query timed out is *quarantined*: it stays reserved on that
 channel until a reply for it arrives or the channel closes, so a late
 reply can never be taken for the answer to a newer query that happened to
@@ -31,9 +39,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+import secrets
 import socket
 
 from ..dns.framing import FrameReader, FrameTooLarge, frame
+from ..dns.wire import question_end
 
 MAX_PENDING_PER_CONN = 512   # then the pool opens another connection
 MAX_CONNS = 8
@@ -58,6 +68,7 @@ class _Channel:
         self.loop = loop
         self.transport = None
         self.pending: dict[int, asyncio.Future | None] = {}  # None: quarantined ID
+        self.questions: dict[int, bytes] = {}  # the question sent under each pending ID
         self.quarantined = 0
         self.created = loop.time()
         self.uses = 0
@@ -71,7 +82,7 @@ class _Channel:
 
     def _new_id(self) -> int:
         while True:
-            qid = random.getrandbits(16)
+            qid = secrets.randbits(16)
             if qid not in self.pending:
                 return qid
 
@@ -84,39 +95,48 @@ class _Channel:
             raise UpstreamClosed("connection is closing")
         qid = self._new_id()
         self.pending[qid] = fut
+        self.questions[qid] = query[12:question_end(query)]  # ours: lower-case, uncompressed
         self.uses += 1
         try:
             self._write(qid.to_bytes(2, "big") + query[2:])
         except (RuntimeError, OSError) as exc:  # closed under us between the check and the write
-            del self.pending[qid]
+            del self.pending[qid], self.questions[qid]
             self._fail(UpstreamClosed(f"write failed: {exc}"))
             raise UpstreamClosed(f"write failed: {exc}") from None
         return qid
 
-    def release(self, qid: int, fut: asyncio.Future) -> None:
-        """The caller is done with ``qid``. Unanswered (timed out or cancelled): quarantine it."""
+    def release(self, qid: int, fut) -> None:
+        """The caller is done with ``qid``. Still pending, no reply came for
+        it (timed out, cancelled, given up): it stays quarantined. A reply
+        that came was taken out of ``pending`` by ``deliver``; that is the
+        only test, so any waiter, a future or not, is quarantined alike."""
         if self.pending.get(qid) is fut:
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                del self.pending[qid]
-            else:
-                self.pending[qid] = None
-                self.quarantined += 1
-                if self.quarantined > MAX_QUARANTINED:
-                    self.retired = True
+            self.pending[qid] = None
+            self.quarantined += 1
+            if self.quarantined > MAX_QUARANTINED:
+                self.retired = True
         self._maybe_close()
 
     def deliver(self, msg: bytes) -> None:
         qid = msg[0] << 8 | msg[1] if len(msg) >= 12 else -1
         fut = self.pending.get(qid, False)
+        if fut is False or not self._answers(qid, msg):
+            self.unmatched += 1  # an unknown ID, or not a reply to what was sent under it
+            return
+        del self.pending[qid], self.questions[qid]
         if fut is None:  # a late reply to a quarantined ID: now the ID is free again
-            del self.pending[qid]
             self.quarantined -= 1
             self.unmatched += 1
-        elif fut is False or fut.done():
+        elif fut.done():
             self.unmatched += 1
         else:
-            del self.pending[qid]
             fut.set_result(msg)
+
+    def _answers(self, qid: int, msg: bytes) -> bool:
+        """``msg`` is a reply (QR) to the one question sent under ``qid``
+        (0x20-tolerant: a length octet, < 64, is never changed by lower())."""
+        question = self.questions[qid]
+        return msg[2] & 0x80 and msg[4:6] == b"\x00\x01" and msg[12:12 + len(question)].lower() == question
 
     def _fail(self, exc: Exception) -> None:
         self.closed = True
@@ -124,6 +144,7 @@ class _Channel:
             if fut is not None and not fut.done():
                 fut.set_exception(exc)
         self.pending.clear()
+        self.questions.clear()
         self.quarantined = 0
         if self.transport is not None:
             self.transport.abort() if hasattr(self.transport, "abort") else self.transport.close()

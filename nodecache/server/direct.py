@@ -20,9 +20,10 @@ arrival (at least a quarter attempt is left for the slow path). Admission
 (``server.admission``) applies as for any slow-path work; an asker's slot
 passes to its slow-path task on a fallback.
 
-A ``DirectMiss`` stands in for the future a channel completes (``done``,
-``set_result``, ``set_exception``, ...), so the transport code is shared
-with the slow path unchanged.
+A ``DirectMiss`` is the waiter a channel completes, as a future is for
+the slow path (``done``, ``set_result``, ``set_exception``); an unanswered
+one is quarantined on its channel exactly as a timed-out future is
+(``forward.transport``: ``release`` looks only at whether a reply came).
 """
 from __future__ import annotations
 
@@ -60,15 +61,9 @@ class DirectMiss:
             raise
         self.timer = loop.call_later(block.forward_stage.forwarder.cfg.attempt_timeout, self._timed_out)
 
-    # -- what a channel expects of the future it completes --------------------
+    # -- what a channel expects of the waiter it completes ---------------------
     def done(self) -> bool:
         return self.finished
-
-    def cancelled(self) -> bool:
-        return False
-
-    def exception(self):
-        return None
 
     def set_exception(self, exc: BaseException) -> None:
         """The channel died under us: the slow path re-sends on a fresh one.

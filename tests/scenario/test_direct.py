@@ -163,3 +163,26 @@ async def test_direct_misses_forward_and_cache_only_what_the_slow_path_would():
             assert (await n.tcp(query))[3] & 0xF == want, what
         assert n.up.seen[before:] == []
         assert n.agent.listeners[0].dispatcher.direct_pending == 0
+
+
+async def test_a_timed_out_direct_miss_leaves_its_id_quarantined():
+    """A direct miss with no reply within the attempt timeout hands over to
+    the slow path; its ID stays quarantined on the channel (a late reply
+    must not be matched to a newer query drawing that ID) until that late
+    reply comes. Control: ending the miss before releasing its ID (the code
+    before) freed the ID at once: 0 quarantined."""
+    late = {"left": 1}
+
+    def delay(data: bytes) -> float:
+        if b"svc-2" in data and late["left"]:
+            late["left"] -= 1
+            return 3.0  # past the 2 s attempt timeout
+        return 0.0
+    async with node(CLUSTER, delay=delay) as n:
+        await n.udp(build(NAMES[0], QTYPE.A))
+        rec = DNSRecord.parse(await n.udp(build(NAMES[2], QTYPE.A)))  # answered by the slow path at ~2 s
+        assert rec.rr
+        ups = [u for b in n.agent.blocks if b.forward_stage for u in b.forward_stage.forwarder.upstreams]
+        channels = [c for u in ups for c in u.pool.channels + u.udp.channels]
+        assert sum(c.quarantined for c in channels) == 1
+        assert sum(1 for c in channels for v in c.pending.values() if v is None) == 1

@@ -11,7 +11,7 @@ from dnslib import QTYPE, DNSRecord
 from nodecache.testing.client import build, free_port
 from nodecache.testing.fakeupstream import ClusterDNS, FakeUpstream
 from nodecache.forward import transport
-from fakes import run
+from fakes import a_record, reply_to, run
 from harness import CLUSTER, node
 
 
@@ -124,9 +124,13 @@ async def test_timed_out_id_is_not_reused_while_a_late_reply_may_come():
         assert qid != late_id
         fut.cancel()
         conn.pending.pop(qid)
+    # a reply under that ID to another question (spoofed, confused): it frees nothing
+    other = reply_to(build("b.example.com", QTYPE.A), a_record("b.example.com."))
+    conn.deliver(late_id.to_bytes(2, "big") + other[2:])
+    assert conn.pending[late_id] is None and conn.quarantined == 1 and conn.unmatched == 1
     # the late reply arrives: dropped (not given to anyone), and the ID is free again
-    conn.deliver(late_id.to_bytes(2, "big") + b"\x81\x80" + b"\x00" * 8)
-    assert late_id not in conn.pending and conn.quarantined == 0 and conn.unmatched == 1
+    conn.deliver(late_id.to_bytes(2, "big") + reply_to(q, a_record("a.example.com."))[2:])
+    assert late_id not in conn.pending and conn.quarantined == 0 and conn.unmatched == 2
 
 
 async def test_reply_with_other_do_or_cd_is_answered_but_never_cached():
@@ -171,3 +175,44 @@ def test_udp_upstream_queries_share_a_few_long_lived_sockets():
             assert pool.opened <= transport.UDP_SOCKETS + 1   # not one socket per query
             assert len(n.up.udp_ports) <= transport.UDP_SOCKETS + 1
     run(go())
+
+
+class _Sink:
+    def __init__(self):
+        self.sent = []
+
+    def write(self, data): self.sent.append(data)
+    def is_closing(self): return False
+    def close(self): pass
+
+
+async def test_a_reply_to_another_question_never_frees_or_fails_a_pending_query():
+    """An off-path spoofer who knows the port and ID sends a reply with the
+    pending ID but its own question (or a query, QR clear): the query keeps
+    waiting and gets the real reply. Control: freeing the ID before the
+    question is checked (the code before) ended the query with the forgery."""
+    loop = asyncio.get_running_loop()
+    conn = transport._TcpConnection(loop)
+    conn.transport = _Sink()
+    q = build("a.example.com", QTYPE.A)
+    fut = loop.create_future()
+    qid = conn.send(q, fut)
+    head = qid.to_bytes(2, "big")
+    conn.deliver(head + reply_to(build("evil.example.com", QTYPE.A), a_record("evil.example.com."))[2:])
+    conn.deliver(head + q[2:])  # QR clear: not a reply
+    conn.deliver(head + b"\x81\x80" + b"\x00" * 8)  # no question at all
+    assert not fut.done() and conn.pending[qid] is fut and conn.unmatched == 3
+    real = reply_to(q, a_record("a.example.com."))
+    conn.deliver(head + real[2:])
+    assert fut.result() == head + real[2:] and qid not in conn.pending and not conn.questions
+
+
+async def test_upstream_ids_come_from_the_csprng(monkeypatch):
+    drawn = iter([4242, 4242, 999])  # a collision with a pending ID is drawn again
+
+    monkeypatch.setattr(transport.secrets, "randbits", lambda bits: next(drawn))
+    conn = transport._TcpConnection(asyncio.get_running_loop())
+    conn.transport = _Sink()
+    q = build("a.example.com", QTYPE.A)
+    assert conn.send(q, asyncio.get_running_loop().create_future()) == 4242
+    assert conn.send(q, asyncio.get_running_loop().create_future()) == 999
