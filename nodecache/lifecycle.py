@@ -42,6 +42,7 @@ from .handoff.donor import Donor
 from .handoff.heir import take_over
 from .handoff.protocol import ProtocolError
 from .handoff.systemd import listen_fds, notify
+from .node.addresses import local_addresses
 from .node.reconcile import NodeSetup
 from .runner import ConfigSource, RunParams, dns_ports, load_cache_file, save_cache_file, watch_config
 from .runtime import Phase, Runtime
@@ -158,7 +159,23 @@ class Lifecycle:
     def _own_node(self) -> None:
         loop = asyncio.get_running_loop()
         self.tasks = [loop.create_task(self.node.loop()),
-                      loop.create_task(watch_config(self.source, self.rt, self.params, self.reload_now))]
+                      loop.create_task(watch_config(self.source, self.rt, self.params, self.reload_now)),
+                      loop.create_task(self._watch_local_addresses())]
+
+    async def _watch_local_addresses(self) -> None:
+        """Keep admission's view of the node's own addresses (host-network
+        clients, see server.admission) current, every sync interval."""
+        failed = False
+        while True:
+            try:
+                self.agent.admission.local = await asyncio.to_thread(local_addresses)
+                failed = False
+            except OSError as exc:
+                if not failed:
+                    log.warning("cannot read this namespace's addresses (%s): host-network clients "
+                                "count by address until it can", exc)
+                failed = True
+            await asyncio.sleep(self.params.node.sync_interval)
 
     def _disown_node(self) -> None:
         for task in self.tasks:

@@ -65,6 +65,7 @@ class DnsCollector:
             refused.add_metric(["client_share"], agent.admission.refused_share)
             refused.add_metric(["capacity"], agent.admission.refused_capacity)
             refused.add_metric(["client_rate"], agent.admission.refused_rate)
+            refused.add_metric(["host_share"], agent.admission.refused_host)
             yield refused
             yield self._events(agent)
         reload_failed = CounterMetricFamily("coredns_reload_failed", "Counter of the number of failed reload attempts.")

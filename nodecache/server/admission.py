@@ -17,6 +17,21 @@ has a token bucket of ``rate`` slow-path starts per second (burst of one
 second's worth); beyond it, REFUSED too. Buckets of clients that have been
 quiet for a second are full and are forgotten when the table grows, so
 spoofed source addresses cannot grow it without bound.
+
+A client is its source address, except on the node's own addresses
+(``local``: the agent's network namespace's addresses, refreshed while it
+runs). Every host-network pod reaches the agent from one of those, so
+keyed by address one busy host-network pod would use up the share and
+the rate of all of them (a kubelet, an ingress controller, a CNI agent).
+There a client is a socket: (address, port). Stub resolvers open a socket
+per lookup (glibc, musl, Go), so for them this is a limit per lookup; a
+client that keeps one socket (c-ares, a daemon, a load generator) is
+limited as a pod is. A host-network process spreading its misses over
+fresh sockets escapes the per-client limits, so every host-network client
+together holds at most ``LOCAL_SHARES`` clients' shares in flight
+(REFUSED beyond, ``reason="host_share"``): it can crowd out other
+host-network clients, never the pods. (A host-network pod can flood the
+cluster DNS directly anyway; the cap bounds what it costs the agent.)
 """
 from __future__ import annotations
 
@@ -26,11 +41,13 @@ DEFAULT_TOTAL = 4096
 DEFAULT_PER_CLIENT = 512
 DEFAULT_RATE = 1000.0  # slow-path starts per second per client
 MAX_BUCKETS = 8192     # then buckets that are full again are forgotten
+LOCAL_SHARES = 4       # every host-network client together: this many clients' in-flight shares
 
 
 class Admission:
-    __slots__ = ("total", "per_client", "rate", "running", "by_client", "buckets", "clock",
-                 "refused_share", "refused_capacity", "refused_rate")
+    __slots__ = ("total", "per_client", "rate", "running", "by_client", "buckets", "clock", "local",
+                 "local_total", "local_running", "refused_share", "refused_capacity", "refused_rate",
+                 "refused_host")
 
     def __init__(self, total: int = DEFAULT_TOTAL, per_client: int = DEFAULT_PER_CLIENT,
                  rate: float = DEFAULT_RATE, clock=time.monotonic):
@@ -38,13 +55,25 @@ class Admission:
         self.rate = rate  # 0: no rate limit
         self.clock = clock
         self.running = 0
-        self.by_client: dict[str, int] = {}
-        self.buckets: dict[str, list] = {}  # client -> [tokens, time of last refill]
+        self.local: frozenset[str] = frozenset()  # the node's own addresses (see the top)
+        self.local_total = min(self.per_client * LOCAL_SHARES, self.total)
+        self.local_running = 0
+        self.by_client: dict[str | tuple, int] = {}
+        self.buckets: dict[str | tuple, list] = {}  # client -> [tokens, time of last refill]
         self.refused_share = 0     # nodecache_refused_total{reason="client_share"}
         self.refused_capacity = 0  # nodecache_refused_total{reason="capacity"}
         self.refused_rate = 0      # nodecache_refused_total{reason="client_rate"}
+        self.refused_host = 0      # nodecache_refused_total{reason="host_share"}
 
-    def _take_token(self, client: str) -> bool:
+    def client(self, peer) -> str | tuple:
+        """The client a query from ``peer`` (a socket address tuple) counts
+        against: its address, or (address, port) on the node's own addresses."""
+        if not peer:
+            return ""
+        host = peer[0]
+        return (host, peer[1]) if host in self.local else host
+
+    def _take_token(self, client: str | tuple) -> bool:
         now = self.clock()
         bucket = self.buckets.get(client)
         if bucket is None:
@@ -62,7 +91,7 @@ class Admission:
     def _forget_full(self, now: float) -> None:
         self.buckets = {c: b for c, b in self.buckets.items() if b[0] + (now - b[1]) * self.rate < self.rate}
 
-    def admit(self, client: str) -> bool:
+    def admit(self, client: str | tuple) -> bool:
         held = self.by_client.get(client, 0)
         if held >= self.per_client:
             self.refused_share += 1
@@ -73,12 +102,19 @@ class Admission:
         if self.running >= self.total:
             self.refused_capacity += 1
             return False
+        if type(client) is tuple:
+            if self.local_running >= self.local_total:
+                self.refused_host += 1
+                return False
+            self.local_running += 1
         self.by_client[client] = held + 1
         self.running += 1
         return True
 
-    def release(self, client: str, _task=None) -> None:
+    def release(self, client: str | tuple, _task=None) -> None:
         self.running -= 1
+        if type(client) is tuple:
+            self.local_running -= 1
         held = self.by_client[client] - 1
         if held:
             self.by_client[client] = held

@@ -134,14 +134,16 @@ class Dispatcher:
                           _clock() - t0, plugin)
         return reply
 
-    def start_slow(self, coro_fn, data: bytes, client: str, *args, server=None) -> bytes | None:
+    def start_slow(self, coro_fn, data: bytes, peer, *args, server=None) -> bytes | None:
         """Run ``coro_fn(data, *args)`` as a slow-path task if admission allows
-        (see server.admission); else the REFUSED reply to send at once (None:
+        (see server.admission: ``peer``, the client's socket address, says
+        whose share it takes); else the REFUSED reply to send at once (None:
         nothing to send). Given the UDP ``server`` (args: the client's
         address and what ``fast`` scanned), a plain miss is sent upstream
         without a task when it can be (``server.direct``)."""
         block, self.miss_block = self.miss_block, None
         admission = self.admission
+        client = admission.client(peer)
         if not admission.admit(client):
             scanned = self.scanned
             self.error_replies += 1
@@ -152,7 +154,7 @@ class Dispatcher:
         self.start_task(coro_fn, data, client, *args)
         return None
 
-    def start_task(self, coro_fn, data: bytes, client: str, *args) -> None:
+    def start_task(self, coro_fn, data: bytes, client, *args) -> None:
         """Run already admitted work as a slow-path task; its end gives the slot back."""
         task = asyncio.get_running_loop().create_task(coro_fn(data, *args))
         self.tasks.add(task)

@@ -169,7 +169,7 @@ class TcpConnection(asyncio.Protocol):
             if hit is not None:
                 self.transport.write(frame(hit))  # may call pause_writing
                 continue
-            refused = dispatcher.start_slow(self._slow, msg, self.client, dispatcher.scanned)
+            refused = dispatcher.start_slow(self._slow, msg, self.peer, dispatcher.scanned)
             if refused is not None:
                 self.transport.write(frame(refused))
                 continue

@@ -44,7 +44,7 @@ class UdpServer(asyncio.DatagramProtocol):
         if reply is not None:
             self.transport.sendto(reply, addr)
             return
-        refused = dispatcher.start_slow(self._slow, data, addr[0], addr, dispatcher.scanned, server=self)
+        refused = dispatcher.start_slow(self._slow, data, addr, addr, dispatcher.scanned, server=self)
         if refused is not None:
             self.transport.sendto(refused, addr)
 

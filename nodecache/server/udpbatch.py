@@ -258,7 +258,7 @@ class BatchUdpServer:
             dispatcher = self.dispatcher
             reply = dispatcher.fast(query, "udp")
             if reply is None:
-                reply = dispatcher.start_slow(self._slow, query, addr[0], addr, dispatcher.scanned, server=self)
+                reply = dispatcher.start_slow(self._slow, query, addr, addr, dispatcher.scanned, server=self)
                 if reply is None:
                     return
         except Exception as exc:  # a bug costs this datagram only
@@ -322,7 +322,7 @@ class BatchUdpServer:
         if reply is not None:
             return reply
         addr = sender(self.name_view[k * NAME:k * NAME + self.namelen].tobytes())
-        return dispatcher.start_slow(self._slow, query, addr[0], addr, dispatcher.scanned, server=self)
+        return dispatcher.start_slow(self._slow, query, addr, addr, dispatcher.scanned, server=self)
 
     def _flush(self, count: int) -> None:
         """Send ``count`` queued replies. sendmmsg stops at the first message

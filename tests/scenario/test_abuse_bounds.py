@@ -4,6 +4,8 @@ import asyncio
 import socket
 import time
 
+import pytest
+
 from dnslib import QTYPE, DNSRecord
 
 from nodecache.testing.client import build
@@ -185,3 +187,77 @@ async def test_reload_moves_cache_entries_and_counts_their_bytes_once():
         await n.agent.reload(parse_config(text, "reloaded"))
         after = sum(len(b.cache) for b in n.agent.blocks if b.cache is not None)
         assert after == entries == 30 and n.agent.budget.used == before > 0
+
+
+async def _rcodes_of(sock: socket.socket, port: int, queries: list[bytes], wait: float = 3.0) -> list[int]:
+    """Send every query from ``sock`` at once; the rcodes of the replies."""
+    for q in queries:
+        sock.sendto(q, ("127.0.0.1", port))
+    got, deadline = [], time.monotonic() + wait
+    while len(got) < len(queries) and time.monotonic() < deadline:
+        try:
+            got.append(sock.recv(65535)[3] & 0xF)
+        except BlockingIOError:
+            await asyncio.sleep(0.005)
+    return got
+
+
+def _udp_socket(source: str = "127.0.0.1") -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    s.bind((source, 0))
+    s.setblocking(False)
+    return s
+
+
+def _misses(tag: str, count: int) -> list[bytes]:
+    return [build(f"{tag}-{i}.example.com", QTYPE.A, qid=i) for i in range(count)]
+
+
+@pytest.mark.parametrize("host_network_aware", [True, False])
+async def test_one_busy_host_network_client_leaves_the_others_their_share(host_network_aware):
+    """Every host-network pod asks from the node's own address. A busy one
+    (one socket, far over its share and rate) must not get the others
+    REFUSED: on the node's addresses a client is a socket. The False case
+    is the negative control (keyed by address, as before): the quiet
+    client is refused there."""
+    from nodecache.server.admission import Admission
+    admission = Admission(total=4096, per_client=16, rate=50)
+    if host_network_aware:
+        admission.local = frozenset({"127.0.0.1"})
+    async with node(CLUSTER, admission=admission, delay=0.2) as n:
+        busy, quiet = _udp_socket(), _udp_socket()
+        noisy = asyncio.ensure_future(_rcodes_of(busy, n.port, _misses("busy", 300)))
+        await asyncio.sleep(0.05)  # the busy client holds its share now
+        quiet_rcodes = await _rcodes_of(quiet, n.port, _misses("quiet", 10))
+        busy_rcodes = await noisy
+        assert busy_rcodes.count(5) > 250  # the busy client is limited either way
+        if host_network_aware:
+            assert quiet_rcodes == [0] * 10
+        else:
+            assert quiet_rcodes.count(5) == 10
+        busy.close()
+        quiet.close()
+
+
+async def test_host_network_clients_together_never_crowd_out_the_pods():
+    """A host-network process spreading misses over fresh sockets escapes
+    the per-client limits; all host-network clients together hold at most
+    LOCAL_SHARES shares, REFUSED beyond (host_share), and a pod (here
+    127.0.0.2, not one of the node's addresses) is still admitted."""
+    from nodecache.server import admission as admission_mod
+    admission = admission_mod.Admission(total=4096, per_client=4, rate=0)
+    admission.local = frozenset({"127.0.0.1"})
+    cap = 4 * admission_mod.LOCAL_SHARES
+    async with node(CLUSTER, admission=admission, delay=0.3) as n:
+        sprayers = [_udp_socket() for _ in range(cap + 8)]
+        spray = [asyncio.ensure_future(_rcodes_of(s, n.port, _misses(f"spray{k}", 1)))
+                 for k, s in enumerate(sprayers)]
+        await eventually(lambda: admission.local_running == cap, what="the host share full")
+        pod = _udp_socket("127.0.0.2")
+        assert await _rcodes_of(pod, n.port, _misses("pod", 3)) == [0, 0, 0]
+        sprayed = [r for rc in await asyncio.gather(*spray) for r in rc]
+        assert sprayed.count(5) == 8 and sprayed.count(0) == cap
+        assert admission.refused_host == 8 and admission.local_running == 0
+        for s in sprayers + [pod]:
+            s.close()
