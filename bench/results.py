@@ -85,6 +85,13 @@ alternating rounds, median."""),
 A running agent (per-client limits lifted so that every packet reaches the
 parsers) gets 1,000,000 hostile UDP packets at 8,000/s and abusive TCP
 clients; a well-behaved client sends 100 queries/s throughout."""),
+    ("Coverage-guided fuzzing", ["-m", "nodecache_bench.guided", "--seconds", "120"], """\
+`python -m nodecache_bench.guided`: each target of `nodecache.testing.fuzz` (query scan and
+parse with the fast/slow agreement, upstream reply analysis and rendering, TCP framing,
+snapshot decoding, the Corefile parser, the kube-dns ConfigMap reader) under atheris
+(libFuzzer) for 120 s from the seed corpus in tests/data/fuzz. `cov`/`ft`: libFuzzer's
+edges and features over the instrumented nodecache and dnslib code. A finding fails the
+command. `make test` runs each for 4,000-20,000 inputs."""),
     ("Hot handoff", ["-m", "nodecache_bench.handoff", "--handoffs", "30"], """\
 (1) In one process, an agent whose cache holds N entries publishes its
 handoff socket and a heir takes over in a thread (connect to END = donor

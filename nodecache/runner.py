@@ -23,7 +23,7 @@ from pathlib import Path
 from .cache import snapshot
 from .config.corefile import CorefileError
 from .config.model import Config
-from .config.plugins import parse_config
+from .config.plugins import parse_config, read_corefile
 from .node.nodeconfig import (CLUSTER_DNS, ConfigMapError, cluster_dns_ip, read_kubedns_configmap,
                               render_corefile, service_env)
 from .node.reconcile import NodeParams
@@ -107,13 +107,9 @@ class ConfigSource:
         base = Path(self.params.base_corefile)
         if not base.is_file():
             source = self.params.conf
-            try:
-                text = Path(source).read_text()
-            except OSError as exc:
-                raise CorefileError(source, 0, f"cannot read: {exc.strerror}") from exc
         else:
             source = str(base)
-            text = base.read_text()
+        text = read_corefile(source)
         stubs, upstreams = {}, []
         if self.kubedns_cm:
             try:

@@ -30,13 +30,18 @@ class _Ctx:
         return CorefileError(self.source, line, message)
 
 
-def load(path: str | Path, env: dict[str, str] | None = None) -> Config:
-    path = Path(path)
+def read_corefile(path: str | Path) -> str:
+    """A Corefile's text; raises CorefileError (unreadable, not UTF-8)."""
     try:
-        text = path.read_text()
+        return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise CorefileError(str(path), 0, f"cannot read: {exc.strerror}") from exc
-    return parse_config(text, str(path), env)
+    except UnicodeDecodeError as exc:
+        raise CorefileError(str(path), 0, f"not UTF-8 text: {exc}") from exc
+
+
+def load(path: str | Path, env: dict[str, str] | None = None) -> Config:
+    return parse_config(read_corefile(path), str(path), env)
 
 
 def parse_config(text: str, source: str = "Corefile", env: dict[str, str] | None = None) -> Config:
@@ -260,9 +265,11 @@ def parse_upstream(ctx: _Ctx, tok: Token) -> list[Upstream]:
 
 def resolv_conf_upstreams(ctx: _Ctx, tok: Token) -> list[Upstream]:
     try:
-        lines = Path(tok.text).read_text().splitlines()
+        lines = Path(tok.text).read_text(errors="replace").splitlines()
     except OSError as exc:
         raise ctx.error(tok.line, f"forward: cannot read {tok.text}: {exc.strerror}") from None
+    except ValueError:  # a NUL in the path
+        raise ctx.error(tok.line, f"forward: {tok.text!r} is not a file name") from None
     out = []
     for line in lines:
         fields = line.split()

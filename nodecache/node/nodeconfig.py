@@ -120,17 +120,21 @@ def _bad_server(server) -> bool:
 
 def _json_file(path: Path, kind: type):
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")  # JSON is UTF-8 (RFC 8259 §8.1), whatever the locale
     except FileNotFoundError:
         return kind()
     except OSError as exc:
         raise ConfigMapError(f"cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigMapError(f"{path}: not UTF-8 text: {exc}") from exc
     if not text.strip():
         return kind()
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigMapError(f"{path}: invalid JSON: {exc}") from exc
+    except RecursionError:
+        raise ConfigMapError(f"{path}: JSON nested too deeply") from None
     if not isinstance(value, kind):
         raise ConfigMapError(f"{path}: expected a JSON {kind.__name__}")
     return value

@@ -155,3 +155,17 @@ def test_check_command_exit_codes(tmp_path, capsys):
     assert main(["check", "-conf", str(bad)]) == 2
     assert f"{bad}:3: unknown directive 'frobnicate'" in capsys.readouterr().err
     assert main(["check", "-conf", str(tmp_path / "missing")]) == 2
+
+
+def test_a_corefile_that_is_not_utf8_is_a_corefile_error(tmp_path):
+    from nodecache.config.plugins import load
+    path = tmp_path / "Corefile"
+    path.write_bytes(b".:53 {\n  forward . 1.2.3.4 # caf\xe9\n}\n")
+    with pytest.raises(CorefileError, match="not UTF-8"):
+        load(path)
+
+
+def test_a_nul_in_a_forward_file_name_is_a_corefile_error():
+    # found by the corefile fuzz target: ValueError from open() escaped
+    with pytest.raises(CorefileError, match="not a file name"):
+        parse_config(".:53 {\n  forward . /etc/res\x00olv.conf\n}\n")

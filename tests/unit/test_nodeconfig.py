@@ -200,3 +200,13 @@ def test_missing_iptables_binary_is_a_clear_error(monkeypatch, tmp_path):
     with pytest.raises(RuleError, match="iptables not found") as exc:
         ensure_rule(rule)
     assert exc.value.kind == "iptables"
+
+
+@pytest.mark.parametrize("content, why", [
+    (b'{"acme.local": ["1.2.3.4"\xde]}', "not UTF-8"),  # found by the configmap fuzz target
+    (b"[" * 100000 + b"]" * 100000, "nested too deeply"),
+])
+def test_a_configmap_file_that_is_no_json_text_is_a_configmap_error(tmp_path, content, why):
+    (tmp_path / "stubDomains").write_bytes(content)
+    with pytest.raises(ConfigMapError, match=why):
+        read_kubedns_configmap(tmp_path)
