@@ -92,6 +92,17 @@ snapshot decoding, the Corefile parser, the kube-dns ConfigMap reader) under ath
 (libFuzzer) for 120 s from the seed corpus in tests/data/fuzz. `cov`/`ft`: libFuzzer's
 edges and features over the instrumented nodecache and dnslib code. A finding fails the
 command. `make test` runs each for 4,000-20,000 inputs."""),
+    ("Soak: 30 minutes of mixed traffic and churn", ["-m", "nodecache_bench.soak", "--minutes", "30",
+                                                    "--handoff", "300", "--sample", "60",
+                                                    "--plot", "bench/soak.png"], """\
+`python -m nodecache_bench.soak`: one `nodecache run` (the demo's two-zone Corefile) for 30
+minutes: pods on 127.0.0.2 at 1,500 UDP queries/s (70% cached names, 10% never-asked
+names, 20% ndots:5 search walks) plus a TCP client; a hostile client on 127.0.0.3 (2,000
+distinct misses and garbage datagrams/s); the cluster DNS replica replaced every 2 min, a
+hot handoff to a new process every 5 min, a Corefile change + reload every 2.5 min. Per
+minute: the serving process's RSS and fds (/proc), tasks, cache entries, memos, slow-path
+queries in flight (status socket), the pods' rate, p99, lost (no reply in 3 s) and failed
+(SERVFAIL/REFUSED/FORMERR/NOTIMP) queries. Plot: [soak.png](soak.png)."""),
     ("Hot handoff", ["-m", "nodecache_bench.handoff", "--handoffs", "30"], """\
 (1) In one process, an agent whose cache holds N entries publishes its
 handoff socket and a heir takes over in a thread (connect to END = donor

@@ -101,9 +101,14 @@ class Runtime:
 
     def status(self) -> dict:
         reasons = self.unready_reasons()
+        agent = self.agent
         return {"pid": os.getpid(), "ready": not reasons, "reasons": reasons,
                 "handed_off": self.handed_off,
-                "entries": sum(len(b.cache) for b in self.agent.blocks if b.cache is not None)}
+                "entries": sum(len(b.cache) for b in agent.blocks if b.cache is not None),
+                # what grows if something leaks (bench/soak.py samples these)
+                "tasks": len(asyncio.all_tasks()),
+                "memos": sum(len(lst.dispatcher.memo.table) for lst in agent.listeners),
+                "slow_inflight": agent.admission.running}
 
     def on_loop_exception(self, loop, context) -> None:
         """The event loop's handler: an exception no code of ours caught is a

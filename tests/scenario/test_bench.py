@@ -150,3 +150,29 @@ def test_the_abuse_bench_runs_its_abuser_as_a_module():
     from nodecache_bench.abuse import _abuser_process
     out = asyncio.run(_abuser_process("idle", client.free_port(), 0.1))
     assert out == "nothing"
+
+
+@pytest.mark.parametrize("retry", [True, False])
+def test_a_short_soak_loses_and_fails_nothing_through_every_kind_of_churn(retry):
+    """bench/soak.py for 24 s with a roll, a handoff and a reload each at
+    least once: 0 lost, 0 failed (exit 0), every sample has the agent's
+    figures, and the hostile client was refused. Control: with the
+    forwarder's retries off the rolls fail queries and the soak says so."""
+    import os
+    env = {**os.environ, "NODECACHE_FORWARD_RETRY": "1" if retry else "0"}
+    proc = subprocess.run([sys.executable, "-m", "nodecache_bench.soak", "--minutes", "0.4", "--rate", "600",
+                           "--hostile-rate", "1500", "--roll", "6", "--handoff", "9", "--reload", "7",
+                           "--sample", "4"], capture_output=True, text=True, timeout=120, env=env)
+    out = proc.stdout
+    if not retry:
+        assert proc.returncode == 1 and "failed 0;" not in out, out
+        return
+    assert proc.returncode == 0, out + proc.stderr[-3000:]
+    assert "lost 0, failed 0" in out
+    events = next(line for line in out.splitlines() if line.startswith("events:"))
+    rolls, handoffs, reloads = (int(w) for w in events.split()[1::2])
+    assert rolls >= 2 and handoffs >= 1 and reloads >= 2, events
+    rows = [line.split() for line in out.splitlines() if line.strip() and line.split()[0].isdigit()]
+    assert len(rows) >= 5 and all(int(r[3]) > 0 and int(r[5]) > 0 for r in rows)  # fds, entries seen
+    hostile = next(line for line in out.splitlines() if line.startswith("queries from pods"))
+    assert int(hostile.split(", ")[-1].split()[0]) > 0  # REFUSED for the hostile client
