@@ -115,8 +115,7 @@ class Lifecycle:
             if take:
                 take.abandon()
             await agent.stop(0)
-            if not take:
-                await node.run(node.teardown)
+            await node.run(node.undo_start)  # only what this start created: the holder keeps its networking
             return False
         rt.configure_http(agent.config, params.metrics_listen)
         await rt.http.start(http_socks)

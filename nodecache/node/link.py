@@ -121,6 +121,27 @@ def remove_interface(name: str) -> bool:
         return True
 
 
+def remove_addresses(name: str, ips: list[str]) -> list[str]:
+    """Delete these addresses from the interface (those it still has); the
+    ones deleted. For undoing what a start that failed had added."""
+    IPRoute, NetlinkError = _netlink()
+    removed = []
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            return removed
+        for ip in ips:
+            addr = ipaddress.ip_address(ip)
+            try:
+                ipr.addr("del", index=found[0], address=str(addr), prefixlen=32 if addr.version == 4 else 128)
+            except NetlinkError as exc:
+                if exc.code != errno.EADDRNOTAVAIL:
+                    raise LinkError("interface_check", f"cannot remove {ip} from {name}: {exc}") from exc
+                continue
+            removed.append(ip)
+    return removed
+
+
 def interface_state(name: str) -> tuple[str, list[str]] | None:
     """(kind, addresses) of the interface, or None if absent (for tests and status)."""
     IPRoute, _ = _netlink()

@@ -7,6 +7,15 @@ every ``syncinterval``: an address or rule someone removed comes back.
 ``teardown`` removes our rules, then the interface; a successor that took
 over the sockets (hot handoff) or ``-skipteardown`` means no teardown.
 
+What may be removed is what is ours. Before we serve, that is only what
+this process created (``undo_start``): a start that fails (the address is
+held by node-cache or another agent, a bad Corefile) removes the interface
+only if it created it, the addresses only if it added them, and no rule it
+did not insert, so it never takes down another cache's networking. Once
+we serve on the local addresses nobody else can (we hold their sockets),
+so the interface and our rules for them are ours, whoever created them (a
+predecessor we took over from, a crashed one): ``teardown`` removes them.
+
 Nothing here may stop DNS service: every failure is logged once per
 occurrence and counted by node-cache's error types (exported as
 ``coredns_nodecache_setup_errors_total{errortype}``), and the next
@@ -19,7 +28,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from .link import LinkError, ensure_interface, remove_interface
+from .link import LinkError, ensure_interface, remove_addresses, remove_interface
 from .rules import Rule, RuleError, ensure_rule, remove_rule, rules_for
 
 log = logging.getLogger("nodecache.node")
@@ -52,6 +61,10 @@ class NodeSetup:
         self.errors = {t: 0 for t in ERROR_TYPES}
         self.reconciles = 0
         self.rules_added = 0
+        # what this process created itself (undo_start removes only these)
+        self.created_interface = False
+        self.added_addresses: list[str] = []
+        self.inserted: list[Rule] = []
 
     def count(self, kind: str, message: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -67,8 +80,10 @@ class NodeSetup:
             self.count(exc.kind, str(exc))
             return
         if report.created:
+            self.created_interface = True
             log.info("created %s interface %s", report.created, self.params.interface)
         if report.added:
+            self.added_addresses += report.added
             log.info("added %s to %s", ", ".join(report.added), self.params.interface)
 
     def ensure_rules(self) -> None:
@@ -78,6 +93,7 @@ class NodeSetup:
             try:
                 if ensure_rule(rule):
                     self.rules_added += 1
+                    self.inserted.append(rule)
                     if self.reconciles:
                         log.info("added back rule %s", rule)
             except RuleError as exc:
@@ -99,12 +115,36 @@ class NodeSetup:
     def teardown_rules(self) -> None:
         if self.params.skip_teardown or not self.params.setup_iptables:
             return
-        for rule in self.rules:
+        self._remove_rules(self.rules)
+
+    def _remove_rules(self, rules: list[Rule]) -> None:
+        removed = 0
+        for rule in rules:
             try:
-                remove_rule(rule)
+                removed += remove_rule(rule)
             except RuleError as exc:
                 self.count(exc.kind, str(exc))
-        log.info("removed %d rules", len(self.rules))
+        log.info("removed %d rules", removed)  # what was really there to remove
+
+    def undo_start(self) -> None:
+        """A start that failed before serving: remove what this process
+        created, and nothing else (see the top)."""
+        if self.params.skip_teardown:
+            return
+        if self.inserted:
+            self._remove_rules(list(dict.fromkeys(self.inserted)))
+        name = self.params.interface
+        try:
+            if self.created_interface:
+                if remove_interface(name):
+                    log.info("removed interface %s (created by this start)", name)
+            elif self.added_addresses:
+                removed = remove_addresses(name, self.added_addresses)
+                log.info("removed %s from %s (added by this start)", ", ".join(removed) or "nothing", name)
+        except (LinkError, OSError) as exc:
+            self.count("interface_check", f"undoing this start on {name}: {exc}")
+        if not (self.inserted or self.created_interface or self.added_addresses):
+            log.info("left interface %s and every rule as they were: this start set up nothing", name)
 
     def teardown_interface(self) -> None:
         if self.params.skip_teardown:
