@@ -1,6 +1,6 @@
 """Regenerate bench/RESULTS.md: runs every benchmark and writes the tables.
 
-    .venv/bin/python -m nodecache_bench.results   # ~15 minutes on the 2-core machine
+    .venv/bin/python -m nodecache_bench.results   # ~65 minutes on the 2-core machine (30: the soak)
     make bench                                    # the same
 
 Each section says its method and the exact command; the numbers are the
