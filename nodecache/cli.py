@@ -70,6 +70,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("-failopen", type=go_bool, nargs="?", const=True, default=True,
                      help="NOTRACK pod DNS only while the agent's socket is bound, so a dead agent's "
                           "traffic falls through to kube-proxy / a fallback DNAT (default true)")
+    run.add_argument("-rules", default="auto", choices=("auto", "iptables", "nftables"),
+                     help="how to write the NOTRACK rules: iptables, native nftables (a table of our own), "
+                          "or auto: nftables where kube-proxy has its nftables tables, else iptables "
+                          "(default auto; -setupiptables=false writes none)")
     run.add_argument("-pidfile", default="")
     run.add_argument("-metrics-listen-address", dest="metrics_listen", default="0.0.0.0:9353")
     run.add_argument("-upstreamsvc", default="kube-dns",
@@ -252,7 +256,8 @@ def cmd_run(args) -> int:
     log.debug("node flags: localip=%s", ",".join(ips))
     node = NodeParams(ips, args.interfacename, args.setupinterface and bool(ips),
                       args.setupiptables and bool(ips), args.health_port, args.syncinterval,
-                      args.skipteardown, args.failopen, cluster_dns_ip(args.upstreamsvc, dict(os.environ)))
+                      args.skipteardown, args.failopen, cluster_dns_ip(args.upstreamsvc, dict(os.environ)),
+                      args.rules)
     params = RunParams(args.conf, args.basecorefile, args.kubednscm, args.upstreamsvc, ips, node,
                        args.pidfile, args.configsync, args.metrics_listen, args.dns_port,
                        args.handoff, args.handoff_dir, args.drain, args.handoff_grace,

@@ -142,7 +142,7 @@ class Lifecycle:
         await node.run(node.ensure_rules)
         _tune_gc()
         if params.node.setup_iptables:
-            log.info("%d rules in place for %s", len(node.rules), ", ".join(params.local_ips) or "no local IP")
+            log.info("%d rules in place for %s", len(node.backend or ()), ", ".join(params.local_ips) or "no local IP")
         return True
 
     # -- serving ----------------------------------------------------------------

@@ -26,13 +26,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from dataclasses import dataclass
 
 from .link import LinkError, ensure_interface, remove_addresses, remove_interface
-from .rules import Rule, RuleError, ensure_rule, remove_rule, rules_for
+from .nftrules import NftRules, firewall_warnings, kube_proxy_tables
+from .rules import IptablesRules, RuleError, iptables_usable, kube_proxy_chains
 
 log = logging.getLogger("nodecache.node")
 ERROR_TYPES = ("configmap", "interface_add", "interface_check", "iptables", "iptables_lock")
+BACKENDS = {"iptables": IptablesRules, "nftables": NftRules}
+RULES_CHOICES = ("auto", *BACKENDS)
+
+
+def choose_backend(wanted: str) -> tuple[str, str]:
+    """(backend, why) for ``-rules WANTED``. auto: nftables where kube-proxy
+    has its nftables tables, iptables where it has its iptables chains
+    (iptables and IPVS modes), else iptables if the binary is there, else nft."""
+    if wanted != "auto":
+        return wanted, f"-rules {wanted}"
+    have_nft = shutil.which("nft") is not None
+    if have_nft and kube_proxy_tables():
+        return "nftables", "kube-proxy's nftables tables exist (nftables mode)"
+    if iptables_usable():
+        if kube_proxy_chains():
+            return "iptables", "kube-proxy's iptables chains exist (iptables or IPVS mode)"
+        return "iptables", "no kube-proxy rules found; iptables is installed"
+    if have_nft:
+        return "nftables", "no iptables here; nft is installed"
+    return "iptables", "neither iptables nor nft found"
 
 
 @dataclass(frozen=True)
@@ -46,25 +68,21 @@ class NodeParams:
     skip_teardown: bool = False
     fail_open: bool = True        # NOTRACK only while our socket is bound (see node.rules)
     upstream: str | None = None   # the upstream Service IP, for link-local fallback DNAT
+    rules_backend: str = "auto"   # auto | iptables | nftables (-rules)
 
 
 class NodeSetup:
     def __init__(self, params: NodeParams, dns_ports: dict[str, set[int]]):
         self.params = params
-        ips = list(params.local_ips)
-        self.rules: list[Rule] = rules_for(ips, dns_ports, params.health_port, params.fail_open,
-                                           params.upstream)
-        # the other mode's rules (an earlier release's unconditional NOTRACK,
-        # or fail-open rules after -failopen=false) must not stay above ours
-        other = rules_for(ips, dns_ports, params.health_port, not params.fail_open, params.upstream)
-        self.unwanted: list[Rule] = [r for r in other if r not in self.rules]
+        self.dns_ports = dns_ports
+        self.backend: IptablesRules | NftRules | None = None  # chosen at the first ensure_rules
+        self.firewall_warned: set[str] = set()
         self.errors = {t: 0 for t in ERROR_TYPES}
         self.reconciles = 0
         self.rules_added = 0
         # what this process created itself (undo_start removes only these)
         self.created_interface = False
         self.added_addresses: list[str] = []
-        self.inserted: list[Rule] = []
 
     def count(self, kind: str, message: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -86,26 +104,33 @@ class NodeSetup:
             self.added_addresses += report.added
             log.info("added %s to %s", ", ".join(report.added), self.params.interface)
 
+    def _on_error(self, exc: RuleError) -> None:
+        self.count(exc.kind, str(exc))
+
+    def _choose_backend(self) -> None:
+        """The backend -rules asks for; under auto, looked at again each
+        reconcile: if kube-proxy changed modes, our rules move with it
+        (the old backend's are removed first: never both at once)."""
+        name, why = choose_backend(self.params.rules_backend)
+        if self.backend is not None and self.backend.name == name:
+            return
+        if self.backend is not None:
+            removed = self.backend.teardown(self._on_error)
+            log.warning("rules backend changes from %s to %s (%s): removed our %d %s rules",
+                        self.backend.name, name, why, removed, self.backend.name)
+        else:
+            log.info("rules backend: %s (%s)", name, why)
+        p = self.params
+        self.backend = BACKENDS[name](list(p.local_ips), self.dns_ports, p.health_port, p.fail_open, p.upstream)
+
     def ensure_rules(self) -> None:
         if not self.params.setup_iptables:
             return
-        for rule in self.rules:
-            try:
-                if ensure_rule(rule):
-                    self.rules_added += 1
-                    self.inserted.append(rule)
-                    if self.reconciles:
-                        log.info("added back rule %s", rule)
-            except RuleError as exc:
-                self.count(exc.kind, str(exc))
-                if "not found" in str(exc):
-                    return  # no binary: one message per reconcile is enough
-        for rule in self.unwanted:
-            try:
-                if remove_rule(rule):
-                    log.info("removed rule of the other fail-open mode: %s", rule)
-            except RuleError as exc:
-                self.count(exc.kind, str(exc))
+        self._choose_backend()
+        self.rules_added += self.backend.ensure(self._on_error, again=self.reconciles > 0)
+        if shutil.which("nft") is not None:
+            for warning in firewall_warnings(list(self.params.local_ips), self.firewall_warned):
+                log.warning("%s", warning)
 
     def reconcile_once(self) -> None:
         self.ensure_interface()
@@ -113,26 +138,19 @@ class NodeSetup:
         self.reconciles += 1
 
     def teardown_rules(self) -> None:
-        if self.params.skip_teardown or not self.params.setup_iptables:
+        if self.params.skip_teardown or not self.params.setup_iptables or self.backend is None:
             return
-        self._remove_rules(self.rules)
-
-    def _remove_rules(self, rules: list[Rule]) -> None:
-        removed = 0
-        for rule in rules:
-            try:
-                removed += remove_rule(rule)
-            except RuleError as exc:
-                self.count(exc.kind, str(exc))
-        log.info("removed %d rules", removed)  # what was really there to remove
+        removed = self.backend.teardown(self._on_error)
+        log.info("removed %d %s rules", removed, self.backend.name)  # what was really there to remove
 
     def undo_start(self) -> None:
         """A start that failed before serving: remove what this process
         created, and nothing else (see the top)."""
         if self.params.skip_teardown:
             return
-        if self.inserted:
-            self._remove_rules(list(dict.fromkeys(self.inserted)))
+        undone = self.backend.undo(self._on_error) if self.backend is not None else 0
+        if undone:
+            log.info("removed %d %s rules (inserted by this start)", undone, self.backend.name)
         name = self.params.interface
         try:
             if self.created_interface:
@@ -143,7 +161,7 @@ class NodeSetup:
                 log.info("removed %s from %s (added by this start)", ", ".join(removed) or "nothing", name)
         except (LinkError, OSError) as exc:
             self.count("interface_check", f"undoing this start on {name}: {exc}")
-        if not (self.inserted or self.created_interface or self.added_addresses):
+        if not (undone or self.created_interface or self.added_addresses):
             log.info("left interface %s and every rule as they were: this start set up nothing", name)
 
     def teardown_interface(self) -> None:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import shutil
 import subprocess
 from dataclasses import dataclass
 
@@ -166,3 +167,73 @@ def remove_rule(rule: Rule) -> int:
             raise _failure(rule, proc, "deleting")
         removed += 1
     return removed
+
+
+class IptablesRules:
+    """The iptables backend: our rules, each ensured (``-C``, then inserted)
+    and removed one by one."""
+    name = "iptables"
+
+    def __init__(self, ips: list[str], dns_ports, health_port: int | None, fail_open: bool, upstream: str | None):
+        self.rules = rules_for(ips, dns_ports, health_port, fail_open, upstream)
+        # the other mode's rules (an earlier release's unconditional NOTRACK,
+        # or fail-open rules after -failopen=false) must not stay above ours
+        other = rules_for(ips, dns_ports, health_port, not fail_open, upstream)
+        self.unwanted = [r for r in other if r not in self.rules]
+        self.inserted: list[Rule] = []  # by this process (undo_start removes only these)
+
+    def ensure(self, on_error, again: bool = False) -> int:
+        """Add what is missing; how many rules were added. ``on_error(exc)``
+        is told of each failure (the next reconcile tries again)."""
+        added = 0
+        for rule in self.rules:
+            try:
+                if ensure_rule(rule):
+                    added += 1
+                    self.inserted.append(rule)
+                    if again:
+                        log.info("added back rule %s", rule)
+            except RuleError as exc:
+                on_error(exc)
+                if "not found" in str(exc):
+                    return added  # no binary: one message per reconcile is enough
+        for rule in self.unwanted:
+            try:
+                if remove_rule(rule):
+                    log.info("removed rule of the other fail-open mode: %s", rule)
+            except RuleError as exc:
+                on_error(exc)
+        return added
+
+    def remove(self, rules: list[Rule], on_error) -> int:
+        removed = 0
+        for rule in rules:
+            try:
+                removed += remove_rule(rule)
+            except RuleError as exc:
+                on_error(exc)
+        return removed
+
+    def teardown(self, on_error) -> int:
+        return self.remove(self.rules, on_error)
+
+    def undo(self, on_error) -> int:
+        return self.remove(list(dict.fromkeys(self.inserted)), on_error)
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+
+def iptables_usable() -> bool:
+    return shutil.which("iptables") is not None or shutil.which("ip6tables") is not None
+
+
+def kube_proxy_chains() -> bool:
+    """Whether kube-proxy's iptables chains exist (iptables or IPVS mode,
+    legacy or nft backend alike: the wrapper reads whichever is in use)."""
+    try:
+        proc = subprocess.run(["iptables", "-w", LOCK_WAIT, "-t", "nat", "-S", "KUBE-SERVICES"],
+                              capture_output=True, text=True, timeout=30)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0

@@ -78,13 +78,18 @@ ip6.arpa:53 {
 """
 
 
-def missing_requirements() -> str | None:
-    """Why an emulated node cannot be built here, or None."""
+MODES = ("iptables", "nftables")  # how the emulated kube-proxy programs the ClusterIPs
+
+
+def missing_requirements(mode: str = "iptables") -> str | None:
+    """Why an emulated node in kube-proxy ``mode`` cannot be built here, or None."""
     if os.geteuid() != 0:
         return "needs root (network namespaces, iptables)"
-    for tool in ("ip", "iptables", "ip6tables", "conntrack", "getent"):
+    tools = ("ip", "iptables", "ip6tables", "conntrack", "getent") if mode == "iptables" else \
+        ("ip", "nft", "conntrack", "getent")
+    for tool in tools:
         if shutil.which(tool) is None:
-            return f"needs {tool} (apt-get install iproute2 iptables conntrack)"
+            return f"needs {tool} (apt-get install iproute2 iptables nftables conntrack)"
     probe = f"ncprobe{os.getpid()}"
     if subprocess.run(["ip", "netns", "add", probe], capture_output=True).returncode != 0:
         return "cannot create network namespaces here"
@@ -104,7 +109,10 @@ def sh(*cmd: str, check: bool = True, ns: str | None = None, timeout: float = 30
 class EmulatedNode:
     _count = 0
 
-    def __init__(self, replicas: int = 2):
+    def __init__(self, replicas: int = 2, mode: str = "iptables"):
+        """``mode``: kube-proxy's, "iptables" (DNAT rules in the nat table) or
+        "nftables" (its ``kube-proxy`` tables, and no iptables for the agent)."""
+        self.mode = mode
         EmulatedNode._count += 1
         tag = f"nc{os.getpid() % 100000}x{EmulatedNode._count}"
         self.node, self.pod, self.pod6 = f"{tag}-node", f"{tag}-pod", f"{tag}-pod6"
@@ -162,7 +170,7 @@ class EmulatedNode:
         self._etc_file(self.pod, "resolv.conf", POD_RESOLV.format(ns=LOCAL_V4))
         self._etc_file(self.pod6, "resolv.conf", POD_RESOLV.format(ns=LOCAL_V6))
         self._etc_file(self.node, "resolv.conf", f"nameserver {UPSTREAM_V4}\n")
-        self._kube_proxy()
+        self._kube_proxy() if self.mode == "iptables" else self._kube_proxy_nft()
         self.replicas: list[subprocess.Popen | None] = [None] * len(self.ups)
         for i in range(len(self.ups)):
             self.start_replica(i, wait=False)
@@ -209,6 +217,27 @@ class EmulatedNode:
                            "--dport", "53", *stat, "-j", "DNAT", "--to-destination", f"{target}:53",
                            ns=self.node)
 
+    def _kube_proxy_nft(self) -> None:
+        """kube-proxy's nftables mode, laid out as pkg/proxy/nftables/proxier.go
+        writes it (its test fixture's base rules): tables ``ip kube-proxy`` and
+        ``ip6 kube-proxy``, the ``services`` vmap on daddr . proto . port, a
+        chain per service choosing an endpoint with ``numgen random``, a chain
+        per endpoint with its ``dnat to``, cluster-ips-check rejecting new
+        tracked traffic to ClusterIP ports it does not serve, masquerade marks."""
+        sh("ip", "route", "add", "169.254.30.0/24", "via", "169.254.11.2", ns=self.node)
+        sh("ip", "-6", "route", "add", "fd00:30::/64", "via", "fd00:11::2", ns=self.node)
+        text = "".join(_kube_proxy_table(fam, len(self.ups)) for fam in ("ip", "ip6"))
+        sh("nft", "-f", str(self._write("kube-proxy.nft", text)), ns=self.node)
+        # the agent's world has no iptables: only nft on its PATH
+        self.bin = self.tmp / "bin"
+        self.bin.mkdir()
+        (self.bin / "nft").symlink_to(shutil.which("nft"))
+
+    def _write(self, name: str, text: str) -> Path:
+        path = self.tmp / name
+        path.write_text(text)
+        return path
+
     def _wait_upstreams(self, limit: float = 20, only: int | None = None) -> None:
         deadline = time.monotonic() + limit
         for i in range(len(self.ups)) if only is None else (only,):
@@ -231,7 +260,9 @@ class EmulatedNode:
         conf.write_text(corefile)
         self.agent_log = self.tmp / log_name
         env = dict(os.environ, KUBE_DNS_UPSTREAM_SERVICE_HOST=UPSTREAM_V4, **(env or {}))
-        cmd = ["ip", "netns", "exec", self.node, sys.executable, "-m", "nodecache", "run",
+        if self.mode == "nftables":
+            env["PATH"] = str(self.bin)  # iptables is absent for the agent
+        cmd = [shutil.which("ip") or "ip", "netns", "exec", self.node, sys.executable, "-m", "nodecache", "run",
                "-localip", local_ips, "-conf", str(self.tmp / "Corefile"),
                "-basecorefile", str(conf), "-upstreamsvc", "kube-dns-upstream",
                "-kubednscm", str(self.tmp / "kube-dns"), "-handoff-dir", str(self.tmp / "handoff"),
@@ -301,7 +332,12 @@ class EmulatedNode:
         return sh("conntrack", "-L", ns=self.node, check=False).stdout
 
     def rules(self) -> list[str]:
-        """Our rules as iptables-save lines, both families, all tables."""
+        """Our rules: iptables-save lines (both families, all tables), or in
+        nftables mode the rule lines of our table."""
+        if self.mode == "nftables":
+            out = sh("nft", "list", "table", "inet", "nodecache", ns=self.node, check=False).stdout
+            return [ln.strip() for ln in out.splitlines()
+                    if ln.strip() and not ln.strip().startswith(("table", "chain", "type", "comment", "}"))]
         lines = []
         for tool in ("iptables", "ip6tables"):
             for table in ("raw", "filter"):
@@ -326,3 +362,67 @@ class EmulatedNode:
         for d in set(self._etc):
             shutil.rmtree(d, ignore_errors=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _kube_proxy_table(fam: str, replicas: int) -> str:
+    """One family's ``kube-proxy`` table for the kube-dns and kube-dns-upstream
+    Services (UDP and TCP 53), each with every replica as an endpoint."""
+    v4 = fam == "ip"
+    addr_type, cidr, pods = ("ipv4_addr", "169.254.30.0/24", "169.254.0.0/16") if v4 else \
+        ("ipv6_addr", "fd00:30::/64", "fd00::/8")
+    services = ((CLUSTER_V4, "kube-system/kube-dns"), (UPSTREAM_V4, "kube-system/kube-dns-upstream")) if v4 else \
+        ((CLUSTER_V6, "kube-system/kube-dns"), (UPSTREAM_V6, "kube-system/kube-dns-upstream"))
+    chains, elements = [], []
+    for k, (ip, svc) in enumerate(services):
+        for proto in ("udp", "tcp"):
+            name = f"service-{k}{proto.upper()}-{svc}/{proto}/dns"
+            eps = []
+            for i in range(replicas):
+                ep = f"169.254.{11 + i}.2" if v4 else f"fd00:{11 + i}::2"
+                ep_chain = f"endpoint-{k}{proto.upper()}{i}-{svc}/{proto}/dns__{ep.replace(':', '.')}/53"
+                to = f"{ep}:53" if v4 else f"[{ep}]:53"
+                chains.append(f"""\tchain {ep_chain} {{
+\t\t{fam} saddr {ep} jump mark-for-masquerade
+\t\tmeta l4proto {proto} dnat to {to}
+\t}}
+""")
+                eps.append(f"{i} : goto {ep_chain}")
+            chains.append(f"""\tchain {name} {{
+\t\t{fam} daddr {ip} {fam} saddr != {pods} jump mark-for-masquerade
+\t\tnumgen random mod {replicas} vmap {{ {", ".join(eps)} }}
+\t}}
+""")
+            elements.append(f"{ip} . {proto} . 53 : goto {name}")
+    ips = ", ".join(ip for ip, _ in services)
+    return f"""table {fam} kube-proxy {{
+\tcomment "rules for kube-proxy"
+\tset cluster-ips {{ type {addr_type}; comment "Active ClusterIPs"; elements = {{ {ips} }} }}
+\tset nodeport-ips {{ type {addr_type}; comment "IPs that accept NodePort traffic"; }}
+\tmap firewall-ips {{ type {addr_type} . inet_proto . inet_service : verdict; }}
+\tmap no-endpoint-nodeports {{ type inet_proto . inet_service : verdict; }}
+\tmap no-endpoint-services {{ type {addr_type} . inet_proto . inet_service : verdict; }}
+\tmap service-ips {{ type {addr_type} . inet_proto . inet_service : verdict; elements = {{ {", ".join(elements)} }} }}
+\tmap service-nodeports {{ type inet_proto . inet_service : verdict; }}
+\tchain cluster-ips-check {{
+\t\t{fam} daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs"
+\t\t{fam} daddr {{ {cidr} }} drop comment "Drop traffic to unallocated ClusterIPs"
+\t}}
+\tchain filter-prerouting-pre-dnat {{ type filter hook prerouting priority -110; policy accept; ct state new jump firewall-check; }}
+\tchain filter-output-pre-dnat {{ type filter hook output priority -110; policy accept; ct state new jump firewall-check; }}
+\tchain filter-forward {{ type filter hook forward priority 0; policy accept; ct state new jump service-endpoints-check; ct state new jump cluster-ips-check; }}
+\tchain filter-input {{ type filter hook input priority 0; policy accept; ct state new jump nodeport-endpoints-check; ct state new jump service-endpoints-check; }}
+\tchain filter-output {{ type filter hook output priority 0; policy accept; ct state new jump service-endpoints-check; ct state new jump cluster-ips-check; }}
+\tchain firewall-check {{ {fam} daddr . meta l4proto . th dport vmap @firewall-ips; }}
+\tchain mark-for-masquerade {{ mark set mark or 0x4000; }}
+\tchain masquerading {{ mark and 0x4000 == 0 return; mark set mark xor 0x4000; masquerade fully-random; }}
+\tchain nat-output {{ type nat hook output priority -100; policy accept; jump services; }}
+\tchain nat-postrouting {{ type nat hook postrouting priority 100; policy accept; jump masquerading; }}
+\tchain nat-prerouting {{ type nat hook prerouting priority -100; policy accept; jump services; }}
+\tchain nodeport-endpoints-check {{ {fam} daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports; }}
+\tchain services {{
+\t\t{fam} daddr . meta l4proto . th dport vmap @service-ips
+\t\t{fam} daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports
+\t}}
+\tchain service-endpoints-check {{ {fam} daddr . meta l4proto . th dport vmap @no-endpoint-services; }}
+{"".join(chains)}}}
+"""

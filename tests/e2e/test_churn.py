@@ -37,8 +37,8 @@ def _churn(n: EmulatedNode) -> None:
     n.start_replica(1)
 
 
-def _run(extra_env: dict | None) -> tuple[dict, str]:
-    with EmulatedNode() as n:
+def _run(mode: str, extra_env: dict | None) -> tuple[dict, str]:
+    with EmulatedNode(mode=mode) as n:
         n.start_agent(env=extra_env)
         n.wait_agent()
         tag = f"m{int(time.time() * 1000) % 10**8}"
@@ -52,8 +52,8 @@ def _run(extra_env: dict | None) -> tuple[dict, str]:
         return json.loads(out), n.agent_log.read_text()
 
 
-def test_replicas_rolled_killed_and_gone_for_a_second_fail_no_lookup():
-    result, log = _run(None)
+def test_replicas_rolled_killed_and_gone_for_a_second_fail_no_lookup(mode):
+    result, log = _run(mode, None)
     servfail = result["rcodes"].get("2", 0)
     answered = sum(result["rcodes"].values())
     assert result["unanswered"] == 0 and servfail == 0, f"{result}\n{log[-3000:]}"
@@ -62,6 +62,6 @@ def test_replicas_rolled_killed_and_gone_for_a_second_fail_no_lookup():
     assert "Traceback" not in log and "every upstream failed" not in log, log[-3000:]
 
 
-def test_negative_control_without_retries_the_same_churn_fails_lookups():
-    result, _ = _run({"NODECACHE_FORWARD_RETRY": "0"})
+def test_negative_control_without_retries_the_same_churn_fails_lookups(mode):
+    result, _ = _run(mode, {"NODECACHE_FORWARD_RETRY": "0"})
     assert result["rcodes"].get("2", 0) + result["unanswered"] > 0, result

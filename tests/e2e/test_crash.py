@@ -44,8 +44,8 @@ class Lookups(threading.Thread):
         return [r for r in self.results if r[1] != 0]
 
 
-def _crash_and_restart(*flags: str) -> tuple[Lookups, str, str]:
-    with EmulatedNode() as n:
+def _crash_and_restart(mode: str, *flags: str) -> tuple[Lookups, str, str]:
+    with EmulatedNode(mode=mode) as n:
         n.pod_nameserver(CLUSTER_V4)
         n.start_agent("-syncinterval", "1", *flags, local_ips=IPS)
         n.wait_agent()
@@ -72,28 +72,30 @@ def _dns_entries(table: str) -> list[str]:
     return [ln for ln in table.splitlines() if "dport=53 " in ln and f"dst={CLUSTER_V4} " in ln]
 
 
-def test_agent_sigkilled_and_restarted_fails_no_lookup():
-    lookups, table, log = _crash_and_restart()
+def test_agent_sigkilled_and_restarted_fails_no_lookup(mode):
+    lookups, table, log = _crash_and_restart(mode)
     assert len(lookups.results) >= 20 and lookups.failed == [], (lookups.failed, log[-2000:])
     assert _dns_entries(table) == [], table
 
 
-def test_negative_control_without_fail_open_the_crash_fails_lookups():
-    lookups, _, _ = _crash_and_restart("-failopen=false")
+def test_negative_control_without_fail_open_the_crash_fails_lookups(mode):
+    lookups, _, _ = _crash_and_restart(mode, "-failopen=false")
     assert lookups.failed, lookups.results
 
 
-def _successor_killed(grace: str) -> tuple[Lookups, str, str]:
-    """Pods use the link-local address (no kube-proxy path behind it here), so
-    only the donor's resume can save their lookups when the heir dies."""
-    with EmulatedNode() as n:
-        donor = n.start_agent("-syncinterval", "1", "-handoff-grace", grace, log_name="donor.log")
+def _successor_killed(mode: str, grace: str) -> tuple[Lookups, str, str]:
+    """Pods use the link-local address with fail-open off (in nftables mode
+    it would reach CoreDNS without an agent, see the next test), so only the
+    donor's resume can save their lookups when the heir dies."""
+    with EmulatedNode(mode=mode) as n:
+        donor = n.start_agent("-syncinterval", "1", "-handoff-grace", grace, "-failopen=false",
+                              log_name="donor.log")
         n.wait_agent()
         donor_log = n.agent_log
         lookups = Lookups(n, 6.0)
         lookups.start()
         time.sleep(1.0)
-        heir = n.start_agent("-syncinterval", "1", log_name="heir.log")
+        heir = n.start_agent("-syncinterval", "1", "-failopen=false", log_name="heir.log")
         n.wait_agent(needle="READY sent")
         time.sleep(1.0)
         heir.send_signal(signal.SIGKILL)
@@ -110,13 +112,44 @@ def _successor_killed(grace: str) -> tuple[Lookups, str, str]:
         return lookups, table, donor_log.read_text()
 
 
-def test_successor_sigkilled_after_ready_donor_resumes_and_no_lookup_fails():
-    lookups, table, log = _successor_killed("10")
+def test_successor_sigkilled_after_ready_donor_resumes_and_no_lookup_fails(mode):
+    lookups, table, log = _successor_killed(mode, "10")
     assert "serving again" in log, log[-3000:]
     assert len(lookups.results) >= 20 and lookups.failed == [], (lookups.failed, log[-3000:])
     assert [ln for ln in table.splitlines() if "dport=53 " in ln and f"dst={LOCAL_V4} " in ln] == [], table
 
 
-def test_negative_control_without_grace_the_successors_death_fails_lookups():
-    lookups, _, log = _successor_killed("0")
+def test_negative_control_without_grace_the_successors_death_fails_lookups(mode):
+    lookups, _, log = _successor_killed(mode, "0")
     assert "serving again" not in log and lookups.failed, lookups.results
+
+
+def test_the_link_local_address_fails_open_where_the_datapath_allows(mode):
+    """Pods on the link-local address, the agent SIGKILLed and not restarted.
+    nftables mode: our divert (after conntrack, before kube-proxy's DNAT)
+    sends new tracked queries to the upstream ClusterIP and kube-proxy takes
+    them to CoreDNS, the reply coming back from the link-local address:
+    every lookup answered. iptables mode: a packet DNAT'd to a ClusterIP is
+    not DNAT'd again, so nothing reaches CoreDNS (documented; the ClusterIP
+    path fails open there). Control: -failopen=false fails them in both."""
+    def lookups_with_the_agent_dead(count: int, *flags: str) -> list:
+        with EmulatedNode(mode=mode) as n:
+            n.start_agent("-syncinterval", "1", *flags)
+            n.wait_agent()
+            assert n.getent("svc-1.default").returncode == 0
+            n.agent.send_signal(signal.SIGKILL)
+            n.agent.wait(10)
+            codes = []
+            for i in range(2, 2 + count):
+                try:
+                    codes.append(n.getent(f"svc-{i}.default", timeout=6).returncode)
+                except subprocess.TimeoutExpired:
+                    codes.append(-1)  # no answer at all
+            return codes
+    if mode == "nftables":
+        dead = lookups_with_the_agent_dead(6)
+        assert dead == [0] * 6, dead
+    else:
+        dead = lookups_with_the_agent_dead(2)
+        assert all(code != 0 for code in dead), dead
+    assert all(code != 0 for code in lookups_with_the_agent_dead(2, "-failopen=false"))

@@ -15,9 +15,15 @@ why = missing_requirements()
 pytestmark = pytest.mark.skipif(why is not None, reason=f"emulated node: {why}")
 
 
+# our rules with the default -localip (LOCAL_V4, LOCAL_V6): iptables, 2 IPs x (2 protocols x
+# 5 DNS rules + 2 health rules); nftables, per IP 2 NOTRACK in prerouting and 6 in output, plus
+# 2 divert rules for LOCAL_V4 (the upstream is IPv4)
+RULES = {"iptables": 24, "nftables": 18}
+
+
 @pytest.fixture(scope="module")
-def node():
-    with EmulatedNode() as n:
+def node(mode):
+    with EmulatedNode(mode=mode) as n:
         n.start_agent("-syncinterval", "1")
         n.wait_agent()
         yield n
@@ -75,24 +81,35 @@ def test_cluster_zone_reaches_upstreams_over_tcp_only(node):
     assert other and "udp" in other, seen
 
 
+def _remove_one_rule(node) -> None:
+    """Someone deletes one of our pod -> agent NOTRACK rules."""
+    if node.mode == "iptables":
+        victim = [r for r in node.rules() if r.startswith("iptables raw") and "PREROUTING" in r and "udp" in r][0]
+        spec = victim.split(" ", 2)[2].replace("-A ", "-D ", 1)
+        sh("sh", "-c", f"iptables -w 5 -t raw {spec}", ns=node.node)
+        return
+    listing = sh("nft", "-a", "list", "chain", "inet", "nodecache", "prerouting", ns=node.node).stdout
+    handle = next(ln.split("# handle ")[1] for ln in listing.splitlines() if "udp dport 53" in ln)
+    sh("nft", "delete", "rule", "inet", "nodecache", "prerouting", "handle", handle.strip(), ns=node.node)
+
+
 def test_rules_exactly_once_and_restored(node):
-    expected = 24  # 2 IPs x (2 protocols x 5 DNS rules + 2 health rules)
+    expected = RULES[node.mode]
     time.sleep(3.2)  # >= 3 reconciles at -syncinterval 1
     rules = node.rules()
     assert len(rules) == expected and len(set(rules)) == expected, rules
-    victim = [r for r in rules if r.startswith("iptables raw") and "PREROUTING" in r and "udp" in r][0]
-    spec = victim.split(" ", 2)[2].replace("-A ", "-D ", 1)
-    sh("sh", "-c", f"iptables -w 5 -t raw {spec}", ns=node.node)
+    _remove_one_rule(node)
     assert len(node.rules()) == expected - 1
     deadline = time.monotonic() + 5
     while len(node.rules()) < expected and time.monotonic() < deadline:
         time.sleep(0.2)
     assert sorted(node.rules()) == sorted(rules)
-    assert "added back rule" in node.agent_log.read_text()
+    log = node.agent_log.read_text()
+    assert ("added back rule" if node.mode == "iptables" else "was changed: writing it again") in log
 
 
-def test_sigterm_removes_rules_and_interface():
-    with EmulatedNode() as n:
+def test_sigterm_removes_rules_and_interface(mode):
+    with EmulatedNode(mode=mode) as n:
         n.start_agent("-syncinterval", "1")
         n.wait_agent()
         assert n.rules() and LOCAL_V4 in n.interface()
@@ -100,18 +117,18 @@ def test_sigterm_removes_rules_and_interface():
         assert n.rules() == [] and n.interface() == ""
 
 
-def test_skipteardown_leaves_both():
-    with EmulatedNode() as n:
+def test_skipteardown_leaves_both(mode):
+    with EmulatedNode(mode=mode) as n:
         n.start_agent("-skipteardown")
         n.wait_agent()
         assert n.stop_agent(signal.SIGTERM) == 0
-        assert len(n.rules()) == 24 and LOCAL_V4 in n.interface()
+        assert len(n.rules()) == RULES[mode] and LOCAL_V4 in n.interface()
 
 
-def test_node_cache_daemonset_args_run_unchanged():
+def test_node_cache_daemonset_args_run_unchanged(mode):
     # node-cache's DaemonSet: -localip LOCAL,CLUSTERIP -conf /etc/Corefile -upstreamsvc kube-dns-upstream
     # (here -conf and -basecorefile point at the test's files; the flags are the same)
-    with EmulatedNode() as n:
+    with EmulatedNode(mode=mode) as n:
         n.start_agent(local_ips=f"{LOCAL_V4},{CLUSTER_V4}")
         n.wait_agent()
         assert n.getent("svc-1.default").returncode == 0
@@ -134,9 +151,9 @@ def test_interface_of_another_kind_and_bad_localip_are_reported_not_fatal():
         assert "nodelocaldns" in sh("ip", "link", "show", "nodelocaldns", ns=n.node, check=False).stdout
 
 
-def test_hot_handoff_on_the_node_with_glibc_querying_throughout():
+def test_hot_handoff_on_the_node_with_glibc_querying_throughout(mode):
     import threading
-    with EmulatedNode() as n:
+    with EmulatedNode(mode=mode) as n:
         first = n.start_agent("-syncinterval", "1", log_name="agent0.log")
         n.wait_agent()
         failures, done, lookups = [], threading.Event(), [0]
@@ -162,7 +179,7 @@ def test_hot_handoff_on_the_node_with_glibc_querying_throughout():
                 old.send_signal(signal.SIGTERM)
                 assert old.wait(20) == 0
                 assert "interface and rules belong to the successor" in old_log.read_text()
-                assert len(n.rules()) == 24 and LOCAL_V4 in n.interface()  # the donor tore nothing down
+                assert len(n.rules()) == RULES[mode] and LOCAL_V4 in n.interface()  # the donor tore nothing down
                 agents.append((heir, n.agent_log))
             time.sleep(0.5)
         finally:
