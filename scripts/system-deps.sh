@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system tools the end-to-end tests use (network namespaces,
-# iptables, conntrack, ss, getent) and the peer servers the comparison
+# iptables, nftables, conntrack, ss, getent) and the peer servers the comparison
 # benchmark runs (unbound, dnsmasq, dnsperf), when we are root on a Debian-like
 # machine and they are missing. Otherwise it only says what is missing:
 # those tests then skip with the reason.
@@ -9,6 +9,7 @@ need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v iptables >/dev/null || need+=(iptables)
 command -v conntrack >/dev/null || need+=(conntrack)
+command -v nft >/dev/null || need+=(nftables)
 command -v getent >/dev/null || need+=(libc-bin)
 # peers for `nodecache-bench compare` and its test (skipped without them)
 command -v unbound >/dev/null || need+=(unbound)

@@ -15,6 +15,8 @@ lock). Chains, by hook and priority (conntrack runs at -200, kube-proxy's
   not match, the packet is tracked, and kube-proxy's rules see it (fail
   open, as ``-m socket`` in the iptables backend). Without fail-open the
   NOTRACK is unconditional.
+  The health port likewise: kube-proxy's ``cluster-ips-check`` rejects new
+  *tracked* connections to a ClusterIP port it does not serve.
 * ``output``, raw: the agent's replies (``ip saddr IP sport P``) and
   host-network clients' queries (``ip daddr IP dport P``) untracked, and
   the health port both ways. Unconditional: in the output hook ``socket``
@@ -75,7 +77,8 @@ def ruleset(ips: list[str], dns_ports: dict[str, set[int]] | int, health_port: i
                 if fail_open and same_family:
                     to_port = "" if port == 53 else f" {proto} dport set 53"
                     divert.append(f"{dst} ct state new {fam} daddr set {upstream}{to_port}")
-        if health_port:
+        if health_port:  # probes too: kube-proxy rejects new tracked traffic to ClusterIP ports it does not serve
+            pre.append(f"{fam} daddr {ip} tcp dport {health_port}{bound} notrack")
             out.append(f"{fam} daddr {ip} tcp dport {health_port} notrack")
             out.append(f"{fam} saddr {ip} tcp sport {health_port} notrack")
     chains = [("prerouting", "prerouting", "raw", pre), ("output", "output", "raw", out)]

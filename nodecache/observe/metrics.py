@@ -251,6 +251,12 @@ class SetupErrorCollector:
         for kind, n in sorted(self.rt.node.errors.items()):
             fam.add_metric([kind], n)
         yield fam
+        backend = self.rt.node.backend
+        if backend is not None:  # which rules backend writes our rules (-rules; auto decides at each reconcile)
+            info = GaugeMetricFamily("nodecache_rules_backend", "The rules backend in use: 1 for it.",
+                                     labels=["backend"])
+            info.add_metric([backend.name], 1)
+            yield info
 
 
 def _counter(name, doc, labels, data):

@@ -16,9 +16,9 @@ pytestmark = pytest.mark.skipif(why is not None, reason=f"emulated node: {why}")
 
 
 # our rules with the default -localip (LOCAL_V4, LOCAL_V6): iptables, 2 IPs x (2 protocols x
-# 5 DNS rules + 2 health rules); nftables, per IP 2 NOTRACK in prerouting and 6 in output, plus
+# 5 DNS rules + 2 health rules); nftables, per IP 3 NOTRACK in prerouting and 6 in output, plus
 # 2 divert rules for LOCAL_V4 (the upstream is IPv4)
-RULES = {"iptables": 24, "nftables": 18}
+RULES = {"iptables": 24, "nftables": 20}
 
 
 @pytest.fixture(scope="module")
