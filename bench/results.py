@@ -103,6 +103,14 @@ hot handoff to a new process every 5 min, a Corefile change + reload every 2.5 m
 minute: the serving process's RSS and fds (/proc), tasks, cache entries, memos, slow-path
 queries in flight (status socket), the pods' rate, p99, lost (no reply in 3 s) and failed
 (SERVFAIL/REFUSED/FORMERR/NOTIMP) queries. Plot: [soak.png](soak.png)."""),
+    ("Every guarantee per datapath", ["-m", "nodecache_bench.datapaths"], """\
+`python -m nodecache_bench.datapaths` (root): the emulated node (namespaces, glibc in a pod,
+two CoreDNS replicas behind the ClusterIPs) with kube-proxy in iptables mode (DNAT rules)
+and in nftables mode (its `ip`/`ip6 kube-proxy` tables as proxier.go writes them, no
+iptables for the agent), `-rules auto`. The same events in both: SIGKILL + restart with
+pods on the kube-dns ClusterIP; SIGKILL and 3 s down with pods on the link-local address;
+3 hot handoffs under glibc lookups and 200 UDP q/s; CoreDNS replicas rolled, OOM-killed and
+both gone for a second under 300 misses/s."""),
     ("Hot handoff", ["-m", "nodecache_bench.handoff", "--handoffs", "30"], """\
 (1) In one process, an agent whose cache holds N entries publishes its
 handoff socket and a heir takes over in a thread (connect to END = donor

@@ -121,7 +121,14 @@ class NodeSetup:
         else:
             log.info("rules backend: %s (%s)", name, why)
         p = self.params
-        self.backend = BACKENDS[name](list(p.local_ips), self.dns_ports, p.health_port, p.fail_open, p.upstream)
+        upstream = p.upstream
+        if name == "iptables" and upstream and shutil.which("nft") and kube_proxy_tables():
+            # iptables-nft's nat PREROUTING sits at kube-proxy's nat-prerouting priority: the two
+            # DNATs would race (the first to bind wins), black-holing queries to the ClusterIP
+            log.warning("kube-proxy runs in nftables mode: no fallback DNAT from iptables rules (it would "
+                        "race kube-proxy's); -rules nftables (or auto) fails the link-local address open")
+            upstream = None
+        self.backend = BACKENDS[name](list(p.local_ips), self.dns_ports, p.health_port, p.fail_open, upstream)
 
     def ensure_rules(self) -> None:
         if not self.params.setup_iptables:

@@ -5,36 +5,17 @@ misses at 300/s. The agent must turn none of it into a failed lookup.
 Negative control: the same run with re-sends and retries off
 (NODECACHE_FORWARD_RETRY=0, wave 1's behaviour) fails lookups."""
 import json
-import signal
 import time
 
 import pytest
 
 from nodecache.testing.emunode import EmulatedNode, missing_requirements
+from nodecache.testing.nodeload import churn
 
 why = missing_requirements()
 pytestmark = pytest.mark.skipif(why is not None, reason=f"emulated node: {why}")
 RATE = 300.0
 SECONDS = 10.0
-
-
-def _churn(n: EmulatedNode) -> None:
-    """The upstream events, about 8 s in all."""
-    time.sleep(1.0)
-    for i in (0, 1):                       # a rolling update, one replica at a time
-        n.stop_replica(i, signal.SIGTERM)
-        time.sleep(0.3)
-        n.start_replica(i)
-        time.sleep(0.7)
-    n.stop_replica(0, signal.SIGKILL)      # OOM-killed while kube-proxy still sends to it
-    time.sleep(1.0)
-    n.start_replica(0)
-    time.sleep(0.5)
-    n.stop_replica(0, signal.SIGKILL)      # no endpoint answers for a second
-    n.stop_replica(1, signal.SIGKILL)
-    time.sleep(1.0)
-    n.start_replica(0, wait=False)
-    n.start_replica(1)
 
 
 def _run(mode: str, extra_env: dict | None) -> tuple[dict, str]:
@@ -45,7 +26,7 @@ def _run(mode: str, extra_env: dict | None) -> tuple[dict, str]:
         # unique names in the cluster zone: every one a miss, forwarded over TCP
         names = [f"{tag}-{i}.default.svc.cluster.local" for i in range(int(RATE * SECONDS))]
         load = n.pod_load(names, RATE)
-        _churn(n)
+        churn(n)
         out = load.stdout.read()
         load.wait(SECONDS + 30)
         n.stop_agent()

@@ -7,41 +7,16 @@ kube-proxy's DNAT meanwhile; once the agent is back they are untracked
 again. Negative control: ``-failopen=false`` (wave 1's rules) fails lookups."""
 import signal
 import subprocess
-import threading
 import time
 
 import pytest
 
 from nodecache.testing.emunode import CLUSTER_V4, LOCAL_V4, LOCAL_V6, EmulatedNode, missing_requirements, sh
+from nodecache.testing.nodeload import Lookups
 
 why = missing_requirements()
 pytestmark = pytest.mark.skipif(why is not None, reason=f"emulated node: {why}")
 IPS = f"{LOCAL_V4},{CLUSTER_V4},{LOCAL_V6}"
-
-
-class Lookups(threading.Thread):
-    """glibc lookups from the pod, back to back, each a distinct name (misses and hits)."""
-
-    def __init__(self, n: EmulatedNode, seconds: float):
-        super().__init__(daemon=True)
-        self.n, self.seconds = n, seconds
-        self.results: list[tuple[str, int]] = []
-
-    def run(self):
-        end, i = time.monotonic() + self.seconds, 0
-        while time.monotonic() < end:
-            name = f"svc-{i % 100}.default"
-            try:
-                code = self.n.getent(name, timeout=20).returncode
-            except subprocess.TimeoutExpired:
-                code = -1  # no answer at all
-            self.results.append((name, code))
-            i += 1
-            time.sleep(0.05)
-
-    @property
-    def failed(self) -> list:
-        return [r for r in self.results if r[1] != 0]
 
 
 def _crash_and_restart(mode: str, *flags: str) -> tuple[Lookups, str, str]:

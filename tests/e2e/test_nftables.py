@@ -96,3 +96,17 @@ def test_setupiptables_false_writes_no_rules_in_nftables_mode_either():
         n.wait_agent(needle="serving")
         assert n.getent("svc-1.default").returncode == 0
         assert sh("nft", "list", "table", "inet", "nodecache", ns=n.node, check=False).returncode != 0
+
+
+def test_iptables_forced_on_an_nftables_node_installs_no_racing_dnat():
+    """The measured black hole: iptables' fallback DNAT in nat PREROUTING at
+    kube-proxy's own nat priority. Forced to -rules iptables on such a node,
+    the agent leaves the DNAT out and says why."""
+    with EmulatedNode(mode="iptables") as n:
+        sh("nft", "add", "table", "ip", "kube-proxy", ns=n.node)
+        n.start_agent("-rules", "iptables")
+        n.wait_agent()
+        assert "no fallback DNAT from iptables rules" in n.agent_log.read_text()
+        nat = sh("iptables", "-w", "5", "-t", "nat", "-S", ns=n.node).stdout
+        assert not [ln for ln in nat.splitlines() if "nodecache" in ln], nat
+        assert n.rules()  # NOTRACK/ACCEPT still there

@@ -1,0 +1,124 @@
+"""Every guarantee per datapath, as figures: the emulated node (root) with
+kube-proxy in iptables mode and in nftables mode, the same events in each.
+
+    python -m nodecache_bench.datapaths [--modes iptables nftables]
+
+1. crash: pods on the kube-dns ClusterIP (node-local-dns's args in that
+   mode), the agent SIGKILLed and restarted 2 s later, glibc lookups
+   throughout: failed lookups, and pod->agent conntrack entries afterwards;
+2. link-local crash: pods on the link-local address, the agent SIGKILLed
+   and down for 3 s: failed lookups (nftables mode fails this address open
+   through kube-proxy; iptables mode cannot, see the README);
+3. upgrades: 3 hot handoffs to new processes while a pod resolves with glibc
+   and sends UDP at 200 queries/s: failed lookups, lost queries;
+4. churn: the cluster DNS replicas rolled, one OOM-killed, both gone for a
+   second, while a pod sends only misses at 300/s: lost and SERVFAIL.
+
+Traffic only inside the namespaces it creates (169.254.0.0/16, fd00::/8);
+each scenario bounded in time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import time
+
+from nodecache.testing.emunode import (CLUSTER_V4, LOCAL_V4, LOCAL_V6, MODES, EmulatedNode,
+                                       missing_requirements, sh)
+from nodecache.testing.nodeload import Lookups, churn
+
+
+def crash(mode: str, pods_on: str, down: float) -> dict:
+    with EmulatedNode(mode=mode) as n:
+        n.pod_nameserver(pods_on)
+        n.start_agent("-syncinterval", "1", local_ips=f"{LOCAL_V4},{CLUSTER_V4},{LOCAL_V6}")
+        n.wait_agent()
+        lookups = Lookups(n, 4.0 + down)
+        lookups.start()
+        time.sleep(1.5)
+        n.agent.send_signal(signal.SIGKILL)
+        n.agent.wait(10)
+        time.sleep(down)
+        n.start_agent("-syncinterval", "1", local_ips=f"{LOCAL_V4},{CLUSTER_V4},{LOCAL_V6}", log_name="agent2.log")
+        n.wait_agent()
+        lookups.join(60)
+        sh("conntrack", "-F", ns=n.node, check=False)
+        for i in range(5):
+            n.getent(f"svc-{50 + i}.default")
+        tracked = [ln for ln in n.conntrack().splitlines() if "dport=53 " in ln and f"dst={pods_on} " in ln]
+        n.stop_agent()
+        return {"lookups": len(lookups.results), "failed": len(lookups.failed), "tracked": len(tracked),
+                "slow": len(lookups.slow), "slowest": max(lookups.seconds_each, default=0.0)}
+
+
+def upgrades(mode: str, handoffs: int = 3) -> dict:
+    with EmulatedNode(mode=mode) as n:
+        n.start_agent("-syncinterval", "1", log_name="agent0.log")
+        n.wait_agent()
+        names = [f"svc-{i % 100}.default.svc.cluster.local" for i in range(200 * (2 * handoffs + 2))]
+        load = n.pod_load(names, 200.0)
+        lookups = Lookups(n, 2.0 * handoffs + 1.5)
+        lookups.start()
+        for k in range(1, handoffs + 1):
+            time.sleep(1.0)
+            old = n.agent
+            n.start_agent("-syncinterval", "1", log_name=f"agent{k}.log")
+            n.wait_agent(needle="READY sent")
+            old.send_signal(signal.SIGTERM)
+            old.wait(20)
+        lookups.join(60)
+        result = json.loads(load.stdout.read())
+        load.wait(30)
+        n.stop_agent()
+        return {"lookups": len(lookups.results), "failed": len(lookups.failed), "sent": result["sent"],
+                "lost": result["unanswered"], "errors": sum(v for k, v in result["rcodes"].items() if k != "0")}
+
+
+def upstream_churn(mode: str, rate: float = 300.0, seconds: float = 10.0) -> dict:
+    with EmulatedNode(mode=mode) as n:
+        n.start_agent()
+        n.wait_agent()
+        tag = f"m{int(time.time() * 1000) % 10**8}"
+        load = n.pod_load([f"{tag}-{i}.default.svc.cluster.local" for i in range(int(rate * seconds))], rate)
+        churn(n)
+        result = json.loads(load.stdout.read())
+        load.wait(seconds + 30)
+        n.stop_agent()
+        return {"sent": result["sent"], "lost": result["unanswered"], "servfail": result["rcodes"].get("2", 0)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--modes", nargs="*", choices=MODES, default=list(MODES), help="kube-proxy modes (default both)")
+    args = ap.parse_args(argv)
+    print(f"{'mode':<9} {'scenario':<46} result")
+    status = 0
+    for mode in args.modes:
+        why = missing_requirements(mode)
+        if why is not None:
+            print(f"{mode:<9} skipped: {why}")
+            continue
+        try:
+            c = crash(mode, CLUSTER_V4, 2.0)
+            print(f"{mode:<9} {'crash + restart 2 s later, pods on ClusterIP':<46} {c['failed']} of {c['lookups']} "
+                  f"lookups failed, {c['slow']} over 1 s (slowest {c['slowest']:.2f} s); {c['tracked']} pod->agent "
+                  f"conntrack entries after", flush=True)
+            ll = crash(mode, LOCAL_V4, 3.0)
+            print(f"{mode:<9} {'crash, down 3 s, pods on link-local':<46} {ll['failed']} of {ll['lookups']} "
+                  f"lookups failed, {ll['slow']} over 1 s (slowest {ll['slowest']:.2f} s)", flush=True)
+            u = upgrades(mode)
+            print(f"{mode:<9} {'3 hot handoffs, glibc + 200 UDP q/s':<46} {u['failed']} of {u['lookups']} lookups "
+                  f"failed; {u['lost']} of {u['sent']} queries lost, {u['errors']} errors", flush=True)
+            ch = upstream_churn(mode)
+            print(f"{mode:<9} {'CoreDNS rolled, killed, gone 1 s; 300 misses/s':<46} {ch['lost']} of {ch['sent']} "
+                  f"lost, {ch['servfail']} SERVFAIL", flush=True)
+        except (RuntimeError, subprocess.SubprocessError, ValueError) as exc:
+            print(f"{mode:<9} failed: {exc}")
+            status = 1
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
