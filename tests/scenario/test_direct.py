@@ -71,15 +71,21 @@ async def test_identical_direct_misses_make_one_upstream_query():
         assert n.agent.listeners[0].dispatcher.direct_pending == 0
 
 
-async def test_a_reply_later_than_the_attempt_timeout_is_asked_again_by_the_slow_path():
-    slow_once = {"left": 1}
+def _late_once(marker: bytes = b"svc-2"):
+    """An upstream delay: the first query containing ``marker`` is answered
+    after 3 s, past the 2 s attempt timeout; everything else at once."""
+    left = [1]
 
     def delay(data: bytes) -> float:
-        if b"svc-2" in data and slow_once["left"]:
-            slow_once["left"] -= 1
-            return 3.0  # past the 2 s attempt timeout
+        if marker in data and left[0]:
+            left[0] -= 1
+            return 3.0
         return 0.0
-    async with node(CLUSTER, delay=delay) as n:
+    return delay
+
+
+async def test_a_reply_later_than_the_attempt_timeout_is_asked_again_by_the_slow_path():
+    async with node(CLUSTER, delay=_late_once()) as n:
         await n.udp(build(NAMES[0], QTYPE.A))
         t0 = time.monotonic()
         rec = DNSRecord.parse(await n.udp(build(NAMES[2], QTYPE.A)))
@@ -171,14 +177,7 @@ async def test_a_timed_out_direct_miss_leaves_its_id_quarantined():
     must not be matched to a newer query drawing that ID) until that late
     reply comes. Control: ending the miss before releasing its ID (the code
     before) freed the ID at once: 0 quarantined."""
-    late = {"left": 1}
-
-    def delay(data: bytes) -> float:
-        if b"svc-2" in data and late["left"]:
-            late["left"] -= 1
-            return 3.0  # past the 2 s attempt timeout
-        return 0.0
-    async with node(CLUSTER, delay=delay) as n:
+    async with node(CLUSTER, delay=_late_once()) as n:
         await n.udp(build(NAMES[0], QTYPE.A))
         rec = DNSRecord.parse(await n.udp(build(NAMES[2], QTYPE.A)))  # answered by the slow path at ~2 s
         assert rec.rr
