@@ -36,25 +36,26 @@ from .rules import IptablesRules, RuleError, iptables_usable, kube_proxy_chains
 log = logging.getLogger("nodecache.node")
 ERROR_TYPES = ("configmap", "interface_add", "interface_check", "iptables", "iptables_lock")
 BACKENDS = {"iptables": IptablesRules, "nftables": NftRules}
-RULES_CHOICES = ("auto", *BACKENDS)
 
 
-def choose_backend(wanted: str) -> tuple[str, str]:
-    """(backend, why) for ``-rules WANTED``. auto: nftables where kube-proxy
-    has its nftables tables, iptables where it has its iptables chains
-    (iptables and IPVS modes), else iptables if the binary is there, else nft."""
+def choose_backend(wanted: str) -> tuple[str, str, bool]:
+    """(backend, why, seen) for ``-rules WANTED``. auto: nftables where
+    kube-proxy has its nftables tables, iptables where it has its iptables
+    chains (iptables and IPVS modes), else iptables if the binary is there,
+    else nft. ``seen``: decided by what kube-proxy wrote (or by the flag),
+    not by a default."""
     if wanted != "auto":
-        return wanted, f"-rules {wanted}"
+        return wanted, f"-rules {wanted}", True
     have_nft = shutil.which("nft") is not None
     if have_nft and kube_proxy_tables():
-        return "nftables", "kube-proxy's nftables tables exist (nftables mode)"
+        return "nftables", "kube-proxy's nftables tables exist (nftables mode)", True
     if iptables_usable():
         if kube_proxy_chains():
-            return "iptables", "kube-proxy's iptables chains exist (iptables or IPVS mode)"
-        return "iptables", "no kube-proxy rules found; iptables is installed"
+            return "iptables", "kube-proxy's iptables chains exist (iptables or IPVS mode)", True
+        return "iptables", "no kube-proxy rules found; iptables is installed", False
     if have_nft:
-        return "nftables", "no iptables here; nft is installed"
-    return "iptables", "neither iptables nor nft found"
+        return "nftables", "no iptables here; nft is installed", False
+    return "iptables", "neither iptables nor nft found", False
 
 
 @dataclass(frozen=True)
@@ -110,9 +111,11 @@ class NodeSetup:
     def _choose_backend(self) -> None:
         """The backend -rules asks for; under auto, looked at again each
         reconcile: if kube-proxy changed modes, our rules move with it
-        (the old backend's are removed first: never both at once)."""
-        name, why = choose_backend(self.params.rules_backend)
-        if self.backend is not None and self.backend.name == name:
+        (the old backend's are removed first: never both at once). Only
+        what kube-proxy wrote moves them: a default (no kube-proxy rules
+        seen, perhaps a failed look) keeps the backend we have."""
+        name, why, seen = choose_backend(self.params.rules_backend)
+        if self.backend is not None and (self.backend.name == name or not seen):
             return
         if self.backend is not None:
             removed = self.backend.teardown(self._on_error)

@@ -47,9 +47,26 @@ def test_auto_chooses_from_what_kube_proxy_wrote(monkeypatch, nft, kube_nft, ipt
     monkeypatch.setattr(reconcile, "kube_proxy_tables", lambda: kube_nft)
     monkeypatch.setattr(reconcile, "iptables_usable", lambda: ipt)
     monkeypatch.setattr(reconcile, "kube_proxy_chains", lambda: kube_ipt)
-    name, why = reconcile.choose_backend("auto")
-    assert name == want and why
-    assert reconcile.choose_backend("iptables") == ("iptables", "-rules iptables")
+    name, why, seen = reconcile.choose_backend("auto")
+    assert name == want and why and seen == (kube_nft or kube_ipt)
+    assert reconcile.choose_backend("iptables") == ("iptables", "-rules iptables", True)
+
+
+def test_a_backend_moves_only_on_what_kube_proxy_wrote(monkeypatch):
+    """A look that finds no kube-proxy rules (nft failing for a moment) must
+    not flip the backend: only kube-proxy's tables or chains move it."""
+    setup = reconcile.NodeSetup(reconcile.NodeParams(("169.254.20.10",)), {})
+    answers = iter([("nftables", "kube-proxy's nftables tables exist", True),
+                    ("iptables", "no kube-proxy rules found", False),
+                    ("iptables", "kube-proxy's iptables chains exist", True)])
+    monkeypatch.setattr(reconcile, "choose_backend", lambda wanted: next(answers))
+    monkeypatch.setattr(reconcile.NftRules, "teardown", lambda self, on_error: 0)
+    setup._choose_backend()
+    assert setup.backend.name == "nftables"
+    setup._choose_backend()
+    assert setup.backend.name == "nftables"  # a default is no evidence
+    setup._choose_backend()
+    assert setup.backend.name == "iptables"
 
 
 def test_the_flag_takes_the_three_choices():
