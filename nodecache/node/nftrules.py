@@ -126,8 +126,12 @@ def delete() -> int:
     proc = _nft("delete", "table", "inet", TABLE)
     if proc.returncode != 0 and "No such file or directory" not in proc.stderr:
         raise RuleError("iptables", f"deleting table inet {TABLE}: {proc.stderr.strip()}")
-    return sum(1 for line in current.splitlines() if line.strip().endswith(("notrack", "set 53"))
-               or " daddr set " in line)
+    return rule_count(current)
+
+
+def rule_count(text: str) -> int:
+    """The rules in a definition or listing of our table (each NOTRACK or divert)."""
+    return sum(1 for line in text.splitlines() if line.rstrip().endswith("notrack") or " daddr set " in line)
 
 
 def kube_proxy_tables() -> bool:
@@ -178,7 +182,7 @@ class NftRules:
         return self.teardown(on_error) if self.created else 0
 
     def __len__(self) -> int:
-        return self.text.count("notrack") + self.text.count(" daddr set ")
+        return rule_count(self.text)
 
 
 def firewall_warnings(ips: list[str], warned: set[str]) -> list[str]:
