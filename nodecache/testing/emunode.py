@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .kubeproxy import nftables_table
+
 LOCAL_V4, LOCAL_V6 = "169.254.20.10", "fd00::10"
 CLUSTER_V4, CLUSTER_V6 = "169.254.30.10", "fd00:30::10"      # the kube-dns Service
 UPSTREAM_V4, UPSTREAM_V6 = "169.254.30.11", "fd00:30::11"    # kube-dns-upstream, same endpoints
@@ -218,15 +220,17 @@ class EmulatedNode:
                            ns=self.node)
 
     def _kube_proxy_nft(self) -> None:
-        """kube-proxy's nftables mode, laid out as pkg/proxy/nftables/proxier.go
-        writes it (its test fixture's base rules): tables ``ip kube-proxy`` and
-        ``ip6 kube-proxy``, the ``services`` vmap on daddr . proto . port, a
-        chain per service choosing an endpoint with ``numgen random``, a chain
-        per endpoint with its ``dnat to``, cluster-ips-check rejecting new
-        tracked traffic to ClusterIP ports it does not serve, masquerade marks."""
+        """kube-proxy's nftables mode (testing.kubeproxy): its ``ip`` and ``ip6
+        kube-proxy`` tables for both Services, every replica an endpoint."""
         sh("ip", "route", "add", "169.254.30.0/24", "via", "169.254.11.2", ns=self.node)
         sh("ip", "-6", "route", "add", "fd00:30::/64", "via", "fd00:11::2", ns=self.node)
-        text = "".join(_kube_proxy_table(fam, len(self.ups)) for fam in ("ip", "ip6"))
+        eps4 = [f"169.254.{11 + i}.2" for i in range(len(self.ups))]
+        eps6 = [f"fd00:{11 + i}::2" for i in range(len(self.ups))]
+        names = ("kube-system/kube-dns", "kube-system/kube-dns-upstream")
+        text = (nftables_table("ip", list(zip((CLUSTER_V4, UPSTREAM_V4), names)), eps4, "169.254.30.0/24",
+                               "169.254.0.0/16")
+                + nftables_table("ip6", list(zip((CLUSTER_V6, UPSTREAM_V6), names)), eps6, "fd00:30::/64",
+                                 "fd00::/8"))
         sh("nft", "-f", str(self._write("kube-proxy.nft", text)), ns=self.node)
         # the agent's world has no iptables: only nft on its PATH
         self.bin = self.tmp / "bin"
@@ -363,66 +367,3 @@ class EmulatedNode:
             shutil.rmtree(d, ignore_errors=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-
-def _kube_proxy_table(fam: str, replicas: int) -> str:
-    """One family's ``kube-proxy`` table for the kube-dns and kube-dns-upstream
-    Services (UDP and TCP 53), each with every replica as an endpoint."""
-    v4 = fam == "ip"
-    addr_type, cidr, pods = ("ipv4_addr", "169.254.30.0/24", "169.254.0.0/16") if v4 else \
-        ("ipv6_addr", "fd00:30::/64", "fd00::/8")
-    services = ((CLUSTER_V4, "kube-system/kube-dns"), (UPSTREAM_V4, "kube-system/kube-dns-upstream")) if v4 else \
-        ((CLUSTER_V6, "kube-system/kube-dns"), (UPSTREAM_V6, "kube-system/kube-dns-upstream"))
-    chains, elements = [], []
-    for k, (ip, svc) in enumerate(services):
-        for proto in ("udp", "tcp"):
-            name = f"service-{k}{proto.upper()}-{svc}/{proto}/dns"
-            eps = []
-            for i in range(replicas):
-                ep = f"169.254.{11 + i}.2" if v4 else f"fd00:{11 + i}::2"
-                ep_chain = f"endpoint-{k}{proto.upper()}{i}-{svc}/{proto}/dns__{ep.replace(':', '.')}/53"
-                to = f"{ep}:53" if v4 else f"[{ep}]:53"
-                chains.append(f"""\tchain {ep_chain} {{
-\t\t{fam} saddr {ep} jump mark-for-masquerade
-\t\tmeta l4proto {proto} dnat to {to}
-\t}}
-""")
-                eps.append(f"{i} : goto {ep_chain}")
-            chains.append(f"""\tchain {name} {{
-\t\t{fam} daddr {ip} {fam} saddr != {pods} jump mark-for-masquerade
-\t\tnumgen random mod {replicas} vmap {{ {", ".join(eps)} }}
-\t}}
-""")
-            elements.append(f"{ip} . {proto} . 53 : goto {name}")
-    ips = ", ".join(ip for ip, _ in services)
-    return f"""table {fam} kube-proxy {{
-\tcomment "rules for kube-proxy"
-\tset cluster-ips {{ type {addr_type}; comment "Active ClusterIPs"; elements = {{ {ips} }} }}
-\tset nodeport-ips {{ type {addr_type}; comment "IPs that accept NodePort traffic"; }}
-\tmap firewall-ips {{ type {addr_type} . inet_proto . inet_service : verdict; }}
-\tmap no-endpoint-nodeports {{ type inet_proto . inet_service : verdict; }}
-\tmap no-endpoint-services {{ type {addr_type} . inet_proto . inet_service : verdict; }}
-\tmap service-ips {{ type {addr_type} . inet_proto . inet_service : verdict; elements = {{ {", ".join(elements)} }} }}
-\tmap service-nodeports {{ type inet_proto . inet_service : verdict; }}
-\tchain cluster-ips-check {{
-\t\t{fam} daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs"
-\t\t{fam} daddr {{ {cidr} }} drop comment "Drop traffic to unallocated ClusterIPs"
-\t}}
-\tchain filter-prerouting-pre-dnat {{ type filter hook prerouting priority -110; policy accept; ct state new jump firewall-check; }}
-\tchain filter-output-pre-dnat {{ type filter hook output priority -110; policy accept; ct state new jump firewall-check; }}
-\tchain filter-forward {{ type filter hook forward priority 0; policy accept; ct state new jump service-endpoints-check; ct state new jump cluster-ips-check; }}
-\tchain filter-input {{ type filter hook input priority 0; policy accept; ct state new jump nodeport-endpoints-check; ct state new jump service-endpoints-check; }}
-\tchain filter-output {{ type filter hook output priority 0; policy accept; ct state new jump service-endpoints-check; ct state new jump cluster-ips-check; }}
-\tchain firewall-check {{ {fam} daddr . meta l4proto . th dport vmap @firewall-ips; }}
-\tchain mark-for-masquerade {{ mark set mark or 0x4000; }}
-\tchain masquerading {{ mark and 0x4000 == 0 return; mark set mark xor 0x4000; masquerade fully-random; }}
-\tchain nat-output {{ type nat hook output priority -100; policy accept; jump services; }}
-\tchain nat-postrouting {{ type nat hook postrouting priority 100; policy accept; jump masquerading; }}
-\tchain nat-prerouting {{ type nat hook prerouting priority -100; policy accept; jump services; }}
-\tchain nodeport-endpoints-check {{ {fam} daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports; }}
-\tchain services {{
-\t\t{fam} daddr . meta l4proto . th dport vmap @service-ips
-\t\t{fam} daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports
-\t}}
-\tchain service-endpoints-check {{ {fam} daddr . meta l4proto . th dport vmap @no-endpoint-services; }}
-{"".join(chains)}}}
-"""
