@@ -41,7 +41,8 @@ def _node_cache_state(n: EmulatedNode) -> tuple[str, str]:
 
 def test_a_foreign_holder_keeps_its_interface_and_rules():
     """A stand-in for node-cache: its bridge interface with the address, its
-    NOTRACK/ACCEPT rules (its own comment), its sockets on IP:53."""
+    NOTRACK/ACCEPT rules (its own comment), its sockets on IP:53. (iptables
+    only: node-cache writes no nftables rules.)"""
     with EmulatedNode() as n:
         sh("ip", "link", "add", "nodelocaldns", "type", "bridge", ns=n.node)
         sh("ip", "addr", "add", f"{LOCAL_V4}/32", "dev", "nodelocaldns", ns=n.node)
@@ -62,8 +63,8 @@ def test_a_foreign_holder_keeps_its_interface_and_rules():
         assert "this start set up nothing" in log or f"removed {LOCAL_V6}" in log, log
 
 
-def test_a_second_agent_that_cannot_bind_leaves_the_first_serving():
-    with EmulatedNode() as n:
+def test_a_second_agent_that_cannot_bind_leaves_the_first_serving(mode):
+    with EmulatedNode(mode=mode) as n:
         n.start_agent("-syncinterval", "60")
         n.wait_agent()
         first = n.agent
@@ -75,10 +76,10 @@ def test_a_second_agent_that_cannot_bind_leaves_the_first_serving():
         assert r.returncode == 0, r
 
 
-def test_a_failed_start_removes_the_interface_it_created():
+def test_a_failed_start_removes_the_interface_it_created(mode):
     """Nothing there before, the Corefile's port held: the interface this
     start created is removed again (undo only our own)."""
-    with EmulatedNode() as n:
+    with EmulatedNode(mode=mode) as n:
         holder = subprocess.Popen(["ip", "netns", "exec", n.node, sys.executable, "-c",
                                    HOLDER.replace(LOCAL_V4, "0.0.0.0")], stdout=subprocess.PIPE, text=True)
         n.procs.append(holder)
