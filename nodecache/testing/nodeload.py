@@ -11,17 +11,31 @@ import time
 from .emunode import EmulatedNode
 
 
-class Lookups(threading.Thread):
-    """glibc lookups from the pod, back to back, each a distinct name (misses and hits)."""
+class Lookups:
+    """glibc lookups from the pod, back to back in ``workers`` threads, each
+    a distinct name (misses and hits). Several workers, because a lookup
+    whose query dies with a killed agent holds its thread for glibc's 5 s
+    timeout: the others go on sampling what happens meanwhile."""
 
-    def __init__(self, n: EmulatedNode, seconds: float):
-        super().__init__(daemon=True)
+    def __init__(self, n: EmulatedNode, seconds: float, workers: int = 3):
         self.n, self.seconds = n, seconds
         self.results: list[tuple[str, int]] = []
         self.seconds_each: list[float] = []  # how long each lookup took (a glibc retry shows here)
+        self.started: list[float] = []       # when each began (time.monotonic)
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(k, workers), daemon=True) for k in range(workers)]
 
-    def run(self):
-        end, i = time.monotonic() + self.seconds, 0
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _run(self, k: int, workers: int) -> None:
+        end, i = time.monotonic() + self.seconds, k
+        time.sleep(0.02 * k)  # spread the workers over a lookup's duration
         while time.monotonic() < end:
             name = f"svc-{i % 100}.default"
             t0 = time.monotonic()
@@ -29,9 +43,11 @@ class Lookups(threading.Thread):
                 code = self.n.getent(name, timeout=20).returncode
             except subprocess.TimeoutExpired:
                 code = -1  # no answer at all
-            self.seconds_each.append(time.monotonic() - t0)
-            self.results.append((name, code))
-            i += 1
+            with self._lock:
+                self.seconds_each.append(time.monotonic() - t0)
+                self.started.append(t0)
+                self.results.append((name, code))
+            i += workers
             time.sleep(0.05)
 
     @property
