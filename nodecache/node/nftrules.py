@@ -150,7 +150,6 @@ class NftRules:
     def __init__(self, ips: list[str], dns_ports, health_port: int | None, fail_open: bool, upstream: str | None):
         self.text = ruleset(ips, dns_ports, health_port, fail_open, upstream)
         self.loaded: str | None = None  # nft's listing right after we wrote the table
-        self.created = False            # this process wrote the table where there was none
 
     def ensure(self, on_error, again: bool = False) -> int:
         """Write the table if it is missing or not as we wrote it; 1 if written."""
@@ -160,8 +159,6 @@ class NftRules:
                 return 0
             if self.loaded is not None:
                 log.info("table inet %s was %s: writing it again", TABLE, "removed" if current is None else "changed")
-            elif current is None:
-                self.created = True
             apply(self.text)
             self.loaded = listing()
             return 1
@@ -177,9 +174,6 @@ class NftRules:
             return 0
         self.loaded = None
         return removed
-
-    def undo(self, on_error) -> int:
-        return self.teardown(on_error) if self.created else 0
 
     def __len__(self) -> int:
         return rule_count(self.text)

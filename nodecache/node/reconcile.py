@@ -10,8 +10,9 @@ over the sockets (hot handoff) or ``-skipteardown`` means no teardown.
 What may be removed is what is ours. Before we serve, that is only what
 this process created (``undo_start``): a start that fails (the address is
 held by node-cache or another agent, a bad Corefile) removes the interface
-only if it created it, the addresses only if it added them, and no rule it
-did not insert, so it never takes down another cache's networking. Once
+only if it created it and the addresses only if it added them, and no rule
+(rules are written only once we serve), so it never takes down another
+cache's networking. Once
 we serve on the local addresses nobody else can (we hold their sockets),
 so the interface and our rules for them are ours, whoever created them (a
 predecessor we took over from, a crashed one): ``teardown`` removes them.
@@ -158,10 +159,7 @@ class NodeSetup:
         created, and nothing else (see the top)."""
         if self.params.skip_teardown:
             return
-        undone = self.backend.undo(self._on_error) if self.backend is not None else 0
-        if undone:
-            log.info("removed %d %s rules (inserted by this start)", undone, self.backend.name)
-        name = self.params.interface
+        name = self.params.interface  # (no rules: they come after the listeners serve)
         try:
             if self.created_interface:
                 if remove_interface(name):
@@ -171,7 +169,7 @@ class NodeSetup:
                 log.info("removed %s from %s (added by this start)", ", ".join(removed) or "nothing", name)
         except (LinkError, OSError) as exc:
             self.count("interface_check", f"undoing this start on {name}: {exc}")
-        if not (undone or self.created_interface or self.added_addresses):
+        if not (self.created_interface or self.added_addresses):
             log.info("left interface %s and every rule as they were: this start set up nothing", name)
 
     def teardown_interface(self) -> None:

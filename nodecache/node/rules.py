@@ -180,7 +180,6 @@ class IptablesRules:
         # or fail-open rules after -failopen=false) must not stay above ours
         other = rules_for(ips, dns_ports, health_port, not fail_open, upstream)
         self.unwanted = [r for r in other if r not in self.rules]
-        self.inserted: list[Rule] = []  # by this process (undo_start removes only these)
 
     def ensure(self, on_error, again: bool = False) -> int:
         """Add what is missing; how many rules were added. ``on_error(exc)``
@@ -190,7 +189,6 @@ class IptablesRules:
             try:
                 if ensure_rule(rule):
                     added += 1
-                    self.inserted.append(rule)
                     if again:
                         log.info("added back rule %s", rule)
             except RuleError as exc:
@@ -216,9 +214,6 @@ class IptablesRules:
 
     def teardown(self, on_error) -> int:
         return self.remove(self.rules, on_error)
-
-    def undo(self, on_error) -> int:
-        return self.remove(list(dict.fromkeys(self.inserted)), on_error)
 
     def __len__(self) -> int:
         return len(self.rules)

@@ -139,7 +139,7 @@ class DirectMiss:
             self.dispatcher.start_task(server._slow, data, client, addr, scanned, t0)
 
 
-def start(dispatcher, block, zone: str, server, data: bytes, addr, client: str, scanned) -> bool:
+def start(dispatcher, block, zone: str, server, data: bytes, addr, client, scanned) -> bool:
     """Send the miss ``data`` (already admitted) upstream without a task, or
     join the identical one in flight. False: the slow path must take it."""
     if query_from_scan(data, scanned) is None:
