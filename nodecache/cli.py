@@ -63,6 +63,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("-setupebtables", type=go_bool, nargs="?", const=True, default=False,
                      help="accepted for compatibility; ebtables is not supported")
     run.add_argument("-syncinterval", type=go_seconds, default=60.0, help="reconcile period (s)")
+    run.add_argument("-watch-node", dest="watch_node", type=go_bool, nargs="?", const=True, default=True,
+                     help="also reconcile at once when netlink reports our interface, an address or a rule "
+                          "removed (node-cache's teardown during a migration); false: only every "
+                          "-syncinterval (default true)")
     run.add_argument("-initialdelay", type=go_seconds, default=0.0,
                      help="accepted for compatibility; rules are set once listeners serve")
     run.add_argument("-health-port", dest="health_port", type=int, default=8080)
@@ -257,7 +261,7 @@ def cmd_run(args) -> int:
     node = NodeParams(ips, args.interfacename, args.setupinterface and bool(ips),
                       args.setupiptables and bool(ips), args.health_port, args.syncinterval,
                       args.skipteardown, args.failopen, cluster_dns_ip(args.upstreamsvc, dict(os.environ)),
-                      args.rules)
+                      args.rules, args.watch_node)
     params = RunParams(args.conf, args.basecorefile, args.kubednscm, args.upstreamsvc, ips, node,
                        args.pidfile, args.configsync, args.metrics_listen, args.dns_port,
                        args.handoff, args.handoff_dir, args.drain, args.handoff_grace,

@@ -47,6 +47,7 @@ from .node.reconcile import NodeSetup
 from .runner import ConfigSource, RunParams, dns_ports, load_cache_file, save_cache_file, watch_config
 from .runtime import Phase, Runtime
 from .server.admission import Admission
+from .server import reuseport
 from .server.agent import Agent, ListenError
 
 log = logging.getLogger("nodecache")
@@ -117,6 +118,8 @@ class Lifecycle:
             await agent.stop(0)
             await node.run(node.undo_start)  # only what this start created: the holder keeps its networking
             return False
+        if self._others_serving():
+            await node.run(node.ensure_standby)  # a migration: the interface is the other cache's
         rt.configure_http(agent.config, params.metrics_listen)
         await rt.http.start(http_socks)
         for sock in http_socks.values():
@@ -282,6 +285,10 @@ class Lifecycle:
         teardown = not self.keep_node
         if not teardown:
             log.info("leaving interface and rules in place: the DaemonSet's next agent takes them over")
+        elif sharing := self._others_serving():
+            teardown = False  # node-cache (or an agent that joined us) serves on: its networking stays
+            log.info("leaving interface and rules in place: another process still serves %s", ", ".join(sharing))
+            await node.run(lambda: node.remove_standby("exiting"))
         if teardown and params.node.setup_iptables and not params.node.skip_teardown:
             await node.run(node.teardown_rules)
         await rt.agent.stop(params.drain)
@@ -293,6 +300,19 @@ class Lifecycle:
         if params.pidfile:
             Path(params.pidfile).unlink(missing_ok=True)
         return 0
+
+
+    def _others_serving(self) -> list[str]:
+        """The local IP:port pairs some process other than us still serves
+        (we joined node-cache's sockets, or another agent joined ours)."""
+        ours = set()
+        for _, _, _, fd in self.rt.agent.listening_sockets():
+            try:
+                ours.add(os.fstat(fd).st_ino)
+            except OSError:
+                pass
+        return [f"{ip}:{port}" for ip, ports in sorted(self.node.dns_ports.items()) for port in sorted(ports)
+                if reuseport.others_hold(ip, port, ours)]
 
 
 def _tune_gc() -> None:

@@ -3,7 +3,9 @@
 Startup order: ``ensure_interface`` (so the local IPs exist), then the
 listeners start serving (done by the caller), then ``ensure_rules`` (so
 traffic is never steered to us before we answer). Then ``reconcile`` runs
-every ``syncinterval``: an address or rule someone removed comes back.
+every ``syncinterval``, and at once when the kernel reports that someone
+removed our interface, one of our addresses or a rule where ours live
+(``node.events``): what was removed comes back.
 ``teardown`` removes our rules, then the interface; a successor that took
 over the sockets (hot handoff) or ``-skipteardown`` means no teardown.
 
@@ -30,6 +32,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 
+from . import events
 from .link import LinkError, ensure_interface, remove_addresses, remove_interface
 from .nftrules import NftRules, firewall_warnings, kube_proxy_tables
 from .rules import IptablesRules, RuleError, iptables_usable, kube_proxy_chains
@@ -71,6 +74,7 @@ class NodeParams:
     fail_open: bool = True        # NOTRACK only while our socket is bound (see node.rules)
     upstream: str | None = None   # the upstream Service IP, for link-local fallback DNAT
     rules_backend: str = "auto"   # auto | iptables | nftables (-rules)
+    watch_changes: bool = True    # reconcile at once on a removal event (node.events; -watch-node)
 
 
 class NodeSetup:
@@ -82,9 +86,12 @@ class NodeSetup:
         self.errors = {t: 0 for t in ERROR_TYPES}
         self.reconciles = 0
         self.rules_added = 0
+        self.event_repairs = 0  # reconciles started by a removal event (node.events)
+        self.wake: asyncio.Event | None = None
         # what this process created itself (undo_start removes only these)
         self.created_interface = False
         self.added_addresses: list[str] = []
+        self.standby = ""  # see ensure_standby
 
     def count(self, kind: str, message: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -102,9 +109,45 @@ class NodeSetup:
         if report.created:
             self.created_interface = True
             log.info("created %s interface %s", report.created, self.params.interface)
+            if self.standby:
+                self.remove_standby("the interface is ours again")
         if report.added:
             self.added_addresses += report.added
             log.info("added %s to %s", ", ".join(report.added), self.params.interface)
+
+    def standby_name(self) -> str:
+        return f"{self.params.interface[:12]}-nc"
+
+    def ensure_standby(self) -> None:
+        """We share the DNS port with the cache we replace (node-cache during
+        a migration, ``server.reuseport``), and the interface is its: on
+        SIGTERM it deletes it, with the local IPs. Hold the same IPs on a
+        standby interface of ours too (the kernel keeps a local route per
+        interface), so the addresses never go away while the event-driven
+        reconcile (``node.events``) recreates the interface as ours; then the
+        standby goes."""
+        if not self.params.setup_interface or not self.params.local_ips or self.created_interface:
+            return
+        name = self.standby_name()
+        try:
+            ensure_interface(name, list(self.params.local_ips))
+        except LinkError as exc:
+            self.count(exc.kind, f"standby interface {name}: {exc}")
+            return
+        self.standby = name
+        log.info("another process serves our port on %s, which we did not create: holding %s on standby "
+                 "interface %s too, until %s is ours", self.params.interface,
+                 ", ".join(self.params.local_ips), name, self.params.interface)
+
+    def remove_standby(self, why: str) -> None:
+        if not self.standby:
+            return
+        try:
+            remove_interface(self.standby)
+            log.info("removed standby interface %s (%s)", self.standby, why)
+        except (LinkError, OSError) as exc:
+            self.count("interface_check", f"removing standby interface {self.standby}: {exc}")
+        self.standby = ""
 
     def _on_error(self, exc: RuleError) -> None:
         self.count(exc.kind, str(exc))
@@ -157,6 +200,7 @@ class NodeSetup:
     def undo_start(self) -> None:
         """A start that failed before serving: remove what this process
         created, and nothing else (see the top)."""
+        self.remove_standby("the start failed")
         if self.params.skip_teardown:
             return
         name = self.params.interface  # (no rules: they come after the listeners serve)
@@ -173,6 +217,7 @@ class NodeSetup:
             log.info("left interface %s and every rule as they were: this start set up nothing", name)
 
     def teardown_interface(self) -> None:
+        self.remove_standby("exiting")
         if self.params.skip_teardown:
             log.info("-skipteardown: leaving interface and rules in place")
             return
@@ -194,6 +239,26 @@ class NodeSetup:
         await asyncio.to_thread(step)
 
     async def loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.params.sync_interval)
-            await self.run(self.reconcile_once)
+        """Reconcile every sync interval, and at once after a removal event."""
+        self.wake = asyncio.Event()
+        p = self.params
+        watcher = None
+        if p.watch_changes and p.local_ips and (p.setup_interface or p.setup_iptables):
+            watcher = asyncio.get_running_loop().create_task(
+                events.watch(p.interface, frozenset(p.local_ips), p.setup_iptables, self._removed))
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(self.wake.wait(), p.sync_interval)
+                except asyncio.TimeoutError:
+                    pass
+                self.wake.clear()
+                await self.run(self.reconcile_once)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+    def _removed(self, why: str) -> None:
+        log.warning("%s: restoring now", why)
+        self.event_repairs += 1
+        self.wake.set()

@@ -163,6 +163,7 @@ class DnsCollector:
             "cache_budget_evicted": sum(c.cache.budget_evictions for c in caches),
             "cache_too_big": sum(c.cache.too_big for c in caches),
             "rules_added": self.rt.node.rules_added if self.rt.node is not None else 0,
+            "node_repaired_on_event": self.rt.node.event_repairs if self.rt.node is not None else 0,
             "tcp_rejected_max_conns": sum(t.rejected_conns for t in tcp),
             "tcp_rejected_per_client": sum(t.rejected_per_client for t in tcp),
             "tcp_aborted_blocked": sum(t.blocked_aborted for t in tcp),

@@ -20,6 +20,7 @@ from ..cache.store import ByteBudget
 from .admission import Admission
 from .dispatch import Dispatcher
 from ..observe.stats import ListenerStats
+from . import reuseport
 from .router import Router
 from .tcp import TcpLimits, TcpServerState
 from . import udpbatch
@@ -36,14 +37,21 @@ class ListenError(OSError):
 def make_sockets(addr: str, port: int) -> tuple[socket.socket, socket.socket]:
     """A bound UDP socket and a listening TCP socket on addr:port.
     ``::`` means every address of both families (dual-stack); port 0 picks
-    a free UDP port and TCP takes the same one (may fail: caller retries)."""
+    a free UDP port and TCP takes the same one (may fail: caller retries).
+    A fixed port is bound with SO_REUSEPORT, as CoreDNS binds it: a cache
+    still serving it (node-cache during a migration) is joined, not an
+    error (``server.reuseport``)."""
     family = socket.AF_INET6 if ipaddress.ip_address(addr).version == 6 else socket.AF_INET
     socks = []
+    shared = port != 0
     try:
         for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
             sock = socket.socket(family, kind)
             socks.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if kind == socket.SOCK_STREAM:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # rebind past TIME_WAIT
+            if shared:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if addr == "::" else 1)
             if kind == socket.SOCK_DGRAM:
@@ -55,6 +63,8 @@ def make_sockets(addr: str, port: int) -> tuple[socket.socket, socket.socket]:
             port = sock.getsockname()[1]  # port 0: TCP takes the port UDP was given
             if kind == socket.SOCK_STREAM:
                 sock.listen(1024)
+            if shared:
+                reuseport.join(sock, addr, port)
             sock.setblocking(False)
     except OSError as exc:
         for sock in socks:

@@ -22,9 +22,10 @@ pytestmark = pytest.mark.skipif(why is not None, reason=f"emulated node: {why}")
 NODE_CACHE_RULES = [("raw", "PREROUTING", "-p", "udp", "-d", LOCAL_V4, "--dport", "53"),
                     ("raw", "OUTPUT", "-p", "udp", "-s", LOCAL_V4, "--sport", "53"),
                     ("filter", "INPUT", "-p", "udp", "-d", LOCAL_V4, "--dport", "53")]
+# a process that holds IP:53 without SO_REUSEPORT: nobody can join it (a
+# holder with SO_REUSEPORT, as node-cache, is joined: see test_migration)
 HOLDER = ("import socket,time;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
-          "s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEPORT,1);"
-          f"s.bind(('{LOCAL_V4}',53));t=socket.socket();t.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEPORT,1);"
+          f"s.bind(('{LOCAL_V4}',53));t=socket.socket();"
           f"t.bind(('{LOCAL_V4}',53));t.listen();print('holding',flush=True);time.sleep(120)")
 
 
@@ -32,6 +33,11 @@ def _failed_start(n: EmulatedNode, log_name: str) -> str:
     agent = n.start_agent("-handoff-dir", str(n.tmp / f"{log_name}.handoff"), log_name=log_name)
     assert agent.wait(30) == 1, n.agent_log.read_text()
     return n.agent_log.read_text()
+
+
+def _addresses(n: EmulatedNode) -> list[str]:
+    """The interface's addresses but the kernel's own fe80:: one (it comes once the link is up)."""
+    return sorted(ln.split()[3] for ln in n.interface().splitlines() if "scope link" not in ln)
 
 
 def _node_cache_state(n: EmulatedNode) -> tuple[str, str]:
@@ -63,17 +69,26 @@ def test_a_foreign_holder_keeps_its_interface_and_rules():
         assert "this start set up nothing" in log or f"removed {LOCAL_V6}" in log, log
 
 
-def test_a_second_agent_that_cannot_bind_leaves_the_first_serving(mode):
+def test_a_second_agent_joins_the_first_and_leaves_its_networking_when_it_stops(mode):
+    """A second agent with another handoff directory finds no handoff socket:
+    it joins the first's port (SO_REUSEPORT, as node-cache's CoreDNS binds
+    it) instead of failing, and when it stops it sees the first still
+    serving, so it removes neither the interface nor the rules."""
     with EmulatedNode(mode=mode) as n:
         n.start_agent("-syncinterval", "60")
         n.wait_agent()
-        first = n.agent
-        before = (n.interface(), sorted(n.rules()))
-        log = _failed_start(n, "agent2.log")
-        assert "removed interface" not in log and (n.interface(), sorted(n.rules())) == before, log
+        first, first_log = n.agent, n.agent_log
+        before = (_addresses(n), sorted(n.rules()))
+        n.start_agent("-syncinterval", "60", "-handoff-dir", str(n.tmp / "other.handoff"), log_name="agent2.log")
+        n.wait_agent()
+        assert n.stop_agent() == 0
+        log = n.agent_log.read_text()
+        assert "joined it with SO_REUSEPORT" in log, log
+        assert "another process still serves" in log and "removed interface" not in log, log
+        assert (_addresses(n), sorted(n.rules())) == before, log
         assert first.poll() is None
-        r = n.getent("svc-1.default")  # the first agent still answers, rules and interface intact
-        assert r.returncode == 0, r
+        r = n.getent("svc-1.default")  # the first agent answers again (the group's steering is gone)
+        assert r.returncode == 0, (r, first_log.read_text())
 
 
 def test_a_failed_start_removes_the_interface_it_created(mode):

@@ -1,0 +1,163 @@
+"""A stand-in for node-cache (kubernetes/dns cmd/node-cache) on an emulated
+node, for migration tests: ``python -m nodecache.testing.nodelocaldns``.
+
+It does to the node what node-cache does, in the same order:
+
+* start: the ``nodelocaldns`` interface (dummy; a port-less bridge on
+  kernels without the dummy module) with the local IPs; sockets on each
+  IP:53, UDP and TCP, with SO_REUSEPORT (CoreDNS's reuseport listeners);
+  then its iptables rules, each inserted at the top of its chain and
+  written exactly as node-cache's ``initIptables`` lists them (NOTRACK in
+  raw PREROUTING/OUTPUT, ACCEPT in filter INPUT/OUTPUT, the health port's
+  NOTRACK), with no comment;
+* serving: each query relayed to the upstream (UDP or TCP as it came; the
+  emulated cluster DNS answers small);
+* SIGTERM: ``TeardownNetworking`` (the interface deleted, then every rule
+  deleted), then exit, which closes its sockets.
+
+It prints ``serving`` once its sockets and rules are in place.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import socket
+import subprocess
+
+HEALTH_PORT = "8080"
+
+
+def node_cache_rules(ip: str, port: str = "53") -> list[tuple[str, str, list[str]]]:
+    """(table, chain, args) of node-cache's rules for one local IP."""
+    out = []
+    for proto in ("tcp", "udp"):
+        out.append(("raw", "PREROUTING", ["-p", proto, "-d", ip, "--dport", port, "-j", "NOTRACK"]))
+    for proto in ("tcp", "udp"):
+        out.append(("filter", "INPUT", ["-p", proto, "-d", ip, "--dport", port, "-j", "ACCEPT"]))
+    for proto in ("tcp", "udp"):
+        out.append(("raw", "OUTPUT", ["-p", proto, "-s", ip, "--sport", port, "-j", "NOTRACK"]))
+    for proto in ("tcp", "udp"):
+        out.append(("filter", "OUTPUT", ["-p", proto, "-s", ip, "--sport", port, "-j", "ACCEPT"]))
+    for proto in ("tcp", "udp"):
+        out.append(("raw", "OUTPUT", ["-p", proto, "-d", ip, "--dport", port, "-j", "NOTRACK"]))
+    out.append(("raw", "OUTPUT", ["-p", "tcp", "-d", ip, "--dport", HEALTH_PORT, "-j", "NOTRACK"]))
+    out.append(("raw", "OUTPUT", ["-p", "tcp", "-s", ip, "--sport", HEALTH_PORT, "-j", "NOTRACK"]))
+    return out
+
+
+def _tool(ip: str) -> str:
+    return "ip6tables" if ":" in ip else "iptables"
+
+
+def setup_interface(name: str, ips: list[str]) -> None:
+    if subprocess.run(["ip", "link", "show", name], capture_output=True).returncode != 0:
+        if subprocess.run(["ip", "link", "add", name, "type", "dummy"], capture_output=True).returncode != 0:
+            subprocess.run(["ip", "link", "add", name, "type", "bridge"], check=True)
+    for ip in ips:
+        subprocess.run(["ip", "addr", "replace", f"{ip}/{128 if ':' in ip else 32}", "dev", name,
+                       *(["nodad"] if ":" in ip else [])], check=True)
+    subprocess.run(["ip", "link", "set", name, "up"], check=True)
+
+
+def setup_rules(ips: list[str]) -> None:
+    for ip in ips:
+        for table, chain, args in node_cache_rules(ip):
+            base = [_tool(ip), "-w", "5", "-t", table]
+            if subprocess.run(base + ["-C", chain, *args], capture_output=True).returncode != 0:
+                subprocess.run(base + ["-I", chain, "1", *args], check=True)
+
+
+def teardown(name: str, ips: list[str]) -> None:
+    """node-cache's TeardownNetworking: the interface, then its rules."""
+    subprocess.run(["ip", "link", "del", name], capture_output=True)
+    for ip in ips:
+        for table, chain, args in node_cache_rules(ip):
+            base = [_tool(ip), "-w", "5", "-t", table]
+            while subprocess.run(base + ["-D", chain, *args], capture_output=True).returncode == 0:
+                pass
+
+
+class Relay(asyncio.DatagramProtocol):
+    def __init__(self, upstream: tuple[str, int]):
+        self.upstream = upstream
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        asyncio.get_running_loop().create_task(self._relay(data, addr))
+
+    async def _relay(self, data: bytes, addr) -> None:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET6 if ":" in self.upstream[0] else socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, self.upstream)
+            for _ in range(2):
+                await loop.sock_sendall(sock, data)
+                try:
+                    reply = await asyncio.wait_for(loop.sock_recv(sock, 65535), 2.0)
+                except asyncio.TimeoutError:
+                    continue
+                self.transport.sendto(reply, addr)
+                return
+        finally:
+            sock.close()
+
+
+async def _tcp_client(reader, writer, upstream) -> None:
+    try:
+        while True:
+            head = await reader.readexactly(2)
+            query = await reader.readexactly(int.from_bytes(head, "big"))
+            ur, uw = await asyncio.open_connection(*upstream)
+            uw.write(head + query)
+            rhead = await ur.readexactly(2)
+            writer.write(rhead + await ur.readexactly(int.from_bytes(rhead, "big")))
+            uw.close()
+    except (asyncio.IncompleteReadError, OSError):
+        pass
+    finally:
+        writer.close()
+
+
+def _bound(ip: str, kind: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, kind)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((ip, 53))
+    if kind == socket.SOCK_STREAM:
+        sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(args) -> int:
+    ips = [ip for ip in args.localip.split(",") if ip]
+    upstream = (args.upstream, 53)
+    loop = asyncio.get_running_loop()
+    setup_interface(args.interfacename, ips)
+    for ip in ips:
+        await loop.create_datagram_endpoint(lambda: Relay(upstream), sock=_bound(ip, socket.SOCK_DGRAM))
+        await asyncio.start_server(lambda r, w: _tcp_client(r, w, upstream), sock=_bound(ip, socket.SOCK_STREAM))
+    setup_rules(ips)
+    print("serving", flush=True)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    teardown(args.interfacename, ips)
+    print("torn down", flush=True)
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-localip", required=True)
+    p.add_argument("-upstream", required=True, help="the cluster DNS Service IP to relay to")
+    p.add_argument("-interfacename", default="nodelocaldns")
+    return asyncio.run(serve(p.parse_args()))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

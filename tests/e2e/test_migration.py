@@ -1,0 +1,94 @@
+"""Migrating a node from node-local-dns to nodecache without an outage (root,
+emulated node, both kube-proxy modes).
+
+A stand-in for node-cache (``testing.nodelocaldns``: its interface, its
+iptables rules as it writes them, its SO_REUSEPORT sockets on
+169.254.20.10:53, and its teardown on SIGTERM) serves the pod. Under glibc
+lookups and paced UDP queries from the pod, nodecache starts beside it (the
+DaemonSet swap's surge pod), joins the port and steers new queries to
+itself; then node-cache is terminated and deletes its interface, which
+takes the address with it. nodecache held the same addresses on a standby
+interface of its own meanwhile (the kernel keeps a local route per
+interface), so they never go away, and it recreates the interface as its
+own at once, from the netlink event (the reconcile interval is 60 s here),
+then removes the standby. Negative control: without the standby (deleted
+by the test) and without events (``-watch-node=false``), the node has no
+address for the rest of the run and queries are lost; events alone restore
+it within tens of milliseconds."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nodecache.testing.emunode import LOCAL_V4, UPSTREAM_V4, EmulatedNode, missing_requirements, sh
+from nodecache.testing.nodeload import Lookups
+
+why = missing_requirements()
+pytestmark = pytest.mark.skipif(why is not None, reason=f"emulated node: {why}")
+RATE, SECONDS = 200.0, 6.0
+
+
+def _node_cache(n: EmulatedNode) -> subprocess.Popen:
+    proc = subprocess.Popen(["ip", "netns", "exec", n.node, sys.executable, "-m", "nodecache.testing.nodelocaldns",
+                             "-localip", LOCAL_V4, "-upstream", UPSTREAM_V4],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    n.procs.append(proc)
+    line = proc.stdout.readline().strip()
+    assert line == "serving", line + proc.stdout.read()
+    return proc
+
+
+def _migrate(mode: str, *flags: str, drop_standby: bool = False) -> dict:
+    with EmulatedNode(mode=mode) as n:
+        old = _node_cache(n)
+        assert n.getent("svc-1.default").returncode == 0  # node-cache serves the pod
+        lookups = Lookups(n, SECONDS)
+        names = [f"svc-{i % 100}.default.svc.cluster.local" for i in range(int(RATE * SECONDS))]
+        load = n.pod_load(names, RATE, timeout=3.0)
+        lookups.start()
+        time.sleep(1.0)
+        n.start_agent("-syncinterval", "60", *flags)   # the surge pod, beside node-cache
+        n.wait_agent()
+        standby = sh("ip", "-o", "addr", "show", "dev", "nodelocaldns-nc", ns=n.node, check=False).stdout
+        if drop_standby:
+            sh("ip", "link", "del", "nodelocaldns-nc", ns=n.node)
+        time.sleep(1.0)
+        old.send_signal(signal.SIGTERM)                # the DaemonSet removes node-cache's pod
+        assert old.wait(20) == 0
+        lookups.join(40)
+        result = json.loads(load.stdout.read())
+        load.wait(30)
+        after = n.interface()
+        standby_after = sh("ip", "link", "show", "nodelocaldns-nc", ns=n.node, check=False).returncode == 0
+        log = n.agent_log.read_text()
+        n.stop_agent()
+        return {"lookups": lookups, "paced": result, "interface": after, "log": log, "standby": standby,
+                "standby_after": standby_after}
+
+
+def test_nodecache_replaces_node_cache_without_a_lost_query(mode):
+    run = _migrate(mode)
+    lookups, paced, log = run["lookups"], run["paced"], run["log"]
+    assert "joined it with SO_REUSEPORT" in log, log
+    assert "interface nodelocaldns deleted" in log and "restoring now" in log, log
+    assert LOCAL_V4 in run["interface"], (run["interface"], log)
+    assert LOCAL_V4 in run["standby"] and not run["standby_after"], (run["standby"], log)
+    assert lookups.failed == [] and len(lookups.results) > 20, (lookups.failed, log[-3000:])
+    assert paced["unanswered"] == 0 and paced["rcodes"] == {"0": paced["sent"]}, (paced, log[-3000:])
+    assert "Traceback" not in log
+
+
+def test_negative_control_without_standby_or_events_the_swap_loses_queries(mode):
+    run = _migrate(mode, "-watch-node=false", drop_standby=True)
+    lookups, paced = run["lookups"], run["paced"]
+    assert LOCAL_V4 not in run["interface"]  # still missing: the next reconcile is a minute away
+    assert paced["unanswered"] > 0 or lookups.failed, (paced, run["log"][-2000:])
+
+
+def test_without_events_the_standby_carries_the_address_until_the_next_reconcile(mode):
+    run = _migrate(mode, "-watch-node=false")
+    assert LOCAL_V4 not in run["interface"] and run["standby_after"], run["log"][-2000:]
+    assert run["paced"]["unanswered"] == 0 and run["lookups"].failed == [], run["paced"]
