@@ -170,6 +170,14 @@ def report(spec: Spec, result: Result, workers: int) -> dict:
         warnings.append("interrupted: partial results")
     for err in getattr(result, "worker_errors", []):
         warnings.append(f"a worker failed: {err}")
+    refused, servfail = result.rcodes.get(5, 0), result.rcodes.get(2, 0)
+    if refused:
+        warnings.append(f"{refused} answers were REFUSED: a per-client or capacity limit of the server "
+                        f"(nodecache: -miss-rate-per-client, -max-inflight-per-client, -max-inflight; its "
+                        f"nodecache_refused_total says which). A load generator is one client: spread it "
+                        f"over source addresses, or raise the limit for the test")
+    if servfail:
+        warnings.append(f"{servfail} answers were SERVFAIL: the server's upstream failed them")
     out = {
         "server": f"{spec.host}:{spec.port}", "proto": spec.proto, "mode": spec.mode,
         "scenario": spec.scenario, "workers": workers,
@@ -216,7 +224,7 @@ def plot(result: Result, path: str, title: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise BenchError("--plot needs matplotlib: pip install 'nodecache[plot]'") from None
+        raise BenchError("--plot needs matplotlib: pip install -e '.[plot]' in this checkout") from None
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     if result.samples:
         t, lat = zip(*result.samples)
@@ -267,15 +275,34 @@ def add_run_args(ap: argparse.ArgumentParser) -> None:
                     help="OPT record in each query: none (as glibc), edns (1232 bytes), do (DNSSEC OK)")
     ap.add_argument("--json", action="store_true", help="print the report as one JSON object")
     ap.add_argument("--plot", default="", help="write latency over time and its distribution to this PNG "
-                    "(needs: pip install 'nodecache[plot]')")
+                    "(needs matplotlib: pip install -e '.[plot]' in this checkout)")
     ap.add_argument("--quiet", action="store_true", help="no progress line")
 
 
+def _check_bounds(args) -> None:
+    """One clear line for a value that cannot run (not a silent default)."""
+    positive = [("--duration", args.duration), ("--timeout", args.timeout), ("--max-queries", args.max_queries),
+                ("--connections", args.connections)]
+    if args.qps is not None:
+        positive.append(("--qps", args.qps))
+    if args.concurrency is not None:
+        positive.append(("--concurrency", args.concurrency))
+    for flag, value in positive:
+        if not value > 0:
+            raise BenchError(f"{flag} must be above 0 (got {value:g})")
+    if args.workers < 0 or args.names < 0:
+        raise BenchError("--workers and --names cannot be negative (0: the default)")
+    if not 0 < args.port < 65536:
+        raise BenchError(f"--port must be 1..65535 (got {args.port})")
+
+
 def spec_from(args) -> Spec:
+    _check_bounds(args)
     if args.scenario == "file" and not args.queries:
         raise BenchError("--scenario file needs --queries FILE")
     return Spec(host=args.server, port=args.port, proto=args.proto,
-                mode="closed" if args.concurrency else "open", qps=args.qps or 1000.0,
+                mode="closed" if args.concurrency else "open",
+                qps=1000.0 if args.qps is None else args.qps,
                 concurrency=args.concurrency or 16, duration=args.duration, max_queries=args.max_queries,
                 timeout=args.timeout, scenario=args.scenario, names=args.names, query_file=args.queries,
                 sockets=args.connections, edns={"none": -1, "edns": 0, "do": 1}[args.edns],

@@ -12,7 +12,10 @@ kube-proxy in iptables mode and in nftables mode, the same events in each.
 3. upgrades: 3 hot handoffs to new processes while a pod resolves with glibc
    and sends UDP at 200 queries/s: failed lookups, lost queries;
 4. churn: the cluster DNS replicas rolled, one OOM-killed, both gone for a
-   second, while a pod sends only misses at 300/s: lost and SERVFAIL.
+   second, while a pod sends only misses at 300/s: lost and SERVFAIL;
+5. migration: a stand-in for node-cache serves the pod; the agent starts
+   beside it, then node-cache is SIGTERMed and tears its networking down,
+   glibc lookups and 200 UDP q/s throughout: failed lookups, lost queries.
 
 Traffic only inside the namespaces it creates (169.254.0.0/16, fd00::/8);
 each scenario bounded in time.
@@ -27,7 +30,7 @@ import time
 
 from nodecache.testing.emunode import (CLUSTER_V4, LOCAL_V4, LOCAL_V6, MODES, EmulatedNode,
                                        missing_requirements, sh)
-from nodecache.testing.nodeload import Lookups, churn
+from nodecache.testing.nodeload import Lookups, churn, migrate
 
 
 def crash(mode: str, pods_on: str, down: float) -> dict:
@@ -89,6 +92,15 @@ def upstream_churn(mode: str, rate: float = 300.0, seconds: float = 10.0) -> dic
         return {"sent": result["sent"], "lost": result["unanswered"], "servfail": result["rcodes"].get("2", 0)}
 
 
+def migration(mode: str) -> dict:
+    with EmulatedNode(mode=mode) as n:
+        m = migrate(n)
+    lookups, paced = m["lookups"], m["paced"]
+    return {"lookups": len(lookups.results), "failed": len(lookups.failed), "sent": paced["sent"],
+            "lost": paced["unanswered"], "errors": sum(v for k, v in paced["rcodes"].items() if k != "0"),
+            "restored": LOCAL_V4 in m["interface"] and not m["standby_after"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--modes", nargs="*", choices=MODES, default=list(MODES), help="kube-proxy modes (default both)")
@@ -114,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
             ch = upstream_churn(mode)
             print(f"{mode:<9} {'CoreDNS rolled, killed, gone 1 s; 300 misses/s':<46} {ch['lost']} of {ch['sent']} "
                   f"lost, {ch['servfail']} SERVFAIL", flush=True)
+            mg = migration(mode)
+            print(f"{mode:<9} {'node-cache -> nodecache, glibc + 200 UDP q/s':<46} {mg['failed']} of "
+                  f"{mg['lookups']} lookups failed; {mg['lost']} of {mg['sent']} queries lost, {mg['errors']} "
+                  f"errors; interface ours after: {'yes' if mg['restored'] else 'NO'}", flush=True)
         except (RuntimeError, subprocess.SubprocessError, ValueError) as exc:
             print(f"{mode:<9} failed: {exc}")
             status = 1

@@ -121,6 +121,13 @@ queries/s over 8 sockets plus a TCP client (one query at a time,
 reconnecting when the server closes the connection, as RFC 7766 clients do),
 400 cached names; 30 back-to-back handoffs, each followed by SIGTERM to the
 donor. Every query is accounted for (3 s patience)."""),
+    ("Probe cost: exec against HTTP", ["-m", "nodecache_bench.probes"], """\
+`python -m nodecache_bench.probes`: a `nodecache run` on loopback serving /health and /ready.
+Exec: 15 runs of `nodecache probe ready` (what the DaemonSet's probes ran until this
+release), each child's own CPU (getrusage) and peak RSS, median. HTTP: 500 GETs of
+/ready, the agent's CPU per GET from /proc and this Python client's CPU (an upper bound
+for kubelet's Go client). Per node at the manifest's periods (readiness 2 s, liveness
+10 s)."""),
     ("Memory", ["-m", "nodecache_bench.memory"], """\
 Bytes per entry two ways: tracemalloc around inserting 10,000 and 100,000
 one-A-record entries into one cache (what an entry costs beyond its

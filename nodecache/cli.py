@@ -97,9 +97,9 @@ def parser() -> argparse.ArgumentParser:
                           "more are REFUSED (default 4096)")
     run.add_argument("-max-inflight-per-client", dest="max_inflight_per_client", type=int, default=512,
                      help="the share of -max-inflight one client address may hold (default 512)")
-    run.add_argument("-miss-rate-per-client", dest="miss_rate_per_client", type=float, default=1000.0,
+    run.add_argument("-miss-rate-per-client", dest="miss_rate_per_client", type=float, default=5000.0,
                      help="queries per second one client address may send that are not cache hits; "
-                          "more are REFUSED; 0: no limit (default 1000)")
+                          "more are REFUSED; 0: no limit (default 5000)")
     run.add_argument("-cache-bytes", dest="cache_bytes", type=_size, default=64 << 20,
                      help="bytes all caches together may hold (records + ~400 B per entry); "
                           "oldest unused entries go first (default 64Mi)")

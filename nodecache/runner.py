@@ -52,7 +52,7 @@ class RunParams:
     handoff_grace: float = 10.0
     max_inflight: int = 4096
     max_inflight_per_client: int = 512
-    miss_rate_per_client: float = 1000.0
+    miss_rate_per_client: float = 5000.0
     cache_bytes: int = 64 << 20
     cache_max_item: int = 16 << 10
     cache_file: str = ""
@@ -81,6 +81,7 @@ class ConfigSource:
         if not cm and Path(DEFAULT_KUBEDNS_CM).is_dir():
             cm = DEFAULT_KUBEDNS_CM  # as node-cache: use the default mount if present
         self.kubedns_cm = cm
+        self.write_warned = False
 
     def _inputs(self) -> list[Path]:
         base = Path(self.params.base_corefile)
@@ -126,7 +127,26 @@ class ConfigSource:
                                            f"is not set to an IP")
         text = render_corefile(text, list(self.params.local_ips), cluster_ip, stubs, upstreams,
                                self.params.dns_port)
-        return parse_config(text, source)
+        config = parse_config(text, source)
+        if source != self.params.conf:
+            self._write_effective(text)
+        return config
+
+    def _write_effective(self, text: str) -> None:
+        """Write the Corefile in effect to -conf, as node-cache does with its
+        template, so that ``cat`` of that path shows what is served. Best
+        effort: a read-only path is logged once, and serving goes on."""
+        path = Path(self.params.conf)
+        try:
+            if path.is_file() and path.read_text(errors="replace") == text:
+                return
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+        except OSError as exc:
+            if not self.write_warned:
+                log.warning("cannot write the effective Corefile to %s (-conf): %s", path, exc.strerror or exc)
+                self.write_warned = True
 
 
 def dns_ports(config: Config, ips: tuple[str, ...]) -> dict[str, set[int]]:

@@ -6,9 +6,11 @@ through ``enter``, which refuses moves the lifecycle does not make.
 Readiness (``/ready``, ``nodecache probe ready``, the ``nodecache_ready``
 gauge) is computed from the phase and the agent each time it is asked:
 unready while starting, after handing off, while shutting down (lameduck),
-for a zone whose every upstream has been down for ``UNREADY_AFTER_DOWN``
-seconds, and for a zone with a forwarding loop; the reasons are returned
-with the 503.
+and when *every* zone is degraded; the reasons are returned with the 503.
+A zone is degraded when its every upstream has been down for
+``UNREADY_AFTER_DOWN`` seconds or it has a forwarding loop; one degraded
+zone among healthy ones is named in /ready's 200 body and in
+``nodecache_zone_degraded``, not made NotReady (see ``degraded``).
 
 The status socket (``-status-socket``, default in /tmp, i.e. private to a
 container) answers exec probes about *this* process, which matters during a
@@ -83,26 +85,44 @@ class Runtime:
         return self.agent.block_server(block)
 
     def unready_reasons(self) -> list[str]:
+        """Why this process is not ready (empty: ready). See ``degraded``."""
         if self.phase is Phase.STARTING:
             return ["starting"]
         if self.phase is Phase.HANDED_OFF:
             return ["handed off to a successor"]
         reasons = ["shutting down"] if self.phase is Phase.STOPPING else []
+        degraded = self.degraded()
+        if degraded and len(degraded) == len(self.agent.blocks):
+            reasons += list(degraded.values())  # every zone fails: this node's pods get no answers
+        return reasons
+
+    def degraded(self) -> dict[str, str]:
+        """Zones that cannot answer misses now, with why: every upstream down
+        for ``UNREADY_AFTER_DOWN`` seconds, or a forwarding loop. One such
+        zone does not make the process unready (the node's other zones,
+        cluster.local above all, still answer; a NotReady pod would stall a
+        rolling update for a zone the node cannot fix): it is reported in
+        /ready's body and ``nodecache_zone_degraded``. Only when every zone
+        is degraded is the process unready."""
+        out = {}
+        now = time.monotonic()
         for block in self.agent.blocks:
             zones = " ".join(block.cfg.zones)
             if block.loop is not None and block.loop.detected:
-                reasons.append(f"zone {zones}: forwarding loop detected")
+                out[zones] = f"zone {zones}: forwarding loop detected"
+                continue
             stage = block.forward_stage
             if stage is not None:
-                down = stage.forwarder.down_for(time.monotonic())
+                down = stage.forwarder.down_for(now)
                 if down >= UNREADY_AFTER_DOWN:
-                    reasons.append(f"zone {zones}: no healthy upstream for {down:.0f}s")
-        return reasons
+                    out[zones] = f"zone {zones}: no healthy upstream for {down:.0f}s"
+        return out
 
     def status(self) -> dict:
         reasons = self.unready_reasons()
         agent = self.agent
         return {"pid": os.getpid(), "ready": not reasons, "reasons": reasons,
+                "degraded": sorted(self.degraded().values()) if self.agent else [],
                 "handed_off": self.handed_off,
                 "entries": sum(len(b.cache) for b in agent.blocks if b.cache is not None),
                 # what grows if something leaks (bench/soak.py samples these)
@@ -141,9 +161,12 @@ class Runtime:
 
     def _ready(self):
         reasons = self.unready_reasons()
-        if not reasons:
-            return 200, "text/plain", b"OK"
-        return 503, "text/plain", ("\n".join(reasons) + "\n").encode()
+        if reasons:
+            return 503, "text/plain", ("\n".join(reasons) + "\n").encode()
+        degraded = sorted(self.degraded().values())
+        if degraded:
+            return 200, "text/plain", ("OK\n" + "".join(f"degraded: {d}\n" for d in degraded)).encode()
+        return 200, "text/plain", b"OK"
 
     def lameduck(self) -> float:
         return max((b.cfg.health.lameduck for b in self.agent.blocks if b.cfg.health), default=0.0)

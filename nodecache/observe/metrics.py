@@ -238,6 +238,15 @@ class DnsCollector:
         ready = GaugeMetricFamily("nodecache_ready", "1 when this process is ready to serve (see /ready).")
         ready.add_metric([], 0 if rt.unready_reasons() else 1)
         yield ready
+        if rt.agent is not None:
+            degraded = GaugeMetricFamily("nodecache_zone_degraded", "1 for a server block that cannot "
+                                         "answer misses now (every upstream down for 10s, or a loop).",
+                                         labels=["zones"])
+            bad = rt.degraded()
+            for block in rt.agent.blocks:
+                zones = " ".join(block.cfg.zones)
+                degraded.add_metric([zones], 1 if zones in bad else 0)
+            yield degraded
 
 
 class SetupErrorCollector:

@@ -3,12 +3,14 @@ measured: a pod resolving with glibc back to back, and the cluster DNS
 replicas rolled and killed. Shared by the e2e tests and bench/datapaths.py."""
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
+import sys
 import threading
 import time
 
-from .emunode import EmulatedNode
+from .emunode import LOCAL_V4, UPSTREAM_V4, EmulatedNode, sh
 
 
 class Lookups:
@@ -79,3 +81,53 @@ def churn(n: EmulatedNode) -> None:
     time.sleep(1.0)
     n.start_replica(0, wait=False)
     n.start_replica(1)
+
+
+STANDBY = "nodelocaldns-nc"
+
+
+def start_node_cache(n: EmulatedNode) -> subprocess.Popen:
+    """The stand-in for node-cache (``testing.nodelocaldns``) on the node,
+    serving 169.254.20.10 by relaying to kube-dns-upstream."""
+    proc = subprocess.Popen(["ip", "netns", "exec", n.node, sys.executable, "-m", "nodecache.testing.nodelocaldns",
+                             "-localip", LOCAL_V4, "-upstream", UPSTREAM_V4],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    n.procs.append(proc)
+    line = proc.stdout.readline().strip()
+    if line != "serving":
+        raise RuntimeError(f"node-cache stand-in did not start: {line}{proc.stdout.read()}")
+    return proc
+
+
+def migrate(n: EmulatedNode, *flags: str, seconds: float = 6.0, rate: float = 200.0,
+            drop_standby: bool = False) -> dict:
+    """The DaemonSet swap from node-local-dns: node-cache serves the pod;
+    under glibc lookups and ``rate`` UDP queries/s, the agent starts beside
+    it (``flags`` added), then node-cache is SIGTERMed and tears its
+    networking down. ``drop_standby``: delete the agent's standby interface
+    first (the negative control). What the pod saw, the interface after, the
+    agent's log."""
+    old = start_node_cache(n)
+    if n.getent("svc-1.default").returncode != 0:
+        raise RuntimeError("the pod cannot resolve through the node-cache stand-in")
+    lookups = Lookups(n, seconds)
+    load = n.pod_load([f"svc-{i % 100}.default.svc.cluster.local" for i in range(int(rate * seconds))], rate,
+                      timeout=3.0)
+    lookups.start()
+    time.sleep(1.0)
+    n.start_agent("-syncinterval", "60", *flags)   # the surge pod, beside node-cache
+    n.wait_agent()
+    standby = sh("ip", "-o", "addr", "show", "dev", STANDBY, ns=n.node, check=False).stdout
+    if drop_standby:
+        sh("ip", "link", "del", STANDBY, ns=n.node)
+    time.sleep(1.0)
+    old.send_signal(signal.SIGTERM)                # the DaemonSet deletes node-cache's pod
+    old.wait(20)
+    lookups.join(40)
+    paced = json.loads(load.stdout.read())
+    load.wait(30)
+    out = {"lookups": lookups, "paced": paced, "interface": n.interface(), "standby": standby,
+           "standby_after": sh("ip", "link", "show", STANDBY, ns=n.node, check=False).returncode == 0,
+           "log": n.agent_log.read_text()}
+    n.stop_agent()
+    return out

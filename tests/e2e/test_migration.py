@@ -15,58 +15,18 @@ then removes the standby. Negative control: without the standby (deleted
 by the test) and without events (``-watch-node=false``), the node has no
 address for the rest of the run and queries are lost; events alone restore
 it within tens of milliseconds."""
-import json
-import signal
-import subprocess
-import sys
-import time
-
 import pytest
 
-from nodecache.testing.emunode import LOCAL_V4, UPSTREAM_V4, EmulatedNode, missing_requirements, sh
-from nodecache.testing.nodeload import Lookups
+from nodecache.testing.emunode import LOCAL_V4, EmulatedNode, missing_requirements
+from nodecache.testing.nodeload import migrate
 
 why = missing_requirements()
 pytestmark = pytest.mark.skipif(why is not None, reason=f"emulated node: {why}")
-RATE, SECONDS = 200.0, 6.0
-
-
-def _node_cache(n: EmulatedNode) -> subprocess.Popen:
-    proc = subprocess.Popen(["ip", "netns", "exec", n.node, sys.executable, "-m", "nodecache.testing.nodelocaldns",
-                             "-localip", LOCAL_V4, "-upstream", UPSTREAM_V4],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    n.procs.append(proc)
-    line = proc.stdout.readline().strip()
-    assert line == "serving", line + proc.stdout.read()
-    return proc
 
 
 def _migrate(mode: str, *flags: str, drop_standby: bool = False) -> dict:
     with EmulatedNode(mode=mode) as n:
-        old = _node_cache(n)
-        assert n.getent("svc-1.default").returncode == 0  # node-cache serves the pod
-        lookups = Lookups(n, SECONDS)
-        names = [f"svc-{i % 100}.default.svc.cluster.local" for i in range(int(RATE * SECONDS))]
-        load = n.pod_load(names, RATE, timeout=3.0)
-        lookups.start()
-        time.sleep(1.0)
-        n.start_agent("-syncinterval", "60", *flags)   # the surge pod, beside node-cache
-        n.wait_agent()
-        standby = sh("ip", "-o", "addr", "show", "dev", "nodelocaldns-nc", ns=n.node, check=False).stdout
-        if drop_standby:
-            sh("ip", "link", "del", "nodelocaldns-nc", ns=n.node)
-        time.sleep(1.0)
-        old.send_signal(signal.SIGTERM)                # the DaemonSet removes node-cache's pod
-        assert old.wait(20) == 0
-        lookups.join(40)
-        result = json.loads(load.stdout.read())
-        load.wait(30)
-        after = n.interface()
-        standby_after = sh("ip", "link", "show", "nodelocaldns-nc", ns=n.node, check=False).returncode == 0
-        log = n.agent_log.read_text()
-        n.stop_agent()
-        return {"lookups": lookups, "paced": result, "interface": after, "log": log, "standby": standby,
-                "standby_after": standby_after}
+        return migrate(n, *flags, drop_standby=drop_standby)
 
 
 def test_nodecache_replaces_node_cache_without_a_lost_query(mode):

@@ -54,6 +54,7 @@ METRICS = {
     "nodecache_handoff_received_entries": set(),
     "nodecache_handoff_takeover_seconds": set(),
     "nodecache_ready": set(),
+    "nodecache_zone_degraded": {"zones"},
     "nodecache_refused_total": {"reason"},
     "nodecache_events_total": {"event"},
 }
@@ -226,6 +227,47 @@ def test_health_ready_transitions_and_http_errors():
     assert bad_method.startswith(b"HTTP/1.1 405")
 
 
+TWO_ZONES = COREFILE + """example.org:{port} {{
+    bind 127.0.0.1
+    forward . 127.0.0.1:{up1} {{
+        force_tcp
+        max_fails 1
+    }}
+}}
+"""
+
+
+def test_one_zone_down_is_degraded_not_unready_every_zone_down_is_unready():
+    """Readiness means "this node's pods get answers": a zone whose upstream
+    is gone (the node's resolv.conf upstream, say) shows in /ready's body and
+    nodecache_zone_degraded while the process stays Ready; when every zone
+    is down it is NotReady. Control: the old rule (any zone down -> 503)
+    fails the first step."""
+    mport = client.free_port()
+
+    async def go():
+        async with node(TWO_ZONES.replace("{mport}", str(mport)), upstreams=2) as n:
+            rt = await runtime_for(n)
+            rt.enter(Phase.SERVING)
+            steps = []
+            for i, zone_name in ((1, "x.example.org"), (0, "svc-9.default.svc.cluster.local")):
+                n.upstreams[i].drop = 1.0
+                await n.udp(build(zone_name, QTYPE.A))       # fails: marks that upstream down
+                block = next(b for b in n.agent.blocks if zone_name.endswith(b.cfg.zones[0].rstrip(".")))
+                for up in block.forward_stage.forwarder.upstreams:
+                    up.down_since -= UNREADY_AFTER_DOWN
+                steps.append((await get(mport, "/ready"),
+                              value(samples((await get(mport, "/metrics"))[1]), "nodecache_zone_degraded",
+                                    zones="example.org.")))
+            rt.close()
+            return steps
+    (one, one_gauge), (both, _) = run(go())
+    assert one[0] == 200 and one[1].startswith("OK\ndegraded: zone example.org.: no healthy upstream"), one
+    assert one_gauge == 1
+    assert both[0] == 503 and "zone cluster.local.: no healthy upstream" in both[1], both
+    assert "zone example.org.: no healthy upstream" in both[1]
+
+
 def test_metrics_port_taken_dns_keeps_serving(caplog):
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
@@ -275,7 +317,7 @@ example.com:{port} {{
     looped, fine, ready = run(go())
     assert looped.header.rcode == 2
     assert fine.rr
-    assert ready[0] == 503 and "zone .: forwarding loop detected" in ready[1]
+    assert ready[0] == 200 and "degraded: zone .: forwarding loop detected" in ready[1]  # example.com answers
 
 
 def test_scrape_during_reload():
@@ -362,7 +404,7 @@ def test_events_metric_counts_what_coredns_series_do_not_show():
     assert events["error_reply"] == 1 and events["dropped"] == 1 and events["tcp_oversized"] == 0
     assert events["upstream_reply_unmatched"] == 0 and events["upstream_attempt_failed"] == 0
     assert events["cache_budget_evicted"] == 0 and events["cache_too_big"] == 0 and events["rules_added"] == 0
-    assert len(events) == 20 and events["udp_receive_error"] == 0
+    assert len(events) == 21 and events["udp_receive_error"] == 0
 
 
 def test_an_exception_nobody_caught_counts_as_a_panic():

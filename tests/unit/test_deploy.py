@@ -12,7 +12,9 @@ from nodecache.config.plugins import parse_config
 from nodecache.node.nodeconfig import render_corefile
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-MANIFESTS = sorted((ROOT / "daemonset").glob("*.yaml"))
+BASE = ROOT / "daemonset" / "base"
+MANIFESTS = sorted(BASE.glob("*.yaml"))
+OVERLAYS = ("iptables", "ipvs", "nftables")
 
 
 def docs():
@@ -22,40 +24,81 @@ def docs():
                 yield path, doc
 
 
-def test_manifests_validate_against_kubernetes_schemas():
+def rendered(overlay: str) -> list[dict]:
+    """``kubectl kustomize`` of an overlay, as an operator applies it."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (kubectl kustomize renders the overlays)")
+    out = subprocess.run([kubectl, "kustomize", str(ROOT / "daemonset" / "overlays" / overlay)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def _container(objs: list[dict]) -> dict:
+    ds = next(d for d in objs if d["kind"] == "DaemonSet")
+    (c,) = ds["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("version", ["1.25.0", "latest"])
+def test_every_overlay_renders_and_validates_strictly(overlay, version):
     kv = pytest.importorskip("kubernetes_validate")
-    for path, doc in docs():
-        if doc["kind"] == "Kustomization":
-            continue
-        kv.validate(doc, "1.30.0", strict=True)  # raises on any schema violation
+    from kubernetes_validate.utils import latest_version
+    objs = rendered(overlay)
+    assert sorted(d["kind"] for d in objs) == ["ConfigMap", "DaemonSet", "Service", "Service", "ServiceAccount"]
+    for doc in objs:
+        kv.validate(doc, latest_version() if version == "latest" else version, strict=True)
+
+
+def test_overlays_bind_what_each_datapath_needs():
+    args = {o: _container(rendered(o))["args"] for o in OVERLAYS}
+    localip = {o: a[a.index("-localip") + 1] for o, a in args.items()}
+    assert localip["ipvs"] == "169.254.20.10"  # with kubelet --cluster-dns=169.254.20.10
+    assert localip["iptables"] == localip["nftables"] == "169.254.20.10,$(KUBE_DNS_SERVICE_HOST)"
+    assert args["nftables"][-2:] == ["-rules", "nftables"] and "-rules" not in args["iptables"]
 
 
 def test_kustomization_lists_every_manifest():
-    kust = yaml.safe_load((ROOT / "daemonset" / "kustomization.yaml").read_text())
+    kust = yaml.safe_load((BASE / "kustomization.yaml").read_text())
     assert sorted(kust["resources"]) == sorted(p.name for p in MANIFESTS if p.name != "kustomization.yaml")
 
 
-def test_daemonset_rollout_and_node_settings():
+def test_daemonset_rollout_probes_and_hardening():
     ds = next(doc for _, doc in docs() if doc["kind"] == "DaemonSet")
     spec = ds["spec"]
     assert spec["updateStrategy"] == {"type": "RollingUpdate",
-                                      "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+                                      "rollingUpdate": {"maxSurge": "10%", "maxUnavailable": 0}}
     pod = spec["template"]["spec"]
     assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "Default"
     assert pod["priorityClassName"] == "system-node-critical"
+    assert pod["automountServiceAccountToken"] is False and pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
     (c,) = pod["containers"]
     assert "ports" not in c  # hostPorts would block the surge pod
     sc = c["securityContext"]
     assert not sc.get("privileged") and set(sc["capabilities"]["add"]) == {"NET_ADMIN", "NET_BIND_SERVICE"}
-    assert c["readinessProbe"]["exec"]["command"][-2:] == ["probe", "ready"]
-    assert c["livenessProbe"]["exec"]["command"][-2:] == ["probe", "live"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    # this process's own state until it serves, then kubelet's HTTP probes (no process per probe)
+    assert c["startupProbe"]["exec"]["command"][-2:] == ["probe", "ready"]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 8181}
+    assert c["livenessProbe"]["httpGet"] == {"host": "169.254.20.10", "path": "/health", "port": 8080}
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
-    assert {"/run/xtables.lock", "/run/nodecache", "/etc/coredns"} <= mounts
+    assert {"/run/xtables.lock", "/run/nodecache", "/etc/coredns", "/tmp", "/etc/nodecache"} <= mounts
     hostpaths = {v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
     assert hostpaths == {"/run/xtables.lock", "/run/nodecache"}
     args = c["args"]
     assert args[args.index("-handoff-dir") + 1] == "/run/nodecache"
+    assert args[args.index("-conf") + 1] == "/etc/nodecache/Corefile"  # a writable mount: the Corefile in effect
     assert c["resources"]["limits"]["memory"] and c["resources"]["requests"]["memory"]
+
+
+def test_probe_endpoints_are_the_configmaps():
+    """The HTTP probes ask what the shipped Corefile serves."""
+    cm = next(doc for _, doc in docs() if doc["kind"] == "ConfigMap")
+    text = render_corefile(cm["data"]["Corefile"], ["169.254.20.10"], "10.96.0.11", {}, ["10.0.0.2"])
+    block = parse_config(text, "configmap.yaml").blocks[0]
+    assert block.health.addr == "169.254.20.10:8080" and block.ready == ":8181"
 
 
 def test_configmap_corefile_loads_after_templating():
@@ -65,7 +108,7 @@ def test_configmap_corefile_loads_after_templating():
     zones = [b.zones[0] for b in cfg.blocks]
     assert zones == ["cluster.local.", "in-addr.arpa.", "ip6.arpa.", "."]
     assert all(b.loop and b.reload and b.prometheus == ":9253" for b in cfg.blocks)
-    assert cfg.blocks[0].forward.force_tcp and cfg.blocks[0].cache.serve_stale
+    assert cfg.blocks[0].forward.force_tcp and cfg.blocks[0].cache.serve_stale is None  # node-local-dns's default
 
 
 def test_systemd_units_verify():
