@@ -1,7 +1,7 @@
 """Command line: ``nodecache run|check|demo|fake-upstream``.
 
-Flags keep node-cache's single-dash spelling (``-conf``), which argparse
-accepts as long options; ``--conf`` works too.
+Flags keep node-cache's single-dash spelling (``-conf``); ``--conf`` and
+``-conf=value`` work too (``cliparse``).
 """
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ import signal
 import sys
 
 from . import __version__
+from .cliparse import Parser, at_least, flag, go_bool, go_seconds, port, positive_seconds, size
 from .config.corefile import CorefileError
-from .config.plugins import load
+
+DEFAULT_HANDOFF_DIR = "/run/nodecache"
+DEFAULT_STATUS_SOCKET = "/tmp/nodecache.status.sock"
 
 EXIT_CONFIG = 2
 
@@ -24,7 +27,9 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         import json
-        out = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname.lower(),
+        from datetime import datetime, timezone
+        when = datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
+        out = {"time": when, "level": record.levelname.lower(),
                "logger": record.name, "msg": record.getMessage()}
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
@@ -46,141 +51,126 @@ def _run_loop(coro):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nodecache", description=__doc__.splitlines()[0])
+    p = Parser(prog="nodecache", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"nodecache {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     run = sub.add_parser("run", help="serve DNS as the Corefile says, until SIGTERM/SIGINT",
-                         description="Flags are node-cache's, so its DaemonSet args work unchanged.")
-    run.add_argument("-conf", "-corefile", "--conf", dest="conf", default="Corefile",
-                     help="Corefile to serve (default ./Corefile); node-cache's -corefile too")
-    run.add_argument("-basecorefile", default="/etc/coredns/Corefile.base",
-                     help="node-cache template; when it exists it is used instead of -conf")
-    run.add_argument("-localip", default="", help="comma-separated IPs for the interface and rules")
-    run.add_argument("-interfacename", default="nodelocaldns")
-    run.add_argument("-setupinterface", type=go_bool, nargs="?", const=True, default=True)
-    run.add_argument("-setupiptables", type=go_bool, nargs="?", const=True, default=True)
-    run.add_argument("-setupebtables", type=go_bool, nargs="?", const=True, default=False,
-                     help="accepted for compatibility; ebtables is not supported")
-    run.add_argument("-syncinterval", type=go_seconds, default=60.0, help="reconcile period (s)")
-    run.add_argument("-watch-node", dest="watch_node", type=go_bool, nargs="?", const=True, default=True,
-                     help="also reconcile at once when netlink reports our interface, an address or a rule "
-                          "removed (node-cache's teardown during a migration); false: only every "
-                          "-syncinterval (default true)")
-    run.add_argument("-initialdelay", type=go_seconds, default=0.0,
-                     help="accepted for compatibility; rules are set once listeners serve")
-    run.add_argument("-health-port", dest="health_port", type=int, default=8080)
-    run.add_argument("-skipteardown", type=go_bool, nargs="?", const=True, default=False)
-    run.add_argument("-failopen", type=go_bool, nargs="?", const=True, default=True,
-                     help="NOTRACK pod DNS only while the agent's socket is bound, so a dead agent's "
-                          "traffic falls through to kube-proxy / a fallback DNAT (default true)")
-    run.add_argument("-rules", default="auto", choices=("auto", "iptables", "nftables"),
-                     help="how to write the NOTRACK rules: iptables, native nftables (a table of our own), "
-                          "or auto: nftables where kube-proxy has its nftables tables, else iptables "
-                          "(default auto; -setupiptables=false writes none)")
-    run.add_argument("-pidfile", default="")
-    run.add_argument("-metrics-listen-address", dest="metrics_listen", default="0.0.0.0:9353")
-    run.add_argument("-upstreamsvc", default="kube-dns",
-                     help="service whose <NAME>_SERVICE_HOST fills __PILLAR__CLUSTER__DNS__")
-    run.add_argument("-kubednscm", default="", help="directory of the kube-dns ConfigMap")
-    run.add_argument("-dns.port", dest="dns_port", type=int, default=53)
-    run.add_argument("-configsync", type=go_seconds, default=10.0,
-                     help="how often templates and ConfigMap are re-read (s)")
-    run.add_argument("-handoff", type=go_bool, nargs="?", const=True, default=True,
-                     help="take over from a running agent at the handoff socket (default true)")
-    run.add_argument("-handoff-dir", dest="handoff_dir", default="/run/nodecache")
-    run.add_argument("-handoff-grace", dest="handoff_grace", type=go_seconds, default=10.0,
-                     help="after a handoff, how long the old agent stays able to resume if the new one "
-                          "dies (s)")
-    run.add_argument("-max-inflight", dest="max_inflight", type=int, default=4096,
-                     help="queries not answered from the cache that may be in progress at once; "
-                          "more are REFUSED (default 4096)")
-    run.add_argument("-max-inflight-per-client", dest="max_inflight_per_client", type=int, default=512,
-                     help="the share of -max-inflight one client address may hold (default 512)")
-    run.add_argument("-miss-rate-per-client", dest="miss_rate_per_client", type=float, default=5000.0,
-                     help="queries per second one client address may send that are not cache hits; "
-                          "more are REFUSED; 0: no limit (default 5000)")
-    run.add_argument("-cache-bytes", dest="cache_bytes", type=_size, default=64 << 20,
-                     help="bytes all caches together may hold (records + ~400 B per entry); "
-                          "oldest unused entries go first (default 64Mi)")
-    run.add_argument("-cache-max-item", dest="cache_max_item", type=_size, default=16 << 10,
-                     help="a reply whose records exceed this is served but not cached (default 16Ki)")
-    run.add_argument("-drain", type=go_seconds, default=5.0,
-                     help="how long in-flight queries may finish on shutdown or handoff (s)")
-    run.add_argument("-cache-file", dest="cache_file", default="",
-                     help="save the cache here on shutdown and load it on a cold start")
-    run.add_argument("-status-socket", dest="status_socket", default="/tmp/nodecache.status.sock",
-                     help="where `nodecache probe` asks this process for its state")
-    run.add_argument("-log-format", dest="log_format", choices=("text", "json"), default="text")
-    run.add_argument("-debug", "--debug", action="store_true", help="debug logging")
+                         description="Flags are node-cache's, so its DaemonSet args work unchanged; each is "
+                                     "accepted as -flag, --flag and -flag=value.")
+    _template_flags(run)
+    f = lambda *a, **k: flag(run, *a, **k)  # noqa: E731
+    f("interfacename", default="nodelocaldns", help="the interface that holds the -localip addresses")
+    f("setupinterface", type=go_bool, nargs="?", const=True, default=True,
+      help="create the interface and its addresses, and keep them")
+    f("setupiptables", type=go_bool, nargs="?", const=True, default=True,
+      help="write the NOTRACK/ACCEPT rules for -localip, and keep them")
+    f("setupebtables", type=go_bool, nargs="?", const=True, default=False,
+      help="accepted for compatibility; ebtables is not supported")
+    f("syncinterval", type=positive_seconds, default=60.0,
+      help="how often interface and rules are checked and repaired (s or Go duration)")
+    f("watch-node", dest="watch_node", type=go_bool, nargs="?", const=True, default=True,
+      help="also repair at once when netlink reports our interface, an address or a rule removed "
+           "(node-cache's teardown during a migration); false: only every -syncinterval")
+    f("initialdelay", type=go_seconds, default=0.0,
+      help="accepted for compatibility; rules are set once the listeners serve")
+    f("health-port", dest="health_port", type=port, default=8080,
+      help="the health plugin's port, NOTRACKed for probes")
+    f("skipteardown", type=go_bool, nargs="?", const=True, default=False,
+      help="leave interface and rules in place on exit")
+    f("failopen", type=go_bool, nargs="?", const=True, default=True,
+      help="NOTRACK pod DNS only while the agent's socket is bound, so a dead agent's "
+           "traffic falls through to kube-proxy / a fallback DNAT")
+    f("rules", default="auto", choices=("auto", "iptables", "nftables"),
+      help="how to write the rules: iptables, native nftables (a table of our own), "
+           "or auto: nftables where kube-proxy has its nftables tables, else iptables")
+    f("pidfile", default="", help="write the process ID here once serving")
+    f("metrics-listen-address", dest="metrics_listen", default="0.0.0.0:9353",
+      help="node-cache's setup-error metrics (ADDR:PORT; empty: off)")
+    f("configsync", type=positive_seconds, default=10.0,
+      help="how often the template and the kube-dns ConfigMap are re-read (s)")
+    f("handoff", type=go_bool, nargs="?", const=True, default=True,
+      help="take over from a running agent at the handoff socket")
+    f("handoff-dir", dest="handoff_dir", default=DEFAULT_HANDOFF_DIR,
+      help="directory of the handoff socket, shared by the old and new pod")
+    f("handoff-grace", dest="handoff_grace", type=go_seconds, default=10.0,
+      help="after a handoff, how long the old agent stays able to resume if the new one dies (s)")
+    f("max-inflight", dest="max_inflight", type=at_least(1), default=4096,
+      help="queries not answered from the cache that may be in progress at once; more are REFUSED")
+    f("max-inflight-per-client", dest="max_inflight_per_client", type=at_least(1), default=512,
+      help="the share of -max-inflight one client address may hold")
+    f("miss-rate-per-client", dest="miss_rate_per_client", type=at_least(0, float), default=5000.0,
+      help="queries per second one client address may send that are not cache hits; more are "
+           "REFUSED; 0: no limit")
+    f("cache-bytes", dest="cache_bytes", type=size, default=64 << 20,
+      help="bytes all caches together may hold (records + ~400 B per entry); oldest unused go first")
+    f("cache-max-item", dest="cache_max_item", type=size, default=16 << 10,
+      help="a reply whose records exceed this is served but not cached")
+    f("drain", type=go_seconds, default=5.0,
+      help="how long in-flight queries may finish on shutdown or handoff (s)")
+    f("cache-file", dest="cache_file", default="",
+      help="save the cache here on shutdown and load it on a cold start")
+    f("status-socket", dest="status_socket", default=DEFAULT_STATUS_SOCKET,
+      help="where `nodecache probe` asks this process for its state")
+    f("log-format", dest="log_format", choices=("text", "json"), default="text",
+      help="json: one object per line, RFC 3339 times")
+    f("debug", action="store_true", help="debug logging")
 
     probe = sub.add_parser("probe", help="exec probe: exit 0 if the agent is alive / ready")
     probe.add_argument("what", choices=("live", "ready"))
-    probe.add_argument("-status-socket", dest="status_socket", default="/tmp/nodecache.status.sock")
+    flag(probe, "status-socket", dest="status_socket", default=DEFAULT_STATUS_SOCKET,
+         help="the agent's -status-socket")
 
     handoff = sub.add_parser("handoff", help="hot handoff tools")
-    hsub = handoff.add_subparsers(dest="handoff_command", required=True)
+    hsub = handoff.add_subparsers(dest="handoff_command", required=True, parser_class=Parser)
     status = hsub.add_parser("status", help="which process holds the sockets")
-    status.add_argument("-handoff-dir", dest="handoff_dir", default="/run/nodecache")
+    flag(status, "handoff-dir", dest="handoff_dir", default=DEFAULT_HANDOFF_DIR, help="the agent's -handoff-dir")
     reload_ = hsub.add_parser("reload", help="start a successor with the running agent's command "
                                              "line and wait until it took over (systemd ExecReload)")
-    reload_.add_argument("-handoff-dir", dest="handoff_dir", default="/run/nodecache")
-    reload_.add_argument("-timeout", type=float, default=30.0)
+    flag(reload_, "handoff-dir", dest="handoff_dir", default=DEFAULT_HANDOFF_DIR, help="the agent's -handoff-dir")
+    flag(reload_, "timeout", type=positive_seconds, default=30.0, help="seconds to wait for the successor")
 
-    check = sub.add_parser("check", help="validate a Corefile and print the parsed chains")
-    check.add_argument("-conf", "--conf", default="Corefile")
+    check = sub.add_parser("check", help="render a Corefile (node-cache templates too) with these flags, "
+                                         "validate it, print it and the parsed chains",
+                           description="The Corefile is rendered as `nodecache run` would with the same "
+                                       "flags (__PILLAR__ values from -localip, the -upstreamsvc "
+                                       "environment variable or -clusterdns, the kube-dns ConfigMap).")
+    _template_flags(check, base_default="")
+    flag(check, "clusterdns", default="", help="the ClusterIP of -upstreamsvc, for __PILLAR__CLUSTER__DNS__ "
+                                               "(default: its $NAME_SERVICE_HOST variable)")
 
     demo = sub.add_parser("demo", help="run the agent against an emulated cluster DNS, on loopback")
-    demo.add_argument("--bench", type=float, default=10.0, help="seconds of nodecache-bench at the end (0: none)")
+    flag(demo, "bench", type=at_least(0, float), default=10.0, help="seconds of nodecache-bench at the end (0: none)")
 
     fake = sub.add_parser("fake-upstream", help="serve the emulated cluster DNS")
-    fake.add_argument("--listen", default="127.0.0.1:5300", help="ADDR:PORT (default 127.0.0.1:5300)")
-    fake.add_argument("--domain", default="cluster.local")
-    fake.add_argument("--services", type=int, default=100, help="svc-0..svc-N-1 per namespace")
-    fake.add_argument("--ttl", type=int, default=30)
-    fake.add_argument("--delay-ms", type=float, default=0.0)
-    fake.add_argument("--slow", default="", metavar="PREFIX=MS",
-                      help="answer names whose first label is PREFIX after MS milliseconds (a slow zone)")
-    fake.add_argument("--log-queries", default="", help="append 'proto client qtype name' per query to FILE")
+    flag(fake, "listen", default="127.0.0.1:5300", help="ADDR:PORT")
+    flag(fake, "domain", default="cluster.local", help="the cluster domain")
+    flag(fake, "services", type=at_least(1), default=100, help="svc-0..svc-N-1 per namespace")
+    flag(fake, "ttl", type=at_least(0), default=30, help="TTL of every answer")
+    flag(fake, "delay-ms", type=at_least(0, float), default=0.0, help="answer after this many milliseconds")
+    flag(fake, "slow", default="", metavar="PREFIX=MS",
+         help="answer names whose first label is PREFIX after MS milliseconds (a slow zone)")
+    flag(fake, "log-queries", default="", help="append 'proto client qtype name' per query to FILE")
     return p
 
 
-def _size(text: str) -> int:
-    """A byte count: 65536, 64Ki, 64Mi, 1Gi (Kubernetes' binary suffixes) or k/M/G."""
-    units = {"ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "k": 1000, "m": 1000**2, "g": 1000**3}
-    t = text.strip().lower()
-    for suffix in sorted(units, key=len, reverse=True):
-        if t.endswith(suffix) and t[:-len(suffix)].isdigit():
-            return int(t[:-len(suffix)]) * units[suffix]
-    if t.isdigit():
-        return int(t)
-    raise argparse.ArgumentTypeError(f"not a byte count: {text!r} (e.g. 65536, 64Ki, 64Mi)")
-
-
-def go_bool(text: str) -> bool:
-    """Go's flag package booleans: -flag, -flag=true, -flag=false, 1, 0."""
-    value = str(text).lower()
-    if value in ("1", "t", "true"):
-        return True
-    if value in ("0", "f", "false"):
-        return False
-    raise argparse.ArgumentTypeError(f"invalid boolean {text!r}")
-
-
-def go_seconds(text: str) -> float:
-    """Seconds, as a number ("60") or a Go duration ("60s", "1m")."""
-    from .config.corefile import CorefileError, Token
-    from .config.plugins import _Ctx, parse_duration
-    try:
-        return parse_duration(_Ctx("flag"), Token(str(text), 0))
-    except CorefileError:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}") from None
+def _template_flags(p: argparse.ArgumentParser, base_default: str = "/etc/coredns/Corefile.base") -> None:
+    """The flags that decide which Corefile is served and how it is rendered."""
+    flag(p, "conf", "corefile", dest="conf", default="Corefile",
+         help="the Corefile; written with the rendered template when -basecorefile exists, as node-cache does")
+    flag(p, "basecorefile", default=base_default,
+         help="node-cache's template; when the file exists it is rendered and served instead of -conf")
+    flag(p, "localip", default="", help="comma-separated IPs: __PILLAR__LOCAL__DNS__, the interface and rules")
+    flag(p, "upstreamsvc", default="kube-dns",
+         help="Service whose $NAME_SERVICE_HOST fills __PILLAR__CLUSTER__DNS__")
+    flag(p, "kubednscm", default="", help="directory of the kube-dns ConfigMap (stubDomains, upstreamNameservers)")
+    flag(p, "dns.port", dest="dns_port", type=port, default=53, help="the port of generated stub-domain blocks")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "check":
-        return cmd_check(args.conf)
+        return cmd_check(args)
     if args.command == "run":
         _setup_logging(args.debug, args.log_format)
         return cmd_run(args)
@@ -201,18 +191,24 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _load_or_report(path: str):
+def cmd_check(args) -> int:
+    """Render as ``run`` would, validate, print the Corefile and its chains."""
+    from .node.nodeconfig import ConfigMapError
+    from .runner import ConfigSource
+    params = _run_params(args, None)
+    env = dict(os.environ)
+    if args.clusterdns:
+        from .node.nodeconfig import service_env
+        env[service_env(args.upstreamsvc)] = args.clusterdns
+    source = ConfigSource(params, env, write_effective=False)
     try:
-        return load(path)
-    except CorefileError as exc:
+        config = source.load(strict=True)
+    except (CorefileError, ConfigMapError) as exc:
         print(f"nodecache: {exc}", file=sys.stderr)
-        return None
-
-
-def cmd_check(path: str) -> int:
-    config = _load_or_report(path)
-    if config is None:
         return EXIT_CONFIG
+    print(f"# the Corefile in effect ({config.source}, rendered with these flags)")
+    print(source.text.rstrip())
+    print("\n# zones and chains")
     print(describe(config))
     return 0
 
@@ -245,30 +241,18 @@ def describe(config) -> str:
 
 
 def cmd_run(args) -> int:
-    from .node.nodeconfig import ConfigMapError, cluster_dns_ip
-    from .node.reconcile import NodeParams
+    from .node.nodeconfig import ConfigMapError
     from .lifecycle import run_node
-    from .runner import ConfigSource, RunParams, parse_local_ips
+    from .runner import ConfigSource
     from .fdlimit import raise_nofile
     log = logging.getLogger("nodecache")
     old, new = raise_nofile()
     if new != old:
         log.info("open file limit raised from %d to %d", old, new)
-    ips, problems = parse_local_ips(args.localip)
     if args.setupebtables:
         log.warning("-setupebtables: ebtables rules are not supported; ignored")
-    log.debug("node flags: localip=%s", ",".join(ips))
-    node = NodeParams(ips, args.interfacename, args.setupinterface and bool(ips),
-                      args.setupiptables and bool(ips), args.health_port, args.syncinterval,
-                      args.skipteardown, args.failopen, cluster_dns_ip(args.upstreamsvc, dict(os.environ)),
-                      args.rules, args.watch_node)
-    params = RunParams(args.conf, args.basecorefile, args.kubednscm, args.upstreamsvc, ips, node,
-                       args.pidfile, args.configsync, args.metrics_listen, args.dns_port,
-                       args.handoff, args.handoff_dir, args.drain, args.handoff_grace,
-                       args.max_inflight, args.max_inflight_per_client, args.miss_rate_per_client,
-                       args.cache_bytes,
-                       args.cache_max_item, args.cache_file,
-                       args.status_socket, tuple(problems))
+    params = _run_params(args, args)
+    log.debug("node flags: localip=%s", ",".join(params.local_ips))
     source = ConfigSource(params, dict(os.environ))
     try:
         config = source.load(strict=False)
@@ -278,17 +262,53 @@ def cmd_run(args) -> int:
     return _run_loop(run_node(params, source, config))
 
 
+def _run_params(args, run):
+    """RunParams from the template flags (``check``) or every flag (``run``)."""
+    from .node.nodeconfig import cluster_dns_ip
+    from .node.reconcile import NodeParams
+    from .runner import RunParams, parse_local_ips
+    ips, problems = parse_local_ips(args.localip)
+    template = dict(conf=args.conf, base_corefile=args.basecorefile, kubedns_cm=args.kubednscm,
+                    upstream_svc=args.upstreamsvc, local_ips=ips, dns_port=args.dns_port,
+                    ip_problems=tuple(problems))
+    if run is None:
+        return RunParams(**template)
+    node = NodeParams(ips, interface=run.interfacename, setup_interface=run.setupinterface and bool(ips),
+                      setup_iptables=run.setupiptables and bool(ips), health_port=run.health_port,
+                      sync_interval=run.syncinterval, skip_teardown=run.skipteardown, fail_open=run.failopen,
+                      upstream=cluster_dns_ip(run.upstreamsvc, dict(os.environ)), rules_backend=run.rules,
+                      watch_changes=run.watch_node)
+    return RunParams(**template, node=node, pidfile=run.pidfile, config_sync=run.configsync,
+                     metrics_listen=run.metrics_listen, handoff=run.handoff, handoff_dir=run.handoff_dir,
+                     drain=run.drain, handoff_grace=run.handoff_grace, max_inflight=run.max_inflight,
+                     max_inflight_per_client=run.max_inflight_per_client,
+                     miss_rate_per_client=run.miss_rate_per_client, cache_bytes=run.cache_bytes,
+                     cache_max_item=run.cache_max_item, cache_file=run.cache_file,
+                     status_socket=run.status_socket)
+
+
 async def fake_upstream(args) -> int:
     from .testing.fakeupstream import ClusterDNS, FakeUpstream
-    host, _, port = args.listen.rpartition(":")
+    host, _, port_text = args.listen.rpartition(":")
     delay = args.delay_ms / 1000
-    if args.slow:
-        prefix, _, ms = args.slow.partition("=")
-        slow_wire, slow_delay, base = bytes([len(prefix)]) + prefix.encode(), float(ms) / 1000, delay
-        delay = lambda data: slow_delay if data[12:12 + len(slow_wire)] == slow_wire else base  # noqa: E731
+    try:
+        listen_port = port(port_text) if port_text != "0" else 0
+        if args.slow:
+            prefix, _, ms = args.slow.partition("=")
+            slow_wire, slow_delay, base = bytes([len(prefix)]) + prefix.encode(), float(ms) / 1000, delay
+            delay = lambda data: slow_delay if data[12:12 + len(slow_wire)] == slow_wire else base  # noqa: E731
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        print(f"nodecache fake-upstream: --listen ADDR:PORT / --slow PREFIX=MS: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     server = FakeUpstream(ClusterDNS(args.domain, args.services, ttl=args.ttl).answer,
                           delay=delay, log_path=args.log_queries or None, record=False)
-    await server.start(host.strip("[]"), int(port))
+    try:
+        await server.start(host.strip("[]"), listen_port)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        print(f"nodecache fake-upstream: {why if 'cannot listen' in why else f'cannot listen on {args.listen}: {why}'}",
+              file=sys.stderr)
+        return 1
     logging.getLogger("nodecache").info("emulated cluster DNS for %s on %s:%d", args.domain,
                                         host, server.port)
     stop = asyncio.Event()

@@ -24,7 +24,7 @@ from .cache import snapshot
 from .config.corefile import CorefileError
 from .config.model import Config
 from .config.plugins import parse_config, read_corefile
-from .node.nodeconfig import (CLUSTER_DNS, ConfigMapError, cluster_dns_ip, read_kubedns_configmap,
+from .node.nodeconfig import (CLUSTER_DNS, LOCAL_DNS, ConfigMapError, cluster_dns_ip, read_kubedns_configmap,
                               render_corefile, service_env)
 from .node.reconcile import NodeParams
 from .runtime import Runtime
@@ -74,9 +74,11 @@ def parse_local_ips(text: str) -> tuple[tuple[str, ...], list[str]]:
 class ConfigSource:
     """Where the Corefile text comes from, and whether it changed."""
 
-    def __init__(self, params: RunParams, env: dict[str, str]):
+    def __init__(self, params: RunParams, env: dict[str, str], write_effective: bool = True):
         self.params = params
         self.env = env
+        self.write_effective = write_effective
+        self.text = ""  # the Corefile in effect, once loaded
         cm = params.kubedns_cm
         if not cm and Path(DEFAULT_KUBEDNS_CM).is_dir():
             cm = DEFAULT_KUBEDNS_CM  # as node-cache: use the default mount if present
@@ -84,8 +86,8 @@ class ConfigSource:
         self.write_warned = False
 
     def _inputs(self) -> list[Path]:
-        base = Path(self.params.base_corefile)
-        paths = [base] if base.is_file() else [Path(self.params.conf)]
+        base = Path(self.params.base_corefile) if self.params.base_corefile else None
+        paths = [base] if base is not None and base.is_file() else [Path(self.params.conf)]
         if self.kubedns_cm:
             paths += [Path(self.kubedns_cm) / "stubDomains", Path(self.kubedns_cm) / "upstreamNameservers"]
         return paths
@@ -105,12 +107,19 @@ class ConfigSource:
         when ``strict``. Not strict (at startup), a broken kube-dns ConfigMap is
         recorded in ``self.problems`` and ignored, as node-cache does."""
         self.problems: list[str] = []
-        base = Path(self.params.base_corefile)
-        if not base.is_file():
-            source = self.params.conf
+        base = Path(self.params.base_corefile) if self.params.base_corefile else None
+        if base is None or not base.is_file():
+            source, flag = self.params.conf, "-conf"
         else:
-            source = str(base)
-        text = read_corefile(source)
+            source, flag = str(base), "-basecorefile"
+        try:
+            text = read_corefile(source)
+        except CorefileError as exc:
+            if exc.line:
+                raise
+            raise CorefileError(source, 0, f"{exc.message} (the Corefile from {flag}; "
+                                           f"-basecorefile {self.params.base_corefile or '(none)'} "
+                                           f"is used instead when that file exists)") from None
         stubs, upstreams = {}, []
         if self.kubedns_cm:
             try:
@@ -125,10 +134,14 @@ class ConfigSource:
             raise CorefileError(source, 0, f"{CLUSTER_DNS} needs the ClusterIP of -upstreamsvc "
                                            f"{self.params.upstream_svc}: ${service_env(self.params.upstream_svc)} "
                                            f"is not set to an IP")
+        if LOCAL_DNS in text and not self.params.local_ips:
+            line = text[:text.index(LOCAL_DNS)].count("\n") + 1
+            raise CorefileError(source, line, f"{LOCAL_DNS} needs -localip (the addresses to bind)")
         text = render_corefile(text, list(self.params.local_ips), cluster_ip, stubs, upstreams,
                                self.params.dns_port)
         config = parse_config(text, source)
-        if source != self.params.conf:
+        self.text = text
+        if source != self.params.conf and self.write_effective:
             self._write_effective(text)
         return config
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 class CorefileError(Exception):
     def __init__(self, source: str, line: int, message: str):
-        super().__init__(f"{source}:{line}: {message}")
+        super().__init__(f"{source}:{line}: {message}" if line else f"{source}: {message}")
         self.source, self.line, self.message = source, line, message
 
 
@@ -27,6 +27,7 @@ class Token:
     text: str
     line: int
     quoted: bool = False
+    col: int = 0  # column of its first character (for error messages only)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,10 @@ class _Cursor:
     source: str
     pos: int = 0
     last_line: int = field(default=1)
+    # '}' that closed a block but lines up with an outer one: if the file then
+    # ends inside a block, the '{' of the first of these is the likely culprit
+    misplaced: list[tuple[Token, Token]] = field(default_factory=list)
+    indent: dict[int, int] = field(default_factory=dict)  # line -> column of its first token
 
     def peek(self) -> Token | None:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else None
@@ -73,12 +78,13 @@ def expand_env(text: str, env: dict[str, str] | None = None) -> str:
 
 def tokenize(text: str, source: str = "Corefile") -> list[Token]:
     tokens: list[Token] = []
-    i, line, n = 0, 1, len(text)
+    i, line, n, line_start = 0, 1, len(text), 0
     while i < n:
         ch = text[i]
         if ch == "\n":
             line += 1
             i += 1
+            line_start = i
         elif ch in " \t\r,":  # commas separate server block keys like spaces
             i += 1
         elif ch == "#":
@@ -100,6 +106,7 @@ def tokenize(text: str, source: str = "Corefile") -> list[Token]:
                     break
                 if ch == "\n":
                     line += 1
+                    line_start = i + 1
                 buf.append(ch)
                 i += 1
             tokens.append(Token("".join(buf), start_line, True))
@@ -107,13 +114,15 @@ def tokenize(text: str, source: str = "Corefile") -> list[Token]:
             start = i
             while i < n and text[i] not in ' \t\r\n,"':
                 i += 1
-            tokens.append(Token(text[start:i], line))
+            tokens.append(Token(text[start:i], line, False, start - line_start))
     return tokens
 
 
 def parse(text: str, source: str = "Corefile", env: dict[str, str] | None = None
           ) -> tuple[ServerBlockSyntax, ...]:
     cur = _Cursor(tokenize(expand_env(text, env), source), source)
+    for tok in reversed(cur.tokens):
+        cur.indent[tok.line] = tok.col
     blocks = []
     while cur.peek() is not None:
         blocks.append(_server_block(cur))
@@ -160,9 +169,16 @@ def _body(cur: _Cursor, open_tok: Token, depth: int = 1) -> tuple[Directive, ...
     while True:
         tok = cur.peek()
         if tok is None:
+            if cur.misplaced:
+                opened, closed = cur.misplaced[0]
+                raise cur.error(opened.line, f"'{{' is never closed (the '}}' on line {closed.line} lines up "
+                                             f"with an outer block)")
             raise cur.error(open_tok.line, "'{' is never closed")
         if _is_close(tok):
             cur.take()
+            if (depth > 1 and tok.line != open_tok.line and cur.indent.get(tok.line) == tok.col
+                    and tok.col != cur.indent.get(open_tok.line, tok.col)):
+                cur.misplaced.append((open_tok, tok))
             return tuple(directives)
         if _is_open(tok):
             raise cur.error(tok.line, "unexpected '{'")

@@ -127,6 +127,9 @@ def test_several_keys_and_ports():
     (". {\n  cache\n  cache\n}", 3, "only once"),
     (".:99999 {\n}", 1, "outside 1..65535"),
     (". {\n  cache\n", 1, "never closed"),
+    # an inner block left open: its '{' is named, not the server block's
+    (".:53 {\n    cache {\n        success 100\n    forward . 1.1.1.1\n}\n", 2, "lines up with an outer block"),
+    (". {\n  cache { success 100 }\n  forward . 1.1.1.1 {\n", 3, "never closed"),
     (". {\n  cache\n}\n}", 4, "unexpected '}'"),
     ("\n\n. {\n}\n. {\n}", 5, "already served by the block at Corefile:3"),
     ("tls://. {\n}", 1, "not supported"),
