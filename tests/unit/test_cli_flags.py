@@ -159,7 +159,7 @@ def test_nodecache_bench_says_when_answers_were_refused():
     from nodecache_bench.cli import report
     from nodecache_bench.loadgen import Result, Spec
     result = Result(sent=100, answered=100, rcodes={0: 60, 5: 40}, elapsed=1.0)
-    rep = report(Spec(), result, 1)
+    rep = report(Spec("127.0.0.1", 53), result, 1)
     assert rep["rcodes"] == {"NOERROR": 60, "REFUSED": 40}
     assert any(w.startswith("40 answers were REFUSED") and "-miss-rate-per-client" in w for w in rep["warnings"])
-    assert not report(Spec(), Result(sent=5, answered=5, rcodes={0: 5}, elapsed=1.0), 1)["warnings"]
+    assert not report(Spec("127.0.0.1", 53), Result(sent=5, answered=5, rcodes={0: 5}, elapsed=1.0), 1)["warnings"]
