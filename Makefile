@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean system-deps
+.PHONY: demo test bench image clean system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ system-deps:
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest -q
+
+# the image, from Debian's packages and locked wheels (no registry): scripts/build-image.sh
+image: $(STAMP) system-deps
+	PY=$(PY) bash scripts/build-image.sh
 
 bench: $(STAMP) system-deps
 	$(PY) -m nodecache_bench.results

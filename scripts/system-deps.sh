@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system tools the end-to-end tests use (network namespaces,
-# iptables, nftables, conntrack, ss, getent) and the peer servers the comparison
-# benchmark runs (unbound, dnsmasq, dnsperf), when we are root on a Debian-like
+# iptables, nftables, conntrack, ss, getent), the image build's (mmdebstrap,
+# buildah) and the peer servers the comparison benchmark runs (unbound,
+# dnsmasq, dnsperf), when we are root on a Debian-like
 # machine and they are missing. Otherwise it only says what is missing:
 # those tests then skip with the reason.
 set -u
@@ -15,6 +16,10 @@ command -v getent >/dev/null || need+=(libc-bin)
 command -v unbound >/dev/null || need+=(unbound)
 command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 command -v dnsperf >/dev/null || need+=(dnsperf)
+# `make image` and its test: a Debian base without a registry, built without a container runtime
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+command -v buildah >/dev/null || need+=(buildah)
+command -v unshare >/dev/null || need+=(util-linux)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing ${need[*]} for the end-to-end tests"
