@@ -98,7 +98,7 @@ def migration(mode: str) -> dict:
     lookups, paced = m["lookups"], m["paced"]
     return {"lookups": len(lookups.results), "failed": len(lookups.failed), "sent": paced["sent"],
             "lost": paced["unanswered"], "errors": sum(v for k, v in paced["rcodes"].items() if k != "0"),
-            "restored": LOCAL_V4 in m["interface"] and not m["standby_after"]}
+            "restored": LOCAL_V4 in m["interface"] and not m["standby_after"], "health": m["health"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
             mg = migration(mode)
             print(f"{mode:<9} {'node-cache -> nodecache, glibc + 200 UDP q/s':<46} {mg['failed']} of "
                   f"{mg['lookups']} lookups failed; {mg['lost']} of {mg['sent']} queries lost, {mg['errors']} "
-                  f"errors; interface ours after: {'yes' if mg['restored'] else 'NO'}", flush=True)
+                  f"errors; interface ours after: {'yes' if mg['restored'] else 'NO'}; our /health answered "
+                  f"{'never' if mg['health'] is None else format(mg['health'], '.1f') + ' s'} after node-cache's exit",
+                  flush=True)
         except (RuntimeError, subprocess.SubprocessError, ValueError) as exc:
             print(f"{mode:<9} failed: {exc}")
             status = 1

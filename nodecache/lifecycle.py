@@ -162,7 +162,8 @@ class Lifecycle:
         loop = asyncio.get_running_loop()
         self.tasks = [loop.create_task(self.node.loop()),
                       loop.create_task(watch_config(self.source, self.rt, self.params, self.reload_now)),
-                      loop.create_task(self._watch_local_addresses())]
+                      loop.create_task(self._watch_local_addresses()),
+                      loop.create_task(self.rt.http.retry())]
 
     async def _watch_local_addresses(self) -> None:
         """Keep admission's view of the node's own addresses (host-network

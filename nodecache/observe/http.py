@@ -15,6 +15,7 @@ from typing import Callable
 
 log = logging.getLogger("nodecache.http")
 MAX_HEAD = 8192
+RETRY = 2.0  # seconds between attempts to bind an HTTP address that was taken
 Handler = Callable[[], tuple[int, str, bytes]]
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 
@@ -113,12 +114,24 @@ class HttpServers:
             try:
                 sock = sock or make_listener(host, port)
             except OSError as exc:
-                self.failed[addr] = exc.strerror or str(exc)
-                log.error("cannot serve %s on %s: %s; DNS keeps serving", " ".join(sorted(routes)),
-                          addr, exc.strerror or exc)
+                why = exc.strerror or str(exc)
+                if self.failed.get(addr) != why:  # once per reason: ``start`` is retried while it fails
+                    log.error("cannot serve %s on %s: %s; DNS keeps serving, retrying every %gs",
+                              " ".join(sorted(routes)), addr, why, RETRY)
+                self.failed[addr] = why
                 continue
             self.servers[addr] = await loop.create_server(lambda r=routes: _Conn(r), sock=sock)
-            log.info("serving %s on %s", " ".join(sorted(routes)), addr)
+            was = self.failed.pop(addr, None)
+            log.info("serving %s on %s%s", " ".join(sorted(routes)), addr, f" (it was: {was})" if was else "")
+
+    async def retry(self) -> None:
+        """Until cancelled: start the listeners that could not bind. During a
+        migration node-cache holds :8080 (health) and :9253 (metrics) until
+        it exits; the probes and scrapes must find us once it has."""
+        while True:
+            await asyncio.sleep(RETRY)
+            if self.failed:
+                await self.start()
 
     async def apply(self, routes: dict[str, dict[str, Handler]]) -> None:
         """Switch to a new set of endpoints (a reload): addresses that stay keep

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-from .emunode import LOCAL_V4, UPSTREAM_V4, EmulatedNode, sh
+from .emunode import LOCAL_V4, NODE_COREFILE, UPSTREAM_V4, EmulatedNode, sh
 
 
 class Lookups:
@@ -115,7 +115,9 @@ def migrate(n: EmulatedNode, *flags: str, seconds: float = 6.0, rate: float = 20
                       timeout=3.0)
     lookups.start()
     time.sleep(1.0)
-    n.start_agent("-syncinterval", "60", *flags)   # the surge pod, beside node-cache
+    # node-cache's health and metrics ports are in our Corefile too: taken until it exits
+    corefile = NODE_COREFILE.replace("    errors\n", f"    errors\n    health {LOCAL_V4}:8080\n    prometheus :9253\n", 1)
+    n.start_agent("-syncinterval", "60", *flags, corefile=corefile)   # the surge pod, beside node-cache
     n.wait_agent()
     standby = sh("ip", "-o", "addr", "show", "dev", STANDBY, ns=n.node, check=False).stdout
     if drop_standby:
@@ -123,11 +125,26 @@ def migrate(n: EmulatedNode, *flags: str, seconds: float = 6.0, rate: float = 20
     time.sleep(1.0)
     old.send_signal(signal.SIGTERM)                # the DaemonSet deletes node-cache's pod
     old.wait(20)
+    gone = time.monotonic()
+    health = _health_after(n, gone)                # kubelet's liveness probe finds us
     lookups.join(40)
     paced = json.loads(load.stdout.read())
     load.wait(30)
-    out = {"lookups": lookups, "paced": paced, "interface": n.interface(), "standby": standby,
+    out = {"lookups": lookups, "paced": paced, "interface": n.interface(), "standby": standby, "health": health,
            "standby_after": sh("ip", "link", "show", STANDBY, ns=n.node, check=False).returncode == 0,
            "log": n.agent_log.read_text()}
     n.stop_agent()
     return out
+
+
+def _health_after(n: EmulatedNode, since: float, limit: float = 6.0) -> float | None:
+    """Seconds from ``since`` until GET http://169.254.20.10:8080/health is
+    answered by the agent (node-cache held the port), or None."""
+    code = ("import socket,sys\ntry:\n s=socket.create_connection(('%s',8080),timeout=1)\n"
+            " s.sendall(b'GET /health HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n');print(s.recv(64).split()[1].decode())\n"
+            "except OSError:\n print(0)" % LOCAL_V4)
+    while time.monotonic() - since < limit:
+        if sh(sys.executable, "-c", code, ns=n.node, check=False).stdout.strip() == "200":
+            return time.monotonic() - since
+        time.sleep(0.2)
+    return None

@@ -10,6 +10,8 @@ It does to the node what node-cache does, in the same order:
   written exactly as node-cache's ``initIptables`` lists them (NOTRACK in
   raw PREROUTING/OUTPUT, ACCEPT in filter INPUT/OUTPUT, the health port's
   NOTRACK), with no comment;
+* its health plugin on IP:8080 and its prometheus plugin on :9253 (plain
+  listeners, as CoreDNS's HTTP servers: no SO_REUSEPORT);
 * serving: each query relayed to the upstream (UDP or TCP as it came; the
   emulated cluster DNS answers small);
 * SIGTERM: ``TeardownNetworking`` (the interface deleted, then every rule
@@ -133,6 +135,17 @@ def _bound(ip: str, kind: int) -> socket.socket:
     return sock
 
 
+async def _http_ok(reader, writer) -> None:
+    try:
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nOK")
+        await writer.drain()
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, OSError):
+        pass
+    finally:
+        writer.close()
+
+
 async def serve(args) -> int:
     ips = [ip for ip in args.localip.split(",") if ip]
     upstream = (args.upstream, 53)
@@ -141,12 +154,16 @@ async def serve(args) -> int:
     for ip in ips:
         await loop.create_datagram_endpoint(lambda: Relay(upstream), sock=_bound(ip, socket.SOCK_DGRAM))
         await asyncio.start_server(lambda r, w: _tcp_client(r, w, upstream), sock=_bound(ip, socket.SOCK_STREAM))
+    http = [await asyncio.start_server(_http_ok, ips[0], int(HEALTH_PORT)),
+            await asyncio.start_server(_http_ok, "0.0.0.0", 9253)]
     setup_rules(ips)
     print("serving", flush=True)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
     teardown(args.interfacename, ips)
+    for server in http:
+        server.close()
     print("torn down", flush=True)
     return 0
 

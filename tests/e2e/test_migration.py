@@ -36,6 +36,7 @@ def test_nodecache_replaces_node_cache_without_a_lost_query(mode):
     assert "interface nodelocaldns deleted" in log and "restoring now" in log, log
     assert LOCAL_V4 in run["interface"], (run["interface"], log)
     assert LOCAL_V4 in run["standby"] and not run["standby_after"], (run["standby"], log)
+    assert run["health"] is not None and run["health"] < 3.0, log  # liveness: ours once node-cache's is gone
     assert lookups.failed == [] and len(lookups.results) > 20, (lookups.failed, log[-3000:])
     assert paced["unanswered"] == 0 and paced["rcodes"] == {"0": paced["sent"]}, (paced, log[-3000:])
     assert "Traceback" not in log

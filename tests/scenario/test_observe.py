@@ -286,6 +286,40 @@ def test_metrics_port_taken_dns_keeps_serving(caplog):
     assert "DNS keeps serving" in caplog.text
 
 
+def test_an_http_port_taken_at_start_is_served_once_it_is_free(caplog):
+    """During a migration node-cache holds the health and metrics ports
+    until it exits: the agent keeps retrying (logging the failure once) and
+    serves them as soon as they are free, so kubelet's liveness probe finds
+    it. Control: without the retry, /health stays unreachable."""
+    caplog.set_level("INFO", logger="nodecache.http")
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    mport = taken.getsockname()[1]
+
+    async def go():
+        async with node(_corefile(mport)) as n:
+            rt = await runtime_for(n)
+            await rt.http.start()                        # still taken: a second failure, not logged again
+            taken.close()
+            import nodecache.observe.http as http_mod
+            http_mod.RETRY, old = 0.05, http_mod.RETRY
+            retry = asyncio.get_running_loop().create_task(rt.http.retry())
+            try:
+                for _ in range(100):
+                    if not rt.http.failed:
+                        break
+                    await asyncio.sleep(0.02)
+                health = await get(mport, "/health")
+            finally:
+                retry.cancel()
+                http_mod.RETRY = old
+                rt.close()
+            return health
+    assert run(go()) == (200, "OK")
+    assert caplog.text.count("cannot serve") == 1 and "(it was: Address already in use)" in caplog.text
+
+
 def test_forwarding_loop_is_contained():
     corefile = """.:{port} {{
     bind 127.0.0.1
