@@ -8,7 +8,7 @@ kube-proxy in iptables mode and in nftables mode, the same events in each.
    throughout: failed lookups, and pod->agent conntrack entries afterwards;
 2. link-local crash: pods on the link-local address, the agent SIGKILLed
    and down for 3 s: failed lookups (nftables mode fails this address open
-   through kube-proxy; iptables mode cannot, see the README);
+   through kube-proxy; iptables mode cannot, see docs/node.md);
 3. upgrades: 3 hot handoffs to new processes while a pod resolves with glibc
    and sends UDP at 200 queries/s: failed lookups, lost queries;
 4. churn: the cluster DNS replicas rolled, one OOM-killed, both gone for a

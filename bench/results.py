@@ -49,7 +49,7 @@ SECTIONS = [
 1. *Handler only*: on a warm cache of 300 cluster names, ~1M hits, user CPU
    of this process per hit: the UDP transport's one-datagram handler with the
    kernel left out (`readable_one`, fed from a list; a memoised reply after
-   the first pass, see README) and the full hit path it
+   the first pass, see docs/architecture.md) and the full hit path it
    avoids (`Dispatcher.fast`: scan in place, route by zone, cache lookup,
    render, count). A warm loop: real rates cost 2-4x more per hit (next
    sections).

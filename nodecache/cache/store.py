@@ -37,7 +37,7 @@ from ..dns.wire import NOERROR, NXDOMAIN, SERVFAIL
 from .entry import DENIAL, SERVFAIL_KIND, SUCCESS, Entry
 
 FRESH, STALE = "fresh", "stale"
-DEFAULT_BUDGET = 64 << 20   # bytes for all caches of an agent (see README: memory)
+DEFAULT_BUDGET = 64 << 20   # bytes for all caches of an agent (see docs/corefile.md: limits)
 DEFAULT_MAX_ITEM = 16 << 10  # records bytes; larger replies are served, not cached
 
 

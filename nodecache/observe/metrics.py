@@ -141,7 +141,7 @@ class DnsCollector:
 
     def _events(self, agent):
         """Counters an operator needs that CoreDNS has no series for, one
-        family with a fixed set of ``event`` labels (README: metrics)."""
+        family with a fixed set of ``event`` labels (docs/observability.md)."""
         listeners = list(agent.listeners) + list(agent.retired)
         fwds = [b.forward_stage.forwarder for b in agent.blocks if b.forward_stage]
         caches = [b.cache_stage for b in agent.blocks if b.cache_stage]

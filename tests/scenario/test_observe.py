@@ -21,7 +21,7 @@ from nodecache.runtime import Phase, Runtime
 from fakes import run
 from harness import CLUSTER, node
 
-README = Path(__file__).resolve().parent.parent.parent / "README.md"
+DOCS = Path(__file__).resolve().parent.parent.parent / "docs" / "observability.md"
 
 # Every series we export, with its labels: the same table is in the README.
 METRICS = {
@@ -185,9 +185,9 @@ def test_names_labels_and_naming_rules():
     assert setup_seen == SETUP_METRICS
     types = {s.labels["errortype"] for f in text_string_to_metric_families(setup) for s in f.samples}
     assert types == {"configmap", "interface_add", "interface_check", "iptables", "iptables_lock"}
-    readme = README.read_text()
+    docs = DOCS.read_text()
     for name in list(METRICS) + list(SETUP_METRICS):
-        assert f"`{name}`" in readme, f"README does not list {name}"
+        assert f"`{name}`" in docs, f"docs/observability.md does not list {name}"
 
 
 def test_health_ready_transitions_and_http_errors():
