@@ -313,7 +313,12 @@ def cmd_run(args) -> int:
     spec = spec_from(args)
     if args.scenario == "file":
         from .scenarios import QueryFile
-        QueryFile(args.queries)  # fail fast on a bad file
+        try:
+            QueryFile(args.queries)  # fail fast on a bad file
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BenchError(f"--queries {args.queries}: {getattr(exc, 'strerror', None) or exc}") from None
+        except ValueError as exc:
+            raise BenchError(str(exc)) from None
     workers = args.workers or default_workers()
     result = run_load(spec, workers, progress=not args.quiet and not args.json)
     rep = report(spec, result, workers)

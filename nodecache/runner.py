@@ -117,9 +117,9 @@ class ConfigSource:
         except CorefileError as exc:
             if exc.line:
                 raise
-            raise CorefileError(source, 0, f"{exc.message} (the Corefile from {flag}; "
-                                           f"-basecorefile {self.params.base_corefile or '(none)'} "
-                                           f"is used instead when that file exists)") from None
+            hint = (f"; -basecorefile {self.params.base_corefile} is used instead when that file exists"
+                    if self.params.base_corefile and flag == "-conf" else "")
+            raise CorefileError(source, 0, f"{exc.message} (the Corefile from {flag}{hint})") from None
         stubs, upstreams = {}, []
         if self.kubedns_cm:
             try:

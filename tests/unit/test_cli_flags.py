@@ -147,6 +147,7 @@ def test_fake_upstream_on_a_busy_port_is_one_line(tmp_path):
     (["--duration", "0"], "--duration must be above 0"),
     (["--concurrency", "0"], "--concurrency must be above 0"),
     (["--port", "70000"], "--port must be 1..65535"),
+    (["--scenario", "file", "--queries", "/nonexistent/q.txt"], "--queries /nonexistent/q.txt: No such file"),
 ])
 def test_nodecache_bench_refuses_values_it_cannot_run(argv, needle, capsys):
     from nodecache_bench.cli import main as bench_main
