@@ -239,7 +239,8 @@ class Soak:
         self.conf = tmp / "Corefile"
         self.port = port
         self._write_corefile(0)
-        self.agent = AgentProc(tmp, self.conf, tmp / "handoff", 0)
+        self.limit = ("-miss-rate-per-client", f"{args.client_limit:g}")
+        self.agent = AgentProc(tmp, self.conf, tmp / "handoff", 0, *self.limit)
         self.generation = 0
         load = MixedLoad(port, args.rate, args.hostile_rate)
         stop = asyncio.Event()
@@ -281,7 +282,7 @@ class Soak:
 
     async def handoff(self) -> None:
         self.generation += 1
-        heir = AgentProc(self.tmp, self.conf, self.tmp / "handoff", self.generation)
+        heir = AgentProc(self.tmp, self.conf, self.tmp / "handoff", self.generation, *self.limit)
         await heir.wait_for("READY sent")
         old, self.agent = self.agent, heir
         await old.terminate()
@@ -331,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=5.0, help="how long (default 5; 30 for the record)")
     ap.add_argument("--rate", type=int, default=1500, help="well-behaved UDP queries/s (default 1500)")
     ap.add_argument("--hostile-rate", type=int, default=2000, help="the hostile client's datagrams/s (default 2000)")
+    ap.add_argument("--client-limit", type=float, default=1000,
+                    help="the agent's -miss-rate-per-client, below --hostile-rate so that the hostile client is "
+                         "refused (default 1000; the product's default is 5000)")
     ap.add_argument("--roll", type=float, default=120, help="seconds between cluster DNS rolls (0: none)")
     ap.add_argument("--handoff", type=float, default=180, help="seconds between hot handoffs (0: none)")
     ap.add_argument("--reload", type=float, default=150, help="seconds between Corefile reloads (0: none)")

@@ -265,6 +265,7 @@ def cmd_run(args) -> int:
 def _run_params(args, run):
     """RunParams from the template flags (``check``) or every flag (``run``)."""
     from .node.nodeconfig import cluster_dns_ip
+    from .lifecycle import POD_NETWORK_LAMEDUCK
     from .node.reconcile import NodeParams
     from .runner import RunParams, parse_local_ips
     ips, problems = parse_local_ips(args.localip)
@@ -284,7 +285,8 @@ def _run_params(args, run):
                      max_inflight_per_client=run.max_inflight_per_client,
                      miss_rate_per_client=run.miss_rate_per_client, cache_bytes=run.cache_bytes,
                      cache_max_item=run.cache_max_item, cache_file=run.cache_file,
-                     status_socket=run.status_socket)
+                     status_socket=run.status_socket,
+                     lameduck=POD_NETWORK_LAMEDUCK if not (run.setupinterface or run.setupiptables) else 0.0)
 
 
 async def fake_upstream(args) -> int:

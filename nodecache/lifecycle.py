@@ -51,6 +51,15 @@ from .server import reuseport
 from .server.agent import Agent, ListenError
 
 log = logging.getLogger("nodecache")
+# Pod-network mode (node-cache's -setupinterface=false -setupiptables=false,
+# behind Cilium's Local Redirect Policy): after SIGTERM the pod is unready at
+# once but keeps answering this long unless the Corefile's `health lameduck`
+# says otherwise. Cilium sends traffic to the pod until it sees it NotReady:
+# kubelet's next readiness probe (the overlay probes every second), the
+# endpoint update through the API server, Cilium's agent rewriting its
+# redirect: one to two seconds in practice. Five covers that with margin and
+# stays well inside terminationGracePeriodSeconds with -drain.
+POD_NETWORK_LAMEDUCK = 5.0
 
 
 async def run_node(params: RunParams, source: ConfigSource, config: Config) -> int:
@@ -106,7 +115,7 @@ class Lifecycle:
         await node.run(node.ensure_interface)
         # decode the snapshot before serving (in a thread: the donor serves meanwhile)
         cached = await asyncio.to_thread(take.cache, agent.clock()) if take else None
-        adopted = take.sockets if take else listen_fds()
+        adopted = take.sockets if take and not take.cache_only else listen_fds()
         http_socks = {k: v for k, v in adopted.items() if k[2] == "http"}
         try:
             await agent.start({k: v for k, v in adopted.items() if k[2] != "http"})
@@ -126,7 +135,8 @@ class Lifecycle:
             sock.close()  # handed over but no longer configured
         if take:
             rt.received_entries = agent.restore(cached)
-            log.info("handoff: serving with %d cache entries from pid %d", rt.received_entries, take.donor_pid)
+            log.info("handoff: serving with %d cache entries from pid %d%s", rt.received_entries, take.donor_pid,
+                     " (a warm start: it keeps serving on its own sockets until stopped)" if take.cache_only else "")
         elif params.cache_file:
             load_cache_file(agent, params.cache_file)
         agent.probe_loops()
@@ -136,8 +146,9 @@ class Lifecycle:
         if take:
             take.finish()
             rt.takeover_seconds = time.monotonic() - take.started
-            log.info("handoff: READY sent %.0f ms after connecting", rt.takeover_seconds * 1000)
-            notify(f"MAINPID={os.getpid()}\nREADY=1")
+            log.info("handoff: %s sent %.0f ms after connecting", "DONE" if take.cache_only else "READY",
+                     rt.takeover_seconds * 1000)
+            notify(f"MAINPID={os.getpid()}\nREADY=1" if not take.cache_only else "READY=1")
         else:
             notify("READY=1")
         if params.pidfile:
@@ -277,7 +288,7 @@ class Lifecycle:
             rt.close()
             return 0
         rt.enter(Phase.STOPPING)
-        lameduck = rt.lameduck()
+        lameduck = rt.lameduck() or params.lameduck
         if lameduck:
             log.info("lameduck: serving (unready) for %.1fs before shutting down", lameduck)
             await asyncio.sleep(lameduck)

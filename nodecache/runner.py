@@ -57,6 +57,7 @@ class RunParams:
     cache_max_item: int = 16 << 10
     cache_file: str = ""
     status_socket: str = "/tmp/nodecache.status.sock"
+    lameduck: float = 0.0  # when the Corefile's `health` sets none (see lifecycle.POD_NETWORK_LAMEDUCK)
     ip_problems: tuple[str, ...] = ()  # invalid -localip entries, counted once started
 
 

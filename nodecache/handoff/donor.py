@@ -6,7 +6,9 @@ that finds the path always finds a process able to hand over. One heir at
 a time; a second one is refused ("busy") and retries. Before the heir says
 READY nothing changes here: if it disappears, we carry on untouched. After
 READY we stop reading (the heir reads the same sockets now), finish what we
-took, and never tear down interface or rules: the heir owns them.
+took, and never tear down interface or rules: the heir owns them. A heir
+in another network namespace (a pod-network rollout) gets the cache only
+and says DONE: then we serve on, on our own sockets, until stopped.
 
 Safety net: after READY we keep duplicates of every listening socket (not
 read) for ``grace`` seconds, and the heir keeps its end of the handoff
@@ -28,8 +30,9 @@ from pathlib import Path
 
 from ..cache import snapshot
 from ..fdlimit import AcceptGuard
-from .protocol import (CHUNK, END, HELLO, MAX_MESSAGE, READY, REFUSE, REVISION, SOCKET_NAME, SOCKETS,
-                       STATUS, STATUS_REPLY, VERSION, ProtocolError, control, parse_control, peer_uid)
+from .protocol import (CHUNK, DONE, END, HELLO, MAX_MESSAGE, READY, REFUSE, REVISION, SOCKET_NAME, SOCKETS,
+                       STATUS, STATUS_REPLY, VERSION, ProtocolError, control, netns_id, parse_control,
+                       peer_uid)
 
 log = logging.getLogger("nodecache.handoff")
 HELLO_TIMEOUT = 5.0
@@ -66,6 +69,7 @@ class Donor:
         self.busy = False
         self.handed_off = False
         self.handoffs = 0
+        self.cache_given = 0  # cache-only handoffs to a heir in another network namespace
         self.refused = 0
         self.grace = grace
         self.on_heir_died = on_heir_died  # async (spare sockets) -> None
@@ -154,9 +158,12 @@ class Donor:
             log.info("handoff: heir pid %d (revision %s%s) connected; cache %s", pid, hello.get("revision"),
                      ", a rollback" if _older(hello.get("revision"), REVISION) else "",
                      f"in snapshot format {fmt}" if fmt else "not sent: no snapshot format in common")
-            listed = self.agent.listening_sockets() + self.extra_sockets()
+            ours = netns_id()
+            cache_only = hello.get("netns") is not None and ours is not None and hello["netns"] != ours
+            listed = [] if cache_only else self.agent.listening_sockets() + self.extra_sockets()
             meta = [{"addr": a, "port": p, "kind": k} for a, p, k, _ in listed]
-            socket.send_fds(conn, [control(SOCKETS, sockets=meta, pid=os.getpid(), revision=REVISION)],
+            socket.send_fds(conn, [control(SOCKETS, sockets=meta, pid=os.getpid(), revision=REVISION,
+                                           netns=ours, cache_only=cache_only)],
                             [fd for *_, fd in listed])
             sent = 0
             blocks = self.agent.snapshot_blocks() if fmt else []
@@ -166,7 +173,13 @@ class Donor:
                 sent += len(chunk)
             await loop.sock_sendall(conn, control(END, entries=entries, bytes=sent, format=fmt))
             t_sent = time.monotonic()
-            parse_control(await self._wait_ready(conn, pid), READY)
+            answer = await self._wait_ready(conn, pid)
+            if answer[:1] == DONE:
+                parse_control(answer, DONE)
+                self._gave_cache(pid, entries, sent, t0)
+                conn.close()
+                return
+            parse_control(answer, READY)
         except (ProtocolError, OSError, asyncio.TimeoutError) as exc:
             log.warning("handoff aborted before READY (%s); still serving as before",
                         exc or type(exc).__name__)
@@ -185,6 +198,20 @@ class Donor:
         self.watch = loop.create_task(self._watch_heir(conn, pid, spare, time.monotonic()))
         self.watch.add_done_callback(_log_failure)
         await self.on_handed_off()
+
+    def _gave_cache(self, pid: int, entries: int, sent: int, t0: float) -> None:
+        """A cache-only handoff is over: the heir (another pod, another network
+        namespace) serves on its own sockets and has published its handoff
+        socket at our path. We keep serving, sockets untouched, until stopped
+        (the rollout removes our pod next); the path is no longer ours."""
+        self.cache_given += 1
+        log.info("handoff: gave %d cache entries (%d bytes) to pid %d in another network namespace in %.0f ms; "
+                 "still serving on our own sockets until stopped", entries, sent, pid, (time.monotonic() - t0) * 1000)
+        if self.task is not None:
+            self.task.cancel()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
 
     async def _wait_ready(self, conn: socket.socket, pid: int) -> bytes:
         """The heir's READY, however long it takes while its connection lives:

@@ -6,7 +6,9 @@ process behind it (a crash left it): log, remove it, start cold. Refused
 as "busy" (another heir is mid-handoff): retry for a while. Anything
 garbled in the snapshot: keep the sockets, start with an empty cache.
 ``finish`` sends READY once our listeners serve and our own handoff
-socket is published, and keeps the connection open for our lifetime.
+socket is published, and keeps the connection open for our lifetime. A
+donor in another network namespace (another pod) gives its cache only:
+``finish`` then says DONE (see handoff.protocol).
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cache import snapshot
-from .protocol import (CHUNK, END, HELLO, MAX_FDS, MAX_MESSAGE, READY, REVISION, SOCKET_NAME,
-                       SOCKETS, VERSION, ProtocolError, control, parse_control, peer_uid)
+from .protocol import (CHUNK, DONE, END, HELLO, MAX_FDS, MAX_MESSAGE, READY, REVISION, SOCKET_NAME,
+                       SOCKETS, VERSION, ProtocolError, control, in_our_netns, netns_id, parse_control,
+                       peer_uid)
 
 log = logging.getLogger("nodecache.handoff")
 BUSY_RETRY_FOR = 20.0
@@ -35,6 +38,7 @@ class Takeover:
     entries: int = 0
     started: float = field(default_factory=time.monotonic)
     received: float = 0.0
+    cache_only: bool = False  # the donor is in another network namespace: its cache, not its sockets
 
     def cache(self, now: float) -> dict:
         try:
@@ -46,7 +50,15 @@ class Takeover:
     def finish(self) -> None:
         """Say READY. The connection stays open for as long as this process
         lives: its end tells the donor, within its grace period, that we died
-        (see handoff.donor)."""
+        (see handoff.donor). After a cache-only handoff, say DONE and close:
+        the donor keeps its sockets and serves on until it is stopped."""
+        if self.cache_only:
+            try:
+                self.conn.sendall(control(DONE, pid=os.getpid()))
+            except OSError as exc:
+                log.info("handoff: donor pid %d gone before DONE (%s)", self.donor_pid, exc)
+            self.conn.close()
+            return
         try:
             self.conn.sendall(control(READY, pid=os.getpid()))
         except OSError as exc:
@@ -101,7 +113,7 @@ def _attempt(path: Path, timeout: float) -> Takeover | None:
             raise ProtocolError(f"refused: the process at {path} (pid {donor_pid}) runs as uid {donor_uid}, "
                                 f"we run as {os.getuid()}")
         conn.sendall(control(HELLO, version=VERSION, revision=REVISION, pid=os.getpid(),
-                             snapshots=list(snapshot.FORMATS)))
+                             snapshots=list(snapshot.FORMATS), netns=netns_id()))
         message, fds, _, _ = socket.recv_fds(conn, MAX_MESSAGE, MAX_FDS)
         try:
             meta = parse_control(message, SOCKETS)
@@ -117,7 +129,12 @@ def _attempt(path: Path, timeout: float) -> Takeover | None:
             sock = socket.socket(fileno=fd)
             sock.setblocking(False)
             sockets[(item["addr"], int(item["port"]), item["kind"])] = sock
-        take = Takeover(conn, int(meta.get("pid", 0)), sockets, started=t0)
+        cache_only = bool(meta.get("cache_only")) or any(not in_our_netns(s) for s in sockets.values())
+        if cache_only:
+            for sock in sockets.values():  # another namespace's: of no use here, and not ours to close down
+                sock.close()
+            sockets = {}
+        take = Takeover(conn, int(meta.get("pid", 0)), sockets, started=t0, cache_only=cache_only)
         chunks = []
         while True:
             message = conn.recv(MAX_MESSAGE)
@@ -134,7 +151,12 @@ def _attempt(path: Path, timeout: float) -> Takeover | None:
         if isinstance(exc, ProtocolError):
             raise
         raise ProtocolError(f"handoff failed: {exc}") from exc
-    log.info("handoff: took %d sockets and %d cache entries (%d bytes) from pid %d in %.0f ms",
-             len(take.sockets), take.entries, len(take.snapshot), take.donor_pid,
-             (take.received - t0) * 1000)
+    if take.cache_only:
+        log.info("handoff: took %d cache entries (%d bytes) from pid %d in another network namespace in "
+                 "%.0f ms; its sockets stay its own", take.entries, len(take.snapshot), take.donor_pid,
+                 (take.received - t0) * 1000)
+    else:
+        log.info("handoff: took %d sockets and %d cache entries (%d bytes) from pid %d in %.0f ms",
+                 len(take.sockets), take.entries, len(take.snapshot), take.donor_pid,
+                 (take.received - t0) * 1000)
     return take

@@ -219,6 +219,10 @@ class DnsCollector:
         out = CounterMetricFamily("nodecache_handoff_given", "Handoffs this process completed as donor.")
         out.add_metric([], donor.handoffs if donor else 0)
         yield out
+        cache_given = CounterMetricFamily("nodecache_handoff_cache_given", "Cache-only handoffs this process "
+                                          "gave to a heir in another network namespace (another pod).")
+        cache_given.add_metric([], donor.cache_given if donor else 0)
+        yield cache_given
         refused = CounterMetricFamily("nodecache_handoff_refused", "Handoff attempts this process refused.")
         refused.add_metric([], donor.refused if donor else 0)
         yield refused

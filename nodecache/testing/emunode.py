@@ -100,9 +100,9 @@ def missing_requirements(mode: str = "iptables") -> str | None:
 
 
 def sh(*cmd: str, check: bool = True, ns: str | None = None, timeout: float = 30,
-       env: dict | None = None) -> subprocess.CompletedProcess:
+       env: dict | None = None, input_text: str | None = None) -> subprocess.CompletedProcess:
     full = (["ip", "netns", "exec", ns] if ns else []) + list(cmd)
-    proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout, env=env, input=input_text)
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(full)}: exit {proc.returncode}: {proc.stderr.strip()}")
     return proc

@@ -36,7 +36,9 @@ def test_health_on_the_kube_dns_clusterip_is_not_rejected_by_cluster_ips_check()
     to a ClusterIP port it does not serve; ours is untracked. Control: with
     our output rule for the health port deleted, the node's probe is rejected."""
     with EmulatedNode(mode="nftables") as n:
-        n.start_agent("-syncinterval", "60", corefile=HEALTH_COREFILE, local_ips=f"{LOCAL_V4},{CLUSTER_V4}")
+        # -watch-node=false: the deleted rule must stay deleted for the control (else it is repaired at once)
+        n.start_agent("-syncinterval", "60", "-watch-node=false", corefile=HEALTH_COREFILE,
+                      local_ips=f"{LOCAL_V4},{CLUSTER_V4}")
         n.wait_agent()
         url = f"http://{CLUSTER_V4}:8080/health"
         assert _fetch(n, n.node, url) == "200"

@@ -54,6 +54,7 @@ METRICS = {
     "nodecache_handoff_received_entries": set(),
     "nodecache_handoff_takeover_seconds": set(),
     "nodecache_ready": set(),
+    "nodecache_handoff_cache_given_total": set(),
     "nodecache_zone_degraded": {"zones"},
     "nodecache_refused_total": {"reason"},
     "nodecache_events_total": {"event"},

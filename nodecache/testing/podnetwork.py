@@ -1,0 +1,184 @@
+"""Cilium's Local Redirect Policy on an emulated node (root): agent pods in
+the pod network, and a stand-in for Cilium's redirect.
+
+Each agent "pod" is a network namespace of its own with a veth to the node
+and its own address (169.254.40.2, 169.254.41.2, ...), running ``nodecache
+run`` with node-cache's LRP flags (``-skipteardown=true
+-setupinterface=false -setupiptables=false``), ``bind 0.0.0.0``, health and
+readiness on the pod's address, and the DaemonSet's shared hostPath
+handoff directory. Their resolv.conf is the node's (``dnsPolicy: Default``).
+
+``Redirect`` plays Cilium: every ``period`` seconds (kubelet's readiness
+probe feeding the endpoint's Ready condition, which Cilium follows) it asks
+each pod's ``/ready`` and rewrites, in one nft transaction, the DNAT of the
+kube-dns ClusterIP (``table ip lrp``, before kube-proxy's DNAT) to the
+Ready local pods; with none Ready the chain is empty and kube-proxy's DNAT
+sends the query to CoreDNS, as Cilium does without a local backend (PR
+#41463). A backend it drops has its conntrack entries deleted, as
+kube-proxy does for a removed UDP endpoint. ``gated=False`` models
+redirection that ignores readiness: a pod is a backend from the moment its
+process starts until it exits (the negative control).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+from .emunode import CLUSTER_V4, UPSTREAM_V4, EmulatedNode, sh
+
+LRP_COREFILE = """\
+cluster.local:53 {
+    errors
+    cache {
+        success 9984 30
+        denial 9984 5
+    }
+    reload
+    bind 0.0.0.0
+    forward . __PILLAR__CLUSTER__DNS__ {
+        force_tcp
+    }
+    prometheus :9253
+    health :8080
+    ready :8181
+}
+.:53 {
+    errors
+    cache 30
+    bind 0.0.0.0
+    forward . __PILLAR__UPSTREAM__SERVERS__
+    prometheus :9253
+}
+"""
+LRP_FLAGS = ("-skipteardown=true", "-setupinterface=false", "-setupiptables=false")
+
+
+def pod_ip(i: int) -> str:
+    return f"169.254.{40 + i}.2"
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def enter_netns(name: str) -> None:
+    """Move the calling thread (only it: a network namespace is per thread)
+    into the named namespace, as kubelet's probes and Cilium's agent run in
+    the node's."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {name}")
+    finally:
+        os.close(fd)
+
+
+def _get_ready(ip: str, timeout: float) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{ip}:8181/ready", timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+class AgentPods:
+    """Agent pods on ``n``; ``start(i)`` runs pod i's agent."""
+
+    def __init__(self, n: EmulatedNode, count: int = 2):
+        self.n = n
+        self.names = [f"{n.node[:-5]}-lrp{i}" for i in range(count)]
+        for i, name in enumerate(self.names):
+            n._netns(name)
+            n._link(name, 40 + i)
+            n._etc_file(name, "resolv.conf", f"nameserver {UPSTREAM_V4}\n")
+        self.procs: dict[int, subprocess.Popen] = {}
+        (n.tmp / "Corefile.lrp").write_text(LRP_COREFILE)
+
+    def start(self, i: int, handoff_dir: str, *extra: str) -> subprocess.Popen:
+        n = self.n
+        log = n.tmp / f"lrp{i}.log"
+        cmd = ["ip", "netns", "exec", self.names[i], sys.executable, "-m", "nodecache", "run",
+               "-localip", f"169.254.20.10,{CLUSTER_V4}", "-conf", str(n.tmp / f"Corefile.lrp{i}"),
+               "-basecorefile", str(n.tmp / "Corefile.lrp"), "-upstreamsvc", "kube-dns-upstream",
+               *LRP_FLAGS, "-handoff-dir", handoff_dir, "-status-socket", str(n.tmp / f"lrp{i}.status"),
+               "-metrics-listen-address", "", *extra]
+        env = dict(os.environ, KUBE_DNS_UPSTREAM_SERVICE_HOST=UPSTREAM_V4, KUBE_DNS_SERVICE_HOST=CLUSTER_V4)
+        proc = subprocess.Popen(cmd, stdout=open(log, "a"), stderr=subprocess.STDOUT, env=env)
+        n.procs.append(proc)
+        self.procs[i] = proc
+        return proc
+
+    def log(self, i: int) -> str:
+        return (self.n.tmp / f"lrp{i}.log").read_text()
+
+    def ready(self, i: int, timeout: float = 0.15) -> bool:
+        """Pod i's /ready, asked from the node as kubelet asks it (in a
+        thread that enters the node's namespace)."""
+        out = []
+
+        def ask() -> None:
+            enter_netns(self.n.node)
+            out.append(_get_ready(pod_ip(i), timeout))
+        thread = threading.Thread(target=ask, daemon=True)
+        thread.start()
+        thread.join(timeout + 5)
+        return bool(out and out[0])
+
+    def wait_ready(self, i: int, limit: float = 20.0) -> float:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < limit:
+            if self.procs[i].poll() is not None:
+                raise RuntimeError(f"agent pod {i} exited: {self.log(i)}")
+            if self.ready(i):
+                return time.monotonic() - t0
+            time.sleep(0.05)
+        raise RuntimeError(f"agent pod {i} not ready: {self.log(i)}")
+
+
+class Redirect(threading.Thread):
+    """The LRP stand-in (see the top); ``changes`` logs (time, backends)."""
+
+    def __init__(self, n: EmulatedNode, pods: AgentPods, period: float = 0.2, gated: bool = True):
+        super().__init__(daemon=True)
+        self.n, self.pods, self.period, self.gated = n, pods, period, gated
+        self.backends: tuple[int, ...] = ()
+        self.changes: list[tuple[float, tuple[int, ...]]] = []
+        self.stopped = threading.Event()
+        sh("nft", "-f", "-", ns=n.node, input_text="table ip lrp {\n chain pre {\n"
+           "  type nat hook prerouting priority dstnat - 10; policy accept;\n }\n}\n")
+
+    def _wanted(self) -> tuple[int, ...]:
+        if self.gated:  # this thread is in the node's namespace (run)
+            return tuple(i for i in sorted(self.pods.procs) if _get_ready(pod_ip(i), 0.15))
+        return tuple(i for i, p in sorted(self.pods.procs.items()) if p.poll() is None)
+
+    def _apply(self, backends: tuple[int, ...]) -> None:
+        lines = ["flush chain ip lrp pre"]
+        if backends:
+            ips = [pod_ip(i) for i in backends]
+            to = ips[0] if len(ips) == 1 else \
+                "numgen random mod %d map { %s }" % (len(ips), ", ".join(f"{k} : {ip}" for k, ip in enumerate(ips)))
+            for proto in ("udp", "tcp"):
+                lines.append(f"add rule ip lrp pre ip daddr {CLUSTER_V4} {proto} dport 53 dnat to {to}")
+        sh("nft", "-f", "-", ns=self.n.node, input_text="\n".join(lines) + "\n")
+        for gone in set(self.backends) - set(backends):
+            sh("conntrack", "-D", "-d", CLUSTER_V4, "-r", pod_ip(gone), ns=self.n.node, check=False)
+        self.backends = backends
+        self.changes.append((time.monotonic(), backends))
+
+    def run(self) -> None:
+        enter_netns(self.n.node)
+        while not self.stopped.is_set():
+            wanted = self._wanted()
+            if wanted != self.backends:
+                self._apply(wanted)
+            self.stopped.wait(self.period)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(5)
