@@ -15,7 +15,12 @@ kube-proxy in iptables mode and in nftables mode, the same events in each.
    second, while a pod sends only misses at 300/s: lost and SERVFAIL;
 5. migration: a stand-in for node-cache serves the pod; the agent starts
    beside it, then node-cache is SIGTERMed and tears its networking down,
-   glibc lookups and 200 UDP q/s throughout: failed lookups, lost queries.
+   glibc lookups and 200 UDP q/s throughout: failed lookups, lost queries;
+6. Cilium LRP (agent pods in the pod network, a stand-in for the redirect
+   following /ready every 0.2 s, kube-proxy's DNAT when no pod is Ready):
+   a surge rollout under glibc lookups and 200 UDP q/s to the ClusterIP
+   (failed, lost, names the cluster DNS had to answer again), and the lone
+   pod SIGKILLed (failed lookups until the fallback).
 
 Traffic only inside the namespaces it creates (169.254.0.0/16, fd00::/8);
 each scenario bounded in time.
@@ -31,6 +36,7 @@ import time
 from nodecache.testing.emunode import (CLUSTER_V4, LOCAL_V4, LOCAL_V6, MODES, EmulatedNode,
                                        missing_requirements, sh)
 from nodecache.testing.nodeload import Lookups, churn, migrate
+from nodecache.testing.podnetwork import lone_backend_killed, surge_rollout
 
 
 def crash(mode: str, pods_on: str, down: float) -> dict:
@@ -101,6 +107,16 @@ def migration(mode: str) -> dict:
             "restored": LOCAL_V4 in m["interface"] and not m["standby_after"], "health": m["health"]}
 
 
+def cilium(mode: str) -> tuple[dict, dict]:
+    with EmulatedNode(mode=mode) as n:
+        r = surge_rollout(n)
+    with EmulatedNode(mode=mode) as n:
+        k = lone_backend_killed(n)
+    lookups, paced = r["lookups"], r["paced"]
+    return ({"lookups": len(lookups.results), "failed": len(lookups.failed), "sent": paced["sent"],
+             "lost": paced["unanswered"], "refill": r["refill"], "unready": r["unready_after"]}, k)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--modes", nargs="*", choices=MODES, default=list(MODES), help="kube-proxy modes (default both)")
@@ -132,6 +148,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"errors; interface ours after: {'yes' if mg['restored'] else 'NO'}; our /health answered "
                   f"{'never' if mg['health'] is None else format(mg['health'], '.1f') + ' s'} after node-cache's exit",
                   flush=True)
+            r, k = cilium(mode)
+            print(f"{mode:<9} {'cilium LRP: surge rollout, glibc + 200 UDP q/s':<46} {r['failed']} of {r['lookups']} "
+                  f"lookups failed; {r['lost']} of {r['sent']} queries lost; {r['refill']} names refilled; old pod "
+                  f"unready {r['unready'] * 1000:.0f} ms after SIGTERM", flush=True)
+            print(f"{mode:<9} {'cilium LRP: the lone pod SIGKILLed':<46} {k['failed']} of {k['lookups']} lookups "
+                  f"failed, {k['slow']} over 1 s; fallback to the cluster DNS {k['fallback_after'] * 1000:.0f} ms "
+                  f"after the kill", flush=True)
         except (RuntimeError, subprocess.SubprocessError, ValueError) as exc:
             print(f"{mode:<9} failed: {exc}")
             status = 1

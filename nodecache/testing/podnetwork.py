@@ -22,7 +22,10 @@ process starts until it exits (the negative control).
 from __future__ import annotations
 
 import ctypes
+import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import threading
@@ -30,6 +33,7 @@ import time
 import urllib.request
 
 from .emunode import CLUSTER_V4, UPSTREAM_V4, EmulatedNode, sh
+from .nodeload import Lookups
 
 LRP_COREFILE = """\
 cluster.local:53 {
@@ -182,3 +186,73 @@ class Redirect(threading.Thread):
     def stop(self) -> None:
         self.stopped.set()
         self.join(5)
+
+
+WARM = re.compile(r"^svc-\d+\.default\.svc\.cluster\.local\.?$")
+
+
+def refill(n: EmulatedNode, since: int) -> int:
+    """The cluster DNS's A queries for the warm names after its first
+    ``since`` log lines (glibc's AAAA queries were never warmed)."""
+    return sum(1 for _, qtype, name in n.upstream_log()[since:] if qtype == 1 and WARM.match(name))
+
+
+def surge_rollout(n: EmulatedNode, gated: bool = True, shared_handoff: bool = True,
+                  rate: float = 200.0, seconds: float = 9.0) -> dict:
+    """Pod 0 serves and caches 100 names; under glibc lookups and ``rate``
+    UDP queries/s to the kube-dns ClusterIP, pod 1 starts (the surge pod),
+    becomes Ready, then pod 0 is SIGTERMed. What the client saw, the
+    refill, how soon pod 0 was unready, both logs, the redirect's changes."""
+    pods = AgentPods(n)
+    redirect = Redirect(n, pods, gated=gated)
+    pods.start(0, str(n.tmp / "handoff"))
+    pods.wait_ready(0)
+    redirect.start()
+    n.pod_nameserver(CLUSTER_V4)
+    names = [f"svc-{i % 100}.default.svc.cluster.local" for i in range(int(rate * seconds))]
+    n.pod_load(names[:200], rate, target=CLUSTER_V4).wait(30)   # pod 0 caches every name
+    time.sleep(0.5)
+    load = n.pod_load(names, rate, target=CLUSTER_V4, timeout=3.0)
+    lookups = Lookups(n, seconds)
+    lookups.start()
+    time.sleep(1.0)
+    before = len(n.upstream_log())
+    pods.start(1, str(n.tmp / ("handoff" if shared_handoff else "handoff-other")))
+    ready_in = pods.wait_ready(1)
+    time.sleep(1.0)                                 # the redirect sees it Ready
+    pods.procs[0].send_signal(signal.SIGTERM)       # the DaemonSet deletes the old pod
+    unready_after, t0 = None, time.monotonic()
+    while time.monotonic() - t0 < 3 and unready_after is None:
+        if not pods.ready(0):
+            unready_after = time.monotonic() - t0
+        time.sleep(0.02)
+    lookups.join(60)
+    paced = json.loads(load.stdout.read())
+    load.wait(30)
+    pods.procs[0].wait(20)
+    redirect.stop()
+    return {"lookups": lookups, "paced": paced, "refill": refill(n, before), "unready_after": unready_after,
+            "ready_in": ready_in, "logs": (pods.log(0), pods.log(1)), "changes": redirect.changes}
+
+
+def lone_backend_killed(n: EmulatedNode, seconds: float = 9.0) -> dict:
+    """The only agent pod SIGKILLed under glibc lookups: when the redirect
+    fell back to the cluster DNS, and each lookup's (start, exit code)."""
+    pods = AgentPods(n, count=1)
+    redirect = Redirect(n, pods)
+    pods.start(0, str(n.tmp / "handoff"))
+    pods.wait_ready(0)
+    redirect.start()
+    n.pod_nameserver(CLUSTER_V4)
+    lookups = Lookups(n, seconds)
+    lookups.start()
+    time.sleep(1.5)
+    pods.procs[0].send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    pods.procs[0].wait(10)
+    lookups.join(60)
+    redirect.stop()
+    fallback = next((t - killed for t, backends in redirect.changes if t > killed and backends == ()), None)
+    after = [(t, code) for t, (_, code) in zip(lookups.started, lookups.results) if t >= killed]
+    return {"killed": killed, "fallback_after": fallback, "after_kill": after,
+            "failed": len(lookups.failed), "lookups": len(lookups.results), "slow": len(lookups.slow)}

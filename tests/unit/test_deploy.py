@@ -16,7 +16,8 @@ from nodecache.node.nodeconfig import render_corefile
 ROOT = Path(__file__).resolve().parent.parent.parent
 BASE = ROOT / "daemonset" / "base"
 MANIFESTS = sorted(BASE.glob("*.yaml"))
-OVERLAYS = ("iptables", "ipvs", "nftables")
+OVERLAYS = ("iptables", "ipvs", "nftables", "cilium-lrp")
+CRDS = {"CiliumLocalRedirectPolicy"}  # no schema in kubernetes-validate: checked field by field below
 
 
 def docs():
@@ -49,13 +50,41 @@ def test_every_overlay_renders_and_validates_strictly(overlay, version):
     kv = pytest.importorskip("kubernetes_validate")
     from kubernetes_validate.utils import latest_version
     objs = rendered(overlay)
-    assert sorted(d["kind"] for d in objs) == ["ConfigMap", "DaemonSet", "Service", "Service", "ServiceAccount"]
+    kinds = sorted(d["kind"] for d in objs if d["kind"] not in CRDS)
+    assert kinds == ["ConfigMap", "DaemonSet", "Service", "Service", "ServiceAccount"]
     for doc in objs:
-        kv.validate(doc, latest_version() if version == "latest" else version, strict=True)
+        if doc["kind"] not in CRDS:
+            kv.validate(doc, latest_version() if version == "latest" else version, strict=True)
+
+
+def test_the_cilium_overlay_runs_in_the_pod_network_behind_a_local_redirect_policy():
+    objs = rendered("cilium-lrp")
+    pod = next(d for d in objs if d["kind"] == "DaemonSet")["spec"]["template"]
+    c = _container(objs)
+    assert pod["spec"]["hostNetwork"] is False and pod["metadata"]["annotations"]["io.cilium.no-track-port"] == "53"
+    assert {"-skipteardown=true", "-setupinterface=false", "-setupiptables=false"} <= set(c["args"])
+    ports = {(p["name"], p["protocol"]) for p in c["ports"]}
+    assert {("dns", "UDP"), ("dns-tcp", "TCP")} <= ports and all("hostPort" not in p for p in c["ports"])
+    assert c["securityContext"]["capabilities"]["add"] == ["NET_BIND_SERVICE"]  # no rules, no interface
+    # each pod has its own IP: HTTP probes are unambiguous, even at startup; readiness every second
+    assert "exec" not in c["startupProbe"] and c["startupProbe"]["httpGet"]["port"] == 8181
+    assert c["readinessProbe"]["periodSeconds"] == 1 and c["readinessProbe"]["failureThreshold"] == 1
+    assert "host" not in c["livenessProbe"]["httpGet"]
+    lrp = next(d for d in objs if d["kind"] == "CiliumLocalRedirectPolicy")
+    assert lrp["apiVersion"] == "cilium.io/v2" and lrp["metadata"]["namespace"] == "kube-system"
+    assert lrp["spec"]["redirectFrontend"]["serviceMatcher"] == {"serviceName": "kube-dns", "namespace": "kube-system"}
+    backend = lrp["spec"]["redirectBackend"]
+    assert backend["localEndpointSelector"]["matchLabels"] == pod["metadata"]["labels"]
+    assert {(p["name"], p["protocol"], p["port"]) for p in backend["toPorts"]} == {("dns", "UDP", "53"),
+                                                                                  ("dns-tcp", "TCP", "53")}
+    cm = next(d for d in objs if d["kind"] == "ConfigMap")
+    text = render_corefile(cm["data"]["Corefile"], ["169.254.20.10"], "10.96.0.11", {}, ["10.0.0.2"])
+    blocks = parse_config(text, "cilium-lrp").blocks
+    assert all(b.binds == ("0.0.0.0",) for b in blocks) and blocks[0].health.addr == ":8080"
 
 
 def test_overlays_bind_what_each_datapath_needs():
-    args = {o: _container(rendered(o))["args"] for o in OVERLAYS}
+    args = {o: _container(rendered(o))["args"] for o in OVERLAYS if o != "cilium-lrp"}
     localip = {o: a[a.index("-localip") + 1] for o, a in args.items()}
     assert localip["ipvs"] == "169.254.20.10"  # with kubelet --cluster-dns=169.254.20.10
     assert localip["iptables"] == localip["nftables"] == "169.254.20.10,$(KUBE_DNS_SERVICE_HOST)"
