@@ -117,6 +117,19 @@ class AgentPods:
         self.procs[i] = proc
         return proc
 
+    def touched(self) -> list[str]:
+        """Any interface or rule of ours in the node's or a pod's namespace
+        (there must be none: -setupinterface=false -setupiptables=false)."""
+        found = []
+        for ns in [self.n.node, *self.names]:
+            if sh("ip", "link", "show", "nodelocaldns", ns=ns, check=False).returncode == 0:
+                found.append(f"{ns}: interface nodelocaldns")
+            if "nodecache" in sh("nft", "list", "tables", ns=ns, check=False).stdout:
+                found.append(f"{ns}: nft table nodecache")
+            if "nodecache" in sh("iptables-save", ns=ns, check=False).stdout:
+                found.append(f"{ns}: iptables rules")
+        return found
+
     def log(self, i: int) -> str:
         return (self.n.tmp / f"lrp{i}.log").read_text()
 
@@ -226,13 +239,15 @@ def surge_rollout(n: EmulatedNode, gated: bool = True, shared_handoff: bool = Tr
         if not pods.ready(0):
             unready_after = time.monotonic() - t0
         time.sleep(0.02)
+    touched = pods.touched()
     lookups.join(60)
     paced = json.loads(load.stdout.read())
     load.wait(30)
     pods.procs[0].wait(20)
     redirect.stop()
     return {"lookups": lookups, "paced": paced, "refill": refill(n, before), "unready_after": unready_after,
-            "ready_in": ready_in, "logs": (pods.log(0), pods.log(1)), "changes": redirect.changes}
+            "ready_in": ready_in, "logs": (pods.log(0), pods.log(1)), "changes": redirect.changes,
+            "touched": touched + pods.touched()}
 
 
 def lone_backend_killed(n: EmulatedNode, seconds: float = 9.0) -> dict:

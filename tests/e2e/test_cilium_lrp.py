@@ -38,6 +38,7 @@ def test_a_surge_rollout_behind_the_redirect_fails_nothing_and_refills_nothing(m
     assert paced["unanswered"] == 0 and paced["rcodes"] == {"0": paced["sent"]}, paced
     assert run["refill"] == 0, run["refill"]                  # warm: the cluster DNS saw none of the names again
     assert [b for _, b in run["changes"]][-3:] == [(0,), (0, 1), (1,)], run["changes"]
+    assert run["touched"] == []  # -setupinterface=false -setupiptables=false: nothing of ours on the node
 
 
 # The controls run in one kube-proxy mode: what they take away (readiness

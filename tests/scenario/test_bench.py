@@ -102,7 +102,7 @@ def test_compare_with_a_peer():
 
 
 def test_plot(agent, tmp_path):
-    pytest.importorskip("matplotlib", reason="--plot needs the optional extra: pip install 'nodecache[plot]'")
+    pytest.importorskip("matplotlib", reason="--plot needs the optional extra: .venv/bin/pip install -e '.[plot]'")
     png = tmp_path / "latency.png"
     out = subprocess.run(BENCH + ["run", "-p", str(agent), "--qps", "500", "--duration", "1", "--workers", "1",
                                   "--plot", str(png), "--quiet"], capture_output=True, text=True, timeout=60)
