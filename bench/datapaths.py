@@ -114,7 +114,8 @@ def cilium(mode: str) -> tuple[dict, dict]:
         k = lone_backend_killed(n)
     lookups, paced = r["lookups"], r["paced"]
     return ({"lookups": len(lookups.results), "failed": len(lookups.failed), "sent": paced["sent"],
-             "lost": paced["unanswered"], "refill": r["refill"], "unready": r["unready_after"]}, k)
+             "lost": paced["unanswered"], "refill": r["refill"], "unready": r["unready_after"],
+             "warm": r["warm_entries"], "why": "" if r["refill"] == 0 else r["logs"][1][-1500:]}, k)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
             r, k = cilium(mode)
             print(f"{mode:<9} {'cilium LRP: surge rollout, glibc + 200 UDP q/s':<46} {r['failed']} of {r['lookups']} "
                   f"lookups failed; {r['lost']} of {r['sent']} queries lost; {r['refill']} names refilled; old pod "
-                  f"unready {r['unready'] * 1000:.0f} ms after SIGTERM", flush=True)
+                  f"unready {r['unready'] * 1000:.0f} ms after SIGTERM; new pod started with {r['warm']} "
+                  f"cache entries", flush=True)
+            if r["why"]:
+                print(f"          (refilled: the new pod's log ends) {r['why']}", flush=True)
             print(f"{mode:<9} {'cilium LRP: the lone pod SIGKILLed':<46} {k['failed']} of {k['lookups']} lookups "
                   f"failed, {k['slow']} over 1 s; fallback to the cluster DNS {k['fallback_after'] * 1000:.0f} ms "
                   f"after the kill", flush=True)

@@ -196,6 +196,13 @@ class Redirect(threading.Thread):
                 self._apply(wanted)
             self.stopped.wait(self.period)
 
+    def wait_for(self, backends: tuple[int, ...], limit: float = 5.0) -> None:
+        deadline = time.monotonic() + limit
+        while self.backends != backends:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the redirect has {self.backends}, not {backends}")
+            time.sleep(0.02)
+
     def stop(self) -> None:
         self.stopped.set()
         self.join(5)
@@ -221,6 +228,7 @@ def surge_rollout(n: EmulatedNode, gated: bool = True, shared_handoff: bool = Tr
     pods.start(0, str(n.tmp / "handoff"))
     pods.wait_ready(0)
     redirect.start()
+    redirect.wait_for((0,))                         # pod 0 is the backend before anything is asked
     n.pod_nameserver(CLUSTER_V4)
     names = [f"svc-{i % 100}.default.svc.cluster.local" for i in range(int(rate * seconds))]
     n.pod_load(names[:200], rate, target=CLUSTER_V4).wait(30)   # pod 0 caches every name
@@ -245,8 +253,9 @@ def surge_rollout(n: EmulatedNode, gated: bool = True, shared_handoff: bool = Tr
     load.wait(30)
     pods.procs[0].wait(20)
     redirect.stop()
+    warm = re.search(r"serving with (\d+) cache entries", pods.log(1))
     return {"lookups": lookups, "paced": paced, "refill": refill(n, before), "unready_after": unready_after,
-            "ready_in": ready_in, "logs": (pods.log(0), pods.log(1)), "changes": redirect.changes,
+            "ready_in": ready_in, "warm_entries": int(warm.group(1)) if warm else 0, "logs": (pods.log(0), pods.log(1)), "changes": redirect.changes,
             "touched": touched + pods.touched()}
 
 
@@ -258,6 +267,7 @@ def lone_backend_killed(n: EmulatedNode, seconds: float = 9.0) -> dict:
     pods.start(0, str(n.tmp / "handoff"))
     pods.wait_ready(0)
     redirect.start()
+    redirect.wait_for((0,))
     n.pod_nameserver(CLUSTER_V4)
     lookups = Lookups(n, seconds)
     lookups.start()
