@@ -94,6 +94,13 @@ async def get(port, path):
     return await asyncio.to_thread(fetch)
 
 
+async def get_or_error(port, path):
+    try:
+        return await get(port, path)
+    except OSError:
+        return "unreachable"
+
+
 def samples(text):
     out = {}
     for fam in text_string_to_metric_families(text):
@@ -269,29 +276,12 @@ def test_one_zone_down_is_degraded_not_unready_every_zone_down_is_unready():
     assert "zone example.org.: no healthy upstream" in both[1]
 
 
-def test_metrics_port_taken_dns_keeps_serving(caplog):
-    taken = socket.socket()
-    taken.bind(("127.0.0.1", 0))
-    taken.listen()
-    mport = taken.getsockname()[1]
-
-    async def go():
-        async with node(_corefile(mport)) as n:
-            rt = await runtime_for(n)
-            assert f"127.0.0.1:{mport}" in rt.http.failed
-            rec = DNSRecord.parse(await n.udp(build("svc-1.default.svc.cluster.local", QTYPE.A)))
-            rt.close()
-            return rec
-    assert run(go()).rr
-    taken.close()
-    assert "DNS keeps serving" in caplog.text
-
-
 def test_an_http_port_taken_at_start_is_served_once_it_is_free(caplog):
-    """During a migration node-cache holds the health and metrics ports
-    until it exits: the agent keeps retrying (logging the failure once) and
-    serves them as soon as they are free, so kubelet's liveness probe finds
-    it. Control: without the retry, /health stays unreachable."""
+    """A taken metrics/health port is logged and DNS keeps serving. During a
+    migration node-cache holds those ports until it exits: the agent keeps
+    retrying (logging the failure once) and serves them as soon as they are
+    free, so kubelet's liveness probe finds it. Control: freed but before
+    the retry runs, /health is unreachable."""
     caplog.set_level("INFO", logger="nodecache.http")
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
@@ -301,8 +291,11 @@ def test_an_http_port_taken_at_start_is_served_once_it_is_free(caplog):
     async def go():
         async with node(_corefile(mport)) as n:
             rt = await runtime_for(n)
+            assert f"127.0.0.1:{mport}" in rt.http.failed
+            assert DNSRecord.parse(await n.udp(build("svc-1.default.svc.cluster.local", QTYPE.A))).rr
             await rt.http.start()                        # still taken: a second failure, not logged again
             taken.close()
+            control = await get_or_error(mport, "/health")
             import nodecache.observe.http as http_mod
             http_mod.RETRY, old = 0.05, http_mod.RETRY
             retry = asyncio.get_running_loop().create_task(rt.http.retry())
@@ -316,8 +309,10 @@ def test_an_http_port_taken_at_start_is_served_once_it_is_free(caplog):
                 retry.cancel()
                 http_mod.RETRY = old
                 rt.close()
-            return health
-    assert run(go()) == (200, "OK")
+            return control, health
+    control, health = run(go())
+    assert control == "unreachable" and health == (200, "OK")
+    assert "DNS keeps serving" in caplog.text
     assert caplog.text.count("cannot serve") == 1 and "(it was: Address already in use)" in caplog.text
 
 
