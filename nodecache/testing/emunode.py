@@ -318,14 +318,24 @@ class EmulatedNode:
         return sh("getent", "ahosts", name, ns=self.pod6 if v6 else self.pod, check=False,
                   timeout=timeout)
 
-    def upstream_log(self, include_pods: bool = False) -> list[tuple[str, int, str]]:
+    def upstream_marks(self) -> list[int]:
+        """How many queries each replica has logged so far (for ``after``)."""
+        out = []
+        for i in range(len(self.ups)):
+            path = self.tmp / f"up{i}.log"
+            out.append(len(path.read_text().splitlines()) if path.exists() else 0)
+        return out
+
+    def upstream_log(self, include_pods: bool = False, after: list[int] | None = None) -> list[tuple[str, int, str]]:
         """(proto, qtype, name) the replicas saw; by default only the agent's
-        queries (not control queries sent by a pod straight to the ClusterIP)."""
+        queries (not control queries sent by a pod straight to the ClusterIP).
+        ``after``: only those logged since ``upstream_marks()`` returned it
+        (per replica: one list of both logs would shift as either grows)."""
         out = []
         for i in range(len(self.ups)):
             path = self.tmp / f"up{i}.log"
             if path.exists():
-                for line in path.read_text().splitlines():
+                for line in path.read_text().splitlines()[after[i] if after else 0:]:
                     proto, client, qtype, name = line.split(" ", 3)
                     client = client.removeprefix("::ffff:")  # v4 on a dual-stack socket
                     if include_pods or not client.startswith(("169.254.10.", "169.254.16.", "fd00:10:", "fd00:16:")):

@@ -211,10 +211,10 @@ class Redirect(threading.Thread):
 WARM = re.compile(r"^svc-\d+\.default\.svc\.cluster\.local\.?$")
 
 
-def refill(n: EmulatedNode, since: int) -> int:
-    """The cluster DNS's A queries for the warm names after its first
-    ``since`` log lines (glibc's AAAA queries were never warmed)."""
-    return sum(1 for _, qtype, name in n.upstream_log()[since:] if qtype == 1 and WARM.match(name))
+def refill(n: EmulatedNode, marks: list[int]) -> int:
+    """The cluster DNS's A queries for the warm names since ``marks``
+    (``upstream_marks``; glibc's AAAA queries were never warmed)."""
+    return sum(1 for _, qtype, name in n.upstream_log(after=marks) if qtype == 1 and WARM.match(name))
 
 
 def surge_rollout(n: EmulatedNode, gated: bool = True, shared_handoff: bool = True,
@@ -237,7 +237,7 @@ def surge_rollout(n: EmulatedNode, gated: bool = True, shared_handoff: bool = Tr
     lookups = Lookups(n, seconds)
     lookups.start()
     time.sleep(1.0)
-    before = len(n.upstream_log())
+    before = n.upstream_marks()
     pods.start(1, str(n.tmp / ("handoff" if shared_handoff else "handoff-other")))
     ready_in = pods.wait_ready(1)
     time.sleep(1.0)                                 # the redirect sees it Ready
