@@ -30,10 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from .cli import preflight, report, run_load
+from .runload import preflight, report, run_load
 from .loadgen import Spec
 from .hitcost import hit_cost, print_hit_table
-from .misscost import miss_cost, print_miss_table, unbound_forwarder_conf
+from .misscost import miss_cost, print_miss_table, unbound_command
 
 CLK = os.sysconf("SC_CLK_TCK")
 POD_RATE = 200.0
@@ -74,11 +74,6 @@ class Server:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-
-
-def unbound_command(tmp: Path, port: int, upstream: int) -> list[str]:
-    """unbound as a one-thread cache on 127.0.0.1:port forwarding everything to upstream."""
-    return [shutil.which("unbound"), "-d", "-c", str(unbound_forwarder_conf(tmp, port, upstream, False))]
 
 
 def servers(tmp: Path, upstream: int, wanted: list[str]) -> list[Server]:

@@ -221,7 +221,7 @@ def socket_runs(queries: int, k: int, tmp: Path, rounds: int) -> dict[str, dict]
                         bare_port))
         reply.close()
         if shutil.which("unbound"):
-            from .compare import unbound_command
+            from .misscost import unbound_command
             ub_port = free_port()
             servers.append(("unbound", unbound_command(tmp, ub_port, up_port), ub_port))
         running = []

@@ -160,3 +160,8 @@ def print_miss_table(table: dict, duration: float, rounds: int) -> None:
             runs = ",".join(f"{v:g}" for v in e["runs"])
             print(f"  {rate:>7} {name:10} {e['cpu_us_per_miss']:>12} {runs:>24} {e['avg_ms']:>7.2f} "
                   f"{e['lost']:>5} {ratio:>9}")
+
+
+def unbound_command(tmp: Path, port: int, upstream: int) -> list[str]:
+    """unbound as a one-thread cache on 127.0.0.1:port forwarding everything to upstream."""
+    return [shutil.which("unbound"), "-d", "-c", str(unbound_forwarder_conf(tmp, port, upstream, False))]

@@ -114,7 +114,7 @@ async def test_a_hits_run_warms_the_cache_before_it_measures():
     """Every name of the hits set is asked (and answered) once before the
     measured run: the upstream sees each name once, all before the run."""
     from harness import node
-    from nodecache_bench.cli import warm_up
+    from nodecache_bench.runload import warm_up
     from nodecache_bench.loadgen import Spec
     import asyncio
     async with node(".:{port} {{\n cache\n bind 127.0.0.1\n forward . 127.0.0.1:{up0}\n}}\n") as n:

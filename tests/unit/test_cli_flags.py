@@ -157,7 +157,7 @@ def test_nodecache_bench_refuses_values_it_cannot_run(argv, needle, capsys):
 
 
 def test_nodecache_bench_says_when_answers_were_refused():
-    from nodecache_bench.cli import report
+    from nodecache_bench.runload import report
     from nodecache_bench.loadgen import Result, Spec
     result = Result(sent=100, answered=100, rcodes={0: 60, 5: 40}, elapsed=1.0)
     rep = report(Spec("127.0.0.1", 53), result, 1)
