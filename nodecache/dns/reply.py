@@ -153,8 +153,3 @@ def _soa_minimum(data: bytes, start: int, end: int) -> int:
     if i + 20 != end:
         raise MalformedReply("bad SOA rdata")
     return _u32(data, i + 16)
-
-
-def question_key(data: bytes, qend: int) -> bytes:
-    """The part of a query's cache key that a reply's ``qkey`` must equal."""
-    return data[12:qend - 4].lower() + data[qend - 4:qend]

@@ -140,14 +140,3 @@ def remove_addresses(name: str, ips: list[str]) -> list[str]:
                 continue
             removed.append(ip)
     return removed
-
-
-def interface_state(name: str) -> tuple[str, list[str]] | None:
-    """(kind, addresses) of the interface, or None if absent (for tests and status)."""
-    IPRoute, _ = _netlink()
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=name)
-        if not found:
-            return None
-        kind = _kind(ipr.get_links(found[0])[0])
-        return kind, sorted(a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=found[0]))

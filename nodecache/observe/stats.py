@@ -20,7 +20,6 @@ DURATION_BUCKETS = tuple(0.00025 * 2 ** k for k in range(16))
 SIZE_BUCKETS = (0, 100, 200, 300, 400, 511, 1023, 2047, 4095, 8291, 16000, 32000, 48000, 64000)
 _SIZE_INDEX = [bisect_left(SIZE_BUCKETS, n) for n in range(65536 + 12)]
 _FIRST = DURATION_BUCKETS[0]
-PLUGINS = ("", "cache", "forward", "errors", "loop")
 # CoreDNS reports the common types by name and everything else as "other"
 _DNS_TYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA",
               33: "SRV", 35: "NAPTR", 39: "DNAME", 41: "OPT", 43: "DS", 46: "RRSIG", 47: "NSEC",
