@@ -239,7 +239,8 @@ class Soak:
         self.conf = tmp / "Corefile"
         self.port = port
         self._write_corefile(0)
-        self.limit = ("-miss-rate-per-client", f"{args.client_limit:g}")
+        self.limit = ("-miss-rate-per-client", f"{args.client_limit:g}",
+                      *(() if args.forward_retry else ("-forward-retry=false",)))
         self.agent = AgentProc(tmp, self.conf, tmp / "handoff", 0, *self.limit)
         self.generation = 0
         load = MixedLoad(port, args.rate, args.hostile_rate)
@@ -335,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--client-limit", type=float, default=1000,
                     help="the agent's -miss-rate-per-client, below --hostile-rate so that the hostile client is "
                          "refused (default 1000; the product's default is 5000)")
+    ap.add_argument("--no-forward-retry", dest="forward_retry", action="store_false",
+                    help="run the agents with -forward-retry=false (the negative control: rolls fail queries)")
     ap.add_argument("--roll", type=float, default=120, help="seconds between cluster DNS rolls (0: none)")
     ap.add_argument("--handoff", type=float, default=180, help="seconds between hot handoffs (0: none)")
     ap.add_argument("--reload", type=float, default=150, help="seconds between Corefile reloads (0: none)")

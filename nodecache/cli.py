@@ -112,6 +112,12 @@ def parser() -> argparse.ArgumentParser:
       help="save the cache here on shutdown and load it on a cold start")
     f("status-socket", dest="status_socket", default=DEFAULT_STATUS_SOCKET,
       help="where `nodecache probe` asks this process for its state")
+    f("forward-retry", dest="forward_retry", type=go_bool, nargs="?", const=True, default=True,
+      help="re-send a query whose upstream connection died and retry refusals until its deadline; false: "
+           "fail as soon as every upstream failed once (for diagnosis)")
+    f("udp-batch", dest="udp_batch", type=go_bool, nargs="?", const=True, default=True,
+      help="read and answer UDP in recvmmsg/sendmmsg batches where the kernel allows; false: uvloop's "
+           "datagram transport, one datagram per call (for diagnosis)")
     f("log-format", dest="log_format", choices=("text", "json"), default="text",
       help="json: one object per line, RFC 3339 times")
     f("debug", action="store_true", help="debug logging")
@@ -286,7 +292,8 @@ def _run_params(args, run):
                      miss_rate_per_client=run.miss_rate_per_client, cache_bytes=run.cache_bytes,
                      cache_max_item=run.cache_max_item, cache_file=run.cache_file,
                      status_socket=run.status_socket,
-                     lameduck=POD_NETWORK_LAMEDUCK if not (run.setupinterface or run.setupiptables) else 0.0)
+                     lameduck=POD_NETWORK_LAMEDUCK if not (run.setupinterface or run.setupiptables) else 0.0,
+                     forward_retry=run.forward_retry, udp_batch=run.udp_batch)
 
 
 async def fake_upstream(args) -> int:

@@ -74,7 +74,8 @@ class Lifecycle:
         self.node = NodeSetup(params.node, dns_ports(config, params.local_ips))
         self.agent = Agent(config, admission=Admission(params.max_inflight, params.max_inflight_per_client,
                                                        params.miss_rate_per_client),
-                           budget=ByteBudget(params.cache_bytes, params.cache_max_item))
+                           budget=ByteBudget(params.cache_bytes, params.cache_max_item),
+                           forward_retry=params.forward_retry, udp_batch=params.udp_batch)
         self.rt = Runtime(self.agent, self.node)
         self.tasks: list[asyncio.Task] = []   # reconcile loop and config watcher, while we own the node
         self.stop = asyncio.Event()
@@ -234,7 +235,8 @@ class Lifecycle:
         old = rt.agent
         # the same limits objects: the old agent's queries still in flight keep
         # their admission slots; its caches stop counting, their entries move here
-        agent = Agent(old.config, tcp_limits=old.tcp_limits, admission=old.admission, budget=old.budget)
+        agent = Agent(old.config, tcp_limits=old.tcp_limits, admission=old.admission, budget=old.budget,
+                      forward_retry=old.forward_retry, udp_batch=old.udp_batch)
         entries = dict(old.snapshot_blocks())
         for block in old.blocks:
             if block.cache is not None:

@@ -58,6 +58,8 @@ class RunParams:
     cache_file: str = ""
     status_socket: str = "/tmp/nodecache.status.sock"
     lameduck: float = 0.0  # when the Corefile's `health` sets none (see lifecycle.POD_NETWORK_LAMEDUCK)
+    forward_retry: bool = True     # -forward-retry
+    udp_batch: bool = True         # -udp-batch
     ip_problems: tuple[str, ...] = ()  # invalid -localip entries, counted once started
 
 

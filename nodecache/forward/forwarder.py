@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
 from bisect import bisect_left
@@ -62,10 +61,6 @@ _HEALTH_QUESTION = b"\x00\x00\x02\x00\x01"  # . IN NS
 _HARD_ERRORS = (OSError, MalformedReply, UpstreamClosed)
 MAX_RESENDS = 3          # re-sends of one query after its connection died, per attempt
 BACKOFF_FIRST, BACKOFF_MAX = 0.025, 0.5
-# NODECACHE_FORWARD_RETRY=0 restores wave 1's behaviour (no re-send, fail
-# as soon as every upstream failed outright): the negative control of the
-# resilience tests, and a diagnostic. Not for production.
-RETRY_DEFAULT = os.environ.get("NODECACHE_FORWARD_RETRY", "1") != "0"
 
 
 class ForwardFailure(Exception):
@@ -144,7 +139,7 @@ class UpstreamState:
 
 
 class Forwarder:
-    def __init__(self, cfg: ForwardConfig):
+    def __init__(self, cfg: ForwardConfig, retry: bool = True):
         self.cfg = cfg
         self.upstreams = [UpstreamState(u, cfg) for u in cfg.to]
         self.inflight: dict[bytes, asyncio.Task] = {}
@@ -155,7 +150,10 @@ class Forwarder:
         self.resent = 0      # queries re-sent after their connection died
         self.backoffs = 0    # rounds where every upstream refused or broke at once
         self.mismatched = 0  # replies passed on uncached: CD/DO differ from our query
-        self.retry = RETRY_DEFAULT
+        # False (-forward-retry=false): wave 1's behaviour, no re-send and a
+        # failure as soon as every upstream failed outright; for diagnosis,
+        # and the resilience tests' negative control
+        self.retry = retry
         self.rejected = 0   # coredns_forward_max_concurrent_rejects_total
         self.all_down = 0   # coredns_forward_healthcheck_broken_total
 

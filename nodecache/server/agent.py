@@ -75,8 +75,9 @@ def make_sockets(addr: str, port: int) -> tuple[socket.socket, socket.socket]:
 
 class Listener:
     def __init__(self, addr: str, port: int, blocks: list[Block], limits: TcpLimits,
-                 admission: Admission | None = None, clock=time.monotonic):
+                 admission: Admission | None = None, clock=time.monotonic, udp_batch: bool = True):
         self.addr, self.port = addr, port
+        self.udp_batch = udp_batch  # False (-udp-batch=false): uvloop's datagram transport
         family = "2" if ":" in addr else "1"
         self.stats = ListenerStats(self.server_label(), family)
         self.dispatcher = Dispatcher(Router(blocks), self.stats, admission, clock)
@@ -86,7 +87,7 @@ class Listener:
 
     async def start(self, udp_sock: socket.socket, tcp_sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        if udpbatch.available():
+        if self.udp_batch and udpbatch.available():
             self.udp = udpbatch.BatchUdpServer(self.dispatcher, udp_sock)
             self.udp.start(loop)
         else:
@@ -125,16 +126,18 @@ def _blocks_for(blocks: list[Block], addr: str, port: int) -> list[Block]:
 
 class Agent:
     def __init__(self, config: Config, clock=time.monotonic, tcp_limits: TcpLimits | None = None,
-                 admission: Admission | None = None, budget: ByteBudget | None = None):
+                 admission: Admission | None = None, budget: ByteBudget | None = None,
+                 forward_retry: bool = True, udp_batch: bool = True):
         self.config = config
         self.clock = clock
+        self.forward_retry, self.udp_batch = forward_retry, udp_batch  # -forward-retry, -udp-batch
         self.tcp_limits = tcp_limits or TcpLimits()
         self.admission = admission or Admission()  # one for the whole agent
         self.budget = budget or ByteBudget()        # likewise: every cache's bytes together
-        self.blocks = [Block(b, clock, self.budget) for b in config.blocks]
+        self.blocks = [Block(b, clock, self.budget, forward_retry) for b in config.blocks]
         self.listeners: list[Listener] = [
             Listener(addr, port, _blocks_for(self.blocks, addr, port), self.tcp_limits, self.admission,
-                     self.clock)
+                     self.clock, udp_batch)
             for addr, port in config.listeners]
         self.retiring: set[asyncio.Task] = set()
         self.retired: list[Listener] = []  # removed by reloads; their counters still count
@@ -216,7 +219,7 @@ class Agent:
         New listeners must bind before anything changes: if one cannot,
         the reload fails and the old configuration stays.
         """
-        blocks = [Block(b, self.clock, self.budget) for b in config.blocks]
+        blocks = [Block(b, self.clock, self.budget, self.forward_retry) for b in config.blocks]
         old_by_zone = {block_id(b): b for b in self.blocks}
         for old in self.blocks:
             if old.cache is not None:
@@ -233,7 +236,7 @@ class Agent:
             for addr, port in config.listeners:
                 if (addr, port) not in current:
                     listener = Listener(addr, port, _blocks_for(blocks, addr, port), self.tcp_limits,
-                                        self.admission, self.clock)
+                                        self.admission, self.clock, self.udp_batch)
                     await self._start_listener(listener)
                     started.append(listener)
         except ListenError:

@@ -26,7 +26,7 @@ log = logging.getLogger("nodecache.server")
 
 
 class Block:
-    def __init__(self, cfg: ServerBlock, clock=time.monotonic, budget=None):
+    def __init__(self, cfg: ServerBlock, clock=time.monotonic, budget=None, retry: bool = True):
         self.cfg = cfg
         self.stages: list[Stage] = []
         self.cache_stage = self.forward_stage = None
@@ -38,7 +38,7 @@ class Block:
             self.cache_stage = CacheStage(cfg.cache, cfg.zones, clock, budget)
             self.stages.append(self.cache_stage)
         if cfg.forward:
-            self.forward_stage = ForwardStage(cfg.forward)
+            self.forward_stage = ForwardStage(cfg.forward, retry)
             self.stages.append(self.forward_stage)
         self.handler = chain(self.stages)
         self.panics = 0

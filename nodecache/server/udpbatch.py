@@ -31,7 +31,7 @@ made only then, and its reply is sent on its own with ``sendto``.
 
 ``available()`` says whether this runs here (Linux, libc with both calls,
 the 64-bit struct layout this module writes); otherwise, or with
-``NODECACHE_UDP_BATCH=0`` in the environment, the agent uses
+``-udp-batch=false``, the agent uses
 ``UdpServer`` on uvloop's transport.
 """
 from __future__ import annotations
@@ -96,7 +96,7 @@ CALLS = _libc() if sys.platform.startswith("linux") else None
 
 def available() -> bool:
     """Whether the agent serves UDP through this module (see the top)."""
-    return (CALLS is not None and os.environ.get("NODECACHE_UDP_BATCH", "1") != "0"
+    return (CALLS is not None
             and ctypes.sizeof(ctypes.c_void_p) == 8 and MM == 64 and ctypes.sizeof(_Iovec) == 16)
 
 

@@ -15,9 +15,9 @@ from .base import Answer, Request, Stage, in_zone
 class ForwardStage(Stage):
     name = "forward"
 
-    def __init__(self, cfg: ForwardConfig):
+    def __init__(self, cfg: ForwardConfig, retry: bool = True):
         self.cfg = cfg
-        self.forwarder = Forwarder(cfg)
+        self.forwarder = Forwarder(cfg, retry)
         self.from_zone = encode_name(cfg.from_zone)
         self.except_zones = [encode_name(z) for z in cfg.except_zones]
         self.loop = None  # the block's LoopDetector: its probe is never coalesced

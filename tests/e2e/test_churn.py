@@ -3,7 +3,7 @@ kube-proxy's DNAT are rolled one at a time, one is SIGKILLed while still an
 endpoint, and both are gone for a second, while a pod sends only cache
 misses at 300/s. The agent must turn none of it into a failed lookup.
 Negative control: the same run with re-sends and retries off
-(NODECACHE_FORWARD_RETRY=0, wave 1's behaviour) fails lookups."""
+(-forward-retry=false, wave 1's behaviour) fails lookups."""
 import json
 import time
 
@@ -18,9 +18,9 @@ RATE = 300.0
 SECONDS = 10.0
 
 
-def _run(mode: str, extra_env: dict | None) -> tuple[dict, str]:
+def _run(mode: str, *flags: str) -> tuple[dict, str]:
     with EmulatedNode(mode=mode) as n:
-        n.start_agent(env=extra_env)
+        n.start_agent(*flags)
         n.wait_agent()
         tag = f"m{int(time.time() * 1000) % 10**8}"
         # unique names in the cluster zone: every one a miss, forwarded over TCP
@@ -34,7 +34,7 @@ def _run(mode: str, extra_env: dict | None) -> tuple[dict, str]:
 
 
 def test_replicas_rolled_killed_and_gone_for_a_second_fail_no_lookup(mode):
-    result, log = _run(mode, None)
+    result, log = _run(mode)
     servfail = result["rcodes"].get("2", 0)
     answered = sum(result["rcodes"].values())
     assert result["unanswered"] == 0 and servfail == 0, f"{result}\n{log[-3000:]}"
@@ -44,5 +44,5 @@ def test_replicas_rolled_killed_and_gone_for_a_second_fail_no_lookup(mode):
 
 
 def test_negative_control_without_retries_the_same_churn_fails_lookups(mode):
-    result, _ = _run(mode, {"NODECACHE_FORWARD_RETRY": "0"})
+    result, _ = _run(mode, "-forward-retry=false")
     assert result["rcodes"].get("2", 0) + result["unanswered"] > 0, result

@@ -158,11 +158,10 @@ def test_a_short_soak_loses_and_fails_nothing_through_every_kind_of_churn(retry)
     least once: 0 lost, 0 failed (exit 0), every sample has the agent's
     figures, and the hostile client was refused. Control: with the
     forwarder's retries off the rolls fail queries and the soak says so."""
-    import os
-    env = {**os.environ, "NODECACHE_FORWARD_RETRY": "1" if retry else "0"}
     proc = subprocess.run([sys.executable, "-m", "nodecache_bench.soak", "--minutes", "0.4", "--rate", "600",
                            "--hostile-rate", "1500", "--roll", "6", "--handoff", "9", "--reload", "7",
-                           "--sample", "4"], capture_output=True, text=True, timeout=120, env=env)
+                           "--sample", "4", *(() if retry else ("--no-forward-retry",))],
+                          capture_output=True, text=True, timeout=120)
     out = proc.stdout
     if not retry:
         assert proc.returncode == 1 and "failed 0;" not in out, out

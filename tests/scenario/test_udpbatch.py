@@ -175,11 +175,25 @@ async def test_one_failing_datagram_leaves_the_rest_answered(monkeypatch, batche
         assert len(caught) == 1 and isinstance(caught[0]["exception"], RuntimeError)  # counted as a panic
 
 
-def test_the_agent_falls_back_to_uvloops_transport_without_batching(monkeypatch):
-    monkeypatch.setenv("NODECACHE_UDP_BATCH", "0")
-    assert not udpbatch.available()
-    monkeypatch.delenv("NODECACHE_UDP_BATCH")
+async def test_the_agent_uses_uvloops_transport_when_batching_is_off():
+    """-udp-batch=false (or no batching here): uvloop's datagram transport
+    answers the same."""
+    from nodecache.config.plugins import parse_config
+    from nodecache.server.agent import Agent
+    from nodecache.server.udp import UdpServer
     assert udpbatch.available() and agent_mod.udpbatch is udpbatch
+    port = client.free_port()
+    async with node(CLUSTER) as n:
+        text = CLUSTER.format(port=port, up0=n.up.port)
+        plain = Agent(parse_config(text, "test"), udp_batch=False)
+        await plain.start()
+        try:
+            assert isinstance(plain.listeners[0].udp, UdpServer)
+            assert isinstance(n.agent.listeners[0].udp, udpbatch.BatchUdpServer)
+            query = build(NAMES[0], 1, qid=7)
+            assert (await client.udp("127.0.0.1", port, query, 5))[:2] == query[:2]
+        finally:
+            await plain.stop(0.5)
 
 
 @pytest.mark.parametrize("call", ["recvmmsg", "sendmmsg"])
