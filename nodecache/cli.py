@@ -16,8 +16,7 @@ from . import __version__
 from .cliparse import Parser, at_least, flag, go_bool, go_seconds, port, positive_seconds, size
 from .config.corefile import CorefileError
 
-DEFAULT_HANDOFF_DIR = "/run/nodecache"
-DEFAULT_STATUS_SOCKET = "/tmp/nodecache.status.sock"
+from . import defaults as D
 
 EXIT_CONFIG = 2
 
@@ -67,7 +66,7 @@ def parser() -> argparse.ArgumentParser:
       help="write the NOTRACK/ACCEPT rules for -localip, and keep them")
     f("setupebtables", type=go_bool, nargs="?", const=True, default=False,
       help="accepted for compatibility; ebtables is not supported")
-    f("syncinterval", type=positive_seconds, default=60.0,
+    f("syncinterval", type=positive_seconds, default=D.SYNC_INTERVAL,
       help="how often interface and rules are checked and repaired (s or Go duration)")
     f("watch-node", dest="watch_node", type=go_bool, nargs="?", const=True, default=True,
       help="also repair at once when netlink reports our interface, an address or a rule removed "
@@ -85,32 +84,32 @@ def parser() -> argparse.ArgumentParser:
       help="how to write the rules: iptables, native nftables (a table of our own), "
            "or auto: nftables where kube-proxy has its nftables tables, else iptables")
     f("pidfile", default="", help="write the process ID here once serving")
-    f("metrics-listen-address", dest="metrics_listen", default="0.0.0.0:9353",
+    f("metrics-listen-address", dest="metrics_listen", default=D.METRICS_LISTEN,
       help="node-cache's setup-error metrics (ADDR:PORT; empty: off)")
-    f("configsync", type=positive_seconds, default=10.0,
+    f("configsync", type=positive_seconds, default=D.CONFIG_SYNC,
       help="how often the template and the kube-dns ConfigMap are re-read (s)")
     f("handoff", type=go_bool, nargs="?", const=True, default=True,
       help="take over from a running agent at the handoff socket")
-    f("handoff-dir", dest="handoff_dir", default=DEFAULT_HANDOFF_DIR,
+    f("handoff-dir", dest="handoff_dir", default=D.HANDOFF_DIR,
       help="directory of the handoff socket, shared by the old and new pod")
-    f("handoff-grace", dest="handoff_grace", type=go_seconds, default=10.0,
+    f("handoff-grace", dest="handoff_grace", type=go_seconds, default=D.HANDOFF_GRACE,
       help="after a handoff, how long the old agent stays able to resume if the new one dies (s)")
-    f("max-inflight", dest="max_inflight", type=at_least(1), default=4096,
+    f("max-inflight", dest="max_inflight", type=at_least(1), default=D.MAX_INFLIGHT,
       help="queries not answered from the cache that may be in progress at once; more are REFUSED")
-    f("max-inflight-per-client", dest="max_inflight_per_client", type=at_least(1), default=512,
+    f("max-inflight-per-client", dest="max_inflight_per_client", type=at_least(1), default=D.MAX_INFLIGHT_PER_CLIENT,
       help="the share of -max-inflight one client address may hold")
-    f("miss-rate-per-client", dest="miss_rate_per_client", type=at_least(0, float), default=5000.0,
+    f("miss-rate-per-client", dest="miss_rate_per_client", type=at_least(0, float), default=D.MISS_RATE_PER_CLIENT,
       help="queries per second one client address may send that are not cache hits; more are "
            "REFUSED; 0: no limit")
-    f("cache-bytes", dest="cache_bytes", type=size, default=64 << 20,
+    f("cache-bytes", dest="cache_bytes", type=size, default=D.CACHE_BYTES,
       help="bytes all caches together may hold (records + ~400 B per entry); oldest unused go first")
-    f("cache-max-item", dest="cache_max_item", type=size, default=16 << 10,
+    f("cache-max-item", dest="cache_max_item", type=size, default=D.CACHE_MAX_ITEM,
       help="a reply whose records exceed this is served but not cached")
-    f("drain", type=go_seconds, default=5.0,
+    f("drain", type=go_seconds, default=D.DRAIN,
       help="how long in-flight queries may finish on shutdown or handoff (s)")
     f("cache-file", dest="cache_file", default="",
       help="save the cache here on shutdown and load it on a cold start")
-    f("status-socket", dest="status_socket", default=DEFAULT_STATUS_SOCKET,
+    f("status-socket", dest="status_socket", default=D.STATUS_SOCKET,
       help="where `nodecache probe` asks this process for its state")
     f("forward-retry", dest="forward_retry", type=go_bool, nargs="?", const=True, default=True,
       help="re-send a query whose upstream connection died and retry refusals until its deadline; false: "
@@ -124,16 +123,16 @@ def parser() -> argparse.ArgumentParser:
 
     probe = sub.add_parser("probe", help="exec probe: exit 0 if the agent is alive / ready")
     probe.add_argument("what", choices=("live", "ready"))
-    flag(probe, "status-socket", dest="status_socket", default=DEFAULT_STATUS_SOCKET,
+    flag(probe, "status-socket", dest="status_socket", default=D.STATUS_SOCKET,
          help="the agent's -status-socket")
 
     handoff = sub.add_parser("handoff", help="hot handoff tools")
     hsub = handoff.add_subparsers(dest="handoff_command", required=True, parser_class=Parser)
     status = hsub.add_parser("status", help="which process holds the sockets")
-    flag(status, "handoff-dir", dest="handoff_dir", default=DEFAULT_HANDOFF_DIR, help="the agent's -handoff-dir")
+    flag(status, "handoff-dir", dest="handoff_dir", default=D.HANDOFF_DIR, help="the agent's -handoff-dir")
     reload_ = hsub.add_parser("reload", help="start a successor with the running agent's command "
                                              "line and wait until it took over (systemd ExecReload)")
-    flag(reload_, "handoff-dir", dest="handoff_dir", default=DEFAULT_HANDOFF_DIR, help="the agent's -handoff-dir")
+    flag(reload_, "handoff-dir", dest="handoff_dir", default=D.HANDOFF_DIR, help="the agent's -handoff-dir")
     flag(reload_, "timeout", type=positive_seconds, default=30.0, help="seconds to wait for the successor")
 
     check = sub.add_parser("check", help="render a Corefile (node-cache templates too) with these flags, "

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import defaults
 from .cache import snapshot
 from .config.corefile import CorefileError
 from .config.model import Config
@@ -43,20 +44,20 @@ class RunParams:
     local_ips: tuple[str, ...] = ()
     node: NodeParams = NodeParams(())
     pidfile: str = ""
-    config_sync: float = 10.0
-    metrics_listen: str = "0.0.0.0:9353"
+    config_sync: float = defaults.CONFIG_SYNC
+    metrics_listen: str = defaults.METRICS_LISTEN
     dns_port: int = 53
     handoff: bool = True
-    handoff_dir: str = "/run/nodecache"
-    drain: float = 5.0
-    handoff_grace: float = 10.0
-    max_inflight: int = 4096
-    max_inflight_per_client: int = 512
-    miss_rate_per_client: float = 5000.0
-    cache_bytes: int = 64 << 20
-    cache_max_item: int = 16 << 10
+    handoff_dir: str = defaults.HANDOFF_DIR
+    drain: float = defaults.DRAIN
+    handoff_grace: float = defaults.HANDOFF_GRACE
+    max_inflight: int = defaults.MAX_INFLIGHT
+    max_inflight_per_client: int = defaults.MAX_INFLIGHT_PER_CLIENT
+    miss_rate_per_client: float = defaults.MISS_RATE_PER_CLIENT
+    cache_bytes: int = defaults.CACHE_BYTES
+    cache_max_item: int = defaults.CACHE_MAX_ITEM
     cache_file: str = ""
-    status_socket: str = "/tmp/nodecache.status.sock"
+    status_socket: str = defaults.STATUS_SOCKET
     lameduck: float = 0.0  # when the Corefile's `health` sets none (see lifecycle.POD_NETWORK_LAMEDUCK)
     forward_retry: bool = True     # -forward-retry
     udp_batch: bool = True         # -udp-batch

@@ -31,14 +31,15 @@ import time
 from collections import OrderedDict
 from typing import Callable
 
+from .. import defaults
 from ..config.model import CacheConfig
 from ..dns.reply import Reply
 from ..dns.wire import NOERROR, NXDOMAIN, SERVFAIL
 from .entry import DENIAL, SERVFAIL_KIND, SUCCESS, Entry
 
 FRESH, STALE = "fresh", "stale"
-DEFAULT_BUDGET = 64 << 20   # bytes for all caches of an agent (see docs/corefile.md: limits)
-DEFAULT_MAX_ITEM = 16 << 10  # records bytes; larger replies are served, not cached
+DEFAULT_BUDGET = defaults.CACHE_BYTES      # bytes for all caches of an agent (see docs/corefile.md: limits)
+DEFAULT_MAX_ITEM = defaults.CACHE_MAX_ITEM  # records bytes; larger replies are served, not cached
 
 
 class ByteBudget:

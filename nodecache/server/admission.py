@@ -37,15 +37,17 @@ from __future__ import annotations
 
 import time
 
-DEFAULT_TOTAL = 4096
-DEFAULT_PER_CLIENT = 512
+from .. import defaults
+
+DEFAULT_TOTAL = defaults.MAX_INFLIGHT
+DEFAULT_PER_CLIENT = defaults.MAX_INFLIGHT_PER_CLIENT
 # Slow-path starts per second per client. Sized from the measured cost of a
 # miss (bench/RESULTS.md, "Cost of a cache miss": one core forwards on the
 # order of 10,000-20,000 misses/s): one client may take about a quarter of
 # a core, far above what a pod asks in normal operation (its misses are its
 # new names, a few per second to hundreds), yet a flood of distinct names
 # from one client cannot starve the others.
-DEFAULT_RATE = 5000.0
+DEFAULT_RATE = defaults.MISS_RATE_PER_CLIENT
 MAX_BUCKETS = 8192     # then buckets that are full again are forgotten
 LOCAL_SHARES = 4       # every host-network client together: this many clients' in-flight shares
 
