@@ -315,7 +315,6 @@ class Lifecycle:
             Path(params.pidfile).unlink(missing_ok=True)
         return 0
 
-
     def _others_serving(self) -> list[str]:
         """The local IP:port pairs some process other than us still serves
         (we joined node-cache's sockets, or another agent joined ours)."""

@@ -89,9 +89,15 @@ class ConfigSource:
         self.kubedns_cm = cm
         self.write_warned = False
 
+    def _source(self) -> tuple[str, str]:
+        """(path, flag) of the Corefile to read: the template where it exists, else -conf."""
+        base = self.params.base_corefile
+        if base and Path(base).is_file():
+            return base, "-basecorefile"
+        return self.params.conf, "-conf"
+
     def _inputs(self) -> list[Path]:
-        base = Path(self.params.base_corefile) if self.params.base_corefile else None
-        paths = [base] if base is not None and base.is_file() else [Path(self.params.conf)]
+        paths = [Path(self._source()[0])]
         if self.kubedns_cm:
             paths += [Path(self.kubedns_cm) / "stubDomains", Path(self.kubedns_cm) / "upstreamNameservers"]
         return paths
@@ -111,11 +117,7 @@ class ConfigSource:
         when ``strict``. Not strict (at startup), a broken kube-dns ConfigMap is
         recorded in ``self.problems`` and ignored, as node-cache does."""
         self.problems: list[str] = []
-        base = Path(self.params.base_corefile) if self.params.base_corefile else None
-        if base is None or not base.is_file():
-            source, flag = self.params.conf, "-conf"
-        else:
-            source, flag = str(base), "-basecorefile"
+        source, flag = self._source()
         try:
             text = read_corefile(source)
         except CorefileError as exc:

@@ -26,13 +26,17 @@ after a failure.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from .kubeproxy import nftables_table
@@ -106,6 +110,46 @@ def sh(*cmd: str, check: bool = True, ns: str | None = None, timeout: float = 30
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(full)}: exit {proc.returncode}: {proc.stderr.strip()}")
     return proc
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def enter_netns(name: str) -> None:
+    """Move the calling thread (only it: a network namespace is per thread)
+    into the named namespace, as kubelet's probes and Cilium's agent run in
+    the node's."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {name}")
+    finally:
+        os.close(fd)
+
+
+def http_status(url: str, timeout: float = 1.0, ns: str | None = None) -> int:
+    """The HTTP status of GET ``url`` (0: no answer), asked from network
+    namespace ``ns`` (in a thread that enters it) or from this thread's."""
+    out = [0]
+
+    def ask() -> None:
+        if ns is not None:
+            enter_netns(ns)
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as reply:
+                out[0] = reply.status
+        except urllib.error.HTTPError as exc:
+            out[0] = exc.code
+        except OSError:
+            pass
+    if ns is None:
+        ask()
+        return out[0]
+    thread = threading.Thread(target=ask, daemon=True)
+    thread.start()
+    thread.join(timeout + 5)
+    return out[0]
 
 
 class EmulatedNode:

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-from .emunode import LOCAL_V4, NODE_COREFILE, UPSTREAM_V4, EmulatedNode, sh
+from .emunode import LOCAL_V4, NODE_COREFILE, UPSTREAM_V4, EmulatedNode, http_status, sh
 
 
 class Lookups:
@@ -140,11 +140,8 @@ def migrate(n: EmulatedNode, *flags: str, seconds: float = 6.0, rate: float = 20
 def _health_after(n: EmulatedNode, since: float, limit: float = 6.0) -> float | None:
     """Seconds from ``since`` until GET http://169.254.20.10:8080/health is
     answered by the agent (node-cache held the port), or None."""
-    code = ("import socket,sys\ntry:\n s=socket.create_connection(('%s',8080),timeout=1)\n"
-            " s.sendall(b'GET /health HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n');print(s.recv(64).split()[1].decode())\n"
-            "except OSError:\n print(0)" % LOCAL_V4)
     while time.monotonic() - since < limit:
-        if sh(sys.executable, "-c", code, ns=n.node, check=False).stdout.strip() == "200":
+        if http_status(f"http://{LOCAL_V4}:8080/health", ns=n.node) == 200:
             return time.monotonic() - since
         time.sleep(0.2)
     return None

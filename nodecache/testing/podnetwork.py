@@ -21,7 +21,6 @@ process starts until it exits (the negative control).
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
@@ -30,9 +29,8 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
-from .emunode import CLUSTER_V4, UPSTREAM_V4, EmulatedNode, sh
+from .emunode import CLUSTER_V4, UPSTREAM_V4, EmulatedNode, enter_netns, http_status, sh
 from .nodeload import Lookups
 
 LRP_COREFILE = """\
@@ -66,28 +64,8 @@ def pod_ip(i: int) -> str:
     return f"169.254.{40 + i}.2"
 
 
-CLONE_NEWNET = 0x40000000
-
-
-def enter_netns(name: str) -> None:
-    """Move the calling thread (only it: a network namespace is per thread)
-    into the named namespace, as kubelet's probes and Cilium's agent run in
-    the node's."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-    finally:
-        os.close(fd)
-
-
 def _get_ready(ip: str, timeout: float) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{ip}:8181/ready", timeout=timeout) as r:
-            return r.status == 200
-    except OSError:
-        return False
+    return http_status(f"http://{ip}:8181/ready", timeout) == 200
 
 
 class AgentPods:
@@ -136,15 +114,7 @@ class AgentPods:
     def ready(self, i: int, timeout: float = 0.15) -> bool:
         """Pod i's /ready, asked from the node as kubelet asks it (in a
         thread that enters the node's namespace)."""
-        out = []
-
-        def ask() -> None:
-            enter_netns(self.n.node)
-            out.append(_get_ready(pod_ip(i), timeout))
-        thread = threading.Thread(target=ask, daemon=True)
-        thread.start()
-        thread.join(timeout + 5)
-        return bool(out and out[0])
+        return http_status(f"http://{pod_ip(i)}:8181/ready", timeout, ns=self.n.node) == 200
 
     def wait_ready(self, i: int, limit: float = 20.0) -> float:
         t0 = time.monotonic()

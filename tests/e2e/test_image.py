@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nodecache.testing.emunode import CLUSTER_V4, LOCAL_V4, UPSTREAM_V4, EmulatedNode, missing_requirements, sh
+from nodecache.testing.emunode import (CLUSTER_V4, LOCAL_V4, UPSTREAM_V4, EmulatedNode, http_status,
+                                       missing_requirements, sh)
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 TAG = "localhost/nodecache:0.1.0"
@@ -78,12 +79,6 @@ ENTRY = ('set -e; R=$0; mount -t proc proc "$R/proc"; mount --bind /dev "$R/dev"
          '"KUBE_DNS_UPSTREAM_SERVICE_HOST=$KUBE_DNS_UPSTREAM_SERVICE_HOST" nodecache run "$@"')
 
 
-def _get(n: EmulatedNode, url: str) -> int:
-    code = (f"import urllib.request,sys\ntry:\n  print(urllib.request.urlopen({url!r}, timeout=5).status)\n"
-            f"except Exception as e:\n  print(getattr(e, 'code', 0))")
-    return int(sh(sys.executable, "-c", code, ns=n.node).stdout.strip() or 0)
-
-
 def test_the_image_runs_the_daemonsets_args_on_the_emulated_node(image_root, mode):
     args, corefile = _daemonset(mode)
     (image_root / "etc" / "coredns").mkdir(parents=True, exist_ok=True)
@@ -111,7 +106,7 @@ def test_the_image_runs_the_daemonsets_args_on_the_emulated_node(image_root, mod
         startup = sh("chroot", str(image_root), "/opt/nodecache/bin/nodecache", "probe", "ready", ns=n.node,
                      check=False)
         assert startup.returncode == 0, startup.stdout + startup.stderr
-        assert _get(n, f"http://{LOCAL_V4}:8181/ready") == 200      # readinessProbe (pod IP: any address)
-        assert _get(n, f"http://{LOCAL_V4}:8080/health") == 200     # livenessProbe
+        assert http_status(f"http://{LOCAL_V4}:8181/ready", 5, ns=n.node) == 200      # readinessProbe (pod IP: any address)
+        assert http_status(f"http://{LOCAL_V4}:8080/health", 5, ns=n.node) == 200     # livenessProbe
         assert n.stop_agent() == 0
         assert n.interface() == "" and not n.rules(), n.agent_log.read_text()
