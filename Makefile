@@ -27,7 +27,7 @@ image: $(STAMP) system-deps
 	PY=$(PY) bash scripts/build-image.sh
 
 bench: $(STAMP) system-deps
-	$(PY) -m nodecache_bench.results
+	$(PY) -m bench.results
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

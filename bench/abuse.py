@@ -1,4 +1,4 @@
-"""``python -m nodecache_bench.abuse``: the agent's memory, and a well-behaved client's
+"""``python -m bench.abuse``: the agent's memory, and a well-behaved client's
 latency, while one hostile client abuses it.
 
 Each scenario runs against a fresh ``nodecache run`` (cache + forward over
@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .compare import _pin
+from nodecache_bench.compare import _pin
 from nodecache.testing import client
 from nodecache.dns.framing import frame
 from nodecache.dns.wire import make_query, question_bytes
@@ -263,7 +263,7 @@ ABUSERS = {"idle": idle, "everything": everything, "tcp-hoard": tcp_hoard, "qtyp
 async def _abuser_process(name: str, port: int, seconds: float) -> str:
     """The abuser runs in its own process, so it cannot stall the good client's loop."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nodecache_bench.abuse", "--abuser", name, "--port", str(port),
+        sys.executable, "-m", "bench.abuse", "--abuser", name, "--port", str(port),
         "--seconds", str(seconds), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), seconds + 60)
     if proc.returncode != 0:  # an abuser that did not run would make every figure meaningless

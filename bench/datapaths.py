@@ -1,7 +1,7 @@
 """Every guarantee per datapath, as figures: the emulated node (root) with
 kube-proxy in iptables mode and in nftables mode, the same events in each.
 
-    python -m nodecache_bench.datapaths [--modes iptables nftables]
+    python -m bench.datapaths [--modes iptables nftables]
 
 1. crash: pods on the kube-dns ClusterIP (node-local-dns's args in that
    mode), the agent SIGKILLed and restarted 2 s later, glibc lookups

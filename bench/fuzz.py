@@ -1,4 +1,4 @@
-"""``python -m nodecache_bench.fuzz``: a running agent under 1,000,000 hostile UDP
+"""``python -m bench.fuzz``: a running agent under 1,000,000 hostile UDP
 packets and a set of abusive TCP clients (not part of CI: about two minutes).
 
 The agent (``nodecache run``, pinned to CPU 0, per-client limits lifted so
@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .abuse import CACHED, Agent, GoodClient, _pin, rss_mib
+from bench.abuse import CACHED, Agent, GoodClient, _pin, rss_mib
 
 from nodecache.testing import client
 from nodecache.dns.framing import frame

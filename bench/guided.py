@@ -2,8 +2,8 @@
 longer than ``make test`` does (its test runs each target for a few
 thousand inputs).
 
-    python -m nodecache_bench.guided --seconds 120          # each target
-    python -m nodecache_bench.guided --only query reply --seconds 600
+    python -m bench.guided --seconds 120          # each target
+    python -m bench.guided --only query reply --seconds 600
 
 Each target of ``nodecache.testing.fuzz`` runs under atheris (libFuzzer)
 in its own process, from the checkout's seed corpus (tests/data/fuzz) into

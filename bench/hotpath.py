@@ -1,6 +1,6 @@
 """Hot-path cost of a cache hit, in CPU microseconds per query.
 
-1. Through the real handler, no sockets: ``Dispatcher.fast`` on a warm cache,
+1. Through the real handler, no sockets: ``QueryPath.cache_hit`` on a warm cache,
    the exact code a UDP datagram runs (scan, route, LRU touch, render),
    measured with this process's user CPU.
 2. Through a real UDP socket: the server runs as its own process
@@ -14,7 +14,7 @@
 Bounded: every phase has a query count and a time limit. Traffic only to
 127.0.0.1.
 
-    .venv/bin/python -m nodecache_bench.hotpath [--queries N] [--names K] [--rounds R]
+    .venv/bin/python -m bench.hotpath [--queries N] [--names K] [--rounds R]
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from pathlib import Path
 
 
 from nodecache.testing.client import build, free_port
-from nodecache.config.plugins import parse_config
+from nodecache.config.parse import parse_config
 from nodecache.testing.fakeupstream import ClusterDNS, FakeUpstream
 from nodecache.server.agent import Agent
 
@@ -71,10 +71,10 @@ async def handler_only(queries: int, k: int) -> dict:
     for m in msgs:
         await client.udp("127.0.0.1", port, m)
     listener = agent.listeners[0]
-    fast = listener.dispatcher.fast
+    fast = listener.path.cache_hit
     reps = max(1, queries // len(msgs))
     for m in msgs:
-        assert fast(m, "tcp") is not None, "cache not warm"
+        assert fast(m, "tcp").__class__ is bytes, "cache not warm"
 
     # The UDP transport's handler with the kernel left out: the batched
     # transport's one-datagram read (server.udpbatch: what a node below
@@ -127,19 +127,6 @@ async def handler_only(queries: int, k: int) -> dict:
 
 
 # -- 2. real sockets -------------------------------------------------------
-BARE = """
-import asyncio, sys, uvloop
-class P(asyncio.DatagramProtocol):
-    def connection_made(self, t): self.t = t
-    def datagram_received(self, d, a):
-        self.t.sendto(d[:2] + REPLY[2:], a)
-REPLY = bytes.fromhex(sys.argv[2])
-async def main():
-    loop = asyncio.get_running_loop()
-    await loop.create_datagram_endpoint(P, local_addr=("127.0.0.1", int(sys.argv[1])))
-    await asyncio.Event().wait()
-uvloop.run(main())
-"""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -221,7 +208,7 @@ def socket_runs(queries: int, k: int, tmp: Path, rounds: int) -> dict[str, dict]
                         bare_port))
         reply.close()
         if shutil.which("unbound"):
-            from .misscost import unbound_command
+            from nodecache_bench.misscost import unbound_command
             ub_port = free_port()
             servers.append(("unbound", unbound_command(tmp, ub_port, up_port), ub_port))
         running = []

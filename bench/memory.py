@@ -5,7 +5,7 @@ blocks), fills the caches through the real query path from an in-process
 emulated upstream to 10,000 and then 100,000 entries, and reads VmRSS from
 /proc at each step. Bounded: a fixed number of queries.
 
-    .venv/bin/python -m nodecache_bench.memory
+    .venv/bin/python -m bench.memory
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def traced_per_entry(n: int) -> tuple[float, float]:
     import tracemalloc
     from dnslib import QTYPE, RR, A, DNSRecord
     from nodecache.cache.store import ByteBudget, Cache
-    from nodecache.config.model import CacheConfig, CacheClass
+    from nodecache.cache.options import CacheClass, CacheConfig
     from nodecache.dns.reply import analyse
     from nodecache.dns.wire import RD, make_query, question_bytes, scan
     cache = Cache(CacheConfig(success=CacheClass(n, 3600, 5)), lambda: 100.0, ByteBudget(limit=10**10))

@@ -2,7 +2,7 @@
 Python process per probe) against HTTP probes (kubelet connects to /ready and
 /health itself), on a real ``nodecache run`` on loopback.
 
-    python -m nodecache_bench.probes [--exec N] [--http N]
+    python -m bench.probes [--exec N] [--http N]
 
 Exec: N runs of ``nodecache probe ready``, each timed (wall) and charged
 its own CPU (utime+stime of the child, from getrusage) and peak RSS. HTTP:
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from nodecache.testing.client import free_port
 
-from .procs import CLI
+from nodecache_bench.procs import CLI
 
 PROBES_PER_S = 1 / 2 + 1 / 10  # readiness every 2 s + liveness every 10 s (daemonset/base)
 

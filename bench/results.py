@@ -1,6 +1,6 @@
 """Regenerate bench/RESULTS.md: runs every benchmark and writes the tables.
 
-    .venv/bin/python -m nodecache_bench.results   # ~65 minutes on the 2-core machine (30: the soak)
+    .venv/bin/python -m bench.results   # ~65 minutes on the 2-core machine (30: the soak)
     make bench                                    # the same
 
 Each section says its method and the exact command; the numbers are the
@@ -36,7 +36,7 @@ every query is a miss, as for expired and new names on a node). Server CPU
 5 s, median, the runs listed beside it. Target: at most 1.5x unbound."""
 
 ABUSE_METHOD = """\
-`python -m nodecache_bench.abuse`: a fresh `nodecache run` per scenario (pinned to CPU 0; the
+`python -m bench.abuse`: a fresh `nodecache run` per scenario (pinned to CPU 0; the
 emulated upstream, the clients and the abuser on CPU 1, the abuser in a
 process of its own). A well-behaved client on 127.0.0.2 sends 200 queries/s
 (90% cached, 10% new names) and a TCP query each second; the hostile client
@@ -45,7 +45,7 @@ is the agent's, miss latency includes the shared single-threaded upstream,
 which the abuser loads too."""
 
 SECTIONS = [
-    ("Cost of a cache hit", ["-m", "nodecache_bench.hotpath", "--rounds", "5"], """\
+    ("Cost of a cache hit", ["-m", "bench.hotpath", "--rounds", "5"], """\
 1. *Handler only*: on a warm cache of 300 cluster names, ~1M hits, user CPU
    of this process per hit: the UDP transport's one-datagram handler with the
    kernel left out (`readable_one`, fed from a list; a memoised reply after
@@ -80,22 +80,22 @@ fastest server here, so that the generators are what is measured; 2
 alternating rounds, median."""),
     ("Cost of a cache miss", ["-m", "nodecache_bench.cli", "compare", "--scenarios", "", "--misses",
                               "1000,5000", "--duration", "5", "--rounds", "5"], MISS_METHOD),
-    ("One hostile client: memory and fairness", ["-m", "nodecache_bench.abuse", "--seconds", "8"], ABUSE_METHOD),
-    ("Hostile input: 1,000,000 packets", ["-m", "nodecache_bench.fuzz"], """\
+    ("One hostile client: memory and fairness", ["-m", "bench.abuse", "--seconds", "8"], ABUSE_METHOD),
+    ("Hostile input: 1,000,000 packets", ["-m", "bench.fuzz"], """\
 A running agent (per-client limits lifted so that every packet reaches the
 parsers) gets 1,000,000 hostile UDP packets at 8,000/s and abusive TCP
 clients; a well-behaved client sends 100 queries/s throughout."""),
-    ("Coverage-guided fuzzing", ["-m", "nodecache_bench.guided", "--seconds", "120"], """\
-`python -m nodecache_bench.guided`: each target of `nodecache.testing.fuzz` (query scan and
+    ("Coverage-guided fuzzing", ["-m", "bench.guided", "--seconds", "120"], """\
+`python -m bench.guided`: each target of `nodecache.testing.fuzz` (query scan and
 parse with the fast/slow agreement, upstream reply analysis and rendering, TCP framing,
 snapshot decoding, the Corefile parser, the kube-dns ConfigMap reader) under atheris
 (libFuzzer) for 120 s from the seed corpus in tests/data/fuzz. `cov`/`ft`: libFuzzer's
 edges and features over the instrumented nodecache and dnslib code. A finding fails the
 command. `make test` runs each for 4,000-20,000 inputs."""),
-    ("Soak: 30 minutes of mixed traffic and churn", ["-m", "nodecache_bench.soak", "--minutes", "30",
+    ("Soak: 30 minutes of mixed traffic and churn", ["-m", "bench.soak", "--minutes", "30",
                                                     "--handoff", "300", "--sample", "60",
                                                     "--plot", "bench/soak.png"], """\
-`python -m nodecache_bench.soak`: one `nodecache run` (the demo's two-zone Corefile) for 30
+`python -m bench.soak`: one `nodecache run` (the demo's two-zone Corefile) for 30
 minutes: pods on 127.0.0.2 at 1,500 UDP queries/s (70% cached names, 10% never-asked
 names, 20% ndots:5 search walks) plus a TCP client; a hostile client on 127.0.0.3 (2,000
 distinct misses and garbage datagrams/s); the cluster DNS replica replaced every 2 min, a
@@ -103,8 +103,8 @@ hot handoff to a new process every 5 min, a Corefile change + reload every 2.5 m
 minute: the serving process's RSS and fds (/proc), tasks, cache entries, memos, slow-path
 queries in flight (status socket), the pods' rate, p99, lost (no reply in 3 s) and failed
 (SERVFAIL/REFUSED/FORMERR/NOTIMP) queries. Plot: [soak.png](soak.png)."""),
-    ("Every guarantee per datapath", ["-m", "nodecache_bench.datapaths"], """\
-`python -m nodecache_bench.datapaths` (root): the emulated node (namespaces, glibc in a pod,
+    ("Every guarantee per datapath", ["-m", "bench.datapaths"], """\
+`python -m bench.datapaths` (root): the emulated node (namespaces, glibc in a pod,
 two CoreDNS replicas behind the ClusterIPs) with kube-proxy in iptables mode (DNAT rules)
 and in nftables mode (its `ip`/`ip6 kube-proxy` tables as proxier.go writes them, no
 iptables for the agent), `-rules auto`. The same events in both: SIGKILL + restart with
@@ -121,14 +121,14 @@ queries/s over 8 sockets plus a TCP client (one query at a time,
 reconnecting when the server closes the connection, as RFC 7766 clients do),
 400 cached names; 30 back-to-back handoffs, each followed by SIGTERM to the
 donor. Every query is accounted for (3 s patience)."""),
-    ("Probe cost: exec against HTTP", ["-m", "nodecache_bench.probes"], """\
-`python -m nodecache_bench.probes`: a `nodecache run` on loopback serving /health and /ready.
+    ("Probe cost: exec against HTTP", ["-m", "bench.probes"], """\
+`python -m bench.probes`: a `nodecache run` on loopback serving /health and /ready.
 Exec: 15 runs of `nodecache probe ready` (what the DaemonSet's probes ran until this
 release), each child's own CPU (getrusage) and peak RSS, median. HTTP: 500 GETs of
 /ready, the agent's CPU per GET from /proc and this Python client's CPU (an upper bound
 for kubelet's Go client). Per node at the manifest's periods (readiness 2 s, liveness
 10 s)."""),
-    ("Memory", ["-m", "nodecache_bench.memory"], """\
+    ("Memory", ["-m", "bench.memory"], """\
 Bytes per entry two ways: tracemalloc around inserting 10,000 and 100,000
 one-A-record entries into one cache (what an entry costs beyond its
 records), and the VmRSS of a `nodecache run` (four blocks of node-cache's
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     kept = _current_sections() if args.only else {}
     parts = [f"""# Benchmark results
 
-Generated by `.venv/bin/python -m nodecache_bench.results` on {time.strftime('%Y-%m-%d')}: {os.cpu_count()} cores,
+Generated by `.venv/bin/python -m bench.results` on {time.strftime('%Y-%m-%d')}: {os.cpu_count()} cores,
 Python {platform.python_version()}, Linux {platform.release()}. The machine is shared and noisy:
 compare figures within a table (one run, side by side), not across tables or runs.
 """]

@@ -1,7 +1,7 @@
 """Soak: one agent for a long time under mixed traffic and churn, sampled
 so that leaks and slow growth show.
 
-    python -m nodecache_bench.soak --minutes 30 --plot bench/soak.png
+    python -m bench.soak --minutes 30 --plot bench/soak.png
 
 A real `nodecache run` (node-cache's two-zone shape, the demo Corefile)
 on 127.0.0.1 in front of an emulated cluster DNS, with at once:
@@ -43,7 +43,7 @@ from nodecache.runtime import read_status
 from nodecache.testing import client
 from nodecache.testing.client import build
 from nodecache.testing.fakeupstream import ClusterDNS, FakeUpstream
-from .procs import AgentProc
+from nodecache_bench.procs import AgentProc
 
 POD, HOSTILE = "127.0.0.2", "127.0.0.3"
 HITS = [f"svc-{i}.{ns}.svc.cluster.local" for ns in ("default", "other") for i in range(100)]

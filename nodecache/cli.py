@@ -219,15 +219,15 @@ def cmd_check(args) -> int:
 
 
 def describe(config) -> str:
-    from .stages.base import ORDER
+    from .plugins.registry import PLUGINS
     lines = []
     for b in config.blocks:
         where = ", ".join(b.binds) or "all addresses"
         lines.append(f"{' '.join(b.zones)} port {b.port} on {where}  ({b.source})")
-        chain = [name for name in ORDER if getattr(b, name, None)]
+        chain = [name for name, _ in b.plugins if PLUGINS[name].stage is not None]
         lines.append("  chain: " + (" -> ".join(chain) or "(empty: REFUSED)"))
-        if b.cache:
-            c = b.cache
+        c = b.option("cache")
+        if c:
             lines.append(f"  cache: success {c.success.capacity} ttl {c.success.min_ttl}..{c.success.max_ttl}"
                          f", denial {c.denial.capacity} ttl {c.denial.min_ttl}..{c.denial.max_ttl}"
                          f", servfail {c.servfail_ttl:g}s"
@@ -235,8 +235,8 @@ def describe(config) -> str:
                             if c.prefetch else "")
                          + (f", serve_stale {c.serve_stale.duration:g}s "
                             f"{'verify' if c.serve_stale.verify else 'immediate'}" if c.serve_stale else ""))
-        if b.forward:
-            f = b.forward
+        f = b.option("forward")
+        if f:
             proto = "tcp" if f.force_tcp else "udp (tcp on truncation)"
             lines.append(f"  forward {f.from_zone} -> {', '.join(map(str, f.to))} over {proto}, "
                          f"policy {f.policy}, expire {f.expire:g}s, max_fails {f.max_fails}"

@@ -66,7 +66,7 @@ def go_bool(text: str) -> bool:
 def go_seconds(text: str) -> float:
     """Seconds, as a number ("60") or a Go duration ("60s", "1m"); never negative."""
     from .config.corefile import CorefileError, Token
-    from .config.plugins import _Ctx, parse_duration
+    from .plugins.grammar import Ctx as _Ctx, parse_duration
     try:
         value = parse_duration(_Ctx("flag"), Token(str(text), 0))
     except CorefileError:

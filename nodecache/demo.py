@@ -13,7 +13,7 @@ import time
 from dnslib import QTYPE, RCODE, DNSRecord
 
 from .testing import client
-from .config.plugins import parse_config
+from .config.parse import parse_config
 from .testing.fakeupstream import ClusterDNS, FakeUpstream
 from .server.agent import Agent
 

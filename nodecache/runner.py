@@ -24,7 +24,7 @@ from . import defaults
 from .cache import snapshot
 from .config.corefile import CorefileError
 from .config.model import Config
-from .config.plugins import parse_config, read_corefile
+from .config.parse import parse_config, read_corefile
 from .node.nodeconfig import (CLUSTER_DNS, LOCAL_DNS, ConfigMapError, cluster_dns_ip, read_kubedns_configmap,
                               render_corefile, service_env)
 from .node.reconcile import NodeParams
@@ -180,7 +180,7 @@ def dns_ports(config: Config, ips: tuple[str, ...]) -> dict[str, set[int]]:
 def _reload_interval(config: Config, default: float) -> float:
     """The Corefile's `reload INTERVAL [JITTER]` if any block has it (with
     jitter, so a fleet does not reload in step), else -configsync."""
-    reloads = [b.reload for b in config.blocks if b.reload]
+    reloads = [b.option("reload") for b in config.blocks if b.has("reload")]
     if not reloads:
         return default
     r = min(reloads, key=lambda x: x.interval)

@@ -127,7 +127,7 @@ class Runtime:
                 "entries": sum(len(b.cache) for b in agent.blocks if b.cache is not None),
                 # what grows if something leaks (bench/soak.py samples these)
                 "tasks": len(asyncio.all_tasks()),
-                "memos": sum(len(lst.dispatcher.memo.table) for lst in agent.listeners),
+                "memos": sum(len(lst.path.memo.table) for lst in agent.listeners),
                 "slow_inflight": agent.admission.running}
 
     def on_loop_exception(self, loop, context) -> None:
@@ -146,12 +146,12 @@ class Runtime:
     def http_routes(self, config, metrics_listen: str) -> dict:
         http = HttpServers()
         for block in config.blocks:
-            if block.prometheus:
-                http.add(block.prometheus, "/metrics", lambda: exposition(self.dns_registry))
-            if block.health:
-                http.add(block.health.addr, "/health", self._health)
-            if block.ready:
-                http.add(block.ready, "/ready", self._ready)
+            if block.has("prometheus"):
+                http.add(block.option("prometheus"), "/metrics", lambda: exposition(self.dns_registry))
+            if block.has("health"):
+                http.add(block.option("health").addr, "/health", self._health)
+            if block.has("ready"):
+                http.add(block.option("ready"), "/ready", self._ready)
         if metrics_listen:
             http.add(metrics_listen, "/metrics", lambda: exposition(self.setup_registry))
         return http.routes
@@ -169,7 +169,7 @@ class Runtime:
         return 200, "text/plain", b"OK"
 
     def lameduck(self) -> float:
-        return max((b.cfg.health.lameduck for b in self.agent.blocks if b.cfg.health), default=0.0)
+        return max((b.cfg.option("health").lameduck for b in self.agent.blocks if b.cfg.has("health")), default=0.0)
 
     # -- status socket ------------------------------------------------------
     def start_status(self, path: str) -> None:

@@ -32,7 +32,7 @@ from collections import OrderedDict
 from typing import Callable
 
 from .. import defaults
-from ..config.model import CacheConfig
+from ..cache.options import CacheConfig
 from ..dns.reply import Reply
 from ..dns.wire import NOERROR, NXDOMAIN, SERVFAIL
 from .entry import DENIAL, SERVFAIL_KIND, SUCCESS, Entry
@@ -70,7 +70,6 @@ class Cache:
         # Called with an entry that should be refreshed in the background;
         # the callee sets ``entry.refreshing`` while it works.
         self.on_prefetch: Callable[[Entry], None] | None = None
-        self.hit_entry: Entry | None = None  # the entry the last ``hit`` answered from
         # Counters (read at scrape time): indexes follow entry kinds.
         self.hits = [0, 0, 0]
         self.misses = 0
@@ -88,7 +87,10 @@ class Cache:
         return len(self._success), len(self._denial)
 
     # -- hot path -------------------------------------------------------
-    def hit(self, key: bytes, data: bytes, qend: int, qflags: int, edns: int) -> bytes | None:
+    def fresh(self, key: bytes, now: float) -> Entry | None:
+        """The unexpired entry for ``key``, counted as a hit (and considered
+        for prefetch), else None: the hot path's one lookup. Expired entries
+        are the slow path's to decide (stale, refresh, evict)."""
         lru = self._success
         entry = lru.get(key)
         if entry is None:
@@ -96,15 +98,19 @@ class Cache:
             entry = lru.get(key)
             if entry is None:
                 return None
-        now = self.clock()
         if now >= entry.expires:
-            return None  # expired: the slow path decides (stale, refresh, evict)
+            return None
         entry.visited = True
         self.hits[entry.kind] += 1
         if self._prefetch_pct and not entry.refreshing:
             self._consider_prefetch(entry, now)
-        self.hit_entry = entry  # what the caller may memoise (server.memo)
-        return entry.render(data, qend, qflags, edns, now)
+        return entry
+
+    def hit(self, key: bytes, data: bytes, qend: int, qflags: int, edns: int) -> bytes | None:
+        """The rendered reply for a fresh hit on ``key`` (for ``data``), else None."""
+        now = self.clock()
+        entry = self.fresh(key, now)
+        return None if entry is None else entry.render(data, qend, qflags, edns, now)
 
     def _consider_prefetch(self, entry: Entry, now: float) -> None:
         # CoreDNS: popular = AMOUNT hits with no gap of DURATION between them.

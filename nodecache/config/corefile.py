@@ -7,7 +7,7 @@ CoreDNS does). Each token remembers its line, so every later error can say
 ``file:line: message``. Tokens then group into server blocks (keys, then a
 braced body) holding directives (a name, its arguments up to the end of the
 line, and optionally a braced body of sub-directives). This module knows
-nothing of what directives mean; ``config.plugins`` does.
+nothing of what directives mean; ``config.parse`` does.
 """
 from __future__ import annotations
 

@@ -48,11 +48,12 @@ import random
 import time
 from bisect import bisect_left
 
-from ..config.model import ForwardConfig, Upstream
+from ..forward.options import ForwardConfig, Upstream
 from ..dns.key import cd, do, question
 from ..dns.reply import MalformedReply, Reply, analyse
 from ..dns.wire import AD, CD, RD, make_query
 from ..observe.stats import DURATION_BUCKETS
+from .direct import DirectExchange
 from .transport import TcpPool, UdpPool, UpstreamClosed, exchange_on
 
 log = logging.getLogger("nodecache.forward")
@@ -142,8 +143,9 @@ class Forwarder:
     def __init__(self, cfg: ForwardConfig, retry: bool = True):
         self.cfg = cfg
         self.upstreams = [UpstreamState(u, cfg) for u in cfg.to]
-        self.inflight: dict[bytes, asyncio.Task] = {}
-        self.direct: dict = {}  # key -> server.direct.DirectMiss: misses sent without a task
+        # key -> the exchange in flight for it: a slow-path future, or a
+        # forward.direct.DirectExchange (one table: coalescing in one place)
+        self.inflight: dict[bytes, asyncio.Future | DirectExchange] = {}
         self.max_inflight = cfg.max_concurrent or DEFAULT_MAX_INFLIGHT
         self._rr = 0
         self.coalesced = 0
@@ -160,10 +162,16 @@ class Forwarder:
     async def resolve(self, key: bytes, coalesce: bool = True, started: float | None = None) -> Reply:
         """The upstream reply for ``key``. ``started`` (time.monotonic): when
         the client's query arrived, if earlier than now; the deadline counts
-        from then (a direct miss handed over, see server.direct)."""
+        from then (a direct miss handed over, see forward.direct)."""
         if not coalesce:  # the loop probe coming back: it must go round again
             return await self._exchange(key)
         shared = self.inflight.get(key)
+        while shared.__class__ is DirectExchange:  # follow a direct miss; None: it fell back
+            self.coalesced += 1
+            reply = await shared.follow()
+            if reply is not None:
+                return reply
+            shared = self.inflight.get(key)
         if shared is not None:
             self.coalesced += 1
             return await asyncio.shield(shared)
@@ -217,7 +225,7 @@ class Forwarder:
         upstream in policy order, healthy, with an open channel that takes
         more queries. None when anything needs waiting or deciding (the
         slow path does that)."""
-        if len(self.inflight) + len(self.direct) >= self.max_inflight:
+        if len(self.inflight) >= self.max_inflight:
             return None
         up = self.order()[0]
         if not up.healthy:
@@ -306,8 +314,9 @@ class Forwarder:
         return reply
 
     def close(self) -> None:
-        for task in self.inflight.values():
-            task.cancel()
+        for pending in self.inflight.values():
+            if pending.__class__ is not DirectExchange:  # (those end on their own timer)
+                pending.cancel()
         for up in self.upstreams:
             up.close()
 

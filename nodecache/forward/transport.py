@@ -41,6 +41,7 @@ import asyncio
 import random
 import secrets
 import socket
+from typing import Protocol
 
 from ..dns.framing import FrameReader, FrameTooLarge, frame
 from ..dns.wire import question_end
@@ -56,6 +57,19 @@ class UpstreamClosed(ConnectionError):
     """The channel carrying a query closed before the reply; the query may be re-sent."""
 
 
+class Waiter(Protocol):
+    """What a channel completes for each query it sends: an asyncio future
+    is one as it is (the slow path), ``forward.direct.DirectExchange`` one
+    by declaration. The channel calls ``set_result`` or ``set_exception``
+    at most once, and only while ``done()`` is false."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, msg: bytes) -> None: ...
+
+    def set_exception(self, exc: BaseException) -> None: ...
+
+
 def _time_out(fut: asyncio.Future) -> None:
     if not fut.done():
         fut.set_exception(asyncio.TimeoutError())
@@ -67,7 +81,7 @@ class _Channel:
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
         self.transport = None
-        self.pending: dict[int, asyncio.Future | None] = {}  # None: quarantined ID
+        self.pending: dict[int, Waiter | None] = {}  # None: quarantined ID
         self.questions: dict[int, bytes] = {}  # the question sent under each pending ID
         self.quarantined = 0
         self.created = loop.time()
@@ -89,8 +103,8 @@ class _Channel:
     def _write(self, data: bytes) -> None:
         raise NotImplementedError
 
-    def send(self, query: bytes, fut: asyncio.Future) -> int:
-        """Send ``query`` under a fresh ID; ``fut`` gets the reply. Returns the ID."""
+    def send(self, query: bytes, fut: Waiter) -> int:
+        """Send ``query`` under a fresh ID; the waiter ``fut`` gets the reply. Returns the ID."""
         if self.closed or self.transport is None or self.transport.is_closing():
             raise UpstreamClosed("connection is closing")
         qid = self._new_id()
@@ -105,7 +119,7 @@ class _Channel:
             raise UpstreamClosed(f"write failed: {exc}") from None
         return qid
 
-    def release(self, qid: int, fut) -> None:
+    def release(self, qid: int, fut: Waiter) -> None:
         """The caller is done with ``qid``. Still pending, no reply came for
         it (timed out, cancelled, given up): it stays quarantined. A reply
         that came was taken out of ``pending`` by ``deliver``; that is the

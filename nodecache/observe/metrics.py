@@ -147,9 +147,9 @@ class DnsCollector:
         caches = [b.cache_stage for b in agent.blocks if b.cache_stage]
         tcp = [lst.tcp_state for lst in listeners]
         counts = {
-            "dropped": sum(lst.dispatcher.dropped for lst in listeners),
-            "error_reply": sum(lst.dispatcher.error_replies for lst in listeners),
-            "truncated": sum(lst.dispatcher.truncated + lst.dispatcher.memo.truncated for lst in listeners),
+            "dropped": sum(lst.path.dropped for lst in listeners),
+            "error_reply": sum(lst.path.error_replies for lst in listeners),
+            "truncated": sum(lst.path.truncated + lst.path.memo.truncated for lst in listeners),
             "udp_reply_unsent": sum(lst.udp.unsent for lst in listeners if lst.udp is not None),
             "udp_receive_error": sum(getattr(lst.udp, "receive_errors", 0) for lst in listeners
                                      if lst.udp is not None),

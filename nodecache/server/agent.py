@@ -18,12 +18,12 @@ from ..config.model import Config
 from .block import Block
 from ..cache.store import ByteBudget
 from .admission import Admission
-from .dispatch import Dispatcher
+from .querypath import QueryPath
 from ..observe.stats import ListenerStats
 from . import reuseport
 from .router import Router
 from .tcp import TcpLimits, TcpServerState
-from . import udpbatch
+from . import mmsg, udpbatch
 from .udp import UdpServer
 
 log = logging.getLogger("nodecache")
@@ -80,18 +80,18 @@ class Listener:
         self.udp_batch = udp_batch  # False (-udp-batch=false): uvloop's datagram transport
         family = "2" if ":" in addr else "1"
         self.stats = ListenerStats(self.server_label(), family)
-        self.dispatcher = Dispatcher(Router(blocks), self.stats, admission, clock)
-        self.tcp_state = TcpServerState(self.dispatcher, limits)
+        self.path = QueryPath(Router(blocks), self.stats, admission, clock)
+        self.tcp_state = TcpServerState(self.path, limits)
         self.udp: UdpServer | udpbatch.BatchUdpServer | None = None
         self.tcp_server: asyncio.AbstractServer | None = None
 
     async def start(self, udp_sock: socket.socket, tcp_sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        if self.udp_batch and udpbatch.available():
-            self.udp = udpbatch.BatchUdpServer(self.dispatcher, udp_sock)
+        if self.udp_batch and mmsg.available():
+            self.udp = udpbatch.BatchUdpServer(self.path, udp_sock)
             self.udp.start(loop)
         else:
-            _, self.udp = await loop.create_datagram_endpoint(lambda: UdpServer(self.dispatcher), sock=udp_sock)
+            _, self.udp = await loop.create_datagram_endpoint(lambda: UdpServer(self.path), sock=udp_sock)
         self.tcp_server = await loop.create_server(self.tcp_state.protocol, sock=tcp_sock)
         bound = udp_sock.getsockname()
         self.port = bound[1]  # port 0 in tests: the kernel's choice
@@ -247,7 +247,7 @@ class Agent:
             raise
         for (addr, port), listener in current.items():
             if (addr, port) in wanted:
-                listener.dispatcher.router = Router(_blocks_for(blocks, addr, port))
+                listener.path.router = Router(_blocks_for(blocks, addr, port))
         gone = [lst for key, lst in current.items() if key not in wanted]
         self.retired = (self.retired + gone)[-64:]
         self.listeners = [lst for key, lst in current.items() if key in wanted] + started
@@ -258,7 +258,7 @@ class Agent:
         self.probe_loops()
 
     def probe_loops(self) -> None:
-        """Start the loop probe of every block that has `loop` (server.loop)."""
+        """Start the loop probe of every block that has `loop` (plugins.loop.detector)."""
         for block in self.blocks:
             if block.loop is not None:
                 task = asyncio.get_running_loop().create_task(block.probe_loop())
@@ -269,17 +269,17 @@ class Agent:
     def _loop_probed(self, block: Block) -> None:
         if block.loop.detected:  # its answers, memoised ones included, stop now
             for listener in self.listeners:
-                listener.dispatcher.memo.clear()
+                listener.path.memo.clear()
 
     def fold_counters(self) -> None:
         """Bring every counter up to date with the memoised hits (server.memo)."""
         for listener in self.listeners + self.retired:
-            listener.dispatcher.memo.fold()
+            listener.path.memo.fold()
 
     def block_server(self, block: Block) -> str:
         """CoreDNS's ``server`` label for a block: its first listener's."""
         for listener in self.listeners:
-            if any(b is block for b in listener.dispatcher.router.blocks):
+            if any(b is block for b in listener.path.router.blocks):
                 return listener.stats.server
         return ""
 
@@ -291,7 +291,7 @@ class Agent:
                 b.forward_stage and b.forward_stage.forwarder.inflight for b in blocks):
             await asyncio.sleep(0.05)
         for listener in listeners:
-            await listener.dispatcher.drain(1.0)
+            await listener.path.drain(1.0)
             listener.close()
         for block in blocks:
             block.close()
@@ -302,7 +302,7 @@ class Agent:
             listener.stop_reading()
         cut = 0
         for listener in self.listeners:
-            cut += await listener.dispatcher.drain(grace)
+            cut += await listener.path.drain(grace)
         if cut:
             log.warning("shutdown cut off %d queries still in flight after %.1fs", cut, grace)
         for listener in self.listeners:

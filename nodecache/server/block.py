@@ -1,8 +1,11 @@
 """A server block at run time: its stage chain, and the hot path into its cache.
 
-``fast`` is the cache-hit path the transports call first, synchronously:
-with a cache and no query log, a fresh hit is answered here without a
-task, an await or a parse. Everything else goes through ``serve``, the
+``fresh`` is the cache lookup the query path makes first, synchronously,
+when the block's stages allow it (their declared ``Shortcuts``): a fresh
+hit is answered from it without a task, an await or a parse. Whether hits
+may be memoised and plain misses forwarded directly is derived the same
+way, from the stages, never from other plugins' options. Everything
+else goes through ``serve``, the
 stage chain, which always produces a reply: failures below become
 SERVFAIL, anything unexpected is logged with its traceback and answered
 SERVFAIL too, so no exception ever reaches a transport.
@@ -15,12 +18,11 @@ import time
 from ..config.model import ServerBlock
 from ..dns.wire import SERVFAIL, error_reply
 from ..forward.forwarder import ForwardFailure
-from ..stages.base import Request, Stage, chain, render
-from ..stages.cache import CacheStage
-from ..stages.errors import ErrorsStage
-from ..stages.forward import ForwardStage
-from ..stages.log import LogStage
-from .loop import LoopDetector
+from ..plugins import registry
+from ..plugins.cache.stage import CacheStage
+from ..plugins.chain import Request, Stage, chain, render
+from ..plugins.forward.stage import ForwardStage
+from ..plugins.loop.detector import LoopDetector
 
 log = logging.getLogger("nodecache.server")
 
@@ -28,41 +30,39 @@ log = logging.getLogger("nodecache.server")
 class Block:
     def __init__(self, cfg: ServerBlock, clock=time.monotonic, budget=None, retry: bool = True):
         self.cfg = cfg
-        self.stages: list[Stage] = []
-        self.cache_stage = self.forward_stage = None
-        if cfg.errors:
-            self.stages.append(ErrorsStage())
-        if cfg.log:
-            self.stages.append(LogStage(cfg.log))
-        if cfg.cache:
-            self.cache_stage = CacheStage(cfg.cache, cfg.zones, clock, budget)
-            self.stages.append(self.cache_stage)
-        if cfg.forward:
-            self.forward_stage = ForwardStage(cfg.forward, retry)
-            self.stages.append(self.forward_stage)
+        self.stages: list[Stage] = registry.stages(cfg.plugins, registry.Build(cfg.zones, clock, budget, retry))
+        # the two engines the query path and the agent reach (hit path,
+        # direct miss, snapshot, loop probe); any other stage is only a link
+        self.cache_stage = next((st for st in self.stages if isinstance(st, CacheStage)), None)
+        self.forward_stage = next((st for st in self.stages if isinstance(st, ForwardStage)), None)
         self.handler = chain(self.stages)
         self.panics = 0
-        self.loop = LoopDetector(cfg.zones[0]) if cfg.loop and cfg.forward else None
+        self.loop = LoopDetector(cfg.zones[0]) if cfg.has("loop") and self.forward_stage else None
         if self.loop is not None:
             self.forward_stage.loop = self.loop
-        # The hot path is the cache's own hit method, unless every query
-        # must be logged. (A cache limited to some zones holds only entries
-        # of those zones, so a hit is always a hit it would serve.)
-        cache = self.cache_stage
-        self.fast = cache.cache.hit if cache and not cfg.log else _no_fast_path
-        # UDP hits may be memoised (server.memo) unless each hit must be seen
-        # (prefetch counts them, the log writes them)
-        self.memoizable = self.fast is not _no_fast_path and not cfg.cache.prefetch
-        # A plain UDP miss may skip the chain (server.direct) when the chain
-        # would only cache and forward it: the cache covers every name the
-        # block serves, the forwarder takes them all, nothing logs each query.
-        fwd = self.forward_stage
-        self.direct = bool(cache and fwd and not cfg.log and not cfg.cache.zones
-                           and fwd.from_zone == b"\x00" and not fwd.except_zones)
+        self._derive_shortcuts()
+
+    def _derive_shortcuts(self) -> None:
+        """The shortcuts this block allows, from its stages' declarations
+        (``plugins.chain.Shortcuts``) and nothing else: ``fresh`` (the hit path
+        answers from the cache without the chain: the cache and every stage
+        before it allow ``hit``), ``memoizable`` (they all allow ``memo``
+        too), ``direct`` (a cache and a forwarder, and every stage allows it)."""
+        cache, stages = self.cache_stage, self.stages
+        declared = [st.shortcuts() for st in stages]
+        before = declared[:stages.index(cache) + 1] if cache is not None else []
+        hit = bool(before) and all(d.hit for d in before)
+        self.fresh = cache.cache.fresh if hit else _no_entry
+        self.memoizable = hit and all(d.memo for d in before)
+        self.direct = bool(cache and self.forward_stage) and all(d.direct for d in declared)
 
     @property
     def cache(self):
         return self.cache_stage.cache if self.cache_stage else None
+
+    @property
+    def forwarder(self):
+        return self.forward_stage.forwarder if self.forward_stage else None
 
     async def serve(self, request: Request) -> tuple[bytes, str]:
         """(reply, name of the stage that produced it)."""
@@ -78,7 +78,7 @@ class Block:
             return error_reply(q.data, SERVFAIL, q.qend, q.edns), ""
 
     async def probe_loop(self) -> None:
-        """Send the loop probe through our forwarder (see server.loop)."""
+        """Send the loop probe through our forwarder (see plugins.loop.detector)."""
         if self.loop is None or self.loop.detected:
             return
         try:
@@ -86,13 +86,14 @@ class Block:
         except Exception as exc:  # the probe's own answer does not matter, only its echo
             log.debug("loop probe for %s: %s", self.loop.zone, exc)
         if self.loop.detected:
-            self.fast = _no_fast_path  # no cached answers either: the zone is down
-            self.memoizable = False    # (the agent empties the memo tables)
+            self.fresh = _no_entry    # no cached answers either: the zone is down
+            self.memoizable = False   # (the agent empties the memo tables)
 
     def close(self) -> None:
         for stage in self.stages:
             stage.close()
 
 
-def _no_fast_path(key, data, qend, flags, edns):
+def _no_entry(key: bytes, now: float):
+    """``fresh`` of a block whose hits must go through the chain."""
     return None

@@ -31,7 +31,7 @@ import socket
 from collections import deque
 
 from ..dns.framing import FrameReader, FrameTooLarge, frame
-from .dispatch import Dispatcher
+from .querypath import QueryPath
 
 log = logging.getLogger("nodecache.tcp")
 MAX_QUERY = 16384
@@ -53,8 +53,8 @@ class TcpLimits:
 class TcpServerState:
     """Per-listener bookkeeping shared by its connections."""
 
-    def __init__(self, dispatcher: Dispatcher, limits: TcpLimits):
-        self.dispatcher = dispatcher
+    def __init__(self, path: QueryPath, limits: TcpLimits):
+        self.path = path
         self.limits = limits
         self.conns: set["TcpConnection"] = set()
         self.per_client: dict[str, int] = {}
@@ -160,16 +160,16 @@ class TcpConnection(asyncio.Protocol):
     def _work(self) -> None:
         """Start backlog frames while the caps allow; read again when all are started."""
         limit = self.state.limits.max_inflight
-        dispatcher = self.state.dispatcher
+        path = self.state.path
         backlog = self.backlog
         while backlog and not self.write_blocked and self.inflight < limit and self.transport is not None:
             msg = backlog.popleft()
             self.state.queries += 1
-            hit = dispatcher.fast(msg, "tcp")
-            if hit is not None:
+            hit = path.hit_tcp(msg)
+            if hit.__class__ is bytes:
                 self.transport.write(frame(hit))  # may call pause_writing
                 continue
-            refused = dispatcher.start_slow(self._slow, msg, self.peer, dispatcher.scanned)
+            refused = path.miss(hit, msg, self.peer, self.send, "tcp")
             if refused is not None:
                 self.transport.write(frame(refused))
                 continue
@@ -197,10 +197,10 @@ class TcpConnection(asyncio.Protocol):
         self.backlog.extend(frames)
         self._work()
 
-    async def _slow(self, msg: bytes, scanned) -> None:
-        # inflight was counted by _work right after this task was created
+    def send(self, reply: bytes | None, addr) -> None:
+        """The query path's answer to one of this connection's queries
+        (None: none to send); counted in ``inflight`` by ``_work``."""
         try:
-            reply = await self.state.dispatcher.answer(msg, "tcp", self.peer, scanned)
             if reply is not None and self.transport is not None and not self.transport.is_closing():
                 self.transport.write(frame(reply))
         finally:

@@ -1,11 +1,10 @@
 """UDP transport: bytes in, bytes out, nothing else (on uvloop's datagram
 transport; the agent uses ``server.udpbatch`` instead where it runs).
 
-A cache hit is answered inside ``datagram_received`` (no task, no await):
-from the memo of finished replies when these exact query bytes were
-answered before (``server.memo``), else by the dispatcher's fast path;
-anything else becomes a task. The dispatcher has already fitted the reply
-to the client's UDP size.
+Each datagram goes to the query path (``server.querypath``): ``hit``
+answers a cache hit inside ``datagram_received`` (no task, no await),
+``miss`` takes the rest and replies later through ``send``. The query
+path has already fitted every reply to the client's UDP size.
 """
 from __future__ import annotations
 
@@ -14,16 +13,15 @@ import logging
 import os
 import socket
 
-from .dispatch import Dispatcher
+from .querypath import QueryPath
 
 log = logging.getLogger("nodecache.udp")
 
 
 class UdpServer(asyncio.DatagramProtocol):
-    def __init__(self, dispatcher: Dispatcher):
-        self.dispatcher = dispatcher
-        self.memo = dispatcher.memo.get
-        self.clock = dispatcher.clock
+    def __init__(self, path: QueryPath):
+        self.path = path
+        self.hit, self.miss = path.hit, path.miss
         self.transport: asyncio.DatagramTransport | None = None
         self.spare: socket.socket | None = None  # sends replies after stop_reading
         self.unsent = 0
@@ -32,21 +30,12 @@ class UdpServer(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr):
-        memo = self.memo(data[2:])
-        if memo is not None:
-            now = self.clock()
-            if now < memo.until or memo.refresh(now):
-                memo.hits += 1
-                self.transport.sendto(data[:2] + memo.tail, addr)
+        reply = self.hit(data)
+        if reply.__class__ is not bytes:
+            reply = self.miss(reply, data, addr, self.send)
+            if reply is None:
                 return
-        dispatcher = self.dispatcher
-        reply = dispatcher.fast(data, "udp")
-        if reply is not None:
-            self.transport.sendto(reply, addr)
-            return
-        refused = dispatcher.start_slow(self._slow, data, addr, addr, dispatcher.scanned, server=self)
-        if refused is not None:
-            self.transport.sendto(refused, addr)
+        self.transport.sendto(reply, addr)
 
     def stop_reading(self) -> None:
         """Stop taking datagrams (they stay queued in the kernel for whoever
@@ -69,7 +58,10 @@ class UdpServer(asyncio.DatagramProtocol):
     def sockname(self):
         return self.transport.get_extra_info("sockname")
 
-    def _send(self, reply: bytes, addr) -> None:
+    def send(self, reply: bytes | None, addr) -> None:
+        """A reply from the query path's miss side (None: nothing to send)."""
+        if reply is None:
+            return
         if self.spare is None:
             if self.transport is not None:
                 self.transport.sendto(reply, addr)
@@ -84,11 +76,6 @@ class UdpServer(asyncio.DatagramProtocol):
             self.spare.close()
         elif self.transport is not None:
             self.transport.close()
-
-    async def _slow(self, data: bytes, addr, scanned, started: float | None = None) -> None:
-        reply = await self.dispatcher.answer(data, "udp", addr, scanned, started)
-        if reply is not None:
-            self._send(reply, addr)
 
     def error_received(self, exc):
         # ICMP errors for earlier replies (client went away): nothing to do.

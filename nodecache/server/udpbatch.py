@@ -1,38 +1,31 @@
 """UDP transport in batches: recvmmsg(2) in, sendmmsg(2) out.
 
-Same job as ``server.udp.UdpServer`` (bytes in, bytes out; cache hits
-answered before anything else runs), with fewer system calls and less
-work per datagram. uvloop's datagram transport reads one datagram per
-recvmsg and keeps reading until one fails with EAGAIN, then makes a
-Python (host, port) tuple for each sender and parses it back for each
-reply; it has no batched receive (libuv's UV_UDP_RECVMMSG is not exposed).
-Here the socket is watched with ``loop.add_reader`` and each time it is
-readable one recvmmsg takes every datagram queued (up to ``BATCH``, no
-failing call at the end), the cache hits among them are answered with one
-sendmmsg, and each reply goes back to its sender's address as the kernel
-wrote it (the sockaddr bytes; no tuple). Below TO_SINGLE datagrams/s a
-wakeup rarely finds more than one datagram and two ctypes calls cost more
-than they save, so the socket is read one datagram per wakeup with its own
-recvfrom_into (the loop's level-triggered poll says when more is waiting: no
-failing read either); above TO_BATCH, in batches (``_pace`` looks at the
-rate every PACE datagrams). Measured side by side with dnsperf at fixed
-rates (the agent before and after this module, unbound; server CPU per
-cached query): at 80,000 q/s 5.5 µs against 7.3 on uvloop's transport and
-unbound's 5.4; at 30,000 q/s 11.5 against 12.4 and 10.2.
+Same job as ``server.udp.UdpServer`` (bytes in, the query path's ``hit``
+and ``miss``, bytes out), with fewer system calls and less work per
+datagram. uvloop's datagram transport reads one datagram per recvmsg and
+keeps reading until one fails with EAGAIN, then makes a Python (host,
+port) tuple for each sender and parses it back for each reply; it has no
+batched receive (libuv's UV_UDP_RECVMMSG is not exposed). Here the socket
+is watched with ``loop.add_reader`` and each time it is readable one
+recvmmsg takes every datagram queued (up to ``BATCH``, no failing call at
+the end), the cache hits among them are answered with one sendmmsg, and
+each reply goes back to its sender's address as the kernel wrote it (the
+sockaddr bytes; no tuple). At low rates a wakeup rarely finds more than
+one datagram and two ctypes calls cost more than they save, so below
+TO_SINGLE datagrams/s the socket is read one datagram per wakeup with its
+own recvfrom_into (the loop's level-triggered poll says when more is
+waiting: no failing read either); above TO_BATCH, in batches (``_pace``
+looks at the rate every PACE datagrams; the thresholds are measured,
+bench/RESULTS.md).
 
-The calls go through ctypes over fixed buffers: ``BATCH`` slots of 64 KiB
-for datagrams received (any UDP payload fits, so nothing is ever
-truncated) and as many for replies, anonymous memory that the kernel only
-backs where datagrams are written. The message headers are read and
-written through memoryviews (an index per field, no ctypes object per
-datagram). A query that is not a cache hit leaves the batch: the
-dispatcher's slow path (or direct miss path) gets the sender as a tuple,
-made only then, and its reply is sent on its own with ``sendto``.
+The system calls and their buffers are ``server.mmsg``. A query that is
+not a cache hit leaves the batch: the query path's ``miss`` gets the
+sender as a tuple, made only then, and a later reply is sent on its own
+with ``sendto`` (``send``).
 
-``available()`` says whether this runs here (Linux, libc with both calls,
-the 64-bit struct layout this module writes); otherwise, or with
-``-udp-batch=false``, the agent uses
-``UdpServer`` on uvloop's transport.
+``mmsg.available()`` says whether this runs here (Linux, libc with both
+calls, the 64-bit struct layout); otherwise, or with ``-udp-batch=false``,
+the agent uses ``UdpServer`` on uvloop's transport.
 """
 from __future__ import annotations
 
@@ -40,119 +33,27 @@ import asyncio
 import ctypes
 import errno
 import logging
-import mmap
 import os
 import socket
-import sys
 import time
 
-from .dispatch import Dispatcher
-from .udp import UdpServer
+from .mmsg import BATCH, CALLS, I_LEN, I_NAMELEN, I_PER, MM, MSG_DONTWAIT, NAME, Q_NAME, Q_PER, SLOT, Vectors, sender
+from .querypath import QueryPath
 
 log = logging.getLogger("nodecache.udp")
 
-BATCH = 32            # datagrams per system call (libuv reads at most 32 per wakeup too)
-SLOT = 1 << 16        # bytes per datagram: more than any UDP payload
-NAME = 32             # bytes per sender address: a sockaddr_in6 (28), aligned
-MSG_DONTWAIT = 0x40
 PACE = 4096           # datagrams between two looks at the rate
 _TRANSIENT = (errno.EAGAIN, errno.EINTR)            # nothing queued after all, or a signal
 _REFUSED_CALL = (errno.ENOSYS, errno.EPERM)  # recvmmsg: the call itself (seccomp, old kernel)
 TO_BATCH, TO_SINGLE = 16000, 12000  # datagrams/s: where batching starts and stops paying (measured)
 
 
-class _Iovec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-
-
-class _Msghdr(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.c_void_p),
-                ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
-                ("flags", ctypes.c_int)]
-
-
-class _Mmsghdr(ctypes.Structure):
-    _fields_ = [("hdr", _Msghdr), ("len", ctypes.c_uint32)]
-
-
-# Field positions in units of the memoryview that reads them: 8-byte words
-# (Q) for pointers and lengths, 4-byte words (I) for the 32-bit fields.
-MM = ctypes.sizeof(_Mmsghdr)
-Q_NAME, Q_IOV, Q_IOVLEN = _Msghdr.name.offset // 8, _Msghdr.iov.offset // 8, _Msghdr.iovlen.offset // 8
-I_NAMELEN, I_LEN = _Msghdr.namelen.offset // 4, _Mmsghdr.len.offset // 4
-Q_PER, I_PER = MM // 8, MM // 4
-
-
-def _libc():
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.recvmmsg, libc.sendmmsg
-    except (OSError, AttributeError):
-        return None
-
-
-CALLS = _libc() if sys.platform.startswith("linux") else None
-
-
-def available() -> bool:
-    """Whether the agent serves UDP through this module (see the top)."""
-    return (CALLS is not None
-            and ctypes.sizeof(ctypes.c_void_p) == 8 and MM == 64 and ctypes.sizeof(_Iovec) == 16)
-
-
-def _region(size: int):
-    """Anonymous memory (backed only where written) and its address."""
-    mem = mmap.mmap(-1, size)
-    anchor = ctypes.c_char.from_buffer(mem)  # keeps the mapping exported while we hold it
-    return mem, anchor, ctypes.addressof(anchor)
-
-
-class Vectors:
-    """One direction's buffers and headers: BATCH slots, each with its iovec
-    and no address (set one per message, or leave it for a connected socket,
-    as the load generator does)."""
-
-    def __init__(self):
-        self.mem, self._anchor, data = _region(BATCH * SLOT)
-        self.data = memoryview(self.mem)
-        self.headers = ctypes.create_string_buffer(BATCH * MM)
-        self.iovecs = ctypes.create_string_buffer(BATCH * 16)
-        self.q = memoryview(self.headers).cast("B").cast("Q")
-        self.i = memoryview(self.headers).cast("B").cast("I")
-        self.iov = memoryview(self.iovecs).cast("B").cast("Q")
-        self.address = ctypes.addressof(self.headers)
-        self.pointer = ctypes.c_void_p(self.address)
-        iov = ctypes.addressof(self.iovecs)
-        for k in range(BATCH):
-            self.iov[2 * k], self.iov[2 * k + 1] = data + k * SLOT, SLOT
-            self.q[k * Q_PER + Q_IOV], self.q[k * Q_PER + Q_IOVLEN] = iov + 16 * k, 1
-
-    def release(self) -> None:
-        for view in (self.q, self.i, self.iov, self.data):
-            view.release()
-        del self._anchor
-        self.mem.close()
-
-
-def sender(name: bytes) -> tuple:
-    """The (host, port[, flowinfo, scope_id]) tuple socket.recvfrom would give
-    for a sockaddr the kernel wrote (family in host order, port and address
-    in network order)."""
-    family = int.from_bytes(name[:2], sys.byteorder)
-    port = int.from_bytes(name[2:4], "big")
-    if family == socket.AF_INET:
-        return socket.inet_ntop(socket.AF_INET, name[4:8]), port
-    return (socket.inet_ntop(socket.AF_INET6, name[8:24]), port, int.from_bytes(name[4:8], "big"),
-            int.from_bytes(name[24:28], sys.byteorder))
-
-
 class BatchUdpServer:
-    def __init__(self, dispatcher: Dispatcher, sock: socket.socket):
-        self.dispatcher = dispatcher
+    def __init__(self, path: QueryPath, sock: socket.socket):
+        self.path = path
+        self.hit, self.miss = path.hit, path.miss
         self.sock = sock
         self.fd = sock.fileno()
-        self.memo = dispatcher.memo.get
-        self.clock = dispatcher.clock
         self.recvmmsg, self.sendmmsg = CALLS
         self.rx, self.tx = Vectors(), Vectors()
         self.names = ctypes.create_string_buffer(BATCH * NAME)
@@ -245,26 +146,15 @@ class BatchUdpServer:
             self._pace()
         try:
             query = self.inbox[:size].tobytes()
-            m = self.memo(query[2:])
-            if m is not None:
-                now = self.clock()
-                if now < m.until or m.refresh(now):
-                    m.hits += 1
-                    try:
-                        self.sendto(query[:2] + m.tail, addr)
-                    except OSError:  # buffer full, client gone or firewalled: the client will retry
-                        self.unsent += 1
-                    return
-            dispatcher = self.dispatcher
-            reply = dispatcher.fast(query, "udp")
-            if reply is None:
-                reply = dispatcher.start_slow(self._slow, query, addr, addr, dispatcher.scanned, server=self)
+            reply = self.hit(query)
+            if reply.__class__ is not bytes:
+                reply = self.miss(reply, query, addr, self.send)
                 if reply is None:
                     return
         except Exception as exc:  # a bug costs this datagram only
             self.loop.call_exception_handler({"message": "udp query failed", "exception": exc})
             return
-        self._send(reply, addr)
+        self.send(reply, addr)
 
     # -- the hot path in batches (high rates) --------------------------------
     def readable(self) -> None:
@@ -285,8 +175,7 @@ class BatchUdpServer:
             self._pace()
         ri, data = self.rx.i, self.rx.data
         out, tq, tiov, name_at = self.tx.data, self.tx.q, self.tx.iov, self.name_at
-        memo = self.memo
-        now = self.clock()
+        hit = self.hit
         ready = 0
         for k in range(n):
             # Every datagram's work, reply slot and destination included, is
@@ -296,12 +185,10 @@ class BatchUdpServer:
             try:
                 at = k * SLOT
                 query = data[at:at + ri[k * I_PER + I_LEN]].tobytes()
-                m = memo(query[2:])
-                if m is not None and (now < m.until or m.refresh(now)):
-                    m.hits += 1
-                    reply = query[:2] + m.tail
-                else:
-                    reply = self._full(query, k)
+                reply = hit(query)
+                if reply.__class__ is not bytes:
+                    addr = sender(self.name_view[k * NAME:k * NAME + self.namelen].tobytes())
+                    reply = self.miss(reply, query, addr, self.send)
                     if reply is None:  # the slow path answers it, later, on its own
                         continue
                 to = ready * SLOT
@@ -313,16 +200,6 @@ class BatchUdpServer:
                 self.loop.call_exception_handler({"message": "udp query failed", "exception": exc})
         if ready:
             self._flush(ready)
-
-    def _full(self, query: bytes, k: int) -> bytes | None:
-        """Not a memoised hit: the dispatcher's hit path, else the slow path
-        (None: its reply, if any, is sent later on its own)."""
-        dispatcher = self.dispatcher
-        reply = dispatcher.fast(query, "udp")
-        if reply is not None:
-            return reply
-        addr = sender(self.name_view[k * NAME:k * NAME + self.namelen].tobytes())
-        return dispatcher.start_slow(self._slow, query, addr, addr, dispatcher.scanned, server=self)
 
     def _flush(self, count: int) -> None:
         """Send ``count`` queued replies. sendmmsg stops at the first message
@@ -363,7 +240,7 @@ class BatchUdpServer:
     def _send_each(self, first: int, count: int) -> None:
         """Send queued replies first..count-1 one by one (sendmmsg refused)."""
         for k in range(first, count):
-            self._send(*self._queued(k))
+            self.send(*self._queued(k))
 
     def _cannot_batch(self, call: str, err: int) -> None:
         """The system call is refused, not one datagram: read and answer
@@ -374,12 +251,12 @@ class BatchUdpServer:
         self.use_batches(False)
 
     # -- replies from elsewhere ---------------------------------------------
-    def _send(self, reply: bytes, addr) -> None:
-        if self.fd < 0:
+    def send(self, reply: bytes | None, addr) -> None:
+        """A reply sent on its own (one datagram at a time, or from the miss
+        side; None: nothing to send)."""
+        if reply is None or self.fd < 0:
             return
         try:
-            self.sock.sendto(reply, addr)
+            self.sendto(reply, addr)
         except OSError:  # buffer full or client gone: the client will retry
             self.unsent += 1
-
-    _slow = UdpServer._slow  # the slow path's answer, sent with our _send

@@ -10,7 +10,7 @@ unbound and CoreDNS are fuzzed continuously:
 
 with the seeds of ``tests/data/fuzz/TARGET``; ``make test`` runs each for a
 short bounded count (tests/unit/test_fuzz.py), ``python -m
-nodecache_bench.fuzzing`` for longer and reports executions and coverage.
+bench.guided`` for longer and reports executions and coverage.
 
 The targets and what they hold:
 
@@ -37,8 +37,8 @@ from pathlib import Path
 from ..cache.snapshot import SnapshotError, decode
 from ..cache.store import Cache
 from ..config.corefile import CorefileError
-from ..config.model import CacheConfig
-from ..config.plugins import parse_config
+from ..cache.options import CacheConfig
+from ..config.parse import parse_config
 from ..dns.framing import FrameReader, FrameTooLarge
 from ..dns.key import question as key_question
 from ..dns.reply import MalformedReply, analyse

@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 
 from nodecache.testing import client
-from nodecache.config.plugins import parse_config
+from nodecache.config.parse import parse_config
 from nodecache.demo import COREFILE
 from nodecache.testing.fakeupstream import ClusterDNS, FakeUpstream
 from nodecache.server.agent import Agent

@@ -176,7 +176,7 @@ def test_soft_descriptor_limit_is_raised_to_the_hard_limit():
 
 
 async def test_reload_moves_cache_entries_and_counts_their_bytes_once():
-    from nodecache.config.plugins import parse_config
+    from nodecache.config.parse import parse_config
     from nodecache.demo import COREFILE
     async with node(CLUSTER) as n:
         for i in range(30):

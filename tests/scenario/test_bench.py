@@ -133,21 +133,37 @@ def test_every_run_option_has_help_text():
     assert missing == []
 
 
-def test_every_bench_module_imports_as_part_of_the_package():
-    """bench/ is a package: a module run as a script, or importing a sibling
-    by bare name, breaks (as the abuse bench's abuser process once did, silently)."""
+@pytest.mark.parametrize("package", ["nodecache_bench", "bench"])
+def test_every_bench_module_imports_as_part_of_its_package(package):
+    """The shipped generator (nodecache_bench) and the lab (bench/, run
+    from the repository root) are packages: a module run as a script, or
+    importing a sibling by bare name, breaks (as the abuse bench's abuser
+    process once did, silently)."""
     import pathlib
-    import nodecache_bench
-    mods = sorted(p.stem for p in pathlib.Path(nodecache_bench.__file__).parent.glob("*.py") if p.stem != "__init__")
-    code = "import importlib\n" + "".join(f"importlib.import_module('nodecache_bench.{m}')\n" for m in mods)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    root = pathlib.Path(__file__).resolve().parents[2]
+    mods = sorted(p.stem for p in (root / package).glob("*.py") if p.stem != "__init__")
+    code = "import importlib\n" + "".join(f"importlib.import_module('{package}.{m}')\n" for m in mods)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=root)
     assert out.returncode == 0, out.stderr
-    assert len(mods) >= 12
+    assert len(mods) >= 8
+
+
+def test_the_lab_is_not_installed():
+    """bench/ (the lab) is not among the packages the wheel (and so the
+    image) is built from; the agent and the shipped generator are."""
+    import pathlib
+    import tomllib
+    from setuptools import find_packages
+    root = pathlib.Path(__file__).resolve().parents[2]
+    include = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = set(find_packages(str(root), include=include))
+    assert {"nodecache", "nodecache.server", "nodecache.plugins.cache", "nodecache_bench"} <= packages
+    assert not any(p == "bench" or p.startswith(("bench.", "tests")) for p in packages)
 
 
 def test_the_abuse_bench_runs_its_abuser_as_a_module():
     import asyncio
-    from nodecache_bench.abuse import _abuser_process
+    from bench.abuse import _abuser_process
     out = asyncio.run(_abuser_process("idle", client.free_port(), 0.1))
     assert out == "nothing"
 
@@ -158,7 +174,7 @@ def test_a_short_soak_loses_and_fails_nothing_through_every_kind_of_churn(retry)
     least once: 0 lost, 0 failed (exit 0), every sample has the agent's
     figures, and the hostile client was refused. Control: with the
     forwarder's retries off the rolls fail queries and the soak says so."""
-    proc = subprocess.run([sys.executable, "-m", "nodecache_bench.soak", "--minutes", "0.4", "--rate", "600",
+    proc = subprocess.run([sys.executable, "-m", "bench.soak", "--minutes", "0.4", "--rate", "600",
                            "--hostile-rate", "1500", "--roll", "6", "--handoff", "9", "--reload", "7",
                            "--sample", "4", *(() if retry else ("--no-forward-retry",))],
                           capture_output=True, text=True, timeout=120)

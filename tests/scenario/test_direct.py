@@ -1,4 +1,4 @@
-"""Misses sent upstream without a task (server.direct): the same answers and
+"""Misses sent upstream without a task (forward.direct): the same answers and
 counters as the slow path, and every way off the happy path still answers."""
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ async def _run(traffic, direct: bool):
 
 
 async def test_direct_misses_answer_and_count_like_the_slow_path(monkeypatch):
-    from nodecache.server import direct as direct_mod
+    from nodecache.forward import direct as direct_mod
     taken, real_start = [], direct_mod.start
 
     def counting_start(*args):
@@ -68,7 +68,7 @@ async def test_identical_direct_misses_make_one_upstream_query():
         replies = await asyncio.gather(*(n.udp(build(NAMES[1], QTYPE.A)) for _ in range(50)))
         assert all(DNSRecord.parse(r).rr for r in replies)
         assert [s.name for s in n.up.seen].count(NAMES[1] + ".") == 1
-        assert n.agent.listeners[0].dispatcher.direct_pending == 0
+        assert n.agent.listeners[0].path.direct_pending == 0
 
 
 def _late_once(marker: bytes = b"svc-2"):
@@ -91,7 +91,7 @@ async def test_a_reply_later_than_the_attempt_timeout_is_asked_again_by_the_slow
         rec = DNSRecord.parse(await n.udp(build(NAMES[2], QTYPE.A)))
         assert rec.header.rcode == 0 and rec.rr and 1.9 < time.monotonic() - t0 < 3.0
         assert [s.name for s in n.up.seen].count(NAMES[2] + ".") == 2
-        assert n.agent.listeners[0].dispatcher.direct_pending == 0
+        assert n.agent.listeners[0].path.direct_pending == 0
 
 
 async def test_a_connection_reset_under_direct_misses_loses_nothing():
@@ -107,11 +107,11 @@ async def test_misses_in_flight_are_answered_through_a_drain():
         await n.udp(build(NAMES[0], QTYPE.A))
         asked = [asyncio.ensure_future(n.udp(build(NAMES[i], QTYPE.A))) for i in range(13, 18)]
         await asyncio.sleep(0.05)
-        dispatcher = n.agent.listeners[0].dispatcher
-        assert dispatcher.direct_pending == 5
+        path = n.agent.listeners[0].path
+        assert path.direct_pending == 5
         for listener in n.agent.listeners:
             listener.stop_reading()
-        assert await dispatcher.drain(2.0) == 0
+        assert await path.drain(2.0) == 0
         assert all(DNSRecord.parse(r).rr for r in await asyncio.gather(*asked))
 
 
@@ -168,7 +168,7 @@ async def test_direct_misses_forward_and_cache_only_what_the_slow_path_would():
                 assert got[:2] == query[:2] and got[3] & 0xF == want, what
             assert (await n.tcp(query))[3] & 0xF == want, what
         assert n.up.seen[before:] == []
-        assert n.agent.listeners[0].dispatcher.direct_pending == 0
+        assert n.agent.listeners[0].path.direct_pending == 0
 
 
 async def test_a_timed_out_direct_miss_leaves_its_id_quarantined():

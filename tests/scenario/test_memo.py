@@ -7,7 +7,7 @@ import random
 from dnslib import QTYPE, DNSRecord
 
 from nodecache.server import memo as memo_mod
-from nodecache.server.block import _no_fast_path
+from nodecache.server.block import _no_entry
 from nodecache.testing.client import build
 from fakes import FakeClock
 from harness import CLUSTER, node
@@ -51,7 +51,7 @@ async def _run(traffic: list[bytes], memoise: bool, tick_every: int = 0):
         hits = [list(b.cache.hits) for b in n.agent.blocks if b.cache is not None]
         visited = sorted(e.key for b in n.agent.blocks if b.cache is not None
                          for e in b.cache.entries() if e.visited)
-        return replies, counts, hits, visited, len(listener.dispatcher.memo)
+        return replies, counts, hits, visited, len(listener.path.memo)
 
 
 async def test_memoised_hits_answer_and_count_exactly_like_the_full_hit_path():
@@ -84,16 +84,16 @@ async def test_a_memo_renews_at_the_tick_without_the_full_hit_path():
         q = build(NAMES[0], QTYPE.A, qid=1)
         first = await n.udp(q)
         await n.udp(q)  # memoised
-        dispatcher = n.agent.listeners[0].dispatcher
+        path = n.agent.listeners[0].path
         calls = []
-        fast = dispatcher.fast
-        dispatcher.fast = lambda *a: calls.append(1) or fast(*a)
+        full = path.cache_hit
+        path.cache_hit = lambda *a: calls.append(1) or full(*a)
         for age in range(1, 4):
             clock.advance(1.0)
             reply = DNSRecord.parse(await n.udp(q))
             assert reply.rr[0].ttl == DNSRecord.parse(first).rr[0].ttl - age
         assert calls == []  # every one renewed from the memo
-        (memo,) = dispatcher.memo.table.values()
+        (memo,) = path.memo.table.values()
         assert memo.hits == 3  # the second query made it; the next three came from it
 
 
@@ -104,7 +104,7 @@ async def test_a_memo_whose_entry_left_the_cache_does_not_renew():
         await n.udp(q)
         await n.udp(q)  # memoised
         cache = n.agent.blocks[0].cache
-        (memo,) = n.agent.listeners[0].dispatcher.memo.table.values()
+        (memo,) = n.agent.listeners[0].path.memo.table.values()
         assert cache.holds(memo.entry)
         cache.clear()
         assert not cache.holds(memo.entry)
@@ -123,7 +123,7 @@ async def test_a_memo_ends_when_a_ttl_would_change():
         first = await n.udp(q)    # a miss
         second = await n.udp(q)   # a hit, memoised
         third = await n.udp(q)    # from the memo
-        (memo,) = n.agent.listeners[0].dispatcher.memo.table.values()
+        (memo,) = n.agent.listeners[0].path.memo.table.values()
         assert first == second == third and memo.hits == 1
         clock.advance(1.0)
         later = DNSRecord.parse(await n.udp(q))
@@ -139,11 +139,11 @@ async def test_a_detected_loop_empties_the_memo():
         q = build(NAMES[1], QTYPE.A)
         await n.udp(q)
         await n.udp(q)
-        assert len(n.agent.listeners[0].dispatcher.memo) == 1
-        from nodecache.server.loop import LoopDetector
+        assert len(n.agent.listeners[0].path.memo) == 1
+        from nodecache.plugins.loop.detector import LoopDetector
         block.loop = LoopDetector(block.cfg.zones[0])
         block.loop.detected = True
-        block.fast, block.memoizable = _no_fast_path, False  # what probe_loop does on detection
+        block.fresh, block.memoizable = _no_entry, False  # what probe_loop does on detection
         assert DNSRecord.parse(await n.udp(q)).header.rcode == 0  # control: the memo still answers
         n.agent._loop_probed(block)
         assert DNSRecord.parse(await n.udp(q)).header.rcode == 2  # SERVFAIL: the zone is looped
@@ -154,10 +154,10 @@ async def test_a_reload_empties_the_memo():
         q = build(NAMES[2], QTYPE.A)
         await n.udp(q)
         await n.udp(q)
-        dispatcher = n.agent.listeners[0].dispatcher
-        assert len(dispatcher.memo) == 1
+        path = n.agent.listeners[0].path
+        assert len(path.memo) == 1
         await n.agent.reload(n.agent.config)
-        assert len(dispatcher.memo) == 0
+        assert len(path.memo) == 0
 
 
 async def test_a_full_table_is_folded_and_emptied(monkeypatch):
@@ -167,8 +167,8 @@ async def test_a_full_table_is_folded_and_emptied(monkeypatch):
             q = build(name, QTYPE.A)
             for _ in range(3):
                 await n.udp(q)
-        dispatcher = n.agent.listeners[0].dispatcher
-        assert len(dispatcher.memo) <= 3
+        path = n.agent.listeners[0].path
+        assert len(path.memo) <= 3
         n.agent.fold_counters()
         assert n.agent.blocks[0].cache.hits[0] == 12  # 6 names x 2 hits, none lost in the clears
 
@@ -179,4 +179,4 @@ async def test_big_replies_are_not_memoised():
         for _ in range(3):
             rec = DNSRecord.parse(await n.udp(q))
             assert rec.header.tc
-        assert len(n.agent.listeners[0].dispatcher.memo) == 0
+        assert len(n.agent.listeners[0].path.memo) == 0

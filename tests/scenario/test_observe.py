@@ -15,7 +15,7 @@ from nodecache.runtime import UNREADY_AFTER_DOWN
 
 from nodecache.testing import client
 from nodecache.testing.client import build
-from nodecache.config.plugins import parse_config
+from nodecache.config.parse import parse_config
 from nodecache.node.reconcile import NodeParams, NodeSetup
 from nodecache.runtime import Phase, Runtime
 from fakes import run
@@ -404,7 +404,7 @@ def test_probe_and_json_logs(tmp_path):
 
 
 def test_one_echo_of_the_loop_probe_is_not_a_loop():
-    from nodecache.server.loop import THRESHOLD, LoopDetector
+    from nodecache.plugins.loop.detector import THRESHOLD, LoopDetector
     det = LoopDetector("cluster.local.")
     assert not any(det.sighted(det.key) for _ in range(THRESHOLD - 1)) and not det.detected
     assert not det.sighted(b"\x03www\x07example\x00\x00\x01\x00\x01\x00")

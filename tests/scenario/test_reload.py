@@ -6,7 +6,7 @@ from dnslib import QTYPE, DNSRecord
 
 from nodecache.testing import client
 from nodecache.testing.client import build
-from nodecache.config.plugins import parse_config
+from nodecache.config.parse import parse_config
 from nodecache.node.reconcile import NodeParams, NodeSetup
 from nodecache.runner import ConfigSource, RunParams, watch_config
 from nodecache.runtime import Runtime
@@ -43,7 +43,7 @@ async def test_reload_under_load_drops_nothing_and_keeps_the_cache():
         failures = [r for r in results if isinstance(r, Exception) or DNSRecord.parse(r).header.rcode]
         assert not failures and len(results) == 1000
         assert n.up.names().count("warm.example.com.") == 1  # the entry moved with each reload
-        assert n.agent.blocks[0].cfg.cache.success.max_ttl == 90
+        assert n.agent.blocks[0].cfg.option("cache").success.max_ttl == 90
 
 
 async def test_reload_adds_and_removes_listeners():
@@ -84,10 +84,10 @@ async def test_broken_new_corefile_keeps_the_running_one(tmp_path):
             conf.write_text(good.replace("cache 30", "cache 30\n    frobnicate"))
             await eventually(lambda: rt.reload_failed == 1, what="broken Corefile rejected")
             assert setup.errors["configmap"] == 1
-            assert n.agent.blocks[0].cfg.cache.success.max_ttl == 30
+            assert n.agent.blocks[0].cfg.option("cache").success.max_ttl == 30
             assert DNSRecord.parse(await n.udp(build("c.example.com", QTYPE.A))).rr
             conf.write_text(good.replace("cache 30", "cache 45"))
-            await eventually(lambda: n.agent.blocks[0].cfg.cache.success.max_ttl == 45, what="reloaded")
+            await eventually(lambda: n.agent.blocks[0].cfg.option("cache").success.max_ttl == 45, what="reloaded")
         finally:
             watcher.cancel()
 
@@ -110,14 +110,14 @@ async def test_an_unexpected_error_while_reloading_does_not_end_reloading(tmp_pa
             await eventually(lambda: rt.reload_failed == 1, what="failed reload counted")
             assert not watcher.done()
             conf.write_text(good.replace("cache 30", "cache 45"))
-            await eventually(lambda: n.agent.blocks[0].cfg.cache.success.max_ttl == 45,
+            await eventually(lambda: n.agent.blocks[0].cfg.option("cache").success.max_ttl == 45,
                              what="still reloading after the failure")
         finally:
             watcher.cancel()
 
 
 async def test_without_ipv6_the_wildcard_listener_survives_reloads_and_is_handed_over(monkeypatch):
-    from nodecache.config.plugins import parse_config
+    from nodecache.config.parse import parse_config
     from nodecache.server import agent as agent_mod
     from nodecache.server.agent import Agent, ListenError
     real = agent_mod.make_sockets

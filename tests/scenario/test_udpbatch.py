@@ -10,13 +10,13 @@ import time
 import pytest
 
 from nodecache.server import agent as agent_mod
-from nodecache.server import udpbatch
+from nodecache.server import mmsg, udpbatch
 from nodecache.testing import client
 from nodecache.testing.client import build
 from fakes import FakeClock
 from harness import CLUSTER, node
 
-pytestmark = pytest.mark.skipif(not udpbatch.available(), reason="recvmmsg/sendmmsg not available here")
+pytestmark = pytest.mark.skipif(not mmsg.available(), reason="recvmmsg/sendmmsg not available here")
 
 NAMES = [f"svc-{i}.default.svc.cluster.local" for i in range(30)] + [f"nope-{i}.example.com" for i in range(5)]
 
@@ -55,7 +55,7 @@ async def _exchange(port: int, queries: list[bytes], expect: int, limit: float =
 
 async def _run(mode: str, monkeypatch) -> tuple[list[dict], object]:
     """mode: "batches" or "single" (server.udpbatch), "uvloop" (server.udp)."""
-    monkeypatch.setattr(udpbatch, "available", lambda: mode != "uvloop")
+    monkeypatch.setattr(mmsg, "available", lambda: mode != "uvloop")
     async with node(CLUSTER, clock=FakeClock()) as n:
         server = n.agent.listeners[0].udp
         if mode != "uvloop":
@@ -130,22 +130,21 @@ def test_sender_tuples_are_what_recvfrom_gives():
         else:
             name = (family.to_bytes(2, "little") + port.to_bytes(2, "big") + b"\0" * 4
                     + socket.inet_pton(family, host) + b"\0" * 4)
-        assert udpbatch.sender(name) == want
+        assert mmsg.sender(name) == want
         rx.close()
         tx.close()
 
 
 def test_a_reply_the_kernel_refuses_costs_only_itself():
-    class Dispatcher:
-        memo = {}
-        clock = staticmethod(time.monotonic)
+    class Path:
+        hit = miss = None
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    server = udpbatch.BatchUdpServer(Dispatcher(), s)
+    server = udpbatch.BatchUdpServer(Path(), s)
     calls = []
     script = iter([2, -1, 0, 3])  # two sent; the next refused; one that sends none; the rest sent
 
     def sendmmsg(fd, pointer, count, flags):
-        calls.append(((pointer.value - server.tx.address) // udpbatch.MM, count))
+        calls.append(((pointer.value - server.tx.address) // mmsg.MM, count))
         return next(script)
     server.sendmmsg = sendmmsg
     server._flush(7)
@@ -158,15 +157,15 @@ def test_a_reply_the_kernel_refuses_costs_only_itself():
 async def test_one_failing_datagram_leaves_the_rest_answered(monkeypatch, batches):
     async with node(CLUSTER) as n:
         n.agent.listeners[0].udp.use_batches(batches)
-        dispatcher = n.agent.listeners[0].dispatcher
-        fast = dispatcher.fast
+        path = n.agent.listeners[0].path
+        full = path.cache_hit
         poison = build("svc-3.default.svc.cluster.local", 1, qid=666)
 
         def failing(data, proto):
             if data == poison:
                 raise RuntimeError("a bug")
-            return fast(data, proto)
-        monkeypatch.setattr(dispatcher, "fast", failing)
+            return full(data, proto)
+        monkeypatch.setattr(path, "cache_hit", failing)
         caught = []
         asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: caught.append(ctx))
         queries = [build(NAMES[i], 1, qid=i) for i in range(10)]
@@ -178,10 +177,10 @@ async def test_one_failing_datagram_leaves_the_rest_answered(monkeypatch, batche
 async def test_the_agent_uses_uvloops_transport_when_batching_is_off():
     """-udp-batch=false (or no batching here): uvloop's datagram transport
     answers the same."""
-    from nodecache.config.plugins import parse_config
+    from nodecache.config.parse import parse_config
     from nodecache.server.agent import Agent
     from nodecache.server.udp import UdpServer
-    assert udpbatch.available() and agent_mod.udpbatch is udpbatch
+    assert mmsg.available() and agent_mod.udpbatch is udpbatch
     port = client.free_port()
     async with node(CLUSTER) as n:
         text = CLUSTER.format(port=port, up0=n.up.port)
@@ -251,13 +250,13 @@ async def test_an_exception_in_a_batch_never_misaddresses_the_next_batch():
         hit = build(NAMES[1], 1, qid=11)
         await n.udp(hit)  # cached; ...and memoised
         await n.udp(hit)
-        real, poison = server.memo, build(NAMES[2], 1, qid=66)
+        real, poison = server.hit, build(NAMES[2], 1, qid=66)
 
-        def memo(key):
-            if key == poison[2:]:
+        def hit(data):  # the query path's hit (memo lookup first) raising for one datagram
+            if data == poison:
                 raise RuntimeError("injected fault")
-            return real(key)
-        server.memo = memo
+            return real(data)
+        server.hit = hit
         caught = []
         asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: caught.append(ctx))
         addr = ("127.0.0.1", n.port)
@@ -286,7 +285,7 @@ def _refusing_sendmmsg(server, refuse_at: int):
     real = server.sendmmsg
 
     def sendmmsg(fd, pointer, count, flags):
-        first = (pointer.value - server.tx.address) // udpbatch.MM
+        first = (pointer.value - server.tx.address) // mmsg.MM
         if first == refuse_at:
             ctypes.set_errno(errno.EPERM)
             return -1

@@ -4,8 +4,8 @@ import pytest
 
 from nodecache.cli import main
 from nodecache.config.corefile import CorefileError, tokenize
-from nodecache.config.model import Upstream
-from nodecache.config.plugins import parse_config
+from nodecache.forward.options import Upstream
+from nodecache.config.parse import parse_config
 
 NODE_CACHE_SHAPE = """\
 cluster.local:53 {
@@ -41,20 +41,20 @@ def test_node_cache_shape():
     zones = [b.zones for b in cfg.blocks]
     assert zones == [("cluster.local.",), ("in-addr.arpa.", "ip6.arpa."), (".",)]
     cl = cfg.blocks[0]
-    assert cl.cache.success.capacity == 9984 and cl.cache.success.max_ttl == 30
-    assert cl.cache.denial.max_ttl == 5 and cl.cache.denial.min_ttl == 5
-    assert cl.forward.force_tcp and cl.forward.to == (Upstream("10.0.0.10", 53),)
-    assert cl.binds == ("169.254.20.10", "fd00::10") and cl.errors
-    assert cfg.blocks[1].cache.success.max_ttl == 30 and cfg.blocks[1].cache.denial.max_ttl == 30
-    assert cfg.blocks[2].forward.to == (Upstream("fd00::53", 5353),)
+    assert cl.option("cache").success.capacity == 9984 and cl.option("cache").success.max_ttl == 30
+    assert cl.option("cache").denial.max_ttl == 5 and cl.option("cache").denial.min_ttl == 5
+    assert cl.option("forward").force_tcp and cl.option("forward").to == (Upstream("10.0.0.10", 53),)
+    assert cl.binds == ("169.254.20.10", "fd00::10") and cl.has("errors")
+    assert cfg.blocks[1].option("cache").success.max_ttl == 30 and cfg.blocks[1].option("cache").denial.max_ttl == 30
+    assert cfg.blocks[2].option("forward").to == (Upstream("fd00::53", 5353),)
     assert cfg.listeners == (("169.254.20.10", 53), ("fd00::10", 53))
 
 
 def test_defaults_are_coredns_defaults():
     b = parse_config(". {\n cache\n forward . 127.0.0.1\n}").blocks[0]
-    assert (b.cache.success.capacity, b.cache.success.max_ttl, b.cache.success.min_ttl) == (9984, 3600, 5)
-    assert (b.cache.denial.max_ttl, b.cache.servfail_ttl) == (1800, 5)
-    f = b.forward
+    assert (b.option("cache").success.capacity, b.option("cache").success.max_ttl, b.option("cache").success.min_ttl) == (9984, 3600, 5)
+    assert (b.option("cache").denial.max_ttl, b.option("cache").servfail_ttl) == (1800, 5)
+    f = b.option("forward")
     assert (f.expire, f.max_fails, f.health_check, f.policy, f.force_tcp) == (10, 2, 0.5, "random", False)
     assert b.port == 53 and b.binds == ()
 
@@ -69,7 +69,7 @@ def test_cache_options_full():
     serve_stale 1h30m verify
   }
 }""").blocks[0]
-    c = b.cache
+    c = b.option("cache")
     assert c.zones == ("sub.example.org.",) and b.port == 1053
     assert (c.success.capacity, c.success.max_ttl, c.success.min_ttl) == (100, 60, 2)
     assert (c.denial.capacity, c.denial.max_ttl) == (50, 300)
@@ -90,7 +90,7 @@ def test_forward_options(tmp_path):
     max_concurrent 1000
     except cluster.local in-addr.arpa
   }}
-}}""").blocks[0].forward
+}}""").blocks[0].option("forward")
     assert f.to == (Upstream("127.0.0.53"), Upstream("::1"), Upstream("127.0.0.2", 5300))
     assert f.prefer_udp and f.expire == 30 and f.max_fails == 3 and f.health_check == 1
     assert f.policy == "sequential" and f.max_concurrent == 1000
@@ -161,7 +161,7 @@ def test_check_command_exit_codes(tmp_path, capsys):
 
 
 def test_a_corefile_that_is_not_utf8_is_a_corefile_error(tmp_path):
-    from nodecache.config.plugins import load
+    from nodecache.config.parse import load
     path = tmp_path / "Corefile"
     path.write_bytes(b".:53 {\n  forward . 1.2.3.4 # caf\xe9\n}\n")
     with pytest.raises(CorefileError, match="not UTF-8"):

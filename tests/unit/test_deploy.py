@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nodecache.config.plugins import parse_config
+from nodecache.config.parse import parse_config
 from nodecache.node.nodeconfig import render_corefile
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -80,7 +80,7 @@ def test_the_cilium_overlay_runs_in_the_pod_network_behind_a_local_redirect_poli
     cm = next(d for d in objs if d["kind"] == "ConfigMap")
     text = render_corefile(cm["data"]["Corefile"], ["169.254.20.10"], "10.96.0.11", {}, ["10.0.0.2"])
     blocks = parse_config(text, "cilium-lrp").blocks
-    assert all(b.binds == ("0.0.0.0",) for b in blocks) and blocks[0].health.addr == ":8080"
+    assert all(b.binds == ("0.0.0.0",) for b in blocks) and blocks[0].option("health").addr == ":8080"
 
 
 def test_overlays_bind_what_each_datapath_needs():
@@ -129,7 +129,7 @@ def test_probe_endpoints_are_the_configmaps():
     cm = next(doc for _, doc in docs() if doc["kind"] == "ConfigMap")
     text = render_corefile(cm["data"]["Corefile"], ["169.254.20.10"], "10.96.0.11", {}, ["10.0.0.2"])
     block = parse_config(text, "configmap.yaml").blocks[0]
-    assert block.health.addr == "169.254.20.10:8080" and block.ready == ":8181"
+    assert block.option("health").addr == "169.254.20.10:8080" and block.option("ready") == ":8181"
 
 
 def test_configmap_corefile_loads_after_templating():
@@ -138,8 +138,8 @@ def test_configmap_corefile_loads_after_templating():
     cfg = parse_config(text, "configmap.yaml")
     zones = [b.zones[0] for b in cfg.blocks]
     assert zones == ["cluster.local.", "in-addr.arpa.", "ip6.arpa.", "."]
-    assert all(b.loop and b.reload and b.prometheus == ":9253" for b in cfg.blocks)
-    assert cfg.blocks[0].forward.force_tcp and cfg.blocks[0].cache.serve_stale is None  # node-local-dns's default
+    assert all(b.option("loop") and b.option("reload") and b.option("prometheus") == ":9253" for b in cfg.blocks)
+    assert cfg.blocks[0].option("forward").force_tcp and cfg.blocks[0].option("cache").serve_stale is None  # node-local-dns's default
 
 
 def test_systemd_units_verify_as_installed_with_a_good_security_score(tmp_path):

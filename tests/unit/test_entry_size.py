@@ -7,7 +7,7 @@ from dnslib import QTYPE, RR, TXT
 
 from fakes import a_record, reply_to
 from nodecache.cache.store import ByteBudget, Cache
-from nodecache.config.model import CacheConfig
+from nodecache.cache.options import CacheConfig
 from nodecache.dns.reply import analyse
 from nodecache.dns.wire import RD, make_query, question_bytes, scan
 

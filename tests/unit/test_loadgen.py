@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from nodecache.server import udpbatch
+from nodecache.server import mmsg
 from nodecache_bench.histogram import Histogram
 from nodecache_bench.loadgen import Engine, Spec
 from nodecache_bench.scenarios import NxDomain, PodLookups, QueryFile, Zipf, pod_plan
@@ -56,9 +56,9 @@ async def drive(server: ScriptedServer, **kw):
 @pytest.fixture(params=["batched", "uvloop"])
 def udp_path(request, monkeypatch):
     """Both ways the generator does UDP: recvmmsg/sendmmsg batches, or uvloop's transport."""
-    if request.param == "batched" and not udpbatch.available():
+    if request.param == "batched" and not mmsg.available():
         pytest.skip("recvmmsg/sendmmsg not available here")
-    monkeypatch.setattr(udpbatch, "available", lambda: request.param == "batched")
+    monkeypatch.setattr(mmsg, "available", lambda: request.param == "batched")
     return request.param
 
 

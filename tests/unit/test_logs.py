@@ -1,7 +1,7 @@
 """Logs cannot be forged by query names, nor flooded by failing queries."""
 from fakes import FakeClock
 from nodecache.dns.wire import decode_name, encode_name
-from nodecache.stages.errors import Throttle
+from nodecache.plugins.errors.stage import Throttle
 
 
 def test_names_are_logged_in_escaped_presentation_form():

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from nodecache.cache.entry import Entry, render_uncached
 from nodecache.config.corefile import CorefileError
-from nodecache.config.plugins import parse_config
+from nodecache.config.parse import parse_config
 from nodecache.dns.reply import MalformedReply, analyse
 from nodecache.dns.wire import RD, make_query, question_bytes, scan
 from nodecache.node.nodeconfig import ConfigMapError, read_kubedns_configmap, render_corefile

@@ -1,6 +1,6 @@
 """server.router: the longest zone suffix wins (CoreDNS's rule), matched on
 label boundaries, case-insensitively; no block means None."""
-from nodecache.config.plugins import parse_config
+from nodecache.config.parse import parse_config
 from nodecache.dns import key as dnskey
 from nodecache.dns.wire import encode_name
 from nodecache.server.block import Block

@@ -6,7 +6,7 @@ from dnslib import QTYPE, RR, TXT
 
 from nodecache.cache import snapshot
 from nodecache.cache.store import Cache
-from nodecache.config.model import CacheConfig, ServeStale
+from nodecache.cache.options import CacheConfig, ServeStale
 from nodecache.dns.reply import analyse
 from nodecache.dns.wire import make_query, question_bytes, scan
 from fakes import FakeClock, a_record, reply_to, soa

@@ -15,12 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ..cache.entry import Entry
-from ..cache.store import FRESH, STALE, ByteBudget, Cache
-from ..config.model import CacheConfig
-from ..dns.key import cd, edns, name as key_name, question
-from ..dns.wire import CD, RD, SERVFAIL, encode_name, make_query, parse_query
-from .base import Answer, Request, Stage, in_zone
+from ...cache.entry import Entry
+from ...cache.store import FRESH, STALE, ByteBudget, Cache
+from ...cache.options import CacheConfig
+from ...dns.key import cd, edns, name as key_name, question
+from ...dns.wire import CD, RD, SERVFAIL, encode_name, make_query, parse_query
+from ..chain import Answer, Request, Shortcuts, Stage, in_zone
 
 log = logging.getLogger("nodecache.cache")
 
@@ -36,6 +36,13 @@ class CacheStage(Stage):
         self.everything = b"\x00" in self.zones  # the root zone: no per-query check
         self.tasks: set[asyncio.Task] = set()
         self.refresh_failures = 0
+
+    def shortcuts(self) -> Shortcuts:
+        # The hit path is this stage's own (Cache.fresh). The memo skips its
+        # per-hit work, which only prefetch needs (it times each hit). A
+        # direct miss caches as this stage would, if the cache takes every
+        # name of the block (a cache limited to some zones decides per name).
+        return Shortcuts(hit=True, memo=self.cfg.prefetch is None, direct=not self.cfg.zones)
 
     def covers(self, lname: bytes) -> bool:
         if self.everything:

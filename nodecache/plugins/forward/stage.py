@@ -5,11 +5,11 @@ can log it; the block turns it into SERVFAIL.
 """
 from __future__ import annotations
 
-from ..config.model import ForwardConfig
-from ..dns.key import name as key_name
-from ..dns.wire import REFUSED, encode_name
-from ..forward.forwarder import Forwarder, Overloaded
-from .base import Answer, Request, Stage, in_zone
+from ...forward.options import ForwardConfig
+from ...dns.key import name as key_name
+from ...dns.wire import REFUSED, encode_name
+from ...forward.forwarder import Forwarder, Overloaded
+from ..chain import Answer, Request, Shortcuts, Stage, in_zone
 
 
 class ForwardStage(Stage):
@@ -21,6 +21,12 @@ class ForwardStage(Stage):
         self.from_zone = encode_name(cfg.from_zone)
         self.except_zones = [encode_name(z) for z in cfg.except_zones]
         self.loop = None  # the block's LoopDetector: its probe is never coalesced
+
+    def shortcuts(self) -> Shortcuts:
+        # After the cache, so hits never reach it. A direct miss does this
+        # stage's job only when the stage takes every name (FROM the root,
+        # no except) and there is no loop probe to treat specially.
+        return Shortcuts(direct=self.from_zone == b"\x00" and not self.except_zones)
 
     async def handle(self, request: Request) -> Answer:
         key = request.query.key

@@ -17,8 +17,8 @@ from __future__ import annotations
 import logging
 import secrets
 
-from ..dns.key import make as make_key, name as key_name
-from ..dns.wire import encode_name
+from ...dns.key import make as make_key, name as key_name
+from ...dns.wire import encode_name
 
 log = logging.getLogger("nodecache.loop")
 HINFO = 13

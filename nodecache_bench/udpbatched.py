@@ -1,6 +1,6 @@
 """The load generator's UDP in batches: recvmmsg in, sendmmsg out.
 
-Where the agent's batched transport runs (``nodecache.server.udpbatch``,
+Where the agent's batched transport runs (``nodecache.server.udpbatch``, over ``nodecache.server.mmsg``,
 whose buffers this reuses), each of the engine's sockets is read with one
 recvmmsg per wakeup, and the queries its replies set off are queued and go
 out with one sendmmsg when the engine flushes (after a read, a burst of
@@ -13,17 +13,17 @@ import asyncio
 import socket
 import time
 
-from nodecache.server import udpbatch
+from nodecache.server import mmsg
 
 
 def batched_udp(engine, flight_cls):
     """(send, flights, close) for ``engine`` (a loadgen.Engine), like its
     uvloop-transport ``_udp``; sets ``engine.flush``."""
     loop = asyncio.get_running_loop()
-    recvmmsg, sendmmsg = udpbatch.CALLS
-    rx, tx = udpbatch.Vectors(), udpbatch.Vectors()
-    batch, slot, at_len = udpbatch.BATCH, udpbatch.SLOT, udpbatch.I_LEN
-    per, dontwait = udpbatch.I_PER, udpbatch.MSG_DONTWAIT
+    recvmmsg, sendmmsg = mmsg.CALLS
+    rx, tx = mmsg.Vectors(), mmsg.Vectors()
+    batch, slot, at_len = mmsg.BATCH, mmsg.SLOT, mmsg.I_LEN
+    per, dontwait = mmsg.I_PER, mmsg.MSG_DONTWAIT
     dirty, monotonic = [], time.monotonic
 
     class Outbox:

@@ -28,7 +28,7 @@ import uvloop
 from dnslib import QTYPE
 
 from nodecache.testing import client
-from nodecache.config.plugins import parse_config
+from nodecache.config.parse import parse_config
 from nodecache.dns.reply import analyse
 from nodecache.dns.wire import make_query, question_bytes, scan
 from nodecache.testing.fakeupstream import ClusterDNS, FakeUpstream

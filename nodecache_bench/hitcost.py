@@ -18,8 +18,22 @@ import sys
 import time
 from pathlib import Path
 
-from .hotpath import BARE
 from .misscost import UPSTREAM_ZONE, behind_cluster_dns, dnsperf_at
+
+# the floor: a uvloop responder that copies the ID into one fixed reply
+BARE = """
+import asyncio, sys, uvloop
+class P(asyncio.DatagramProtocol):
+    def connection_made(self, t): self.t = t
+    def datagram_received(self, d, a):
+        self.t.sendto(d[:2] + REPLY[2:], a)
+REPLY = bytes.fromhex(sys.argv[2])
+async def main():
+    loop = asyncio.get_running_loop()
+    await loop.create_datagram_endpoint(P, local_addr=("127.0.0.1", int(sys.argv[1])))
+    await asyncio.Event().wait()
+uvloop.run(main())
+"""
 
 NAMES = [f"h{i}.{UPSTREAM_ZONE}" for i in range(1000)]
 

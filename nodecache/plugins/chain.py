@@ -1,15 +1,17 @@
 """What flows between stages on the slow path, and how a chain is built.
 
 Stages compose like CoreDNS plugins: a server block's chain is built once,
-in the fixed order of ``ORDER``, each stage holding a reference to the next.
+in the registry's order (``plugins.registry``), each stage holding a
+reference to the next.
 A stage answers a ``Request`` with an ``Answer``, either itself or by
 awaiting ``self.next``. An answer carries the analysed upstream reply (so
 the cache can store it) or finished wire bytes, and the RCODE and the name
 of the stage that produced it (for logs and metrics). The end of every chain
 is ``refuse``: nobody here serves that name.
 
-The cache-hit hot path does not go through the chain at all; see
-``server.block``.
+The cache-hit hot path does not go through the chain at all, nor does a
+direct miss: each stage declares which of those shortcuts may skip it
+(``Shortcuts``), and ``server.block`` derives a block's from them.
 """
 from __future__ import annotations
 
@@ -20,9 +22,6 @@ from typing import Awaitable, Callable
 from ..cache.entry import render_uncached
 from ..dns.reply import Reply
 from ..dns.wire import REFUSED, Query, error_reply
-
-ORDER = ("errors", "log", "cache", "forward")
-
 
 @dataclass(slots=True)
 class Request:
@@ -43,6 +42,26 @@ class Answer:
 Handler = Callable[[Request], Awaitable[Answer]]
 
 
+@dataclass(frozen=True, slots=True)
+class Shortcuts:
+    """Which shortcuts may skip a stage; each stage declares its own, and
+    the default is none (a new stage is never bypassed by accident).
+
+    ``hit``: a fresh cache hit may be answered without running the stage
+    (``server.querypath``'s hit path). ``memo``: and from the memo of
+    finished replies, which skips even the cache's per-hit work
+    (``server.memo``). ``direct``: a plain miss may be forwarded from the
+    receive callback without the chain (``forward.direct``). Only stages
+    before the cache matter for ``hit`` and ``memo`` (a fresh hit never
+    reaches those after it); ``direct`` needs every stage's consent."""
+    hit: bool = False
+    memo: bool = False
+    direct: bool = False
+
+
+NONE = Shortcuts()
+
+
 async def refuse(request: Request) -> Answer:
     return Answer(REFUSED)
 
@@ -50,6 +69,10 @@ async def refuse(request: Request) -> Answer:
 class Stage:
     name = "stage"
     next: Handler = staticmethod(refuse)
+
+    def shortcuts(self) -> Shortcuts:
+        """What may skip this stage (see ``Shortcuts``); default: nothing."""
+        return NONE
 
     async def handle(self, request: Request) -> Answer:
         raise NotImplementedError
@@ -59,8 +82,7 @@ class Stage:
 
 
 def chain(stages: list[Stage]) -> Handler:
-    """Link stages in ORDER; returns the entry point."""
-    stages = sorted(stages, key=lambda s: ORDER.index(s.name))
+    """Link stages, already in chain order; returns the entry point."""
     handler: Handler = refuse
     for stage in reversed(stages):
         stage.next = handler

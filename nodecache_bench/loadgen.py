@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from nodecache.dns.framing import FrameReader, frame
 from nodecache.dns.wire import RD, make_query
-from nodecache.server import udpbatch
+from nodecache.server import mmsg
 
 from .histogram import Histogram
 from .udpbatched import batched_udp
@@ -189,7 +189,7 @@ class Engine:
         else:
             if self.spec.proto == "tcp":
                 send, flights, close = await self._tcp()
-            elif udpbatch.available():
+            elif mmsg.available():
                 send, flights, close = batched_udp(self, _Flight)
             else:
                 send, flights, close = await self._udp()

@@ -15,9 +15,9 @@ import time
 
 from dnslib import QTYPE
 
-from ..dns.wire import SERVFAIL, decode_name
-from ..forward.forwarder import ForwardFailure
-from .base import Answer, Request, Stage
+from ...dns.wire import SERVFAIL, decode_name
+from ...forward.forwarder import ForwardFailure
+from ..chain import Answer, Request, Shortcuts, Stage
 
 log = logging.getLogger("nodecache.errors")
 
@@ -47,6 +47,11 @@ class ErrorsStage(Stage):
 
     def __init__(self):
         self.throttle = Throttle()
+
+    def shortcuts(self) -> Shortcuts:
+        # only failures concern this stage: a fresh hit cannot fail, and a
+        # direct miss that fails goes to the slow path, which runs this stage
+        return Shortcuts(hit=True, memo=True, direct=True)
 
     async def handle(self, request: Request) -> Answer:
         try:

@@ -17,12 +17,12 @@ import time
 
 from dnslib import CLASS, RCODE
 
-from ..config.model import LogConfig
-from ..dns.key import EDNS_DO
-from ..dns.wire import NOERROR, NXDOMAIN, SERVFAIL, decode_name, encode_name
-from ..forward.forwarder import ForwardFailure
-from .base import Answer, Request, Stage, in_zone, render
-from .errors import type_name
+from .setup import LogConfig
+from ...dns.key import EDNS_DO
+from ...dns.wire import NOERROR, NXDOMAIN, SERVFAIL, decode_name, encode_name
+from ...forward.forwarder import ForwardFailure
+from ..chain import Answer, Request, Stage, in_zone, render
+from ..errors.stage import type_name
 
 log = logging.getLogger("nodecache.log")
 COMMON = ('{remote}:{port} - {>id} "{type} {class} {name} {proto} {size} {>do} {>bufsize}" '

@@ -1,0 +1,124 @@
+"""One upstream exchange started from a receive callback, without a task.
+
+The slow path is a task per query running the block's stage chain, about
+ten coroutine frames deep, around one upstream exchange. For the miss
+nearly every query is (no entry at all, an upstream channel open and
+taking queries) that machinery is pure cost: measured at 1,000 misses/s it
+was about a third of the agent's CPU per miss. So the query path
+(``server.querypath``) may send the query from the datagram callback
+itself: ``start`` writes it on the forwarder's ready channel and the
+channel's reply completes this ``DirectExchange``, which validates the
+reply and calls the caller's ``done(reply, askers)`` once.
+
+The exchange lives in the forwarder's one in-flight table (``inflight``,
+key -> slow-path future or DirectExchange), so coalescing happens in one
+place: an identical direct miss arriving meanwhile joins it as one more
+asker, a slow-path query for the same key follows it (``follow``: its
+future gets the same reply), and a direct miss never starts while a
+slow-path exchange for the key is in flight.
+
+Anything off the happy path ends it with ``done(None, askers)``: the
+channel dying (``set_exception``), no reply within the forwarder's attempt
+timeout, a reply that does not validate or is truncated over UDP. The
+caller then hands its askers to the slow path, which starts over with the
+full retry logic (``forward.forwarder``); followers are told None and
+resolve again. An exchange is a ``forward.transport.Waiter``: an
+unanswered one leaves its ID quarantined on its channel exactly as a
+timed-out future does.
+"""
+from __future__ import annotations
+
+import asyncio
+
+from ..dns.reply import MalformedReply, Reply
+from .transport import Waiter
+
+
+class DirectExchange(Waiter):
+    __slots__ = ("forwarder", "key", "up", "channel", "qid", "query", "timer", "sent_at", "askers",
+                 "followers", "finished", "on_done")
+
+    def __init__(self, forwarder, key: bytes, up, channel, on_done):
+        self.forwarder, self.key, self.up, self.channel = forwarder, key, up, channel
+        self.on_done = on_done            # on_done(reply or None, askers), called exactly once
+        self.askers: list = []            # the caller's, opaque here
+        self.followers: list[asyncio.Future] = []
+        self.finished = False
+        self.timer = None
+        self.query = forwarder.query_for(key)
+        loop = channel.loop
+        self.sent_at = loop.time()
+        self.qid = channel.send(self.query, self)  # raises UpstreamClosed: nothing started
+        self.timer = loop.call_later(forwarder.cfg.attempt_timeout, self._fall_back)
+        forwarder.inflight[key] = self
+
+    # -- Waiter: what the channel calls --------------------------------------
+    def done(self) -> bool:
+        return self.finished
+
+    def set_exception(self, exc: BaseException) -> None:
+        """The channel died under us: later (the channel is still failing
+        every query it holds), the slow path re-sends on a fresh one."""
+        self.channel.loop.call_soon(self._fall_back)
+
+    def set_result(self, msg: bytes) -> None:
+        if self.finished:
+            return
+        self._end()
+        try:
+            reply = self.forwarder.accepted(self.query[:2] + msg[2:], self.key, self.up,
+                                            self.channel.loop.time() - self.sent_at)
+        except MalformedReply:
+            reply = None
+        self._finish(reply)
+
+    # -- the rest -------------------------------------------------------------
+    def follow(self) -> asyncio.Future:
+        """A future for a slow-path query of the same key: the same reply,
+        or None when this exchange fell back (resolve again)."""
+        fut = self.channel.loop.create_future()
+        self.followers.append(fut)
+        return fut
+
+    def _fall_back(self) -> None:
+        if not self.finished:
+            self._end()
+            self._finish(None)
+
+    def _end(self) -> None:
+        self.finished = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self.channel.release(self.qid, self)  # unanswered: its ID stays quarantined
+        if self.forwarder.inflight.get(self.key) is self:
+            del self.forwarder.inflight[self.key]
+
+    def _finish(self, reply: Reply | None) -> None:
+        for fut in self.followers:
+            if not fut.done():
+                fut.set_result(reply)
+        askers, self.askers = self.askers, []
+        self.on_done(reply, askers)
+
+
+def start(forwarder, key: bytes, asker, on_done) -> bool:
+    """Send ``key`` upstream now with ``asker``, or add it to the direct
+    exchange in flight for ``key``. False: only the slow path can take it
+    (a slow-path exchange in flight for the key, no ready channel, the
+    in-flight cap reached, the channel closing under the write)."""
+    pending = forwarder.inflight.get(key)
+    if pending is not None:
+        if pending.__class__ is not DirectExchange:
+            return False  # the slow path coalesces with its own exchange
+        pending.askers.append(asker)
+        forwarder.coalesced += 1
+        return True
+    ready = forwarder.ready_channel()
+    if ready is None:
+        return False
+    try:
+        exchange = DirectExchange(forwarder, key, *ready, on_done)
+    except Exception:  # the channel closed between the check and the write: the slow path re-sends
+        return False
+    exchange.askers.append(asker)
+    return True

@@ -1,0 +1,7 @@
+"""The ``cache`` plugin (README.md beside this file)."""
+from ..plugin import Plugin
+from .stage import CacheStage
+from .setup import setup
+
+PLUGIN = Plugin("cache", setup, lambda cfg, b: CacheStage(cfg, b.zones, b.clock, b.budget),
+                "answer from a TTL cache; fill it from the rest of the chain")

@@ -1,0 +1,7 @@
+"""The ``forward`` plugin (README.md beside this file)."""
+from ..plugin import Plugin
+from .stage import ForwardStage
+from .setup import setup
+
+PLUGIN = Plugin("forward", setup, lambda cfg, b: ForwardStage(cfg, b.retry),
+                "send misses to upstream servers over pooled, pipelined channels")

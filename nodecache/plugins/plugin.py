@@ -1,0 +1,22 @@
+"""What a plugin is to the registry, and what its stage is built from."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Plugin:
+    name: str                           # the directive
+    setup: Callable                     # (grammar.Ctx, corefile.Directive) -> frozen options
+    stage: Callable | None = None       # (options, Build) -> chain.Stage; None: no stage
+    summary: str = ""                   # one line for docs and ``check``
+
+
+@dataclass(frozen=True)
+class Build:
+    """What a stage factory may use of the block it is built for."""
+    zones: tuple[str, ...]
+    clock: Callable[[], float]
+    budget: object = None   # cache.store.ByteBudget shared by every cache
+    retry: bool = True      # -forward-retry

@@ -1,0 +1,5 @@
+"""The ``ready`` plugin (README.md beside this file)."""
+from ..plugin import Plugin
+from .setup import setup
+
+PLUGIN = Plugin("ready", setup, summary="/ready for readiness")

@@ -1,0 +1,43 @@
+"""The plugins nodecache has, in chain order: CoreDNS's ``plugin.cfg``.
+
+``ORDER`` is the one list: a server block's directives are kept in this
+order (``config.parse``), its stages are chained in it (``server.block``)
+and ``nodecache check`` describes it. The order is CoreDNS's (plugin.cfg,
+restricted to these names), so a Corefile chains the same in both.
+
+A ``Plugin`` is a directive's grammar (``setup``: syntax tree to frozen
+options, errors as ``file:line: message``) and, for the directives that
+act on queries, its ``stage`` factory. Directives without a stage
+(``bind``, ``health``, ``ready``, ``prometheus``, ``reload``, ``loop``)
+configure the server around the chain.
+"""
+from __future__ import annotations
+
+from . import bind, cache, errors, forward, health, log, loop, prometheus, ready, reload
+from .plugin import Build, Plugin
+
+__all__ = ["Build", "Plugin", "ORDER", "PLUGINS", "lookup", "position", "stages"]
+
+
+_ALL = (reload.PLUGIN, bind.PLUGIN, ready.PLUGIN, health.PLUGIN, prometheus.PLUGIN, errors.PLUGIN,
+        log.PLUGIN, cache.PLUGIN, loop.PLUGIN, forward.PLUGIN)
+ORDER: tuple[str, ...] = tuple(p.name for p in _ALL)
+PLUGINS: dict[str, Plugin] = {p.name: p for p in _ALL}
+
+
+def lookup(name: str) -> Plugin | None:
+    return PLUGINS.get(name)
+
+
+def position(name: str) -> int:
+    return ORDER.index(name)
+
+
+def stages(directives, build: Build) -> list:
+    """The stages for a block's (name, options) pairs, in chain order."""
+    out = []
+    for name, options in sorted(directives, key=lambda d: position(d[0])):
+        plugin = PLUGINS[name]
+        if plugin.stage is not None:
+            out.append(plugin.stage(options, build))
+    return out
