@@ -35,6 +35,7 @@ from nodecache.testing.client import build, free_port
 from nodecache.config.parse import parse_config
 from nodecache.testing.fakeupstream import ClusterDNS, FakeUpstream
 from nodecache.server.agent import Agent
+from nodecache_bench.hitcost import BARE
 
 CLK = os.sysconf("SC_CLK_TCK")
 

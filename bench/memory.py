@@ -32,7 +32,7 @@ def rss_mib(pid: int) -> float:
 
 def _entries(status_socket: str) -> int:
     """Entries the agent holds, from its status socket (``nodecache probe``'s)."""
-    from nodecache.runtime import read_status
+    from nodecache.run.status import read_status
     return read_status(status_socket, 5)["entries"]
 
 

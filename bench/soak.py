@@ -39,7 +39,7 @@ from pathlib import Path
 
 from nodecache.demo import COREFILE
 from nodecache.dns.framing import FrameReader, frame
-from nodecache.runtime import read_status
+from nodecache.run.status import read_status
 from nodecache.testing import client
 from nodecache.testing.client import build
 from nodecache.testing.fakeupstream import ClusterDNS, FakeUpstream

@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         _setup_logging(args.debug, args.log_format)
         return cmd_run(args)
     if args.command == "probe":
-        from .runtime import probe
+        from .run.status import probe
         return probe(args.status_socket, args.what)
     if args.command == "demo":
         from .demo import run_demo
@@ -198,12 +198,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_check(args) -> int:
     """Render as ``run`` would, validate, print the Corefile and its chains."""
-    from .node.nodeconfig import ConfigMapError
-    from .runner import ConfigSource
+    from .config.nodeconfig import ConfigMapError
+    from .run.configsource import ConfigSource
     params = _run_params(args, None)
     env = dict(os.environ)
     if args.clusterdns:
-        from .node.nodeconfig import service_env
+        from .config.nodeconfig import service_env
         env[service_env(args.upstreamsvc)] = args.clusterdns
     source = ConfigSource(params, env, write_effective=False)
     try:
@@ -246,9 +246,9 @@ def describe(config) -> str:
 
 
 def cmd_run(args) -> int:
-    from .node.nodeconfig import ConfigMapError
-    from .lifecycle import run_node
-    from .runner import ConfigSource
+    from .config.nodeconfig import ConfigMapError
+    from .run.lifecycle import run_node
+    from .run.configsource import ConfigSource
     from .fdlimit import raise_nofile
     log = logging.getLogger("nodecache")
     old, new = raise_nofile()
@@ -269,10 +269,10 @@ def cmd_run(args) -> int:
 
 def _run_params(args, run):
     """RunParams from the template flags (``check``) or every flag (``run``)."""
-    from .node.nodeconfig import cluster_dns_ip
-    from .lifecycle import POD_NETWORK_LAMEDUCK
+    from .config.nodeconfig import cluster_dns_ip
+    from .run.lifecycle import POD_NETWORK_LAMEDUCK
     from .node.reconcile import NodeParams
-    from .runner import RunParams, parse_local_ips
+    from .run.params import RunParams, parse_local_ips
     ips, problems = parse_local_ips(args.localip)
     template = dict(conf=args.conf, base_corefile=args.basecorefile, kubedns_cm=args.kubednscm,
                     upstream_svc=args.upstreamsvc, local_ips=ips, dns_port=args.dns_port,

@@ -1,5 +1,5 @@
 """Every default of ``nodecache run`` in one place: the flags (``cli``), the
-run parameters (``runner.RunParams``) and the engines' own defaults
+run parameters (``run.params.RunParams``) and the engines' own defaults
 (``server.admission``, ``cache.store``) all read these. No imports: the
 command line loads this for every command, probes included."""
 

@@ -120,6 +120,21 @@ def block_id(block: Block) -> str:
     return f"{' '.join(block.cfg.zones)}|{block.cfg.port}"
 
 
+def put_entries(blocks: list[Block], by_block: dict[str, list]) -> int:
+    """The one way cache entries move between blocks (a reload, a handoff,
+    a cache file): into the block serving the same zones on the same port."""
+    count = 0
+    mine = {block_id(b): b for b in blocks if b.cache is not None}
+    for bid, entries in by_block.items():
+        block = mine.get(bid)
+        if block is None:
+            continue
+        for entry in entries:
+            block.cache.put(entry)
+            count += 1
+    return count
+
+
 def _blocks_for(blocks: list[Block], addr: str, port: int) -> list[Block]:
     return [b for b in blocks if b.cfg.port == port and (addr in b.cfg.binds or not b.cfg.binds)]
 
@@ -177,17 +192,9 @@ class Agent:
         return [(block_id(b), list(b.cache.entries())) for b in self.blocks if b.cache is not None]
 
     def restore(self, by_block: dict[str, list]) -> int:
-        """Put snapshot entries into the blocks serving the same zones; returns how many."""
-        count = 0
-        mine = {block_id(b): b for b in self.blocks if b.cache is not None}
-        for bid, entries in by_block.items():
-            block = mine.get(bid)
-            if block is None:
-                continue
-            for entry in entries:
-                block.cache.put(entry)
-                count += 1
-        return count
+        """Put snapshot entries (a handoff, a cache file) into the blocks
+        serving the same zones; returns how many."""
+        return put_entries(self.blocks, by_block)
 
     def stop_reading(self) -> None:
         """After a handoff: the heir reads our sockets now; we only finish replies."""
@@ -220,15 +227,11 @@ class Agent:
         the reload fails and the old configuration stays.
         """
         blocks = [Block(b, self.clock, self.budget, self.forward_retry) for b in config.blocks]
-        old_by_zone = {block_id(b): b for b in self.blocks}
+        moving = dict(self.snapshot_blocks())
         for old in self.blocks:
             if old.cache is not None:
                 old.cache.detach()  # its entries move (or go): count them once, in the new caches
-        for block in blocks:
-            old = old_by_zone.get(block_id(block))
-            if old is not None and old.cache is not None and block.cache is not None:
-                for entry in list(old.cache.entries()):
-                    block.cache.put(entry)
+        put_entries(blocks, moving)
         current = {(lst.addr, lst.port): lst for lst in self.listeners}
         wanted = set(config.listeners)
         started = []

@@ -43,7 +43,7 @@ from ..dns.framing import FrameReader, FrameTooLarge
 from ..dns.key import question as key_question
 from ..dns.reply import MalformedReply, analyse
 from ..dns.wire import QueryError, make_query, parse_query, query_from_scan, question_bytes, refusal, scan
-from ..node.nodeconfig import ConfigMapError, read_kubedns_configmap
+from ..config.nodeconfig import ConfigMapError, read_kubedns_configmap
 from .fakeupstream import ClusterDNS
 
 NOW = 1000.0

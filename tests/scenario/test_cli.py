@@ -58,7 +58,7 @@ def test_sigterm_fails_readiness_at_once_then_lameduck_keeps_serving(tmp_path):
     moment of SIGTERM, still answering DNS through the lameduck period."""
     import urllib.error
     import urllib.request
-    from nodecache.runtime import probe
+    from nodecache.run.status import probe
     up_port, port, rport = client.free_port(), client.free_port(), client.free_port()
     fake = subprocess.Popen(CLI + ["fake-upstream", "--listen", f"127.0.0.1:{up_port}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -11,13 +11,13 @@ from pathlib import Path
 from dnslib import QTYPE, DNSRecord
 from prometheus_client.parser import text_string_to_metric_families
 
-from nodecache.runtime import UNREADY_AFTER_DOWN
+from nodecache.run.status import UNREADY_AFTER_DOWN
 
 from nodecache.testing import client
 from nodecache.testing.client import build
 from nodecache.config.parse import parse_config
 from nodecache.node.reconcile import NodeParams, NodeSetup
-from nodecache.runtime import Phase, Runtime
+from nodecache.run.status import Phase, Runtime
 from fakes import run
 from harness import CLUSTER, node
 

@@ -8,8 +8,9 @@ from nodecache.testing import client
 from nodecache.testing.client import build
 from nodecache.config.parse import parse_config
 from nodecache.node.reconcile import NodeParams, NodeSetup
-from nodecache.runner import ConfigSource, RunParams, watch_config
-from nodecache.runtime import Runtime
+from nodecache.run.configsource import ConfigSource, watch_config
+from nodecache.run.params import RunParams
+from nodecache.run.status import Runtime
 from fakes import eventually
 from harness import node
 

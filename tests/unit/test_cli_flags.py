@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from nodecache.cli import JsonFormatter, main, parser
-from nodecache.runner import ConfigSource, RunParams
+from nodecache.run.configsource import ConfigSource
+from nodecache.run.params import RunParams
 
 CLI = [sys.executable, "-m", "nodecache"]
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from nodecache.config.parse import parse_config
-from nodecache.node.nodeconfig import render_corefile
+from nodecache.config.nodeconfig import render_corefile
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 BASE = ROOT / "daemonset" / "base"

@@ -6,10 +6,11 @@ import pytest
 from nodecache.cli import parser
 from nodecache.config.corefile import CorefileError
 from nodecache.config.parse import parse_config
-from nodecache.node.nodeconfig import (ConfigMapError, cluster_dns_ip, read_kubedns_configmap,
+from nodecache.config.nodeconfig import (ConfigMapError, cluster_dns_ip, read_kubedns_configmap,
                                        render_corefile, service_env)
 from nodecache.node.rules import RuleError, ensure_rule, legacy_rules, rules_for
-from nodecache.runner import ConfigSource, RunParams, dns_ports, parse_local_ips
+from nodecache.run.configsource import ConfigSource, dns_ports
+from nodecache.run.params import RunParams, parse_local_ips
 
 BASE = """\
 cluster.local:53 {

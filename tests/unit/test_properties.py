@@ -14,7 +14,7 @@ from nodecache.config.corefile import CorefileError
 from nodecache.config.parse import parse_config
 from nodecache.dns.reply import MalformedReply, analyse
 from nodecache.dns.wire import RD, make_query, question_bytes, scan
-from nodecache.node.nodeconfig import ConfigMapError, read_kubedns_configmap, render_corefile
+from nodecache.config.nodeconfig import ConfigMapError, read_kubedns_configmap, render_corefile
 
 NAME = "svc.default.svc.cluster.local"
 Q = question_bytes(NAME, QTYPE.A)

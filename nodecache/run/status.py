@@ -28,9 +28,9 @@ import socket
 import time
 from pathlib import Path
 
-from .fdlimit import AcceptGuard
-from .observe.http import HttpServers
-from .observe.metrics import exposition, registries
+from ..fdlimit import AcceptGuard
+from ..observe.http import HttpServers
+from ..observe.metrics import exposition, registries
 
 log = logging.getLogger("nodecache")
 # Every upstream of a zone must have been down this long before readiness

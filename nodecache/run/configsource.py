@@ -1,9 +1,9 @@
-"""``nodecache run``'s inputs: its parameters (node-cache's command line),
-where the configuration comes from and when it changed, and the cache
-file. The process itself is driven by ``lifecycle``.
+"""Where ``nodecache run``'s configuration comes from and when it changed.
+The process itself is driven by ``run.lifecycle``; its parameters are
+``run.params``.
 
 The Corefile is built from the template (``-basecorefile``, else
-``-conf``) with node-cache's templating (``node.nodeconfig``): local IPs,
+``-conf``) with node-cache's templating (``config.nodeconfig``): local IPs,
 the upstream Service's ClusterIP, the kube-dns ConfigMap's stubDomains and
 upstreamNameservers. A Corefile that is broken at startup is fatal (exit
 2, ``file:line: message``); one that breaks later is logged and counted,
@@ -13,66 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import logging
 import random
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from . import defaults
-from .cache import snapshot
-from .config.corefile import CorefileError
-from .config.model import Config
-from .config.parse import parse_config, read_corefile
-from .node.nodeconfig import (CLUSTER_DNS, LOCAL_DNS, ConfigMapError, cluster_dns_ip, read_kubedns_configmap,
+from ..config.corefile import CorefileError
+from ..config.model import Config
+from ..config.parse import parse_config, read_corefile
+from ..config.nodeconfig import (CLUSTER_DNS, LOCAL_DNS, ConfigMapError, cluster_dns_ip, read_kubedns_configmap,
                               render_corefile, service_env)
-from .node.reconcile import NodeParams
-from .runtime import Runtime
-from .server.agent import Agent, ListenError
+from .params import DEFAULT_KUBEDNS_CM, RunParams
+from .status import Runtime
+from ..server.agent import ListenError
 
 log = logging.getLogger("nodecache")
-DEFAULT_KUBEDNS_CM = "/etc/kube-dns"
-
-
-@dataclass(frozen=True)
-class RunParams:
-    conf: str = "Corefile"
-    base_corefile: str = "/etc/coredns/Corefile.base"
-    kubedns_cm: str = ""
-    upstream_svc: str = "kube-dns"
-    local_ips: tuple[str, ...] = ()
-    node: NodeParams = NodeParams(())
-    pidfile: str = ""
-    config_sync: float = defaults.CONFIG_SYNC
-    metrics_listen: str = defaults.METRICS_LISTEN
-    dns_port: int = 53
-    handoff: bool = True
-    handoff_dir: str = defaults.HANDOFF_DIR
-    drain: float = defaults.DRAIN
-    handoff_grace: float = defaults.HANDOFF_GRACE
-    max_inflight: int = defaults.MAX_INFLIGHT
-    max_inflight_per_client: int = defaults.MAX_INFLIGHT_PER_CLIENT
-    miss_rate_per_client: float = defaults.MISS_RATE_PER_CLIENT
-    cache_bytes: int = defaults.CACHE_BYTES
-    cache_max_item: int = defaults.CACHE_MAX_ITEM
-    cache_file: str = ""
-    status_socket: str = defaults.STATUS_SOCKET
-    lameduck: float = 0.0  # when the Corefile's `health` sets none (see lifecycle.POD_NETWORK_LAMEDUCK)
-    forward_retry: bool = True     # -forward-retry
-    udp_batch: bool = True         # -udp-batch
-    ip_problems: tuple[str, ...] = ()  # invalid -localip entries, counted once started
-
-
-def parse_local_ips(text: str) -> tuple[tuple[str, ...], list[str]]:
-    """(valid addresses, problems) from -localip's comma-separated list."""
-    good, bad = [], []
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        try:
-            good.append(str(ipaddress.ip_address(item)))
-        except ValueError:
-            bad.append(f"invalid -localip entry {item!r}")
-    return tuple(dict.fromkeys(good)), bad
 
 
 class ConfigSource:
@@ -219,24 +173,3 @@ async def watch_config(source: ConfigSource, rt: Runtime, params: RunParams, now
             rt.node.count("configmap", problem)
         await rt.reconfigure_http(config, params.metrics_listen)
         log.info("configuration reloaded (%d server blocks)", len(config.blocks))
-
-
-def load_cache_file(agent: Agent, path: str) -> None:
-    try:
-        entries = snapshot.load(path, agent.clock(), time.time())
-    except FileNotFoundError:
-        return
-    except (OSError, snapshot.SnapshotError) as exc:
-        log.warning("cache file %s unusable (%s); starting with an empty cache", path, exc)
-        return
-    log.info("loaded %d cache entries from %s", agent.restore(entries), path)
-
-
-def save_cache_file(agent: Agent, path: str) -> None:
-    try:
-        size = snapshot.save(path, agent.snapshot_blocks(), agent.clock(), time.time())
-    except OSError as exc:  # full disk, read-only: the cache is lost, nothing else
-        log.error("could not save the cache to %s: %s", path, exc)
-        return
-    log.info("saved the cache to %s (%d bytes)", path, size)
-

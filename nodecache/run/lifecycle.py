@@ -1,6 +1,6 @@
 """One owner for the agent process, from start to exit.
 
-``Lifecycle.run`` walks the phases of ``runtime.Phase``; only this class
+``Lifecycle.run`` walks the phases of ``run.status.Phase``; only this class
 moves the runtime from one phase to the next (``Runtime.enter`` checks the
 move is one of those below), and readiness, the status socket and the
 metrics read the phase from there::
@@ -17,7 +17,7 @@ Starting: take the sockets and cache from a running agent if one answers
 at the handoff socket -> ensure the interface -> listen (on the adopted
 sockets, or new ones) -> publish our own handoff socket and tell the donor
 READY -> pidfile -> rules. Serving: reconcile every ``-syncinterval``,
-re-read the configuration every ``-configsync`` (see ``runner``). Handed
+re-read the configuration every ``-configsync`` (see ``run.configsource``). Handed
 off: stop reading, drain, stay alive and unready, own nothing; if the
 successor dies within ``-handoff-grace``, serve again on the duplicated
 sockets with the cache we still hold. Stopping (not handed off): lameduck,
@@ -35,20 +35,22 @@ import signal
 import time
 from pathlib import Path
 
-from . import __version__
-from .cache.store import ByteBudget
-from .config.model import Config
-from .handoff.donor import Donor
-from .handoff.heir import take_over
-from .handoff.protocol import ProtocolError
-from .handoff.systemd import listen_fds, notify
-from .node.addresses import local_addresses
-from .node.reconcile import NodeSetup
-from .runner import ConfigSource, RunParams, dns_ports, load_cache_file, save_cache_file, watch_config
-from .runtime import Phase, Runtime
-from .server.admission import Admission
-from .server import reuseport
-from .server.agent import Agent, ListenError
+from .. import __version__
+from ..cache.store import ByteBudget
+from ..config.model import Config
+from ..handoff.donor import Donor
+from ..handoff.heir import take_over
+from ..handoff.protocol import ProtocolError
+from ..handoff.systemd import listen_fds, notify
+from ..node.addresses import local_addresses
+from ..node.reconcile import NodeSetup
+from .configsource import ConfigSource, dns_ports, watch_config
+from .params import RunParams
+from .persist import load_cache_file, save_cache_file
+from .status import Phase, Runtime
+from ..server.admission import Admission
+from ..server import reuseport
+from ..server.agent import Agent, ListenError
 
 log = logging.getLogger("nodecache")
 # Pod-network mode (node-cache's -setupinterface=false -setupiptables=false,

@@ -1,0 +1,1 @@
+"""``nodecache run``: parameters, lifecycle, configuration source, status, persistence."""

@@ -1,0 +1,52 @@
+"""``nodecache run``'s parameters: node-cache's command line and ours,
+parsed once (``cli``) into one frozen value, built by keyword. Every
+default is ``nodecache.defaults``'s."""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from .. import defaults
+from ..node.reconcile import NodeParams
+
+DEFAULT_KUBEDNS_CM = "/etc/kube-dns"
+
+
+@dataclass(frozen=True)
+class RunParams:
+    conf: str = "Corefile"
+    base_corefile: str = "/etc/coredns/Corefile.base"
+    kubedns_cm: str = ""
+    upstream_svc: str = "kube-dns"
+    local_ips: tuple[str, ...] = ()
+    node: NodeParams = NodeParams(())
+    pidfile: str = ""
+    config_sync: float = defaults.CONFIG_SYNC
+    metrics_listen: str = defaults.METRICS_LISTEN
+    dns_port: int = 53
+    handoff: bool = True
+    handoff_dir: str = defaults.HANDOFF_DIR
+    drain: float = defaults.DRAIN
+    handoff_grace: float = defaults.HANDOFF_GRACE
+    max_inflight: int = defaults.MAX_INFLIGHT
+    max_inflight_per_client: int = defaults.MAX_INFLIGHT_PER_CLIENT
+    miss_rate_per_client: float = defaults.MISS_RATE_PER_CLIENT
+    cache_bytes: int = defaults.CACHE_BYTES
+    cache_max_item: int = defaults.CACHE_MAX_ITEM
+    cache_file: str = ""
+    status_socket: str = defaults.STATUS_SOCKET
+    lameduck: float = 0.0  # when the Corefile's `health` sets none (see lifecycle.POD_NETWORK_LAMEDUCK)
+    forward_retry: bool = True     # -forward-retry
+    udp_batch: bool = True         # -udp-batch
+    ip_problems: tuple[str, ...] = ()  # invalid -localip entries, counted once started
+
+
+def parse_local_ips(text: str) -> tuple[tuple[str, ...], list[str]]:
+    """(valid addresses, problems) from -localip's comma-separated list."""
+    good, bad = [], []
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            good.append(str(ipaddress.ip_address(item)))
+        except ValueError:
+            bad.append(f"invalid -localip entry {item!r}")
+    return tuple(dict.fromkeys(good)), bad
