@@ -159,6 +159,13 @@ class Forwarder:
         self.rejected = 0   # coredns_forward_max_concurrent_rejects_total
         self.all_down = 0   # coredns_forward_healthcheck_broken_total
 
+    def events(self) -> dict[str, int]:
+        ups = self.upstreams
+        return {"coalesced": self.coalesced, "upstream_resent": self.resent, "upstream_retry_round": self.backoffs,
+                "upstream_reply_mismatch": self.mismatched,
+                "upstream_reply_unmatched": sum(u.pool.unmatched + u.udp.unmatched for u in ups),
+                "upstream_attempt_failed": sum(u.failures for u in ups)}
+
     async def resolve(self, key: bytes, coalesce: bool = True, started: float | None = None) -> Reply:
         """The upstream reply for ``key``. ``started`` (time.monotonic): when
         the client's query arrived, if earlier than now; the deadline counts

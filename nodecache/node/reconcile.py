@@ -93,6 +93,9 @@ class NodeSetup:
         self.added_addresses: list[str] = []
         self.standby = ""  # see ensure_standby
 
+    def events(self) -> dict[str, int]:
+        return {"rules_added": self.rules_added, "node_repaired_on_event": self.event_repairs}
+
     def count(self, kind: str, message: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
         log.error("node setup (%s): %s", kind, message)

@@ -11,6 +11,7 @@ class Plugin:
     setup: Callable                     # (grammar.Ctx, corefile.Directive) -> frozen options
     stage: Callable | None = None       # (options, Build) -> chain.Stage; None: no stage
     summary: str = ""                   # one line for docs and ``check``
+    metrics: Callable | None = None     # [(server, zones, stage)] -> metric families it owns
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,11 @@ class Admission:
         self.refused_rate = 0      # nodecache_refused_total{reason="client_rate"}
         self.refused_host = 0      # nodecache_refused_total{reason="host_share"}
 
+    def refusals(self) -> dict[str, int]:
+        """``nodecache_refused_total`` by reason."""
+        return {"client_share": self.refused_share, "capacity": self.refused_capacity,
+                "client_rate": self.refused_rate, "host_share": self.refused_host}
+
     def client(self, peer) -> str | tuple:
         """The client a query from ``peer`` (a socket address tuple) counts
         against: its address, or (address, port) on the node's own addresses."""

@@ -196,6 +196,19 @@ class Agent:
         serving the same zones; returns how many."""
         return put_entries(self.blocks, by_block)
 
+    def event_sources(self):
+        """Everything that counts ``nodecache_events_total`` events: each
+        says its own (``events()``); retired listeners still count."""
+        for listener in list(self.listeners) + list(self.retired):
+            yield listener.path
+            yield listener.tcp_state
+            if listener.udp is not None:
+                yield listener.udp
+        for block in self.blocks:
+            for stage in block.stages:
+                if hasattr(stage, "events"):
+                    yield stage
+
     def stop_reading(self) -> None:
         """After a handoff: the heir reads our sockets now; we only finish replies."""
         for listener in self.listeners:

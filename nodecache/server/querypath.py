@@ -78,6 +78,11 @@ class QueryPath:
         self.error_replies = 0
         self.truncated = 0
 
+    def events(self) -> dict[str, int]:
+        """Its counts for ``nodecache_events_total`` (observe.metrics)."""
+        return {"dropped": self.dropped, "error_reply": self.error_replies,
+                "truncated": self.truncated + self.memo.truncated}
+
     @property
     def router(self) -> Router:
         return self._router

@@ -65,6 +65,11 @@ class TcpServerState:
         self.blocked_aborted = 0      # replies never read for `idle` seconds
         self.oversized = 0
 
+    def events(self) -> dict[str, int]:
+        return {"tcp_rejected_max_conns": self.rejected_conns, "tcp_rejected_per_client": self.rejected_per_client,
+                "tcp_aborted_blocked": self.blocked_aborted, "tcp_closed_idle": self.idle_closed,
+                "tcp_oversized": self.oversized}
+
     def protocol(self) -> "TcpConnection":
         return TcpConnection(self)
 

@@ -26,6 +26,9 @@ class UdpServer(asyncio.DatagramProtocol):
         self.spare: socket.socket | None = None  # sends replies after stop_reading
         self.unsent = 0
 
+    def events(self) -> dict[str, int]:
+        return {"udp_reply_unsent": self.unsent}
+
     def connection_made(self, transport):
         self.transport = transport
 

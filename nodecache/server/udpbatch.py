@@ -87,6 +87,9 @@ class BatchUdpServer:
         self.datagrams = 0    # received, and in how many recvmmsg calls: the batching achieved
         self.batches = 0
 
+    def events(self) -> dict[str, int]:
+        return {"udp_reply_unsent": self.unsent, "udp_receive_error": self.receive_errors}
+
     # -- lifecycle --------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop

@@ -12,8 +12,8 @@ from nodecache.testing.client import build
 from nodecache.dns.framing import frame
 from nodecache.server import tcp as tcp_mod
 from nodecache.server.tcp import TcpLimits
-from fakes import eventually
-from harness import CLUSTER, node
+from nodecache.testing.fakes import eventually
+from nodecache.testing.harness import CLUSTER, node
 
 CACHED = "svc-1.default.svc.cluster.local"
 

@@ -10,7 +10,7 @@ from nodecache.testing.client import build
 from nodecache.dns.framing import frame
 from nodecache.dns.wire import make_query, question_bytes
 from nodecache.server.tcp import TcpLimits
-from harness import CLUSTER, node
+from nodecache.testing.harness import CLUSTER, node
 
 
 async def udp_raw(port, data, timeout=0.3):

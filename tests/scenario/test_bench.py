@@ -113,7 +113,7 @@ def test_plot(agent, tmp_path):
 async def test_a_hits_run_warms_the_cache_before_it_measures():
     """Every name of the hits set is asked (and answered) once before the
     measured run: the upstream sees each name once, all before the run."""
-    from harness import node
+    from nodecache.testing.harness import node
     from nodecache_bench.runload import warm_up
     from nodecache_bench.loadgen import Spec
     import asyncio

@@ -9,7 +9,7 @@ from dnslib import QTYPE, DNSRecord
 
 from nodecache.testing import client
 from nodecache.testing.client import build
-from fakes import run
+from nodecache.testing.fakes import run
 
 CLI = [sys.executable, "-m", "nodecache"]
 

@@ -6,8 +6,8 @@ from dnslib import QTYPE, DNSRecord
 
 from nodecache.testing.client import build
 from nodecache.testing.fakeupstream import ClusterDNS
-from fakes import FakeClock, run
-from harness import CLUSTER, node
+from nodecache.testing.fakes import FakeClock, run
+from nodecache.testing.harness import CLUSTER, node
 
 SVC = "svc-1.default.svc.cluster.local"
 

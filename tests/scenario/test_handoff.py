@@ -12,7 +12,7 @@ from dnslib import QTYPE, DNSRecord
 from nodecache.testing import client
 from nodecache.cli import main
 from nodecache.testing.fakeupstream import ClusterDNS, FakeUpstream
-from fakes import run
+from nodecache.testing.fakes import run
 from nodecache_bench.procs import NAMES, AgentProc, Load, corefile
 
 

@@ -9,8 +9,8 @@ from dnslib import QTYPE, DNSRecord
 from nodecache.server import memo as memo_mod
 from nodecache.server.block import _no_entry
 from nodecache.testing.client import build
-from fakes import FakeClock
-from harness import CLUSTER, node
+from nodecache.testing.fakes import FakeClock
+from nodecache.testing.harness import CLUSTER, node
 
 NAMES = [f"svc-{i}.default.svc.cluster.local" for i in range(20)] + ["www.example.com"]
 

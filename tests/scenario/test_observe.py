@@ -18,8 +18,8 @@ from nodecache.testing.client import build
 from nodecache.config.parse import parse_config
 from nodecache.node.reconcile import NodeParams, NodeSetup
 from nodecache.run.status import Phase, Runtime
-from fakes import run
-from harness import CLUSTER, node
+from nodecache.testing.fakes import run
+from nodecache.testing.harness import CLUSTER, node
 
 DOCS = Path(__file__).resolve().parent.parent.parent / "docs" / "observability.md"
 

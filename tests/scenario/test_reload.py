@@ -11,8 +11,8 @@ from nodecache.node.reconcile import NodeParams, NodeSetup
 from nodecache.run.configsource import ConfigSource, watch_config
 from nodecache.run.params import RunParams
 from nodecache.run.status import Runtime
-from fakes import eventually
-from harness import node
+from nodecache.testing.fakes import eventually
+from nodecache.testing.harness import node
 
 COREFILE = """.:{port} {{
     cache {ttl}

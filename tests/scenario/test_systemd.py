@@ -12,7 +12,7 @@ from dnslib import QTYPE, DNSRecord
 
 from nodecache.testing import client
 from nodecache.cache import snapshot
-from fakes import run
+from nodecache.testing.fakes import run
 from nodecache_bench.procs import NAMES, corefile
 from test_handoff import Upstream
 

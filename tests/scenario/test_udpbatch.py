@@ -13,8 +13,8 @@ from nodecache.server import agent as agent_mod
 from nodecache.server import mmsg, udpbatch
 from nodecache.testing import client
 from nodecache.testing.client import build
-from fakes import FakeClock
-from harness import CLUSTER, node
+from nodecache.testing.fakes import FakeClock
+from nodecache.testing.harness import CLUSTER, node
 
 pytestmark = pytest.mark.skipif(not mmsg.available(), reason="recvmmsg/sendmmsg not available here")
 

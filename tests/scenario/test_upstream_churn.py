@@ -11,8 +11,8 @@ from dnslib import QTYPE, DNSRecord
 from nodecache.testing.client import build, free_port
 from nodecache.testing.fakeupstream import ClusterDNS, FakeUpstream
 from nodecache.forward import transport
-from fakes import a_record, reply_to, run
-from harness import CLUSTER, node
+from nodecache.testing.fakes import a_record, reply_to, run
+from nodecache.testing.harness import CLUSTER, node
 
 
 def _names(n: int, tag: str) -> list[str]:

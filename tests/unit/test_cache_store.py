@@ -6,7 +6,7 @@ from nodecache.cache.store import FRESH, STALE, ByteBudget, Cache
 from nodecache.cache.options import CacheClass, CacheConfig, Prefetch, ServeStale
 from nodecache.dns.reply import analyse
 from nodecache.dns.wire import make_query, question_bytes, scan
-from fakes import FakeClock, a_record, reply_to, soa
+from nodecache.testing.fakes import FakeClock, a_record, reply_to, soa
 
 
 def query(name, qtype=QTYPE.A):

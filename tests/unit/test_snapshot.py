@@ -9,7 +9,7 @@ from nodecache.cache.store import Cache
 from nodecache.cache.options import CacheConfig, ServeStale
 from nodecache.dns.reply import analyse
 from nodecache.dns.wire import make_query, question_bytes, scan
-from fakes import FakeClock, a_record, reply_to, soa
+from nodecache.testing.fakes import FakeClock, a_record, reply_to, soa
 
 
 def filled(n=50, clock=None):

@@ -1,7 +1,9 @@
 """The ``cache`` plugin (README.md beside this file)."""
 from ..plugin import Plugin
 from .stage import CacheStage
+from .metrics import families
 from .setup import setup
 
 PLUGIN = Plugin("cache", setup, lambda cfg, b: CacheStage(cfg, b.zones, b.clock, b.budget),
-                "answer from a TTL cache; fill it from the rest of the chain")
+                "answer from a TTL cache; fill it from the rest of the chain",
+                metrics=families)

@@ -108,6 +108,10 @@ class CacheStage(Stage):
         finally:
             entry.refreshing = False
 
+    def events(self) -> dict[str, int]:
+        return {"refresh_failed": self.refresh_failures, "cache_budget_evicted": self.cache.budget_evictions,
+                "cache_too_big": self.cache.too_big}
+
     def close(self) -> None:
         for task in self.tasks:
             task.cancel()

@@ -1,7 +1,9 @@
 """The ``forward`` plugin (README.md beside this file)."""
 from ..plugin import Plugin
 from .stage import ForwardStage
+from .metrics import families
 from .setup import setup
 
 PLUGIN = Plugin("forward", setup, lambda cfg, b: ForwardStage(cfg, b.retry),
-                "send misses to upstream servers over pooled, pipelined channels")
+                "send misses to upstream servers over pooled, pipelined channels",
+                metrics=families)

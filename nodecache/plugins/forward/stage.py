@@ -43,5 +43,8 @@ class ForwardStage(Stage):
             return Answer(REFUSED, plugin="forward")
         return Answer(reply.rcode, reply=reply, plugin="forward")
 
+    def events(self) -> dict[str, int]:
+        return self.forwarder.events()
+
     def close(self) -> None:
         self.forwarder.close()

@@ -34,8 +34,8 @@ from dnslib import EDNS0, QTYPE, RCODE, RR, DNSRecord
 
 from nodecache.dns.wire import AD, CD, RD
 from nodecache.testing.client import build
-from fakes import FakeClock, eventually
-from harness import node
+from nodecache.testing.fakes import FakeClock, eventually
+from nodecache.testing.harness import node
 
 FLAG_BITS = {"QR": 0x8000, "AA": 0x0400, "TC": 0x0200, "RD": 0x0100, "RA": 0x0080, "AD": 0x0020, "CD": 0x0010}
 
@@ -131,30 +131,47 @@ class CannedUpstream:
         return rep.pack()
 
 
-async def play(path: Path) -> None:
+async def play(path: Path, memo: bool = True, direct: bool = True, batched: bool = False) -> None:
+    """Run one scenario. ``memo`` / ``direct``: whether the blocks may use
+    those shortcuts (off: every hit through the full hit path, every miss
+    through the slow path); ``batched``: UDP read in recvmmsg batches
+    instead of one datagram per wakeup. Every combination must give the
+    same replies (tests/scenario/test_replays.py)."""
     sc = parse(path)
     canned, clock = CannedUpstream(), FakeClock()
     corefile = sc.corefile.replace("{", "{{").replace("}", "}}").replace("{{port}}", "{port}") \
         .replace("{{up0}}", "{up0}")
     async with node(corefile, clock=clock, answer=canned.answer) as n:
-        last: bytes | None = None
-        for lineno, verb, args, entry in sc.steps:
-            where = f"{path.name}:{lineno}"
-            if verb == "ENTRY":
-                canned.entries[(args[0].lower().rstrip(".") + ".", getattr(QTYPE, args[1]))] = entry
-            elif verb == "QUERY":
-                last = await _query(n, args)
-                _strict(last, where)
-            elif verb == "TIME_PASSES":
-                clock.advance(float(args[0]))
-            elif verb == "CHECK_UPSTREAM":
-                want = int(args[0])
-                await eventually(lambda: len(n.up.seen) >= want, what=f"{where}: upstream reaches {want}")
-                _expect(len(n.up.seen) == want, where, f"upstream got {len(n.up.seen)} queries, want {want}")
-            elif verb == "CHECK_ANSWER":
-                if last is None:
-                    raise ReplayError(f"{where}: CHECK_ANSWER before any QUERY")
-                _check(last, args, n, where)
+        for block in n.agent.blocks:
+            block.memoizable = block.memoizable and memo
+            block.direct = block.direct and direct
+        for listener in n.agent.listeners:
+            if hasattr(listener.udp, "use_batches"):
+                listener.udp.use_batches(batched)
+        await _steps(sc, path, n, canned, clock)
+        if not memo:
+            _expect(all(len(lst.path.memo) == 0 for lst in n.agent.listeners), path.name, "memo was off")
+
+
+async def _steps(sc: Scenario, path: Path, n, canned, clock) -> None:
+    last: bytes | None = None
+    for lineno, verb, args, entry in sc.steps:
+        where = f"{path.name}:{lineno}"
+        if verb == "ENTRY":
+            canned.entries[(args[0].lower().rstrip(".") + ".", getattr(QTYPE, args[1]))] = entry
+        elif verb == "QUERY":
+            last = await _query(n, args)
+            _strict(last, where)
+        elif verb == "TIME_PASSES":
+            clock.advance(float(args[0]))
+        elif verb == "CHECK_UPSTREAM":
+            want = int(args[0])
+            await eventually(lambda: len(n.up.seen) >= want, what=f"{where}: upstream reaches {want}")
+            _expect(len(n.up.seen) == want, where, f"upstream got {len(n.up.seen)} queries, want {want}")
+        elif verb == "CHECK_ANSWER":
+            if last is None:
+                raise ReplayError(f"{where}: CHECK_ANSWER before any QUERY")
+            _check(last, args, n, where)
 
 
 async def _query(n, args: list[str]) -> bytes:

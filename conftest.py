@@ -1,16 +1,13 @@
+"""Shared by every test directory (tests/, the plugins' own tests beside them)."""
 import inspect
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 
 def pytest_pyfunc_call(pyfuncitem):
     """``async def test_...`` runs on uvloop (the product's loop), bounded in
-    time like ``fakes.run``: scenario tests need no wrapper of their own."""
+    time like ``nodecache.testing.fakes.run``: scenario tests need no wrapper of their own."""
     if not inspect.iscoroutinefunction(pyfuncitem.obj):
         return None
-    from fakes import run
+    from nodecache.testing.fakes import run
     args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
     run(pyfuncitem.obj(**args), timeout=ASYNC_TEST_TIMEOUT)
     return True

@@ -1,0 +1,120 @@
+"""The registry: CoreDNS's chain order, and shortcuts that are opt-in.
+
+The proof the structural issue asks for: a stage that declares nothing
+turns the memo, the hit path and the direct miss off for its block, and
+every query (hit or miss, single or batched UDP, TCP) then runs through
+it; the same stage declaring every shortcut lets them skip it (control).
+"""
+from __future__ import annotations
+
+import pytest
+
+from nodecache.config.parse import parse_config
+from nodecache.plugins import registry
+from nodecache.plugins.chain import Shortcuts, Stage
+from nodecache.plugins.grammar import Ctx, no_args, no_body
+from nodecache.server.block import Block, _no_entry
+from nodecache.testing.client import build
+from nodecache.testing.harness import CLUSTER, node
+
+# CoreDNS's plugin.cfg (v1.11), in order: ours must keep this relative order
+COREDNS_PLUGIN_CFG = ("root", "metadata", "geoip", "cancel", "tls", "timeouts", "multisocket", "reload", "nsid",
+                      "bufsize", "bind", "debug", "trace", "ready", "health", "pprof", "prometheus", "errors",
+                      "log", "dnstap", "local", "dns64", "acl", "any", "chaos", "loadbalance", "tsig", "cache",
+                      "rewrite", "header", "dnssec", "autopath", "minimal", "template", "transfer", "hosts",
+                      "route53", "azure", "clouddns", "k8s_external", "kubernetes", "file", "auto",
+                      "secondary", "etcd", "loop", "forward", "grpc", "erratic", "whoami", "on", "sign",
+                      "view")
+
+
+def test_the_chain_order_is_coredns_plugin_cfg_order():
+    assert sorted(registry.ORDER, key=COREDNS_PLUGIN_CFG.index) == list(registry.ORDER)
+    assert set(registry.PLUGINS) == set(registry.ORDER)
+
+
+def test_every_plugin_has_a_readme_in_coredns_shape():
+    from pathlib import Path
+    here = Path(registry.__file__).parent
+    for name in registry.ORDER:
+        text = (here / name / "README.md").read_text()
+        for section in ("## Name", "## Syntax", "## Examples"):
+            assert section in text, f"{name}/README.md: no {section}"
+
+
+class Opaque(Stage):
+    """Counts every query it sees; declares ``declared``."""
+    name = "opaque"
+    seen = 0
+    declared = Shortcuts()
+
+    def shortcuts(self) -> Shortcuts:
+        return self.declared
+
+    async def handle(self, request):
+        Opaque.seen += 1
+        return await self.next(request)
+
+
+def _setup(ctx: Ctx, d):
+    no_args(ctx, d)
+    no_body(ctx, d)
+    return True
+
+
+@pytest.fixture
+def opaque(monkeypatch):
+    """A plugin ``opaque`` registered just before ``cache``."""
+    plugin = registry.Plugin("opaque", _setup, lambda cfg, b: Opaque())
+    order = list(registry.ORDER)
+    order.insert(order.index("cache"), "opaque")
+    monkeypatch.setattr(registry, "ORDER", tuple(order))
+    monkeypatch.setattr(registry, "PLUGINS", {**registry.PLUGINS, "opaque": plugin})
+    Opaque.seen = 0
+    yield Opaque
+    Opaque.declared = Shortcuts()
+
+
+def _block(text: str) -> Block:
+    (cfg,) = parse_config(text).blocks
+    return Block(cfg)
+
+
+FORWARDING = ".:53 {{\n    errors\n    {extra}\n    cache 30\n    forward . 127.0.0.1:53\n}}\n"
+
+
+def test_a_stage_that_declares_nothing_turns_every_shortcut_off(opaque):
+    plain = _block(FORWARDING.format(extra=""))
+    assert plain.fresh is not _no_entry and plain.memoizable and plain.direct  # the control
+    block = _block(FORWARDING.format(extra="opaque"))
+    assert [st.name for st in block.stages] == ["errors", "opaque", "cache", "forward"]
+    assert block.fresh is _no_entry and not block.memoizable and not block.direct
+    opaque.declared = Shortcuts(hit=True, memo=True, direct=True)
+    block = _block(FORWARDING.format(extra="opaque"))
+    assert block.fresh is not _no_entry and block.memoizable and block.direct
+
+
+@pytest.mark.parametrize("batched", [False, True])
+async def test_every_query_runs_through_a_stage_that_declares_nothing(opaque, batched):
+    corefile = CLUSTER.replace("    cache", "    opaque\n    cache", 1)
+    assert "opaque" in corefile
+    async with node(corefile) as n:
+        for listener in n.agent.listeners:
+            if hasattr(listener.udp, "use_batches"):
+                listener.udp.use_batches(batched)
+        names = [f"svc-{i}.default.svc.cluster.local" for i in range(5)]
+        for _ in range(3):  # a miss, then hits that would be memoised
+            for name in names:
+                assert (await n.udp(build(name, 1)))[3] & 0xF == 0
+        await n.tcp(build(names[0], 1))
+        assert opaque.seen == 16
+        assert all(len(lst.path.memo) == 0 for lst in n.agent.listeners)
+
+
+async def test_a_stage_that_allows_the_shortcuts_is_skipped_by_them(opaque):
+    opaque.declared = Shortcuts(hit=True, memo=True, direct=True)
+    async with node(CLUSTER.replace("    cache", "    opaque\n    cache", 1)) as n:
+        await n.udp(build("svc-0.default.svc.cluster.local", 1))  # opens the upstream channel
+        opaque.seen = 0
+        for _ in range(3):
+            await n.udp(build("svc-1.default.svc.cluster.local", 1))
+        assert opaque.seen == 0  # the miss went direct, the hits from the cache and the memo
