@@ -50,7 +50,7 @@ SECTIONS = [
    of this process per hit: the UDP transport's one-datagram handler with the
    kernel left out (`readable_one`, fed from a list; a memoised reply after
    the first pass, see docs/architecture.md) and the full hit path it
-   avoids (`Dispatcher.fast`: scan in place, route by zone, cache lookup,
+   avoids (`QueryPath.cache_hit`: scan in place, route by zone, cache lookup,
    render, count). A warm loop: real rates cost 2-4x more per hit (next
    sections).
 2. *Real UDP socket*: each server runs as its own process on 127.0.0.1; a

@@ -118,3 +118,18 @@ async def test_a_stage_that_allows_the_shortcuts_is_skipped_by_them(opaque):
         for _ in range(3):
             await n.udp(build("svc-1.default.svc.cluster.local", 1))
         assert opaque.seen == 0  # the miss went direct, the hits from the cache and the memo
+
+
+def test_every_readme_example_parses():
+    """As CoreDNS's test/readme_test.go: each README's example Corefiles
+    (the ~~~ blocks after ## Examples) are accepted as written."""
+    import re
+    from pathlib import Path
+    here = Path(registry.__file__).parent
+    for name in registry.ORDER:
+        text = (here / name / "README.md").read_text()
+        examples = re.findall(r"~~~\n(.*?)~~~", text.split("## Examples", 1)[1], re.S)
+        assert examples, f"{name}: no example"
+        for example in examples:
+            config = parse_config(example, f"{name}/README.md")
+            assert any(b.has(name) for b in config.blocks), f"{name}: an example without the directive"

@@ -1,20 +1,27 @@
-"""Documentation that cannot drift: the flag reference is generated from the
-parser, every relative link resolves, and the README stays a front page."""
+"""Documentation that cannot drift: the flag and metric references are
+generated from the parser and the collectors, every relative link
+resolves, and the README stays a front page."""
 import re
 from pathlib import Path
 
-from nodecache.docgen import flags_markdown
+from nodecache.docgen import flags_markdown, metrics_markdown
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def test_flags_md_is_what_the_parser_generates():
     assert (ROOT / "docs" / "flags.md").read_text() == flags_markdown(), \
-        "docs/flags.md is stale: python -m nodecache.docgen > docs/flags.md"
+        "docs/flags.md is stale: python -m nodecache.docgen flags > docs/flags.md"
+
+
+def test_metrics_md_is_what_the_collectors_export():
+    assert (ROOT / "docs" / "metrics.md").read_text() == metrics_markdown(), \
+        "docs/metrics.md is stale: python -m nodecache.docgen metrics > docs/metrics.md"
 
 
 def test_every_relative_link_resolves():
-    pages = [ROOT / "README.md", ROOT / "bench" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    pages = [ROOT / "README.md", ROOT / "bench" / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+             *sorted((ROOT / "nodecache" / "plugins").glob("*/README.md"))]
     for page in pages:
         for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", page.read_text()):
             if "://" in target:
