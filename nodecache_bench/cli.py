@@ -169,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     cmp_.add_argument("--hits", default="",
                       help="also measure CPU per cached query vs unbound and the bare uvloop floor at these "
                            "fixed rates with dnsperf, e.g. 5000,30000,80000")
+    cmp_.add_argument("--baseline", default="",
+                      help="with --hits/--misses: also run the nodecache installed for this Python (e.g. a "
+                           "virtualenv with an older commit installed) side by side, as 'nodecache@baseline'")
     cmp_.add_argument("--json", action="store_true")
     hand = sub.add_parser("handoff", help="constant load while hot handoffs happen")
     hand.add_argument("--handoffs", type=int, default=10)

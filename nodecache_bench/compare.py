@@ -59,13 +59,13 @@ def _pin(cpus: set[int]):
 
 
 class Server:
-    def __init__(self, name: str, cmd: list[str], port: int):
-        self.name, self.cmd, self.port = name, cmd, port
+    def __init__(self, name: str, cmd: list[str], port: int, cwd: str | None = None):
+        self.name, self.cmd, self.port, self.cwd = name, cmd, port, cwd
         self.proc: subprocess.Popen | None = None
 
     def start(self, cpus: set[int]) -> None:
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     preexec_fn=_pin(cpus))
+                                     preexec_fn=_pin(cpus), cwd=self.cwd)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -188,10 +188,10 @@ def cmd_compare(args) -> int:
             upstream.wait(10)
         rates = [int(r) for r in args.misses.split(",") if r.strip()]
         misses = miss_cost(rates, args.duration, args.rounds, tmp, cpus, free_port, _pin, cpu_seconds,
-                           Server) if rates else {}
+                           Server, args.baseline) if rates else {}
         hit_rates = [int(r) for r in args.hits.split(",") if r.strip()]
         hits = hit_cost(hit_rates, args.duration, args.rounds, tmp, cpus, free_port, _pin, cpu_seconds,
-                        Server) if hit_rates else {}
+                        Server, args.baseline) if hit_rates else {}
     if args.json:
         print(json.dumps({"results": results, "dnsperf": dnsperf, "missing": missing, "misses": misses,
                           "hits": hits}))

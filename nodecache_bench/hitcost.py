@@ -48,12 +48,12 @@ def _reply_bytes(port: int) -> bytes:
 
 
 def hit_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: list[int],
-             free_port, pin, cpu_seconds, server_cls) -> dict:
+             free_port, pin, cpu_seconds, server_cls, baseline: str = "") -> dict:
     """{rate: {server: {cpu_us_per_query, runs, achieved, lost}}}"""
     server_cpus, load_cpus = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
     bare = free_port()
     out: dict = {}
-    with behind_cluster_dns(tmp, free_port, pin, load_cpus, server_cls) as (servers, up_port):
+    with behind_cluster_dns(tmp, free_port, pin, load_cpus, server_cls, baseline) as (servers, up_port):
         time.sleep(1.0)
         servers.append(server_cls("bare uvloop", [sys.executable, "-c", BARE, str(bare),
                                                   _reply_bytes(up_port).hex()], bare))
@@ -90,19 +90,21 @@ def hit_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: li
 def print_hit_table(table: dict, duration: float, rounds: int) -> None:
     print(f"\ncache hits at fixed rates (dnsperf -Q, 1,000 cached names, {duration:g} s x {rounds} "
           f"alternating rounds, median; server CPU from /proc per answered query):")
-    print(f"  {'rate/s':>7} {'server':12} {'answered/s':>10} {'cpu us/q':>9} {'runs':>22} {'x unbound':>9} "
-          f"{'x floor':>8}")
+    print(f"  {'rate/s':>7} {'server':18} {'answered/s':>10} {'cpu us/q':>9} {'runs':>22} {'x unbound':>9} "
+          f"{'x floor':>8} {'x baseline':>10}")
     for rate, per in table.items():
         if rate == "saturation":
             continue
         base = per.get("unbound", {}).get("cpu_us_per_query")
         floor = per.get("bare uvloop", {}).get("cpu_us_per_query")
+        older = per.get("nodecache@baseline", {}).get("cpu_us_per_query")
         for name, e in per.items():
             cpu = e["cpu_us_per_query"]
             xu = f"{cpu / base:.2f}" if base and cpu else "-"
             xf = f"{cpu / floor:.2f}" if floor and cpu else "-"
+            xb = f"{cpu / older:.3f}" if older and cpu and name == "nodecache" else "-"
             runs = ",".join(f"{v:g}" for v in e["runs"])
-            print(f"  {rate:>7} {name:12} {e['achieved']:>10} {cpu:>9} {runs:>22} {xu:>9} {xf:>8}")
+            print(f"  {rate:>7} {name:18} {e['achieved']:>10} {cpu:>9} {runs:>22} {xu:>9} {xf:>8} {xb:>10}")
     sat = table.get("saturation")
     if sat:
         print("  saturation (dnsperf closed loop, 64 in flight, same names; one core each): "

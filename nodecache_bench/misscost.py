@@ -71,7 +71,7 @@ def unbound_forwarder_conf(tmp: Path, port: int, upstream: int, tcp_upstream: bo
 
 
 def nodecache_corefile(tmp: Path, port: int, upstream: int) -> Path:
-    conf = tmp / "Corefile-miss"
+    conf = tmp / f"Corefile-miss-{port}"
     conf.write_text(f".:{port} {{\n    cache\n    bind 127.0.0.1\n"
                     f"    forward . 127.0.0.1:{upstream} {{\n        force_tcp\n    }}\n}}\n")
     return conf
@@ -93,7 +93,7 @@ def dnsperf_at(port: int, names: list[str], qfile: Path, rate: int, duration: fl
 
 
 @contextlib.contextmanager
-def behind_cluster_dns(tmp: Path, free_port, pin, load_cpus: set[int], server_cls):
+def behind_cluster_dns(tmp: Path, free_port, pin, load_cpus: set[int], server_cls, baseline: str = ""):
     """One unbound acting as the cluster DNS (on ``load_cpus``), and nodecache
     and unbound as caches forwarding to it over TCP (not started yet):
     yields (servers, the cluster DNS's port); all of them stop on exit, with
@@ -110,6 +110,12 @@ def behind_cluster_dns(tmp: Path, free_port, pin, load_cpus: set[int], server_cl
                                         str(tmp / f"status-{nc_port}")], nc_port),
                server_cls("unbound", [shutil.which("unbound"), "-d", "-c",
                                       str(unbound_forwarder_conf(tmp, ub_port, up_port))], ub_port)]
+    if baseline:  # another nodecache (the Python of another install), same Corefile shape
+        base_port = free_port()
+        servers.insert(1, server_cls("nodecache@baseline", [
+            baseline, "-m", "nodecache", "run", "-conf", str(nodecache_corefile(tmp, base_port, up_port)),
+            "-handoff=false", "-metrics-listen-address", "", "-status-socket", str(tmp / f"status-{base_port}")],
+            base_port, cwd=str(tmp)))  # (not the checkout: its nodecache/ would shadow the baseline's)
     try:
         yield servers, up_port
     finally:
@@ -120,11 +126,11 @@ def behind_cluster_dns(tmp: Path, free_port, pin, load_cpus: set[int], server_cl
 
 
 def miss_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: list[int],
-              free_port, pin, cpu_seconds, server_cls) -> dict:
+              free_port, pin, cpu_seconds, server_cls, baseline: str = "") -> dict:
     """{rate: {server: {cpu_us_per_miss, lost, avg_ms, runs}}}"""
     server_cpus, load_cpus = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
     out: dict = {}
-    with behind_cluster_dns(tmp, free_port, pin, load_cpus, server_cls) as (servers, _):
+    with behind_cluster_dns(tmp, free_port, pin, load_cpus, server_cls, baseline) as (servers, _):
         for s in servers:
             s.start(server_cpus)
         time.sleep(1.5)

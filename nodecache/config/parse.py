@@ -62,6 +62,9 @@ def _server_blocks(ctx: Ctx, syntax: corefile.ServerBlockSyntax) -> list[ServerB
         plugin = registry.lookup(d.name)
         if plugin is None:
             raise ctx.error(d.line, f"unknown directive '{d.name}'")
+        if plugin.repeatable:
+            options[d.name] = options.get(d.name, ()) + (plugin.setup(ctx, d),)
+            continue
         if d.name in options:
             raise ctx.error(d.line, f"'{d.name}' may appear only once per server block")
         options[d.name] = plugin.setup(ctx, d)

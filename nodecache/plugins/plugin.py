@@ -12,6 +12,7 @@ class Plugin:
     stage: Callable | None = None       # (options, Build) -> chain.Stage; None: no stage
     summary: str = ""                   # one line for docs and ``check``
     metrics: Callable | None = None     # [(server, zones, stage)] -> metric families it owns
+    repeatable: bool = False            # may appear more than once per block: options is a tuple of each
 
 
 @dataclass(frozen=True)

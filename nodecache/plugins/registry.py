@@ -9,18 +9,22 @@ A ``Plugin`` is a directive's grammar (``setup``: syntax tree to frozen
 options, errors as ``file:line: message``) and, for the directives that
 act on queries, its ``stage`` factory. Directives without a stage
 (``bind``, ``health``, ``ready``, ``prometheus``, ``reload``, ``loop``)
-configure the server around the chain.
+configure the server around the chain; ``debug``, ``pprof`` and
+``trace`` are accepted and ignored with a warning (their READMEs say why).
 """
 from __future__ import annotations
 
-from . import bind, cache, errors, forward, health, log, loop, prometheus, ready, reload
+from . import (bind, cache, debug, errors, forward, health, hosts, loadbalance, log, loop, pprof, prometheus, ready,
+               reload, template, trace, whoami)
 from .plugin import Build, Plugin
 
 __all__ = ["Build", "Plugin", "ORDER", "PLUGINS", "lookup", "position", "stages"]
 
 
-_ALL = (reload.PLUGIN, bind.PLUGIN, ready.PLUGIN, health.PLUGIN, prometheus.PLUGIN, errors.PLUGIN,
-        log.PLUGIN, cache.PLUGIN, loop.PLUGIN, forward.PLUGIN)
+# CoreDNS's plugin.cfg order (the names nodecache has)
+_ALL = (reload.PLUGIN, bind.PLUGIN, debug.PLUGIN, trace.PLUGIN, ready.PLUGIN, health.PLUGIN, pprof.PLUGIN,
+        prometheus.PLUGIN, errors.PLUGIN, log.PLUGIN, loadbalance.PLUGIN, cache.PLUGIN, template.PLUGIN,
+        hosts.PLUGIN, loop.PLUGIN, forward.PLUGIN, whoami.PLUGIN)
 ORDER: tuple[str, ...] = tuple(p.name for p in _ALL)
 PLUGINS: dict[str, Plugin] = {p.name: p for p in _ALL}
 

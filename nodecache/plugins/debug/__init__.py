@@ -1,0 +1,5 @@
+"""The ``debug`` directive: accepted and ignored (README.md beside this file)."""
+from ..plugin import Plugin
+from .setup import setup
+
+PLUGIN = Plugin("debug", setup, summary="accepted and ignored with a warning: cannot turn off panic recovery")

@@ -1,0 +1,7 @@
+"""The ``loadbalance`` plugin (README.md beside this file)."""
+from ..plugin import Plugin
+from .setup import setup
+from .stage import LoadbalanceStage
+
+PLUGIN = Plugin("loadbalance", setup, lambda cfg, b: LoadbalanceStage(),
+                "shuffle A, AAAA and MX records in every answer")
