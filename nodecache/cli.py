@@ -86,6 +86,21 @@ def parser() -> argparse.ArgumentParser:
     f("pidfile", default="", help="write the process ID here once serving")
     f("metrics-listen-address", dest="metrics_listen", default=D.METRICS_LISTEN,
       help="node-cache's setup-error metrics (ADDR:PORT; empty: off)")
+    f("tls-enabled", dest="tls_enabled", type=go_bool, nargs="?", const=True, default=False,
+      help="serve -metrics-listen-address over HTTPS (node-cache's metrics TLS)")
+    f("tls-cert-file", dest="tls_cert_file", default="/etc/ssl/tls.crt", help="with -tls-enabled: the certificate")
+    f("tls-private-key-file", dest="tls_key_file", default="/etc/ssl/tls.key", help="with -tls-enabled: its key")
+    f("tls-client-auth-type", dest="tls_client_auth", default="NoClientCert",
+      choices=("NoClientCert", "RequestClientCert", "RequireAnyClientCert", "VerifyClientCertIfGiven",
+               "RequireAndVerifyClientCert"),
+      help="with -tls-enabled: client certificates (Go's names; verified against -tls-client-ca-file)")
+    f("tls-client-ca-file", dest="tls_client_ca", default="", help="with -tls-enabled: CAs for client certificates")
+    f("tls-min-version", dest="tls_min_version", default="VersionTLS13",
+      help="with -tls-enabled: VersionTLS10 .. VersionTLS13")
+    f("prometheus-listen-address", dest="prometheus_listen", default="",
+      help="also serve CoreDNS's metrics (the prometheus plugin's) on this ADDR:PORT")
+    f("reloadwithsignal", type=go_bool, nargs="?", const=True, default=False,
+      help="accepted for compatibility: the configuration is always reloaded on change and on SIGUSR1")
     f("configsync", type=positive_seconds, default=D.CONFIG_SYNC,
       help="how often the template and the kube-dns ConfigMap are re-read (s)")
     f("handoff", type=go_bool, nargs="?", const=True, default=True,
@@ -219,13 +234,20 @@ def cmd_check(args) -> int:
 
 
 def describe(config) -> str:
+    """Per block: where it listens, its chain, each directive's support
+    (supported / supported with a difference / ignored, from the plugin
+    registry) and the cache and forward options in effect."""
     from .plugins.registry import PLUGINS
+    labels = {"supported": "supported", "differs": "supported, differs", "ignored": "ignored (warning)"}
     lines = []
     for b in config.blocks:
         where = ", ".join(b.binds) or "all addresses"
         lines.append(f"{' '.join(b.zones)} port {b.port} on {where}  ({b.source})")
         chain = [name for name, _ in b.plugins if PLUGINS[name].stage is not None]
         lines.append("  chain: " + (" -> ".join(chain) or "(empty: REFUSED)"))
+        for name, _ in b.plugins:
+            plugin = PLUGINS[name]
+            lines.append(f"  {name:12} {labels[plugin.support]}" + (f": {plugin.note}" if plugin.note else ""))
         c = b.option("cache")
         if c:
             lines.append(f"  cache: success {c.success.capacity} ttl {c.success.min_ttl}..{c.success.max_ttl}"
@@ -256,7 +278,16 @@ def cmd_run(args) -> int:
         log.info("open file limit raised from %d to %d", old, new)
     if args.setupebtables:
         log.warning("-setupebtables: ebtables rules are not supported; ignored")
+    if args.reloadwithsignal:
+        log.info("-reloadwithsignal: the configuration is reloaded on change and on SIGUSR1 anyway")
     params = _run_params(args, args)
+    if params.metrics_tls is not None:
+        from .observe.tls import TlsError
+        try:
+            params.metrics_tls.context()  # a missing or bad certificate stops the start, as in node-cache
+        except TlsError as exc:
+            print(f"nodecache: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     log.debug("node flags: localip=%s", ",".join(params.local_ips))
     source = ConfigSource(params, dict(os.environ))
     try:
@@ -292,7 +323,16 @@ def _run_params(args, run):
                      cache_max_item=run.cache_max_item, cache_file=run.cache_file,
                      status_socket=run.status_socket,
                      lameduck=POD_NETWORK_LAMEDUCK if not (run.setupinterface or run.setupiptables) else 0.0,
-                     forward_retry=run.forward_retry, udp_batch=run.udp_batch)
+                     forward_retry=run.forward_retry, udp_batch=run.udp_batch,
+                     prometheus_listen=run.prometheus_listen, metrics_tls=_metrics_tls(run))
+
+
+def _metrics_tls(run):
+    if not run.tls_enabled:
+        return None
+    from .observe.tls import MetricsTls
+    return MetricsTls(run.tls_cert_file, run.tls_key_file, run.tls_client_auth, run.tls_client_ca,
+                      run.tls_min_version)
 
 
 async def fake_upstream(args) -> int:

@@ -100,6 +100,7 @@ class HttpServers:
         self.routes: dict[str, dict[str, Handler]] = {}
         self.servers: dict[str, asyncio.AbstractServer] = {}
         self.failed: dict[str, str] = {}
+        self.tls: dict[str, object] = {}  # address -> ssl.SSLContext: served over HTTPS
 
     def add(self, addr: str, path: str, handler: Handler) -> None:
         self.routes.setdefault(addr, {})[path] = handler
@@ -120,7 +121,8 @@ class HttpServers:
                               " ".join(sorted(routes)), addr, why, RETRY)
                 self.failed[addr] = why
                 continue
-            self.servers[addr] = await loop.create_server(lambda r=routes: _Conn(r), sock=sock)
+            self.servers[addr] = await loop.create_server(lambda r=routes: _Conn(r), sock=sock,
+                                                          ssl=self.tls.get(addr))
             was = self.failed.pop(addr, None)
             log.info("serving %s on %s%s", " ".join(sorted(routes)), addr, f" (it was: {was})" if was else "")
 

@@ -13,6 +13,8 @@ class Plugin:
     summary: str = ""                   # one line for docs and ``check``
     metrics: Callable | None = None     # [(server, zones, stage)] -> metric families it owns
     repeatable: bool = False            # may appear more than once per block: options is a tuple of each
+    support: str = "supported"          # supported | differs | ignored (``nodecache check``)
+    note: str = ""                      # the difference from CoreDNS, or why it is ignored, in one line
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,9 @@ class Lifecycle:
                            budget=ByteBudget(params.cache_bytes, params.cache_max_item),
                            forward_retry=params.forward_retry, udp_batch=params.udp_batch)
         self.rt = Runtime(self.agent, self.node)
+        self.rt.prometheus_listen = params.prometheus_listen
+        if params.metrics_tls is not None:  # (checked by the command line before we got here)
+            self.rt.metrics_tls = params.metrics_tls.context()
         self.tasks: list[asyncio.Task] = []   # reconcile loop and config watcher, while we own the node
         self.stop = asyncio.Event()
         self.reload_now = asyncio.Event()

@@ -36,6 +36,8 @@ class RunParams:
     cache_file: str = ""
     status_socket: str = defaults.STATUS_SOCKET
     lameduck: float = 0.0  # when the Corefile's `health` sets none (see lifecycle.POD_NETWORK_LAMEDUCK)
+    metrics_tls: object = None     # observe.tls.MetricsTls (-tls-enabled) or None
+    prometheus_listen: str = ""    # -prometheus-listen-address
     forward_retry: bool = True     # -forward-retry
     udp_batch: bool = True         # -udp-batch
     ip_problems: tuple[str, ...] = ()  # invalid -localip entries, counted once started

@@ -66,6 +66,8 @@ class Runtime:
         self.dns_registry, self.setup_registry = registries(self)
         self.status_sock: socket.socket | None = None
         self.status_task: asyncio.Task | None = None
+        self.metrics_tls = None     # ssl.SSLContext for -metrics-listen-address (-tls-enabled)
+        self.prometheus_listen = ""  # -prometheus-listen-address: CoreDNS's metrics here too
 
     # -- state ------------------------------------------------------------
     def enter(self, phase: Phase) -> None:
@@ -139,6 +141,8 @@ class Runtime:
     # -- HTTP ---------------------------------------------------------------
     def configure_http(self, config, metrics_listen: str) -> None:
         self.http.routes = self.http_routes(config, metrics_listen)
+        if metrics_listen and self.metrics_tls is not None:
+            self.http.tls[metrics_listen] = self.metrics_tls
 
     async def reconfigure_http(self, config, metrics_listen: str) -> None:
         await self.http.apply(self.http_routes(config, metrics_listen))
@@ -152,6 +156,8 @@ class Runtime:
                 http.add(block.option("health").addr, "/health", self._health)
             if block.has("ready"):
                 http.add(block.option("ready"), "/ready", self._ready)
+        if self.prometheus_listen:
+            http.add(self.prometheus_listen, "/metrics", lambda: exposition(self.dns_registry))
         if metrics_listen:
             http.add(metrics_listen, "/metrics", lambda: exposition(self.setup_registry))
         return http.routes

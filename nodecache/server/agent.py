@@ -80,6 +80,10 @@ class Listener:
         self.udp_batch = udp_batch  # False (-udp-batch=false): uvloop's datagram transport
         family = "2" if ":" in addr else "1"
         self.stats = ListenerStats(self.server_label(), family)
+        idle = min((b.cfg.option("timeouts").connection_idle(limits.idle) for b in blocks
+                    if b.cfg.has("timeouts")), default=limits.idle)
+        if idle != limits.idle:  # the Corefile's timeouts for the blocks served here
+            limits = TcpLimits(idle, limits.max_conns, limits.max_inflight, limits.max_per_client)
         self.path = QueryPath(Router(blocks), self.stats, admission, clock)
         self.tcp_state = TcpServerState(self.path, limits)
         self.udp: UdpServer | udpbatch.BatchUdpServer | None = None

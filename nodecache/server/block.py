@@ -16,7 +16,7 @@ import logging
 import time
 
 from ..config.model import ServerBlock
-from ..dns.wire import SERVFAIL, error_reply
+from ..dns.wire import EDNS_SIZE, SERVFAIL, error_reply
 from ..forward.forwarder import ForwardFailure
 from ..plugins import registry
 from ..plugins.cache.stage import CacheStage
@@ -40,6 +40,8 @@ class Block:
         self.loop = LoopDetector(cfg.zones[0]) if cfg.has("loop") and self.forward_stage else None
         if self.loop is not None:
             self.forward_stage.loop = self.loop
+        # the largest UDP reply for this block's clients (bufsize; never above ours)
+        self.max_udp = min(cfg.option("bufsize", EDNS_SIZE), EDNS_SIZE)
         self._derive_shortcuts()
 
     def _derive_shortcuts(self) -> None:

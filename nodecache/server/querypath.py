@@ -122,8 +122,11 @@ class QueryPath:
         if entry is None:
             return Missed(s, block, zone)
         reply = entry.render(data, qend, flags, edns, now)
-        sent = self._fit_and_count(data, reply, limit if proto == "udp" else MAX_MESSAGE, qend, edns, zone,
-                                   proto, key_qtype(key), t0, "cache")
+        if proto != "udp":
+            limit = MAX_MESSAGE
+        elif limit > block.max_udp:  # bufsize
+            limit = block.max_udp
+        sent = self._fit_and_count(data, reply, limit, qend, edns, zone, proto, key_qtype(key), t0, "cache")
         if proto == "udp" and block.memoizable and len(sent) <= MEMO_BYTES and len(entry.tail) <= MEMO_BYTES:
             self._memoise(data, sent, entry, block.cache, zone, key, edns, _clock() - t0, sent is not reply, qend)
         return sent
@@ -196,17 +199,18 @@ class QueryPath:
                 return None
             self.error_replies += 1
             return error_reply(data, exc.rcode, exc.qend, exc.edns)
+        limit = q.limit if proto == "udp" else MAX_MESSAGE
         routed = self._router.block_for(q.key)
         if routed is None:
             reply, zone, plugin = error_reply(data, REFUSED, q.qend, q.edns), ".", ""
         else:
             block, zone = routed
+            limit = min(limit, block.max_udp) if proto == "udp" else limit
             if block.loop is not None and block.loop.sighted(q.key):
                 reply, plugin = error_reply(data, SERVFAIL, q.qend, q.edns), "loop"
             else:
                 reply, plugin = await block.serve(Request(q, proto, client, started or time.monotonic()))
-        return self._fit_and_count(data, reply, q.limit if proto == "udp" else MAX_MESSAGE, q.qend, q.edns,
-                                   zone, proto, q.qtype, t0, plugin)
+        return self._fit_and_count(data, reply, limit, q.qend, q.edns, zone, proto, q.qtype, t0, plugin)
 
     # -- the direct miss (forward.direct) -------------------------------------
     def _start_direct(self, missed: Missed, data: bytes, addr, client, send) -> bool:
@@ -227,9 +231,10 @@ class QueryPath:
         self.direct_pending += 1
         return True
 
-    def _render_direct(self, reply, entry, asker) -> tuple:
+    def _render_direct(self, reply, entry, asker, max_udp: int) -> tuple:
         """(send, reply, addr) for one asker of a direct exchange, counted."""
         _, send, data, addr, client, (key, qend, flags, limit, edns), zone, t0 = asker
+        limit = min(limit, max_udp)
         if entry is not None:
             out = entry.render(data, qend, flags, edns, self.clock())
         else:
@@ -271,7 +276,7 @@ def _direct_done(block, key: bytes, reply, askers: list) -> None:
     try:
         entry = block.cache.insert(key, reply)
         while askers:
-            send, out, addr = askers[0][0]._render_direct(reply, entry, askers[0])
+            send, out, addr = askers[0][0]._render_direct(reply, entry, askers[0], block.max_udp)
             askers.pop(0)
             send(out, addr)
     except Exception:

@@ -21,7 +21,7 @@ from nodecache.run.status import Phase, Runtime
 from nodecache.testing.fakes import run
 from nodecache.testing.harness import CLUSTER, node
 
-DOCS = Path(__file__).resolve().parent.parent.parent / "docs" / "observability.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"  # generated from the collectors
 
 # Every series we export, with its labels: the same table is in the README.
 METRICS = {
@@ -195,7 +195,7 @@ def test_names_labels_and_naming_rules():
     assert types == {"configmap", "interface_add", "interface_check", "iptables", "iptables_lock"}
     docs = DOCS.read_text()
     for name in list(METRICS) + list(SETUP_METRICS):
-        assert f"`{name}`" in docs, f"docs/observability.md does not list {name}"
+        assert f"`{name}`" in docs, f"docs/metrics.md does not list {name}"
 
 
 def test_health_ready_transitions_and_http_errors():

@@ -6,4 +6,5 @@ from .setup import setup
 
 PLUGIN = Plugin("cache", setup, lambda cfg, b: CacheStage(cfg, b.zones, b.clock, b.budget),
                 "answer from a TTL cache; fill it from the rest of the chain",
-                metrics=families)
+                metrics=families,
+                support="differs", note="second-chance eviction, one byte budget for all caches, stale answers with TTL 30")

@@ -2,4 +2,5 @@
 from ..plugin import Plugin
 from .setup import setup
 
-PLUGIN = Plugin("debug", setup, summary="accepted and ignored with a warning: cannot turn off panic recovery")
+PLUGIN = Plugin("debug", setup, summary="accepted and ignored with a warning: cannot turn off panic recovery",
+                support="ignored", note="failures are always contained to their query (SERVFAIL, coredns_panics_total)")

@@ -6,4 +6,5 @@ from .setup import setup
 
 PLUGIN = Plugin("forward", setup, lambda cfg, b: ForwardStage(cfg, b.retry),
                 "send misses to upstream servers over pooled, pipelined channels",
-                metrics=families)
+                metrics=families,
+                support="differs", note="no tls, next, failfast_all_unhealthy_upstreams or failover; UDP first unless force_tcp")

@@ -2,4 +2,5 @@
 from ..plugin import Plugin
 from .setup import setup
 
-PLUGIN = Plugin("loop", setup, summary="detect a forwarding loop at start (see detector)")
+PLUGIN = Plugin("loop", setup, summary="detect a forwarding loop at start (see detector)",
+                support="differs", note="a looped zone answers SERVFAIL and is degraded instead of the process exiting")

@@ -2,4 +2,5 @@
 from ..plugin import Plugin
 from .setup import setup
 
-PLUGIN = Plugin("pprof", setup, summary="accepted and ignored with a warning: cannot serve Go's pprof profiles")
+PLUGIN = Plugin("pprof", setup, summary="accepted and ignored with a warning: cannot serve Go's pprof profiles",
+                support="ignored", note="no Go profiles; profile from outside with py-spy")

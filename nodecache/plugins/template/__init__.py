@@ -4,4 +4,5 @@ from .setup import setup
 from .stage import TemplateStage
 
 PLUGIN = Plugin("template", setup, lambda cfgs, b: TemplateStage(cfgs, b.zones),
-                "answers written as templates (CoreDNS's template)", repeatable=True)
+                "answers written as templates (CoreDNS's template)", repeatable=True,
+                support="differs", note="functions index and parseInt only; no .Meta; answers not cached")

@@ -2,4 +2,5 @@
 from ..plugin import Plugin
 from .setup import setup
 
-PLUGIN = Plugin("trace", setup, summary="accepted and ignored with a warning: cannot export traces")
+PLUGIN = Plugin("trace", setup, summary="accepted and ignored with a warning: cannot export traces",
+                support="ignored", note="no tracing exporter; see coredns_dns_request_duration_seconds")
