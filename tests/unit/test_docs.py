@@ -31,3 +31,13 @@ def test_every_relative_link_resolves():
 
 def test_readme_is_a_front_page():
     assert len((ROOT / "README.md").read_bytes()) <= 12 * 1024
+
+
+def test_corefile_md_lists_every_plugin_as_the_registry_says():
+    from nodecache.plugins import registry
+    text = (ROOT / "docs" / "corefile.md").read_text()
+    for name in registry.ORDER:
+        plugin = registry.PLUGINS[name]
+        row = next((line for line in text.splitlines() if line.startswith(f"| [{name}](")), None)
+        assert row is not None, f"docs/corefile.md has no row for {name}"
+        assert (plugin.note or "-") in row, f"docs/corefile.md: {name}'s difference is stale"
