@@ -4,7 +4,7 @@ The hot path does one dict lookup per query and nothing else: under a
 tuple of the labels CoreDNS uses (zone, proto, type, rcode, DO, the size
 and duration buckets, the plugin that answered) it keeps the count and
 the running sums a histogram needs. The metrics collector turns these into CoreDNS's
-series at scrape time (``observe.metrics``); no prometheus-client object
+series at scrape time (``run.metrics``); no prometheus-client object
 is touched while serving.
 
 Buckets are CoreDNS's: durations ``0.00025 * 2**k`` seconds (k = 0..15),

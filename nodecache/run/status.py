@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ..fdlimit import AcceptGuard
 from ..observe.http import HttpServers
-from ..observe.metrics import exposition, registries
+from .metrics import exposition, registries
 
 log = logging.getLogger("nodecache")
 # Every upstream of a zone must have been down this long before readiness

@@ -79,7 +79,7 @@ class QueryPath:
         self.truncated = 0
 
     def events(self) -> dict[str, int]:
-        """Its counts for ``nodecache_events_total`` (observe.metrics)."""
+        """Its counts for ``nodecache_events_total`` (run.metrics)."""
         return {"dropped": self.dropped, "error_reply": self.error_replies,
                 "truncated": self.truncated + self.memo.truncated}
 

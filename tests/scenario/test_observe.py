@@ -412,7 +412,7 @@ def test_one_echo_of_the_loop_probe_is_not_a_loop():
 
 
 def test_events_metric_counts_what_coredns_series_do_not_show():
-    from nodecache.observe.metrics import exposition
+    from nodecache.run.metrics import exposition
 
     async def go():
         async with node(CLUSTER) as n:

@@ -17,8 +17,8 @@ from prometheus_client.process_collector import ProcessCollector
 
 from .. import __version__
 from ..plugins import registry
-from .families import counter, histogram, rcode_label
-from .stats import DURATION_BUCKETS, SIZE_BUCKETS
+from ..observe.families import counter, histogram, rcode_label
+from ..observe.stats import DURATION_BUCKETS, SIZE_BUCKETS
 
 # nodecache_events_total's labels, all always exported (0 until it happens)
 EVENTS = ("dropped", "error_reply", "truncated", "udp_reply_unsent", "udp_receive_error", "coalesced",
