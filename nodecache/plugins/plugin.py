@@ -1,6 +1,7 @@
 """What a plugin is to the registry, and what its stage is built from."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
@@ -24,3 +25,15 @@ class Build:
     clock: Callable[[], float]
     budget: object = None   # cache.store.ByteBudget shared by every cache
     retry: bool = True      # -forward-retry
+
+
+def ignored(name: str, what: str) -> Callable:
+    """The setup of a directive nodecache accepts and ignores (``debug``,
+    ``pprof``, ``trace``): any arguments, one warning saying why, no options."""
+    log = logging.getLogger(f"nodecache.{name}")
+
+    def setup(ctx, d) -> None:
+        log.warning("%s:%d: %s is accepted and ignored: nodecache cannot %s (nodecache/plugins/%s/README.md)",
+                    ctx.source, d.line, d.name, what, name)
+    return setup
+
