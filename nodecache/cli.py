@@ -101,6 +101,9 @@ def parser() -> argparse.ArgumentParser:
       help="also serve CoreDNS's metrics (the prometheus plugin's) on this ADDR:PORT")
     f("reloadwithsignal", type=go_bool, nargs="?", const=True, default=False,
       help="accepted for compatibility: the configuration is always reloaded on change and on SIGUSR1")
+    f("quiet", type=go_bool, nargs="?", const=True, default=False,
+      help="CoreDNS's: accepted for compatibility (start-up lines are ordinary log lines here)")
+    f("plugins", action="store_true", help="CoreDNS's: list the plugins (directives) this build has, and exit")
     f("configsync", type=positive_seconds, default=D.CONFIG_SYNC,
       help="how often the template and the kube-dns ConfigMap are re-read (s)")
     f("handoff", type=go_bool, nargs="?", const=True, default=True,
@@ -278,6 +281,11 @@ def cmd_run(args) -> int:
         log.info("open file limit raised from %d to %d", old, new)
     if args.setupebtables:
         log.warning("-setupebtables: ebtables rules are not supported; ignored")
+    if args.plugins:  # CoreDNS's -plugins
+        from .plugins.registry import ORDER
+        print("Server types:\n  dns\n\nOther plugins:\n" + "".join(f"  dns.{name}\n" for name in sorted(ORDER)),
+              end="")
+        return 0
     if args.reloadwithsignal:
         log.info("-reloadwithsignal: the configuration is reloaded on change and on SIGUSR1 anyway")
     params = _run_params(args, args)

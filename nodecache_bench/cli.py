@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     cmp_.add_argument("--hits", default="",
                       help="also measure CPU per cached query vs unbound and the bare uvloop floor at these "
                            "fixed rates with dnsperf, e.g. 5000,30000,80000")
+    cmp_.add_argument("--names", default="1000",
+                      help="with --hits: the distinct cached names in use, one table each, e.g. 1000,8000,100000")
     cmp_.add_argument("--baseline", default="",
                       help="with --hits/--misses: also run the nodecache installed for this Python (e.g. a "
                            "virtualenv with an older commit installed) side by side, as 'nodecache@baseline'")

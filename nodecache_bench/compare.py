@@ -190,8 +190,10 @@ def cmd_compare(args) -> int:
         misses = miss_cost(rates, args.duration, args.rounds, tmp, cpus, free_port, _pin, cpu_seconds,
                            Server, args.baseline) if rates else {}
         hit_rates = [int(r) for r in args.hits.split(",") if r.strip()]
-        hits = hit_cost(hit_rates, args.duration, args.rounds, tmp, cpus, free_port, _pin, cpu_seconds,
-                        Server, args.baseline) if hit_rates else {}
+        name_sets = [int(n) for n in args.names.split(",") if n.strip()] or [1000]
+        hits = {str(names): hit_cost(hit_rates, args.duration, args.rounds, tmp, cpus, free_port, _pin,
+                                     cpu_seconds, Server, args.baseline, names)
+                for names in name_sets} if hit_rates else {}
     if args.json:
         print(json.dumps({"results": results, "dnsperf": dnsperf, "missing": missing, "misses": misses,
                           "hits": hits}))
@@ -199,8 +201,8 @@ def cmd_compare(args) -> int:
     print_tables(results, missing, dnsperf, cpus)
     if misses:
         print_miss_table(misses, args.duration, args.rounds)
-    if hits:
-        print_hit_table(hits, args.duration, args.rounds)
+    for names, table in hits.items():
+        print_hit_table(table, args.duration, args.rounds, int(names))
     return 0
 
 

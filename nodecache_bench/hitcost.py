@@ -14,6 +14,7 @@ its sockets itself, server.udpbatch, and can go below it). Servers alternate,
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,7 +36,13 @@ async def main():
 uvloop.run(main())
 """
 
-NAMES = [f"h{i}.{UPSTREAM_ZONE}" for i in range(1000)]
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of process ``pid``, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLK, int(fields[12]) / CLK
 
 
 def _reply_bytes(port: int) -> bytes:
@@ -43,17 +50,20 @@ def _reply_bytes(port: int) -> bytes:
     from nodecache.testing.client import build
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(2)
-        s.sendto(build(NAMES[0].rstrip("."), 1, qid=0), ("127.0.0.1", port))
+        s.sendto(build(f"h0.{UPSTREAM_ZONE}".rstrip("."), 1, qid=0), ("127.0.0.1", port))
         return s.recv(4096)
 
 
 def hit_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: list[int],
-             free_port, pin, cpu_seconds, server_cls, baseline: str = "") -> dict:
-    """{rate: {server: {cpu_us_per_query, runs, achieved, lost}}}"""
+             free_port, pin, cpu_seconds, server_cls, baseline: str = "", names: int = 1000) -> dict:
+    """{rate: {server: {cpu_us_per_query, user_us, sys_us, latency_ms, runs, achieved, lost}}}:
+    ``names`` distinct cached names in use (every cache sized to hold them)."""
+    in_use = [f"h{i}.{UPSTREAM_ZONE}" for i in range(names)]
+    capacity = names + names // 4 if names > 8000 else 0
     server_cpus, load_cpus = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
     bare = free_port()
     out: dict = {}
-    with behind_cluster_dns(tmp, free_port, pin, load_cpus, server_cls, baseline) as (servers, up_port):
+    with behind_cluster_dns(tmp, free_port, pin, load_cpus, server_cls, baseline, capacity) as (servers, up_port):
         time.sleep(1.0)
         servers.append(server_cls("bare uvloop", [sys.executable, "-c", BARE, str(bare),
                                                   _reply_bytes(up_port).hex()], bare))
@@ -62,50 +72,66 @@ def hit_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: li
         time.sleep(1.5)
         qfile = tmp / "hits.txt"
         for s in servers:  # fill the caches: every name asked once, slowly
-            dnsperf_at(s.port, NAMES, qfile, 2000, 1, pin(load_cpus))
+            dnsperf_at(s.port, in_use, qfile, min(20000, max(2000, names)), max(1, names // 20000), pin(load_cpus))
         for rate in rates:
             runs: dict[str, list[dict]] = {s.name: [] for s in servers}
             for _ in range(rounds):
                 for s in servers:
-                    c0 = cpu_seconds(s.proc.pid)
-                    res = dnsperf_at(s.port, NAMES, qfile, rate, duration, pin(load_cpus))
-                    cpu = cpu_seconds(s.proc.pid) - c0
-                    res["cpu"] = round(cpu / res["answered"] * 1e6, 1) if res["answered"] else None
+                    u0, s0 = times(s.proc.pid)
+                    res = dnsperf_at(s.port, in_use, qfile, rate, duration, pin(load_cpus), latency=True)
+                    u1, s1 = times(s.proc.pid)
+                    n = res["answered"]
+                    res["cpu"] = round((u1 - u0 + s1 - s0) / n * 1e6, 1) if n else None
+                    res["user"], res["sys"] = (round((u1 - u0) / n * 1e6, 1), round((s1 - s0) / n * 1e6, 1)) if n \
+                        else (None, None)
                     runs[s.name].append(res)
             for name, rs in runs.items():
-                cpu = sorted(r["cpu"] or 0 for r in rs)
+                rs = sorted(rs, key=lambda r: r["cpu"] or 0)
+                cpu = [r["cpu"] or 0 for r in rs]
+                mid = rs[len(rs) // 2]
                 out.setdefault(rate, {})[name] = {
-                    "cpu_us_per_query": cpu[len(cpu) // 2], "runs": cpu,
+                    "cpu_us_per_query": cpu[len(cpu) // 2], "runs": cpu, "user_us": mid["user"],
+                    "sys_us": mid["sys"], "latency_ms": mid.get("latency_ms", {}),
                     "achieved": round(sorted(r["answered"] for r in rs)[len(rs) // 2] / duration),
                     "lost": sum(r["lost"] for r in rs)}
         for s in servers:  # how far one process goes: dnsperf closed loop, 64 in flight
             c0, t0 = cpu_seconds(s.proc.pid), time.monotonic()
-            res = dnsperf_at(s.port, NAMES, qfile, 0, duration, pin(load_cpus))
+            res = dnsperf_at(s.port, in_use, qfile, 0, duration, pin(load_cpus))
             busy = (cpu_seconds(s.proc.pid) - c0) / (time.monotonic() - t0)
             out.setdefault("saturation", {})[s.name] = {"qps": round(res["answered"] / duration),
                                                         "cpu_share": round(busy, 2)}
     return out
 
 
-def print_hit_table(table: dict, duration: float, rounds: int) -> None:
-    print(f"\ncache hits at fixed rates (dnsperf -Q, 1,000 cached names, {duration:g} s x {rounds} "
-          f"alternating rounds, median; server CPU from /proc per answered query):")
-    print(f"  {'rate/s':>7} {'server':18} {'answered/s':>10} {'cpu us/q':>9} {'runs':>22} {'x unbound':>9} "
-          f"{'x floor':>8} {'x baseline':>10}")
+def print_hit_table(table: dict, duration: float, rounds: int, names: int = 1000) -> None:
+    from .misscost import DNSDIST_NON_DEFAULT, UNBOUND_NON_DEFAULT
+    print(f"\ncache hits at fixed rates (dnsperf -Q, {names:,} cached names, {duration:g} s x {rounds} "
+          f"alternating rounds, median; server CPU from /proc per answered query, user and system; "
+          f"latency from dnsperf -v of the median run):")
+    print(f"  {'rate/s':>7} {'server':18} {'answered/s':>10} {'cpu us/q':>9} {'user':>6} {'sys':>6} "
+          f"{'p50 ms':>7} {'p99 ms':>7} {'p99.9':>7} {'runs':>22} {'x unbound':>9} {'x dnsdist':>9} "
+          f"{'x best C':>8} {'x floor':>8} {'x baseline':>10}")
     for rate, per in table.items():
         if rate == "saturation":
             continue
-        base = per.get("unbound", {}).get("cpu_us_per_query")
-        floor = per.get("bare uvloop", {}).get("cpu_us_per_query")
-        older = per.get("nodecache@baseline", {}).get("cpu_us_per_query")
+        cost = {name: e.get("cpu_us_per_query") for name, e in per.items()}
+        peers = [c for name, c in cost.items() if name in ("unbound", "dnsdist") and c]
+        best = min(peers) if peers else None
         for name, e in per.items():
             cpu = e["cpu_us_per_query"]
-            xu = f"{cpu / base:.2f}" if base and cpu else "-"
-            xf = f"{cpu / floor:.2f}" if floor and cpu else "-"
-            xb = f"{cpu / older:.3f}" if older and cpu and name == "nodecache" else "-"
+            ratio = lambda base: f"{cpu / base:.2f}" if base and cpu else "-"  # noqa: E731
+            xb = f"{cpu / cost['nodecache@baseline']:.3f}" if cost.get("nodecache@baseline") and cpu \
+                and name == "nodecache" else "-"
+            lat = e.get("latency_ms") or {}
             runs = ",".join(f"{v:g}" for v in e["runs"])
-            print(f"  {rate:>7} {name:18} {e['achieved']:>10} {cpu:>9} {runs:>22} {xu:>9} {xf:>8} {xb:>10}")
+            print(f"  {rate:>7} {name:18} {e['achieved']:>10} {cpu:>9} {e.get('user_us') or '-':>6} "
+                  f"{e.get('sys_us') or '-':>6} {lat.get('p50', '-'):>7} {lat.get('p99', '-'):>7} "
+                  f"{lat.get('p99.9', '-'):>7} {runs:>22} {ratio(cost.get('unbound')):>9} "
+                  f"{ratio(cost.get('dnsdist')):>9} {ratio(best):>8} {ratio(cost.get('bare uvloop')):>8} {xb:>10}")
     sat = table.get("saturation")
     if sat:
         print("  saturation (dnsperf closed loop, 64 in flight, same names; one core each): "
               + "; ".join(f"{name} {e['qps']:,} q/s at {e['cpu_share']:.0%} CPU" for name, e in sat.items()))
+    print("  unbound's non-default settings: " + "; ".join(UNBOUND_NON_DEFAULT))
+    if any("dnsdist" in per for per in table.values()):
+        print("  dnsdist's non-default settings: " + "; ".join(DNSDIST_NON_DEFAULT))

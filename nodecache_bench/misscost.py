@@ -70,34 +70,85 @@ def unbound_forwarder_conf(tmp: Path, port: int, upstream: int, tcp_upstream: bo
                          + ("    forward-tcp-upstream: yes\n" if tcp_upstream else ""))
 
 
-def nodecache_corefile(tmp: Path, port: int, upstream: int) -> Path:
+def nodecache_corefile(tmp: Path, port: int, upstream: int, capacity: int = 0) -> Path:
     conf = tmp / f"Corefile-miss-{port}"
-    conf.write_text(f".:{port} {{\n    cache\n    bind 127.0.0.1\n"
+    cache = f"cache {{\n        success {capacity}\n        denial {capacity}\n    }}" if capacity else "cache"
+    conf.write_text(f".:{port} {{\n    {cache}\n    bind 127.0.0.1\n"
                     f"    forward . 127.0.0.1:{upstream} {{\n        force_tcp\n    }}\n}}\n")
     return conf
 
 
-def dnsperf_at(port: int, names: list[str], qfile: Path, rate: int, duration: float, pin) -> dict:
+# What the peers run with that is not their default, and why (printed with the tables).
+UNBOUND_NON_DEFAULT = (
+    "num-threads: 1 and module-config: iterator: one core, a cache and forwarder like the others",
+    "forward-zone . to the cluster DNS with forward-tcp-upstream: the same upstream over TCP",
+    "so-rcvbuf: 4m: nodecache gives itself the same receive buffer (a burst at 120,000 q/s overflowed the default)",
+    "msg-cache-size: 64m, rrset-cache-size: 128m: room for 100,000 names")
+DNSDIST_NON_DEFAULT = (
+    "newPacketCache(N) on the default pool: dnsdist caches nothing without one (N: the names in use, "
+    "at least 10,000)",
+    "newServer{tcpOnly=true}: the backend over TCP, as nodecache's force_tcp and unbound's forward-tcp-upstream",
+    "setSecurityPollSuffix(''): no security-poll DNS query leaves the machine (network safety rule)")
+
+
+def dnsdist_conf(tmp: Path, port: int, upstream: int, capacity: int = 10000) -> Path:
+    """dnsdist with stock settings but for DNSDIST_NON_DEFAULT: a packet cache
+    in front of one TCP backend (the cluster DNS)."""
+    conf = tmp / f"dnsdist-{port}.conf"
+    conf.write_text(textwrap.dedent(f"""\
+        setLocal("127.0.0.1:{port}")
+        setSecurityPollSuffix("")
+        newServer({{address="127.0.0.1:{upstream}", tcpOnly=true}})
+        getPool(""):setCache(newPacketCache({max(capacity, 10000)}))
+        """))
+    return conf
+
+
+def dnsperf_at(port: int, names: list[str], qfile: Path, rate: int, duration: float, pin,
+               latency: bool = False) -> dict:
+    """One dnsperf run; with ``latency``, also p50/p99/p99.9 in ms from its
+    per-query lines (``-v``)."""
     qfile.write_text("".join(f"{n} A\n" for n in names))
     pace = ["-Q", str(rate), "-q", "500"] if rate else ["-q", "64"]  # rate 0: closed loop, 64 in flight
     proc = subprocess.run([shutil.which("dnsperf"), "-s", "127.0.0.1", "-p", str(port), "-d", str(qfile),
-                           "-l", str(int(duration)), "-c", "1", "-t", "5", *pace],
+                           "-l", str(int(duration)), "-c", "1", "-t", "5", *pace, *(["-v"] if latency else [])],
                           capture_output=True, text=True, timeout=duration + 60, preexec_fn=pin)
     completed = re.search(r"Queries completed:\s+(\d+)", proc.stdout)
     lost = re.search(r"Queries lost:\s+(\d+)", proc.stdout)
     lat = re.search(r"Average Latency \(s\):\s+([\d.]+)", proc.stdout)
     if completed is None:
         raise RuntimeError(f"dnsperf failed: {proc.stdout[-500:]} {proc.stderr[-500:]}")
-    return {"answered": int(completed.group(1)), "lost": int(lost.group(1)) if lost else 0,
-            "avg_ms": float(lat.group(1)) * 1000 if lat else None}
+    out = {"answered": int(completed.group(1)), "lost": int(lost.group(1)) if lost else 0,
+           "avg_ms": float(lat.group(1)) * 1000 if lat else None}
+    if latency:
+        out["latency_ms"] = percentiles(proc.stdout)
+    return out
+
+
+def percentiles(verbose: str) -> dict:
+    """p50/p99/p99.9 (ms) of dnsperf -v's per-query lines (``> RCODE NAME TYPE SECONDS``)."""
+    seconds = []
+    for line in verbose.splitlines():
+        if line.startswith(">"):
+            try:
+                seconds.append(float(line.rsplit(None, 1)[1]))
+            except (IndexError, ValueError):
+                continue
+    if not seconds:
+        return {}
+    seconds.sort()
+    at = lambda q: round(seconds[min(len(seconds) - 1, int(q * len(seconds)))] * 1000, 3)  # noqa: E731
+    return {"p50": at(0.5), "p99": at(0.99), "p99.9": at(0.999)}
 
 
 @contextlib.contextmanager
-def behind_cluster_dns(tmp: Path, free_port, pin, load_cpus: set[int], server_cls, baseline: str = ""):
-    """One unbound acting as the cluster DNS (on ``load_cpus``), and nodecache
-    and unbound as caches forwarding to it over TCP (not started yet):
-    yields (servers, the cluster DNS's port); all of them stop on exit, with
-    any server the caller appended to the list."""
+def behind_cluster_dns(tmp: Path, free_port, pin, load_cpus: set[int], server_cls, baseline: str = "",
+                       capacity: int = 0):
+    """One unbound acting as the cluster DNS (on ``load_cpus``), and nodecache,
+    unbound and (when installed) dnsdist as caches forwarding to it over
+    TCP (not started yet), each cache sized for ``capacity`` names (0: its
+    default): yields (servers, the cluster DNS's port); all of them stop on
+    exit, with any server the caller appended to the list."""
     if not shutil.which("dnsperf") or not shutil.which("unbound"):
         raise RuntimeError("needs dnsperf and unbound (apt-get install dnsperf unbound)")
     up_port = free_port()
@@ -105,15 +156,19 @@ def behind_cluster_dns(tmp: Path, free_port, pin, load_cpus: set[int], server_cl
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin(load_cpus))
     nc_port, ub_port = free_port(), free_port()
     servers = [server_cls("nodecache", [sys.executable, "-m", "nodecache", "run", "-conf",
-                                        str(nodecache_corefile(tmp, nc_port, up_port)), "-handoff=false",
+                                        str(nodecache_corefile(tmp, nc_port, up_port, capacity)), "-handoff=false",
                                         "-metrics-listen-address", "", "-status-socket",
                                         str(tmp / f"status-{nc_port}")], nc_port),
                server_cls("unbound", [shutil.which("unbound"), "-d", "-c",
                                       str(unbound_forwarder_conf(tmp, ub_port, up_port))], ub_port)]
+    if shutil.which("dnsdist"):  # the C peer closest to our design: a packet cache in front of backends
+        dd_port = free_port()
+        servers.append(server_cls("dnsdist", [shutil.which("dnsdist"), "--supervised", "--disable-syslog", "-C",
+                                              str(dnsdist_conf(tmp, dd_port, up_port, capacity))], dd_port))
     if baseline:  # another nodecache (the Python of another install), same Corefile shape
         base_port = free_port()
         servers.insert(1, server_cls("nodecache@baseline", [
-            baseline, "-m", "nodecache", "run", "-conf", str(nodecache_corefile(tmp, base_port, up_port)),
+            baseline, "-m", "nodecache", "run", "-conf", str(nodecache_corefile(tmp, base_port, up_port, capacity)),
             "-handoff=false", "-metrics-listen-address", "", "-status-socket", str(tmp / f"status-{base_port}")],
             base_port, cwd=str(tmp)))  # (not the checkout: its nodecache/ would shadow the baseline's)
     try:

@@ -165,3 +165,26 @@ def test_nodecache_bench_says_when_answers_were_refused():
     assert rep["rcodes"] == {"NOERROR": 60, "REFUSED": 40}
     assert any(w.startswith("40 answers were REFUSED") and "-miss-rate-per-client" in w for w in rep["warnings"])
     assert not report(Spec("127.0.0.1", 53), Result(sent=5, answered=5, rcodes={0: 5}, elapsed=1.0), 1)["warnings"]
+
+
+NODE_CACHE_FLAGS = [  # node-cache's parseAndValidateFlags (metrics TLS included) and CoreDNS's own
+    "-localip=169.254.20.10,fd00::10", "-setupinterface=false", "-interfacename=nodelocaldns",
+    "-syncinterval=1m", "-metrics-listen-address=0.0.0.0:9353", "-setupiptables=false", "-setupebtables=false",
+    "-basecorefile=/etc/coredns/Corefile.base", "-corefile=/etc/Corefile", "-kubednscm=/etc/kube-dns",
+    "-upstreamsvc=kube-dns", "-health-port=8080", "-skipteardown", "-reloadwithsignal", "-pidfile=/run/nc.pid",
+    "-dns.port=53", "-conf=/etc/Corefile", "-quiet", "-prometheus-listen-address=:9253", "-tls-enabled=false",
+    "-tls-cert-file=/etc/ssl/tls.crt", "-tls-private-key-file=/etc/ssl/tls.key",
+    "-tls-client-auth-type=RequireAndVerifyClientCert", "-tls-client-ca-file=/etc/ssl/ca.crt",
+    "-tls-min-version=VersionTLS12"]
+
+
+def test_every_node_cache_flag_parses():
+    args = parser().parse_args(["run", *NODE_CACHE_FLAGS])
+    assert args.reloadwithsignal and args.quiet and args.prometheus_listen == ":9253"
+    assert args.tls_client_auth == "RequireAndVerifyClientCert" and args.tls_min_version == "VersionTLS12"
+
+
+def test_plugins_lists_every_directive_and_exits(capsys):
+    assert main(["run", "-plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "dns.hosts" in out and "dns.template" in out and "dns.rewrite" in out
