@@ -14,7 +14,6 @@ its sockets itself, server.udpbatch, and can go below it). Servers alternate,
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -36,13 +35,21 @@ async def main():
 uvloop.run(main())
 """
 
-CLK = os.sysconf("SC_CLK_TCK")
 
 
-def times(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of process ``pid``, from /proc."""
+def times(pid: int) -> tuple[float, float, float]:
+    """(user ticks, system ticks, CPU seconds) of process ``pid``: the tick
+    counts of /proc/PID/stat (sampled at CLK_TCK, so only their ratio is
+    used) and the scheduler's exact runtime of all its threads, summed from
+    /proc/PID/task/*/schedstat (nanoseconds)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / CLK, int(fields[12]) / CLK
+    runtime = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            runtime += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that just ended
+    return int(fields[11]), int(fields[12]), runtime / 1e9
 
 
 def _reply_bytes(port: int) -> bytes:
@@ -77,13 +84,15 @@ def hit_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: li
             runs: dict[str, list[dict]] = {s.name: [] for s in servers}
             for _ in range(rounds):
                 for s in servers:
-                    u0, s0 = times(s.proc.pid)
+                    u0, s0, c0 = times(s.proc.pid)
                     res = dnsperf_at(s.port, in_use, qfile, rate, duration, pin(load_cpus), latency=True)
-                    u1, s1 = times(s.proc.pid)
-                    n = res["answered"]
-                    res["cpu"] = round((u1 - u0 + s1 - s0) / n * 1e6, 1) if n else None
-                    res["user"], res["sys"] = (round((u1 - u0) / n * 1e6, 1), round((s1 - s0) / n * 1e6, 1)) if n \
-                        else (None, None)
+                    u1, s1, c1 = times(s.proc.pid)
+                    n, ticks = res["answered"], (u1 - u0) + (s1 - s0)
+                    per = (c1 - c0) / n * 1e6 if n else None
+                    res["cpu"] = round(per, 1) if n else None
+                    share = (u1 - u0) / ticks if ticks else None  # user time's share, from the tick samples
+                    res["user"], res["sys"] = (round(per * share, 1), round(per * (1 - share), 1)) \
+                        if n and share is not None else (None, None)
                     runs[s.name].append(res)
             for name, rs in runs.items():
                 rs = sorted(rs, key=lambda r: r["cpu"] or 0)
@@ -106,8 +115,8 @@ def hit_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: li
 def print_hit_table(table: dict, duration: float, rounds: int, names: int = 1000) -> None:
     from .misscost import DNSDIST_NON_DEFAULT, UNBOUND_NON_DEFAULT
     print(f"\ncache hits at fixed rates (dnsperf -Q, {names:,} cached names, {duration:g} s x {rounds} "
-          f"alternating rounds, median; server CPU from /proc per answered query, user and system; "
-          f"latency from dnsperf -v of the median run):")
+          f"alternating rounds, median; server CPU per answered query from /proc/PID/task/*/schedstat, split "
+          f"into user and system by the /proc/PID/stat tick samples; latency from dnsperf -v, median run):")
     print(f"  {'rate/s':>7} {'server':18} {'answered/s':>10} {'cpu us/q':>9} {'user':>6} {'sys':>6} "
           f"{'p50 ms':>7} {'p99 ms':>7} {'p99.9':>7} {'runs':>22} {'x unbound':>9} {'x dnsdist':>9} "
           f"{'x best C':>8} {'x floor':>8} {'x baseline':>10}")
@@ -124,8 +133,9 @@ def print_hit_table(table: dict, duration: float, rounds: int, names: int = 1000
                 and name == "nodecache" else "-"
             lat = e.get("latency_ms") or {}
             runs = ",".join(f"{v:g}" for v in e["runs"])
-            print(f"  {rate:>7} {name:18} {e['achieved']:>10} {cpu:>9} {e.get('user_us') or '-':>6} "
-                  f"{e.get('sys_us') or '-':>6} {lat.get('p50', '-'):>7} {lat.get('p99', '-'):>7} "
+            user, system = e.get("user_us"), e.get("sys_us")
+            print(f"  {rate:>7} {name:18} {e['achieved']:>10} {cpu:>9} {'-' if user is None else user:>6} "
+                  f"{'-' if system is None else system:>6} {lat.get('p50', '-'):>7} {lat.get('p99', '-'):>7} "
                   f"{lat.get('p99.9', '-'):>7} {runs:>22} {ratio(cost.get('unbound')):>9} "
                   f"{ratio(cost.get('dnsdist')):>9} {ratio(best):>8} {ratio(cost.get('bare uvloop')):>8} {xb:>10}")
     sat = table.get("saturation")

@@ -88,6 +88,8 @@ DNSDIST_NON_DEFAULT = (
     "newPacketCache(N) on the default pool: dnsdist caches nothing without one (N: the names in use, "
     "at least 10,000)",
     "newServer{tcpOnly=true}: the backend over TCP, as nodecache's force_tcp and unbound's forward-tcp-upstream",
+    f"newServer{{checkName={UPSTREAM_ZONE!r}}}: its health check asks a name the stand-in cluster DNS answers "
+    "(the default, a.root-servers.net., would mark it down here)",
     "setSecurityPollSuffix(''): no security-poll DNS query leaves the machine (network safety rule)")
 
 
@@ -98,7 +100,7 @@ def dnsdist_conf(tmp: Path, port: int, upstream: int, capacity: int = 10000) -> 
     conf.write_text(textwrap.dedent(f"""\
         setLocal("127.0.0.1:{port}")
         setSecurityPollSuffix("")
-        newServer({{address="127.0.0.1:{upstream}", tcpOnly=true}})
+        newServer({{address="127.0.0.1:{upstream}", tcpOnly=true, checkName="{UPSTREAM_ZONE}"}})
         getPool(""):setCache(newPacketCache({max(capacity, 10000)}))
         """))
     return conf
