@@ -2,7 +2,7 @@
 # Installs the system tools the end-to-end tests use (network namespaces,
 # iptables, nftables, conntrack, ss, getent), the image build's (mmdebstrap,
 # buildah) and the peer servers the comparison benchmark runs (unbound,
-# dnsmasq, dnsperf), when we are root on a Debian-like
+# dnsmasq, dnsdist, dnsperf), when we are root on a Debian-like
 # machine and they are missing. Otherwise it only says what is missing:
 # those tests then skip with the reason.
 set -u
@@ -16,6 +16,7 @@ command -v getent >/dev/null || need+=(libc-bin)
 command -v unbound >/dev/null || need+=(unbound)
 command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 command -v dnsperf >/dev/null || need+=(dnsperf)
+command -v dnsdist >/dev/null || need+=(dnsdist)
 # `make image` and its test: a Debian base without a registry, built without a container runtime
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v buildah >/dev/null || need+=(buildah)
