@@ -48,7 +48,6 @@ class HostsStage(Stage):
         self.table = self.inline
         self.stamp: tuple | None = None
         self.checked = float("-inf")
-        self.reloads = 0
         self._load()
 
     def shortcuts(self) -> Shortcuts:
@@ -71,7 +70,6 @@ class HostsStage(Stage):
         for addr, names in self.cfg.inline:
             table.add(addr, names)
         self.table, self.stamp = parse(text, table), stamp
-        self.reloads += 1
 
     def _fresh(self) -> Table:
         if self.cfg.reload:
