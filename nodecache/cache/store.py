@@ -48,10 +48,17 @@ class ByteBudget:
     def __init__(self, limit: int = DEFAULT_BUDGET, max_item: int = DEFAULT_MAX_ITEM):
         self.limit, self.max_item = limit, max_item
         self.caches: list["Cache"] = []
+        self.memos: list = []  # the listeners' memo tables (server.memo): the first to give way
 
     @property
     def used(self) -> int:
-        return sum(c.bytes for c in self.caches)
+        return sum(c.bytes for c in self.caches) + sum(m.bytes for m in self.memos)
+
+    def shed_memo(self) -> bool:
+        """Drop one memo (from the table holding most bytes) for an entry
+        that needs room; False when there is none left."""
+        tables = [m for m in self.memos if m.bytes]
+        return bool(tables) and max(tables, key=lambda m: m.bytes).shed()
 
 
 class Cache:
@@ -82,6 +89,11 @@ class Cache:
 
     def __len__(self) -> int:
         return len(self._success) + len(self._denial)
+
+    @property
+    def capacity(self) -> int:
+        """Entries this cache holds at most, both classes together."""
+        return self.config.success.capacity + self.config.denial.capacity
 
     def sizes(self) -> tuple[int, int]:
         return len(self._success), len(self._denial)
@@ -212,6 +224,8 @@ class Cache:
         while len(lru) > cap:
             self._evict_one(lru)
         while self.budget.used > self.budget.limit and len(self):
+            if self.budget.shed_memo():
+                continue  # memos are derived from entries: they make room first
             self._evict_one(self._success if len(self._success) >= len(self._denial) else self._denial)
             self.budget_evictions += 1
 

@@ -117,6 +117,7 @@ class Listener:
         self.tcp_state.close_all()
         if self.udp is not None:
             self.udp.close()
+        self.path.memo.detach()
 
 
 def block_id(block: Block) -> str:

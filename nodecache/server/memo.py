@@ -33,27 +33,46 @@ Only blocks whose hits need nothing per hit are memoised: a cache without
 prefetch (prefetch counts each hit's timing) and no query log. A memo may
 outlive its entry's eviction or replacement by less than a second; the
 records it serves are still within the TTL they were cached with (a
-memo renews only while its entry is still cached). A memo
-holds its entry, which the cache's byte budget no longer counts once
-evicted, so the table is bounded in bytes too: only replies and records of
-at most MEMO_BYTES are memoised (what pods ask nearly always is), which
-keeps a full table under ~3.5 MB per listener.
+memo renews only while its entry is still cached).
+
+Bounds. A table holds at most as many memos as the caches it memoises
+can hold entries (``bind``: the sum of their capacities), so a working
+set the cache holds fits in the memo too; a fixed ceiling below that
+made every query of a busy node's working set build a memo that was
+thrown away before its next use. A full table makes room one memo at a
+time, with the cache's second chance (a memo hit since it was last
+looked at moves to the young end; the first one that was not goes): hot
+queries stay, a client varying its bytes on purpose churns only the young
+end. Memos are derived data, so their bytes (``Memo.size``) count in the
+agent's cache byte budget as the lowest priority: a cache that needs room
+takes it from the memos first (``ByteBudget.shed_memo``), and a memo that
+would overflow the budget evicts older memos, never an entry. Only
+replies and records of at most MEMO_BYTES are memoised (what pods ask
+nearly always is). A memo holds its entry, which the cache's budget no
+longer counts once evicted: at most one entry per memo, until the memo's
+next renewal replaces it.
 """
 from __future__ import annotations
 
-MEMO_MAX = 2048    # distinct query byte strings; a table this full is folded and emptied
+from collections import OrderedDict
+
 MEMO_BYTES = 512   # replies (and entries' records) larger than this are not memoised
+# What a memo costs beyond its byte strings' contents: the Memo object, four
+# bytes objects' headers and its table slot, as tracemalloc measures it
+# (tests/unit/test_memo_table.py); the byte budget counts with it.
+MEMO_OVERHEAD = 400
 
 
 class Memo:
-    __slots__ = ("until", "tail", "hits", "entry", "cache", "acc", "qlen", "rlen", "seconds", "truncated",
-                 "head", "opt")
+    __slots__ = ("until", "tail", "hits", "seen", "entry", "cache", "acc", "qlen", "rlen", "seconds",
+                 "truncated", "head", "opt", "size")
 
     def __init__(self, until: float, tail: bytes, entry, cache, acc: list, qlen: int, rlen: int,
                  seconds: float, truncated: bool, qend: int):
         self.until = until          # on the cache's clock: the next TTL change or expiry
         self.tail = tail            # the reply after its ID
         self.hits = 0               # answered from here since the last fold
+        self.seen = 0               # ``hits`` when eviction last looked (second chance)
         self.entry, self.cache = entry, cache
         self.acc = acc              # the stats series a hit falls in (first duration bucket)
         self.qlen, self.rlen = qlen, rlen
@@ -65,6 +84,7 @@ class Memo:
         self.head = self.opt = None
         if not truncated:
             self.head, self.opt = tail[:qend - 2], tail[qend - 2 + len(entry.tail):]
+        self.size = MEMO_OVERHEAD + 2 * len(tail) + qlen  # tail, head + opt (< tail), the key (qlen - 2)
 
     def refresh(self, now: float) -> bool:
         """At the TTL tick: renew from the entry if it is still the one
@@ -81,19 +101,73 @@ class Memo:
 
 
 class MemoTable:
+    """One listener's memos, by the query's bytes after its ID. ``get`` is
+    the transport's lookup; the rest runs on misses, folds and reloads."""
+
     def __init__(self):
-        self.table: dict[bytes, Memo] = {}
-        self.get = self.table.get   # the transport's lookup (the dict is never replaced)
+        self.table: OrderedDict[bytes, Memo] = OrderedDict()  # oldest first: eviction order
+        self.get = self.table.get   # the transport's lookup (the table is never replaced)
+        self.capacity = 0           # memos at most (``bind``); 0: nothing is memoised
+        self.budget = None          # the caches' ByteBudget, which counts ``bytes``
+        self.bytes = 0
         self.truncated = 0          # memoised hits that carried TC=1, folded
+        self.evictions = 0          # memos dropped to make room (capacity or bytes)
+
+    def bind(self, caches: list, budget) -> None:
+        """Memoise for these caches (a reload changed what the listener
+        serves): as many memos as they hold entries, counted in ``budget``."""
+        self.clear()
+        self.capacity = sum(c.capacity for c in caches)
+        if self.budget is not budget:
+            if self.budget is not None:
+                self.budget.memos.remove(self)
+            self.budget = budget
+            if budget is not None:
+                budget.memos.append(self)
+
+    def detach(self) -> None:
+        """The listener is gone: fold, drop everything, stop counting."""
+        self.bind([], None)
 
     def put(self, query_tail: bytes, memo: Memo) -> None:
         table = self.table
-        old = table.get(query_tail)
+        old = table.pop(query_tail, None)
         if old is not None:
             self._fold(old)
-        elif len(table) >= MEMO_MAX:
-            self.clear()  # a client varying its bytes on purpose only costs itself the memo
+            self.bytes -= old.size
+        elif len(table) >= self.capacity:
+            if not self.capacity:
+                return
+            self._evict(True)
         table[query_tail] = memo
+        self.bytes += memo.size
+        budget = self.budget
+        while budget is not None and budget.used > budget.limit and len(table) > 1:
+            self._evict(False)  # memos never push an entry out: older memos go
+        if budget is not None and budget.used > budget.limit:
+            self._evict(False)  # not even this one fits
+
+    def shed(self) -> bool:
+        """Drop the oldest memo for a cache that needs its bytes."""
+        if not self.table:
+            return False
+        self._evict(False)
+        return True
+
+    def _evict(self, second_chance: bool) -> None:
+        """Drop one memo, oldest first; with ``second_chance``, one hit since
+        it was last looked at buys it a move to the young end (bounded: after
+        one pass every memo has been looked at)."""
+        table = self.table
+        while True:
+            key, memo = table.popitem(last=False)
+            if not second_chance or memo.hits <= memo.seen:
+                break
+            memo.seen = memo.hits
+            table[key] = memo
+        self._fold(memo)
+        self.bytes -= memo.size
+        self.evictions += 1
 
     def fold(self) -> None:
         """Add every memo's hits to the counters a normal hit updates."""
@@ -104,12 +178,13 @@ class MemoTable:
     def clear(self) -> None:
         self.fold()
         self.table.clear()
+        self.bytes = 0
 
     def _fold(self, memo: Memo) -> None:
         n = memo.hits
         if not n:
             return
-        memo.hits = 0
+        memo.hits = memo.seen = 0
         acc = memo.acc
         acc[0] += n
         acc[1] += n * memo.seconds

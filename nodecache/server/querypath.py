@@ -69,6 +69,7 @@ class QueryPath:
         self.memo = MemoTable()
         self._memo = self.memo.get
         self._router = router
+        self._bind_memo()
         self.stats = stats
         self.clock = clock  # the caches' clock: what a memo's expiry is measured on
         self.admission = admission or Admission()
@@ -91,7 +92,13 @@ class QueryPath:
     def router(self, router: Router) -> None:
         """A reload changed what this listener serves: no memo survives it."""
         self._router = router
-        self.memo.clear()
+        self._bind_memo()
+
+    def _bind_memo(self) -> None:
+        """Size the memo to the caches whose hits it may hold (server.memo)."""
+        caches = list(dict.fromkeys(b.cache for b in self._router.blocks
+                                     if b.memoizable and b.cache is not None))
+        self.memo.bind(caches, caches[0].budget if caches else None)
 
     # -- hits ---------------------------------------------------------------
     def hit(self, data: bytes):

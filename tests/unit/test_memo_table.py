@@ -1,13 +1,14 @@
 """server.memo on its own: a memo's renewal at the TTL tick and its limits,
 the table's bound, and folding (deferred counts land where a normal hit's
 would). An injected clock, no sockets."""
+import tracemalloc
+
 from dnslib import DNSRecord, QTYPE
 
 from nodecache.cache.options import CacheConfig
-from nodecache.cache.store import Cache
+from nodecache.cache.store import ByteBudget, Cache
 from nodecache.dns.reply import analyse
 from nodecache.dns.wire import make_query, question_bytes, scan
-from nodecache.server import memo as memo_mod
 from nodecache.server.memo import Memo, MemoTable
 from nodecache.testing.fakes import FakeClock, a_record, reply_to
 
@@ -59,7 +60,7 @@ def test_fold_adds_deferred_hits_where_a_normal_hit_counts():
     clock = FakeClock()
     acc = [0, 0.0, 0, 0]
     m, cache, entry, data = _memo(clock, acc=acc)
-    table = MemoTable()
+    table = _table()
     table.put(data[2:], m)
     m.hits = 4
     entry.visited = False
@@ -74,7 +75,7 @@ def test_fold_adds_deferred_hits_where_a_normal_hit_counts():
 def test_truncated_memoised_hits_are_counted_as_truncated():
     clock = FakeClock()
     m, _, _, data = _memo(clock, truncated=True)
-    table = MemoTable()
+    table = _table()
     table.put(data[2:], m)
     m.hits = 3
     table.fold()
@@ -86,24 +87,84 @@ def test_replacing_a_memo_folds_the_old_one_first():
     acc = [0, 0.0, 0, 0]
     old, _, _, data = _memo(clock, acc=acc)
     new, *_ = _memo(clock)
-    table = MemoTable()
+    table = _table()
     table.put(data[2:], old)
     old.hits = 2
     table.put(data[2:], new)
     assert acc[0] == 2 and table.get(data[2:]) is new
 
 
-def test_a_full_table_is_folded_and_emptied(monkeypatch):
-    monkeypatch.setattr(memo_mod, "MEMO_MAX", 3)
+def test_a_full_table_makes_room_one_memo_at_a_time_with_a_second_chance():
     clock = FakeClock()
     acc = [0, 0.0, 0, 0]
-    table = MemoTable()
+    table = _table(3)
+    memos = []
     for i in range(3):
         m, *_ = _memo(clock, acc=acc)
-        m.hits = 1
         table.put(bytes([i]), m)
-    assert len(table) == 3
+        memos.append(m)
+    memos[0].hits = 2  # the oldest was used since: it moves to the young end
     m, *_ = _memo(clock, acc=acc)
-    table.put(b"\xff", m)  # the fourth: the three are folded, then dropped
-    assert len(table) == 1 and acc[0] == 3
+    table.put(b"\xff", m)
+    assert len(table) == 3 and list(table.table) == [b"\x02", b"\x00", b"\xff"]  # the unused b"\x01" went
+    assert table.evictions == 1 and acc[0] == 0  # no hits lost: the one evicted had none, the kept ones wait
+    memos[0].hits += 1
+    table.fold()
+    assert acc[0] == 3
     assert table.get.__self__ is table.table  # the transport's bound lookup still sees the same dict
+
+
+def test_the_table_holds_what_its_caches_hold_and_nothing_without_a_cache():
+    clock = FakeClock()
+    caches = [Cache(CacheConfig(), clock), Cache(CacheConfig(), clock)]
+    table = MemoTable()
+    table.bind(caches, caches[0].budget)
+    assert table.capacity == 2 * (9984 + 9984)
+    table.bind([], None)
+    m, *_ = _memo(clock)
+    table.put(b"x", m)
+    assert len(table) == 0
+
+
+def test_memos_count_in_the_byte_budget_and_give_way_to_entries():
+    clock = FakeClock()
+    budget = ByteBudget(limit=10_000)
+    cache = Cache(CacheConfig(), clock, budget)
+    table = MemoTable()
+    table.bind([cache], budget)
+    for i in range(30):
+        m, *_ = _memo(clock)
+        table.put(bytes([i]), m)
+        assert budget.used <= budget.limit  # a memo evicts older memos, never an entry
+    assert 0 < len(table) < 30 and table.bytes == sum(m.size for m in table.table.values())
+    held = len(table)
+    for i in range(5):  # entries take their room from the memos first
+        data = make_query(i, question_bytes(f"n{i}.example.", QTYPE.A))
+        cache.insert(scan(data)[0], analyse(reply_to(data, a_record(f"n{i}.example."))))
+    assert len(cache) == 5 and len(table) < held and budget.used <= budget.limit
+    table.detach()
+    assert budget.memos == [] and budget.used == cache.bytes
+
+
+def test_memo_overhead_is_what_tracemalloc_measures():
+    """MEMO_OVERHEAD (what the budget counts per memo beyond its bytes) is
+    within 25% of a real table's cost per memo."""
+    clock = FakeClock()
+    made = [_memo(clock) for _ in range(200)]  # entries and caches made before measuring
+    table = _table(1000)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i, (m, _, _, data) in enumerate(made):
+        fresh = Memo(m.until, bytes(bytearray(m.tail)), m.entry, m.cache, m.acc, m.qlen, m.rlen, 0.0, False,
+                     len(data) - 0)
+        table.put(b"%05d" % i + data[7:], fresh)
+    cost = (tracemalloc.get_traced_memory()[0] - before) / len(made)
+    tracemalloc.stop()
+    counted = table.bytes / len(made)
+    assert 0.75 * counted <= cost <= 1.25 * counted, (cost, counted)
+
+
+def _table(capacity: int = 100) -> MemoTable:
+    table = MemoTable()
+    table.capacity = capacity
+    return table
