@@ -9,7 +9,7 @@ A reply is matched by its ID *and* its question: one that carries a
 pending ID but not the question sent under it (an off-path spoofer who
 guessed the port and ID, a confused upstream) is counted unmatched and
 never frees, completes or fails the query waiting on that ID. IDs come
-from the operating system's CSPRNG (``secrets``; RFC 5452 §9.2: they must
+from the operating system's CSPRNG (``os.urandom``, read in batches; RFC 5452 §9.2: they must
 be unpredictable, and our upstream questions are lower-cased, so 0x20
 adds nothing).
 
@@ -38,8 +38,8 @@ path a miss is a few frames deep.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
-import secrets
 import socket
 from typing import Protocol
 
@@ -51,6 +51,22 @@ MAX_CONNS = 8
 MAX_QUARANTINED = 1024       # then the channel is retired
 UDP_SOCKETS = 4              # per upstream
 UDP_USES = 4096              # queries per UDP socket before its port changes
+
+
+_ID_BATCH = 256  # IDs per read of the CSPRNG: one getrandom(2) per 256 queries, not one per query
+_ids: list[int] = []
+
+
+def _random_id() -> int:
+    """A query ID from the operating system's CSPRNG (RFC 5452 §9.2), drawn
+    in batches: the same randomness, a system call per _ID_BATCH queries."""
+    if not _ids:
+        raw = os.urandom(2 * _ID_BATCH)
+        _ids.extend(int.from_bytes(raw[i:i + 2], "big") for i in range(0, len(raw), 2))
+    return _ids.pop()
+
+
+os.register_at_fork(after_in_child=_ids.clear)  # a child never repeats its parent's IDs
 
 
 class UpstreamClosed(ConnectionError):
@@ -96,7 +112,7 @@ class _Channel:
 
     def _new_id(self) -> int:
         while True:
-            qid = secrets.randbits(16)
+            qid = _random_id()
             if qid not in self.pending:
                 return qid
 

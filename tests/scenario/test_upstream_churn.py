@@ -208,9 +208,11 @@ async def test_a_reply_to_another_question_never_frees_or_fails_a_pending_query(
 
 
 async def test_upstream_ids_come_from_the_csprng(monkeypatch):
-    drawn = iter([4242, 4242, 999])  # a collision with a pending ID is drawn again
-
-    monkeypatch.setattr(transport.secrets, "randbits", lambda bits: next(drawn))
+    # a collision with a pending ID is drawn again; IDs are read from
+    # os.urandom in batches (popped from the end of the batch)
+    raw = b"".join(i.to_bytes(2, "big") for i in [7] * (transport._ID_BATCH - 3) + [999, 4242, 4242])
+    monkeypatch.setattr(transport.os, "urandom", lambda n: raw[:n])
+    monkeypatch.setattr(transport, "_ids", [])
     conn = transport._TcpConnection(asyncio.get_running_loop())
     conn.transport = _Sink()
     q = build("a.example.com", QTYPE.A)
