@@ -10,10 +10,15 @@ utime+stime from /proc divided by the queries dnsperf saw answered. The
 bare uvloop responder (receive, copy the ID into a fixed reply, send) is
 the floor for a server on uvloop's datagram transport (nodecache reads
 its sockets itself, server.udpbatch, and can go below it). Servers alternate,
-``--rounds`` times; medians, with every run listed.
+``--rounds`` times; medians, with every run listed. Then one more 2 s run
+per server and rate under ``strace -f -c`` gives system calls per answered
+query (a run of its own: tracing slows the server, so its CPU is not used).
 """
 from __future__ import annotations
 
+import shutil
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -61,6 +66,38 @@ def _reply_bytes(port: int) -> bytes:
         return s.recv(4096)
 
 
+FILL_RATE = 4000  # names/s while filling the caches
+
+
+def syscalls_per_query(pid: int, port: int, names: list[str], qfile: Path, rate: int, tmp: Path,
+                       pin) -> float | None:
+    """System calls of every thread of ``pid`` per answered query over a 2 s
+    dnsperf run at ``rate`` (``strace -f -c``); None without strace."""
+    strace = shutil.which("strace")
+    if not strace:
+        return None
+    summary = tmp / f"strace-{pid}.txt"
+    tracer = subprocess.Popen([strace, "-f", "-c", "-o", str(summary), "-p", str(pid)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # attached
+    try:
+        res = dnsperf_at(port, names, qfile, rate, 2, pin)
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(20)
+    calls = strace_total(summary.read_text())
+    return round(calls / res["answered"], 2) if calls is not None and res["answered"] else None
+
+
+def strace_total(summary: str) -> int | None:
+    """The number of calls on the ``total`` line of an ``strace -c`` summary."""
+    for line in summary.splitlines():
+        fields = line.split()
+        if fields and fields[-1] == "total" and len(fields) >= 4 and fields[3].isdigit():
+            return int(fields[3])
+    return None
+
+
 def hit_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: list[int],
              free_port, pin, cpu_seconds, server_cls, baseline: str = "", names: int = 1000) -> dict:
     """{rate: {server: {cpu_us_per_query, user_us, sys_us, latency_ms, runs, achieved, lost}}}:
@@ -78,8 +115,13 @@ def hit_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: li
             s.start(server_cpus)
         time.sleep(1.5)
         qfile = tmp / "hits.txt"
-        for s in servers:  # fill the caches: every name asked once, slowly
-            dnsperf_at(s.port, in_use, qfile, min(20000, max(2000, names)), max(1, names // 20000), pin(load_cpus))
+        # Fill the caches: every name asked once, below nodecache's default
+        # -miss-rate-per-client (5,000/s: one client faster than that is
+        # REFUSED, and 100,000 names filled at 20,000/s left three in four
+        # uncached, so "hits" were misses).
+        fill = min(FILL_RATE, max(2000, names))
+        for s in servers:
+            dnsperf_at(s.port, in_use, qfile, fill, max(1, -(-names // fill)), pin(load_cpus))
         for rate in rates:
             runs: dict[str, list[dict]] = {s.name: [] for s in servers}
             for _ in range(rounds):
@@ -103,6 +145,9 @@ def hit_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: li
                     "sys_us": mid["sys"], "latency_ms": mid.get("latency_ms", {}),
                     "achieved": round(sorted(r["answered"] for r in rs)[len(rs) // 2] / duration),
                     "lost": sum(r["lost"] for r in rs)}
+            for s in servers:  # a run of its own: strace slows what it traces
+                out[rate][s.name]["syscalls"] = syscalls_per_query(s.proc.pid, s.port, in_use, qfile, rate, tmp,
+                                                                   pin(load_cpus))
         for s in servers:  # how far one process goes: dnsperf closed loop, 64 in flight
             c0, t0 = cpu_seconds(s.proc.pid), time.monotonic()
             res = dnsperf_at(s.port, in_use, qfile, 0, duration, pin(load_cpus))
@@ -116,10 +161,11 @@ def print_hit_table(table: dict, duration: float, rounds: int, names: int = 1000
     from .misscost import DNSDIST_NON_DEFAULT, UNBOUND_NON_DEFAULT
     print(f"\ncache hits at fixed rates (dnsperf -Q, {names:,} cached names, {duration:g} s x {rounds} "
           f"alternating rounds, median; server CPU per answered query from /proc/PID/task/*/schedstat, split "
-          f"into user and system by the /proc/PID/stat tick samples; latency from dnsperf -v, median run):")
+          f"into user and system by the /proc/PID/stat tick samples; latency from dnsperf -v, median run; "
+          f"sysc/q: system calls per answered query, all threads, strace -f -c in a 2 s run of its own):")
     print(f"  {'rate/s':>7} {'server':18} {'answered/s':>10} {'cpu us/q':>9} {'user':>6} {'sys':>6} "
           f"{'p50 ms':>7} {'p99 ms':>7} {'p99.9':>7} {'runs':>22} {'x unbound':>9} {'x dnsdist':>9} "
-          f"{'x best C':>8} {'x floor':>8} {'x baseline':>10}")
+          f"{'x best C':>8} {'x floor':>8} {'x baseline':>10} {'sysc/q':>6}")
     for rate, per in table.items():
         if rate == "saturation":
             continue
@@ -137,7 +183,8 @@ def print_hit_table(table: dict, duration: float, rounds: int, names: int = 1000
             print(f"  {rate:>7} {name:18} {e['achieved']:>10} {cpu:>9} {'-' if user is None else user:>6} "
                   f"{'-' if system is None else system:>6} {lat.get('p50', '-'):>7} {lat.get('p99', '-'):>7} "
                   f"{lat.get('p99.9', '-'):>7} {runs:>22} {ratio(cost.get('unbound')):>9} "
-                  f"{ratio(cost.get('dnsdist')):>9} {ratio(best):>8} {ratio(cost.get('bare uvloop')):>8} {xb:>10}")
+                  f"{ratio(cost.get('dnsdist')):>9} {ratio(best):>8} {ratio(cost.get('bare uvloop')):>8} {xb:>10} "
+                  f"{e.get('syscalls') if e.get('syscalls') is not None else '-':>6}")
     sat = table.get("saturation")
     if sat:
         print("  saturation (dnsperf closed loop, 64 in flight, same names; one core each): "

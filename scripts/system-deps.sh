@@ -17,6 +17,7 @@ command -v unbound >/dev/null || need+=(unbound)
 command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 command -v dnsperf >/dev/null || need+=(dnsperf)
 command -v dnsdist >/dev/null || need+=(dnsdist)
+command -v strace >/dev/null || need+=(strace)  # compare --hits: system calls per query
 # `make image` and its test: a Debian base without a registry, built without a container runtime
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v buildah >/dev/null || need+=(buildah)

@@ -47,6 +47,11 @@ end. Memos are derived data, so their bytes (``Memo.size``) count in the
 agent's cache byte budget as the lowest priority: a cache that needs room
 takes it from the memos first (``ByteBudget.shed_memo``), and a memo that
 would overflow the budget evicts older memos, never an entry. Only
+memos that would only churn are not made: while the evicted memos
+keep having had no hit at all (CHURN in a row: a working set larger than
+the table, asked round-robin), only one query in SAMPLE gets a memo, so
+the table fills with memos that stay long enough to be used instead of
+paying to build memos nobody asks for again. Only
 replies and records of at most MEMO_BYTES are memoised (what pods ask
 nearly always is). A memo holds its entry, which the cache's budget no
 longer counts once evicted: at most one entry per memo, until the memo's
@@ -61,6 +66,8 @@ MEMO_BYTES = 512   # replies (and entries' records) larger than this are not mem
 # bytes objects' headers and its table slot, as tracemalloc measures it
 # (tests/unit/test_memo_table.py); the byte budget counts with it.
 MEMO_OVERHEAD = 400
+CHURN = 64   # unused memos evicted in a row: the table churns
+SAMPLE = 16  # while it churns, one memo is made in this many chances
 
 
 class Memo:
@@ -112,6 +119,15 @@ class MemoTable:
         self.bytes = 0
         self.truncated = 0          # memoised hits that carried TC=1, folded
         self.evictions = 0          # memos dropped to make room (capacity or bytes)
+        self.unused_run = 0         # evicted in a row without ever being used
+        self.skip = 0               # chances to memoise left out before the next memo (churn)
+
+    def admit(self) -> bool:
+        """Whether to make a memo now (before it is built: see CHURN)."""
+        if self.skip:
+            self.skip -= 1
+            return False
+        return True
 
     def bind(self, caches: list, budget) -> None:
         """Memoise for these caches (a reload changed what the listener
@@ -165,6 +181,12 @@ class MemoTable:
                 break
             memo.seen = memo.hits
             table[key] = memo
+        if memo.hits or memo.seen:
+            self.unused_run = 0
+        else:
+            self.unused_run += 1
+            if self.unused_run >= CHURN:
+                self.skip = SAMPLE - 1
         self._fold(memo)
         self.bytes -= memo.size
         self.evictions += 1

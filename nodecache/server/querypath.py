@@ -134,7 +134,8 @@ class QueryPath:
         elif limit > block.max_udp:  # bufsize
             limit = block.max_udp
         sent = self._fit_and_count(data, reply, limit, qend, edns, zone, proto, key_qtype(key), t0, "cache")
-        if proto == "udp" and block.memoizable and len(sent) <= MEMO_BYTES and len(entry.tail) <= MEMO_BYTES:
+        if proto == "udp" and block.memoizable and len(sent) <= MEMO_BYTES and len(entry.tail) <= MEMO_BYTES \
+                and self.memo.admit():
             self._memoise(data, sent, entry, block.cache, zone, key, edns, _clock() - t0, sent is not reply, qend)
         return sent
 

@@ -168,3 +168,26 @@ def _table(capacity: int = 100) -> MemoTable:
     table = MemoTable()
     table.capacity = capacity
     return table
+
+
+def test_a_churning_table_makes_one_memo_in_sample(monkeypatch):
+    """Memos evicted unused, CHURN in a row (a working set larger than the
+    table): only one chance in SAMPLE makes a memo; a used memo evicted ends it."""
+    from nodecache.server import memo as memo_mod
+    monkeypatch.setattr(memo_mod, "CHURN", 3)
+    clock = FakeClock()
+    table = _table(2)
+    made = 0
+    for i in range(5):  # 2 fill the table, 3 evict unused ones
+        assert table.admit()
+        m, *_ = _memo(clock)
+        table.put(bytes([i]), m)
+        made += 1
+    assert table.unused_run == 3
+    chances = [table.admit() for _ in range(memo_mod.SAMPLE)]
+    assert chances == [False] * (memo_mod.SAMPLE - 1) + [True]
+    for memo in table.table.values():
+        memo.hits = 1  # the table's memos are being used now
+    m, *_ = _memo(clock)
+    table.put(b"used", m)
+    assert table.unused_run == 0 and table.admit() and table.admit()
