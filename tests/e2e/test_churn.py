@@ -18,9 +18,19 @@ RATE = 300.0
 SECONDS = 10.0
 
 
+# One pod sends every miss here, so the misses held while no replica answers
+# (300/s for the second with no endpoint plus however long a replica takes to
+# start: ~1.7 s on a loaded 2-core machine, ~510 queries) reach the default
+# per-client in-flight share (512) and the excess is REFUSED by design
+# (nodecache_refused_total{reason="client_share"}). That bound is tested on its
+# own (tests/scenario/test_abuse_bounds.py); here the share is the agent-wide
+# cap so that only the upstream churn decides.
+SHARE = ("-max-inflight-per-client", "4096")
+
+
 def _run(mode: str, *flags: str) -> tuple[dict, str]:
     with EmulatedNode(mode=mode) as n:
-        n.start_agent(*flags)
+        n.start_agent(*SHARE, *flags)
         n.wait_agent()
         tag = f"m{int(time.time() * 1000) % 10**8}"
         # unique names in the cluster zone: every one a miss, forwarded over TCP
