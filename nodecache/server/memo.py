@@ -158,10 +158,8 @@ class MemoTable:
         table[query_tail] = memo
         self.bytes += memo.size
         budget = self.budget
-        while budget is not None and budget.used > budget.limit and len(table) > 1:
-            self._evict(False)  # memos never push an entry out: older memos go
-        if budget is not None and budget.used > budget.limit:
-            self._evict(False)  # not even this one fits
+        while budget is not None and budget.used > budget.limit and table:
+            self._evict(False)  # memos never push an entry out: older memos go (the new one last)
 
     def shed(self) -> bool:
         """Drop the oldest memo for a cache that needs its bytes."""
