@@ -10,7 +10,7 @@ from nodecache.cache.store import ByteBudget, Cache
 from nodecache.dns.reply import analyse
 from nodecache.dns.wire import make_query, question_bytes, scan
 from nodecache.server.memo import Memo, MemoTable
-from nodecache.testing.fakes import FakeClock, a_record, reply_to
+from nodecache.testing.fakes import FakeClock, a_record, reply_to, soa
 
 
 def _cached(clock, name="a.example.", ttl=30):
@@ -37,7 +37,36 @@ def test_a_memo_renews_at_the_tick_with_the_entrys_new_ttls():
     clock.advance(1.0)
     assert not clock() < m.until and m.refresh(clock())
     assert DNSRecord.parse(data[:2] + m.tail).rr[0].ttl == 29
+    _, qend, flags, _, edns = scan(data)
+    assert data[:2] + m.tail == entry.render(data, qend, flags, edns, clock())  # what the full path sends
     assert m.until == entry.next_tick
+
+
+def test_a_renewed_memo_is_the_full_paths_reply_for_every_record_count():
+    """Renewing patches the memo's own bytes at the entry's TTL offsets
+    (one record: a fast path; more: one copy): byte for byte what the
+    entry renders at the same age, down to TTLs at 0."""
+    for count in (0, 1, 2, 9, 20):  # 0: NXDOMAIN, its SOA in the authority section
+        clock = FakeClock()
+        cache = Cache(CacheConfig(), clock)
+        name = f"r{count}.example."
+        data = make_query(7, question_bytes(name, QTYPE.A))
+        key, qend, flags, _, edns = scan(data)
+        reply = DNSRecord.parse(reply_to(data, a_record(name, ttl=40)))
+        reply.rr = [a_record(name, ttl=5 + i, ip=f"10.0.0.{i + 1}") for i in range(count)]
+        if not count:
+            reply.header.rcode = 3
+            reply.auth = [soa(ttl=25)]
+        entry = cache.insert(key, analyse(reply.pack()))
+        sent = entry.render(data, qend, flags, edns, clock())
+        m = Memo(min(entry.next_tick, entry.expires), sent[2:], entry, cache, [0, 0.0, 0, 0], len(data),
+                 len(sent), 1e-5, False, qend)
+        for _ in range(6):
+            clock.advance(1.0)
+            if clock() >= entry.expires:
+                break
+            assert m.refresh(clock())
+            assert data[:2] + m.tail == entry.render(data, qend, flags, edns, clock()), (count, clock())
 
 
 def test_a_memo_does_not_renew_once_expired_or_evicted_or_truncated():
@@ -53,7 +82,7 @@ def test_a_memo_does_not_renew_once_expired_or_evicted_or_truncated():
     clock = FakeClock()
     m, *_ = _memo(clock, truncated=True)
     clock.advance(1.0)
-    assert m.head is None and not m.refresh(clock())
+    assert m.base is None and not m.refresh(clock())
 
 
 def test_fold_adds_deferred_hits_where_a_normal_hit_counts():
