@@ -174,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     cmp_.add_argument("--baseline", default="",
                       help="with --hits/--misses: also run the nodecache installed for this Python (e.g. a "
                            "virtualenv with an older commit installed) side by side, as 'nodecache@baseline'")
+    cmp_.add_argument("--at-once", action="store_true",
+                      help="with --hits and --baseline: run the two nodecaches at the same time on one core "
+                           "instead of the side-by-side table, one ratio per run (nodecache_bench.abcost: "
+                           "the way to see a change of a few percent on a noisy machine)")
     cmp_.add_argument("--json", action="store_true")
     hand = sub.add_parser("handoff", help="constant load while hot handoffs happen")
     hand.add_argument("--handoffs", type=int, default=10)

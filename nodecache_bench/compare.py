@@ -30,8 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from .runload import preflight, report, run_load
+from .runload import BenchError, preflight, report, run_load
 from .loadgen import Spec
+from .abcost import at_once, print_at_once
 from .hitcost import hit_cost, print_hit_table
 from .misscost import miss_cost, print_miss_table, unbound_command
 
@@ -122,6 +123,8 @@ def _median(values: list[dict], key) -> dict:
 
 
 def cmd_compare(args) -> int:
+    if args.at_once and not (args.baseline and args.hits):
+        raise BenchError("--at-once measures nodecache against --baseline at the --hits rates: give both")
     cpus = sorted(os.sched_getaffinity(0))
     server_cpus = {cpus[0]}
     load_cpus = set(cpus[1:]) or {cpus[0]}
@@ -191,9 +194,13 @@ def cmd_compare(args) -> int:
                            Server, args.baseline) if rates else {}
         hit_rates = [int(r) for r in args.hits.split(",") if r.strip()]
         name_sets = [int(n) for n in args.names.split(",") if n.strip()] or [1000]
-        hits = {str(names): hit_cost(hit_rates, args.duration, args.rounds, tmp, cpus, free_port, _pin,
-                                     cpu_seconds, Server, args.baseline, names)
-                for names in name_sets} if hit_rates else {}
+        if args.at_once:
+            hits = {str(names): at_once(hit_rates, args.duration, args.rounds, tmp, cpus, free_port, _pin,
+                                        Server, args.baseline, names) for names in name_sets}
+        else:
+            hits = {str(names): hit_cost(hit_rates, args.duration, args.rounds, tmp, cpus, free_port, _pin,
+                                         cpu_seconds, Server, args.baseline, names)
+                    for names in name_sets} if hit_rates else {}
     if args.json:
         print(json.dumps({"results": results, "dnsperf": dnsperf, "missing": missing, "misses": misses,
                           "hits": hits}))
@@ -202,7 +209,10 @@ def cmd_compare(args) -> int:
     if misses:
         print_miss_table(misses, args.duration, args.rounds)
     for names, table in hits.items():
-        print_hit_table(table, args.duration, args.rounds, int(names))
+        if args.at_once:
+            print_at_once(table, args.duration, int(names))
+        else:
+            print_hit_table(table, args.duration, args.rounds, int(names))
     return 0
 
 

@@ -83,6 +83,14 @@ def nodecache_corefile(tmp: Path, port: int, upstream: int, capacity: int = 0) -
     return conf
 
 
+# With caches sized for more names than nodecache's default cache holds,
+# its byte budget (-cache-bytes, 64 MiB by default) is sized with them, as
+# unbound's cache sizes are: room for each entry (~520 B at these names)
+# and its memo of the finished reply (~400 B; server.memo).
+NODECACHE_BYTES_PER_ENTRY = 1024
+NODECACHE_NON_DEFAULT = (
+    f"with --names above 8,000: cache success/denial N*1.25 and -cache-bytes {NODECACHE_BYTES_PER_ENTRY} per "
+    "entry: room for the names in use and their memos, as the peers' caches are sized for them",)
 # What the peers run with that is not their default, and why (printed with the tables).
 UNBOUND_NON_DEFAULT = (
     "num-threads: 1 and module-config: iterator: one core, a cache and forwarder like the others",
@@ -162,10 +170,11 @@ def behind_cluster_dns(tmp: Path, free_port, pin, load_cpus: set[int], server_cl
     upstream = subprocess.Popen([shutil.which("unbound"), "-d", "-c", str(upstream_conf(tmp, up_port))],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin(load_cpus))
     nc_port, ub_port = free_port(), free_port()
+    budget = ["-cache-bytes", str(capacity * NODECACHE_BYTES_PER_ENTRY)] if capacity else []
     servers = [server_cls("nodecache", [sys.executable, "-m", "nodecache", "run", "-conf",
                                         str(nodecache_corefile(tmp, nc_port, up_port, capacity)), "-handoff=false",
                                         "-metrics-listen-address", "", "-status-socket",
-                                        str(tmp / f"status-{nc_port}")], nc_port),
+                                        str(tmp / f"status-{nc_port}"), *budget], nc_port),
                server_cls("unbound", [shutil.which("unbound"), "-d", "-c",
                                       str(unbound_forwarder_conf(tmp, ub_port, up_port))], ub_port)]
     if shutil.which("dnsdist"):  # the C peer closest to our design: a packet cache in front of backends
@@ -176,7 +185,8 @@ def behind_cluster_dns(tmp: Path, free_port, pin, load_cpus: set[int], server_cl
         base_port = free_port()
         servers.insert(1, server_cls("nodecache@baseline", [
             baseline, "-m", "nodecache", "run", "-conf", str(nodecache_corefile(tmp, base_port, up_port, capacity)),
-            "-handoff=false", "-metrics-listen-address", "", "-status-socket", str(tmp / f"status-{base_port}")],
+            "-handoff=false", "-metrics-listen-address", "", "-status-socket", str(tmp / f"status-{base_port}"),
+            *budget],
             base_port, cwd=str(tmp)))  # (not the checkout: its nodecache/ would shadow the baseline's)
     try:
         yield servers, up_port
