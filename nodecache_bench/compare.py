@@ -125,6 +125,8 @@ def _median(values: list[dict], key) -> dict:
 def cmd_compare(args) -> int:
     if args.at_once and not (args.baseline and args.hits):
         raise BenchError("--at-once measures nodecache against --baseline at the --hits rates: give both")
+    if os.sep in args.baseline:  # the baseline runs in a directory of its own: a relative path would not
+        args.baseline = os.path.abspath(args.baseline)
     cpus = sorted(os.sched_getaffinity(0))
     server_cpus = {cpus[0]}
     load_cpus = set(cpus[1:]) or {cpus[0]}
