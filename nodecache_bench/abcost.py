@@ -20,7 +20,8 @@ import threading
 import time
 from pathlib import Path
 
-from .hitcost import FILL_RATE, WARM_RATE, rotated, times
+from .cpustat import times
+from .hitcost import FILL_RATE, WARM_RATE, rotated
 from .misscost import UPSTREAM_ZONE, behind_cluster_dns, dnsperf_at
 
 NAMES = ("nodecache", "nodecache@baseline")

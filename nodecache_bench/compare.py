@@ -192,8 +192,8 @@ def cmd_compare(args) -> int:
             upstream.terminate()
             upstream.wait(10)
         rates = [int(r) for r in args.misses.split(",") if r.strip()]
-        misses = miss_cost(rates, args.duration, args.rounds, tmp, cpus, free_port, _pin, cpu_seconds,
-                           Server, args.baseline) if rates else {}
+        misses = miss_cost(rates, args.duration, args.rounds, tmp, cpus, free_port, _pin, Server,
+                           args.baseline) if rates else {}
         hit_rates = [int(r) for r in args.hits.split(",") if r.strip()]
         name_sets = [int(n) for n in args.names.split(",") if n.strip()] or [1000]
         if args.at_once:

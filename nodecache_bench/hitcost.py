@@ -18,13 +18,11 @@ query (a run of its own: tracing slows the server, so its CPU is not used).
 """
 from __future__ import annotations
 
-import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from .cpustat import split, syscalls_per_query, times
 from .misscost import UPSTREAM_ZONE, behind_cluster_dns, dnsperf_at
 
 # the floor: a uvloop responder that copies the ID into one fixed reply
@@ -44,21 +42,6 @@ uvloop.run(main())
 
 
 
-def times(pid: int) -> tuple[float, float, float]:
-    """(user ticks, system ticks, CPU seconds) of process ``pid``: the tick
-    counts of /proc/PID/stat (sampled at CLK_TCK, so only their ratio is
-    used) and the scheduler's exact runtime of all its threads, summed from
-    /proc/PID/task/*/schedstat (nanoseconds)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    runtime = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            runtime += int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue  # a thread that just ended
-    return int(fields[11]), int(fields[12]), runtime / 1e9
-
-
 def _reply_bytes(port: int) -> bytes:
     import socket
     from nodecache.testing.client import build
@@ -75,35 +58,6 @@ WARM_RATE = 20000  # names/s asked again (hits) once filled
 def rotated(names: list[str], start: int) -> list[str]:
     """``names`` from ``start`` on, then the ones before it."""
     return names[start:] + names[:start]
-
-
-def syscalls_per_query(pid: int, port: int, names: list[str], qfile: Path, rate: int, tmp: Path,
-                       pin) -> float | None:
-    """System calls of every thread of ``pid`` per answered query over a 2 s
-    dnsperf run at ``rate`` (``strace -f -c``); None without strace."""
-    strace = shutil.which("strace")
-    if not strace:
-        return None
-    summary = tmp / f"strace-{pid}.txt"
-    tracer = subprocess.Popen([strace, "-f", "-c", "-o", str(summary), "-p", str(pid)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)  # attached
-    try:
-        res = dnsperf_at(port, names, qfile, rate, 2, pin)
-    finally:
-        tracer.send_signal(signal.SIGINT)
-        tracer.wait(20)
-    calls = strace_total(summary.read_text())
-    return round(calls / res["answered"], 2) if calls is not None and res["answered"] else None
-
-
-def strace_total(summary: str) -> int | None:
-    """The number of calls on the ``total`` line of an ``strace -c`` summary."""
-    for line in summary.splitlines():
-        fields = line.split()
-        if fields and fields[-1] == "total" and len(fields) >= 4 and fields[3].isdigit():
-            return int(fields[3])
-    return None
 
 
 def hit_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: list[int],
@@ -146,15 +100,9 @@ def hit_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: li
                 for s in servers:
                     asked = rotated(in_use, start[s.name])
                     start[s.name] = (start[s.name] + int(rate * duration)) % names
-                    u0, s0, c0 = times(s.proc.pid)
+                    before = times(s.proc.pid)
                     res = dnsperf_at(s.port, asked, qfile, rate, duration, pin(load_cpus), latency=True)
-                    u1, s1, c1 = times(s.proc.pid)
-                    n, ticks = res["answered"], (u1 - u0) + (s1 - s0)
-                    per = (c1 - c0) / n * 1e6 if n else None
-                    res["cpu"] = round(per, 1) if n else None
-                    share = (u1 - u0) / ticks if ticks else None  # user time's share, from the tick samples
-                    res["user"], res["sys"] = (round(per * share, 1), round(per * (1 - share), 1)) \
-                        if n and share is not None else (None, None)
+                    res.update(split(before, times(s.proc.pid), res["answered"]))
                     runs[s.name].append(res)
             for name, rs in runs.items():
                 rs = sorted(rs, key=lambda r: r["cpu"] or 0)
@@ -167,8 +115,8 @@ def hit_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: li
                     "lost": sum(r["lost"] for r in rs)}
             for s in servers:  # a run of its own: strace slows what it traces
                 asked = rotated(in_use, start[s.name])
-                out[rate][s.name]["syscalls"] = syscalls_per_query(s.proc.pid, s.port, asked, qfile, rate, tmp,
-                                                                   pin(load_cpus))
+                out[rate][s.name]["syscalls"] = syscalls_per_query(
+                    s.proc.pid, lambda: dnsperf_at(s.port, asked, qfile, rate, 2, pin(load_cpus))["answered"], tmp)
         for s in servers:  # how far one process goes: dnsperf closed loop, 64 in flight
             c0, t0 = cpu_seconds(s.proc.pid), time.monotonic()
             res = dnsperf_at(s.port, in_use, qfile, 0, duration, pin(load_cpus))

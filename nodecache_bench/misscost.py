@@ -13,8 +13,11 @@
 * dnsperf sends names never asked before (a fresh prefix per run, more
   names than the run needs, so nothing repeats or hits a cache) at a fixed
   rate ``-Q`` (sub-saturation, as pods do), for ``--duration`` seconds;
-* per run: the server's own utime+stime from /proc divided by the queries
-  dnsperf saw answered. Servers alternate, ``--rounds`` times; medians.
+* per run: the server's own CPU (schedstat, all threads; split into user
+  and system by the tick samples) divided by the queries dnsperf saw
+  answered, and dnsperf's latency percentiles. Servers alternate,
+  ``--rounds`` times; medians. Then a 2 s run per server and rate of its
+  own, with fresh names, under ``strace -f -c``: system calls per miss.
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+
+from .cpustat import split, syscalls_per_query, times
 
 UPSTREAM_ZONE = "svc.cluster.local."  # not a zone unbound answers itself (RFC 6761 ones are)
 # Long enough that a cached name stays cached through a whole comparison:
@@ -198,8 +203,8 @@ def behind_cluster_dns(tmp: Path, free_port, pin, load_cpus: set[int], server_cl
 
 
 def miss_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: list[int],
-              free_port, pin, cpu_seconds, server_cls, baseline: str = "") -> dict:
-    """{rate: {server: {cpu_us_per_miss, lost, avg_ms, runs}}}"""
+              free_port, pin, server_cls, baseline: str = "") -> dict:
+    """{rate: {server: {cpu_us_per_miss, user_us, sys_us, latency_ms, syscalls, lost, avg_ms, runs}}}"""
     server_cpus, load_cpus = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
     out: dict = {}
     with behind_cluster_dns(tmp, free_port, pin, load_cpus, server_cls, baseline) as (servers, _):
@@ -210,34 +215,52 @@ def miss_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: l
             runs: dict[str, list[dict]] = {s.name: [] for s in servers}
             for r in range(rounds):
                 for s in servers:
-                    tag = f"r{rate}x{r}{s.name[0]}{int(time.time() * 1000) % 100000}"
-                    names = [f"{tag}-{i}.{UPSTREAM_ZONE}" for i in range(int(rate * (duration + 2)))]
-                    c0 = cpu_seconds(s.proc.pid)
-                    res = dnsperf_at(s.port, names, tmp / "misses.txt", rate, duration, pin(load_cpus))
-                    cpu = cpu_seconds(s.proc.pid) - c0
-                    res["cpu_us_per_miss"] = round(cpu / res["answered"] * 1e6, 1) if res["answered"] else None
+                    names = _fresh_names(f"r{rate}x{r}{s.name[0]}", rate, duration)
+                    before = times(s.proc.pid)
+                    res = dnsperf_at(s.port, names, tmp / "misses.txt", rate, duration, pin(load_cpus),
+                                     latency=True)
+                    res.update(split(before, times(s.proc.pid), res["answered"]))
                     runs[s.name].append(res)
             for name, rs in runs.items():
-                cpu = sorted(r["cpu_us_per_miss"] or 0 for r in rs)
+                rs = sorted(rs, key=lambda r: r["cpu"] or 0)
+                mid = rs[len(rs) // 2]
                 out.setdefault(rate, {})[name] = {
-                    "cpu_us_per_miss": cpu[len(cpu) // 2], "runs": cpu,
+                    "cpu_us_per_miss": mid["cpu"], "runs": [r["cpu"] or 0 for r in rs],
+                    "user_us": mid["user"], "sys_us": mid["sys"], "latency_ms": mid.get("latency_ms", {}),
                     "lost": sum(r["lost"] for r in rs),
                     "avg_ms": sorted(r["avg_ms"] or 0 for r in rs)[len(rs) // 2]}
+            for s in servers:  # a run of its own, fresh names too: strace slows what it traces
+                names = _fresh_names(f"r{rate}s{s.name[0]}", rate, 2)
+                out[rate][s.name]["syscalls"] = syscalls_per_query(
+                    s.proc.pid, lambda: dnsperf_at(s.port, names, tmp / "misses.txt", rate, 2,
+                                                   pin(load_cpus))["answered"], tmp)
     return out
+
+
+def _fresh_names(tag: str, rate: int, duration: float) -> list[str]:
+    """Names never asked before (a prefix of this run's own), more than a run needs."""
+    tag = f"{tag}{int(time.time() * 1000) % 100000}"
+    return [f"{tag}-{i}.{UPSTREAM_ZONE}" for i in range(int(rate * (duration + 2)))]
 
 
 def print_miss_table(table: dict, duration: float, rounds: int) -> None:
     print(f"\nmisses over a TCP upstream (dnsperf -Q, names never asked before, {duration:g} s x "
-          f"{rounds} alternating rounds, median; server CPU from /proc per answered query):")
-    print(f"  {'rate/s':>7} {'server':10} {'cpu us/miss':>12} {'runs':>24} {'avg ms':>7} {'lost':>5} "
-          f"{'x unbound':>9}")
+          f"{rounds} alternating rounds, median; server CPU per answered query from schedstat, split into user "
+          f"and system by the /proc/PID/stat tick samples; latency from dnsperf -v, median run; sysc/q: system "
+          f"calls per answered query, all threads, strace -f -c in a 2 s run of its own):")
+    print(f"  {'rate/s':>7} {'server':18} {'cpu us/miss':>12} {'user':>6} {'sys':>6} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'p99.9':>7} {'runs':>24} {'lost':>5} {'x unbound':>9} {'x dnsdist':>9} {'sysc/q':>6}")
     for rate, per in table.items():
-        base = per.get("unbound", {}).get("cpu_us_per_miss")
         for name, e in per.items():
-            ratio = f"{e['cpu_us_per_miss'] / base:.2f}" if base and e["cpu_us_per_miss"] else "-"
+            cpu = e["cpu_us_per_miss"]
+            ratio = lambda peer: f"{cpu / per[peer]['cpu_us_per_miss']:.2f}" \
+                if peer in per and per[peer]["cpu_us_per_miss"] and cpu else "-"  # noqa: E731
             runs = ",".join(f"{v:g}" for v in e["runs"])
-            print(f"  {rate:>7} {name:10} {e['cpu_us_per_miss']:>12} {runs:>24} {e['avg_ms']:>7.2f} "
-                  f"{e['lost']:>5} {ratio:>9}")
+            lat = e.get("latency_ms") or {}
+            dash = lambda v: "-" if v is None else v  # noqa: E731
+            print(f"  {rate:>7} {name:18} {dash(cpu):>12} {dash(e.get('user_us')):>6} {dash(e.get('sys_us')):>6} "
+                  f"{lat.get('p50', '-'):>7} {lat.get('p99', '-'):>7} {lat.get('p99.9', '-'):>7} {runs:>24} "
+                  f"{e['lost']:>5} {ratio('unbound'):>9} {ratio('dnsdist'):>9} {dash(e.get('syscalls')):>6}")
 
 
 def unbound_command(tmp: Path, port: int, upstream: int) -> list[str]:

@@ -1,7 +1,8 @@
 """What the comparison benchmark reads from its tools' output."""
 from pathlib import Path
 
-from nodecache_bench.hitcost import rotated, strace_total
+from nodecache_bench.cpustat import split, strace_total
+from nodecache_bench.hitcost import rotated
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -22,3 +23,11 @@ def test_runs_go_on_through_the_names_where_the_last_one_stopped():
     assert rotated(names, 0) == names
     assert rotated(names, 3) == ["h3", "h4", "h0", "h1", "h2"]
     assert sorted(rotated(names, 4)) == sorted(names)
+
+
+def test_cpu_per_query_is_split_by_the_tick_samples_ratio():
+    # 3 ms of CPU over 100 queries; 30 user ticks and 10 system ticks
+    cost = split((100, 50, 1.000), (130, 60, 1.003), 100)
+    assert cost == {"cpu": 30.0, "user": 22.5, "sys": 7.5}
+    assert split((0, 0, 1.0), (0, 0, 1.001), 10)["user"] is None  # no tick in between: no split
+    assert split((0, 0, 1.0), (1, 0, 1.001), 0) == {"cpu": None, "user": None, "sys": None}
