@@ -1,5 +1,5 @@
 """nodecache against a baseline nodecache at once, as one ratio per run
-(``nodecache-bench compare --hits 5000 --baseline PY --at-once``).
+(``nodecache-bench compare --hits 5000 --misses 1000 --baseline PY --at-once``).
 
 Why a mode of its own: on a shared machine the same server's runs vary by
 up to 2x from one run to the next (the host steals time, caches are cold
@@ -15,6 +15,7 @@ baseline's, both from schedstat. The ratio of two identical builds
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import threading
 import time
@@ -22,18 +23,48 @@ from pathlib import Path
 
 from .cpustat import times
 from .hitcost import FILL_RATE, WARM_RATE, rotated
-from .misscost import UPSTREAM_ZONE, behind_cluster_dns, dnsperf_at
+from .misscost import UPSTREAM_ZONE, behind_cluster_dns, dnsperf_at, fresh_names
 
 NAMES = ("nodecache", "nodecache@baseline")
 
 
 def at_once(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: list[int], free_port, pin,
             server_cls, baseline: str, names: int = 1000) -> dict:
-    """{rate: {"ratios": [...], "median": r, "cpu": {name: [us/q per run]}}}."""
+    """Cache hits over ``names`` names: {rate: {"ratios": [...], "median": r,
+    "cpu": {name: [us/q per run]}}}."""
     in_use = [f"h{i}.{UPSTREAM_ZONE}" for i in range(names)]
     capacity = names + names // 4 if names > 8000 else 0
     load = pin(set(cpus[1:]) or {cpus[0]})
-    out: dict = {}
+    with _both(tmp, free_port, pin, cpus, server_cls, baseline, capacity) as servers:
+        for k, s in enumerate(servers):
+            qfile = tmp / f"ab-{k}.txt"
+            fill = min(FILL_RATE, max(2000, names))
+            dnsperf_at(s.port, in_use, qfile, fill, max(1, -(-names // fill)), load)
+            dnsperf_at(s.port, in_use, qfile, WARM_RATE, max(1, -(-names // WARM_RATE)), load)
+        start = 0
+
+        def asked(rate: int) -> list[str]:
+            nonlocal start
+            names_now = rotated(in_use, start)
+            start = (start + int(rate * duration)) % names
+            return names_now
+
+        return _runs(servers, rates, duration, rounds, tmp, load, asked)
+
+
+def at_once_misses(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: list[int], free_port,
+                   pin, server_cls, baseline: str) -> dict:
+    """Cache misses over TCP (names never asked before), as ``at_once``."""
+    load = pin(set(cpus[1:]) or {cpus[0]})
+    with _both(tmp, free_port, pin, cpus, server_cls, baseline, 0) as servers:
+        runs = iter(range(1 << 30))
+        return _runs(servers, rates, duration, rounds, tmp, load,
+                     lambda rate: fresh_names(f"ab{next(runs)}r{rate}", rate, duration))
+
+
+@contextlib.contextmanager
+def _both(tmp: Path, free_port, pin, cpus: list[int], server_cls, baseline: str, capacity: int):
+    """The two nodecaches behind one stand-in cluster DNS, started on the first CPU."""
     with behind_cluster_dns(tmp, free_port, pin, set(cpus[1:]) or {cpus[0]}, server_cls, baseline,
                             capacity) as (servers, _):
         servers[:] = [s for s in servers if s.name in NAMES]  # the peers are not started
@@ -41,22 +72,19 @@ def at_once(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: lis
         for s in servers:
             s.start({cpus[0]})
         time.sleep(1.5)
-        for k, s in enumerate(servers):
-            qfile = tmp / f"ab-{k}.txt"
-            fill = min(FILL_RATE, max(2000, names))
-            dnsperf_at(s.port, in_use, qfile, fill, max(1, -(-names // fill)), load)
-            dnsperf_at(s.port, in_use, qfile, WARM_RATE, max(1, -(-names // WARM_RATE)), load)
-        start = 0
-        for rate in rates:
-            entry = out[rate] = {"ratios": [], "cpu": {s.name: [] for s in servers}}
-            for _ in range(rounds):
-                asked = rotated(in_use, start)
-                start = (start + int(rate * duration)) % names
-                per = _together(servers, asked, rate, duration, tmp, load)
-                for name, cost in per.items():
-                    entry["cpu"][name].append(round(cost, 1))
-                entry["ratios"].append(round(per["nodecache"] / per["nodecache@baseline"], 3))
-            entry["median"] = statistics.median(entry["ratios"])
+        yield servers
+
+
+def _runs(servers, rates: list[int], duration: float, rounds: int, tmp: Path, load, names_for) -> dict:
+    out: dict = {}
+    for rate in rates:
+        entry = out[rate] = {"ratios": [], "cpu": {s.name: [] for s in servers}}
+        for _ in range(rounds):
+            per = _together(servers, names_for(rate), rate, duration, tmp, load)
+            for name, cost in per.items():
+                entry["cpu"][name].append(round(cost, 1))
+            entry["ratios"].append(round(per["nodecache"] / per["nodecache@baseline"], 3))
+        entry["median"] = statistics.median(entry["ratios"])
     return out
 
 
@@ -84,8 +112,8 @@ def _together(servers, asked: list[str], rate: int, duration: float, tmp: Path, 
     return {s.name: (times(s.proc.pid)[2] - before[s.name]) / answered[s.name] * 1e6 for s in servers}
 
 
-def print_at_once(table: dict, duration: float, names: int) -> None:
-    print(f"\nnodecache against the baseline at once ({names:,} cached names; both on one core, each with its "
+def print_at_once(table: dict, duration: float, what: str) -> None:
+    print(f"\nnodecache against the baseline at once ({what}; both on one core, each with its "
           f"own dnsperf -Q at the rate, {duration:g} s runs; CPU per answered query from schedstat; ratio <1: "
           f"this checkout uses less):")
     print(f"  {'rate/s':>7} {'median ratio':>12}  {'ratios':30} nodecache / baseline us/q")

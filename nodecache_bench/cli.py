@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="with --hits/--misses: also run the nodecache installed for this Python (e.g. a "
                            "virtualenv with an older commit installed) side by side, as 'nodecache@baseline'")
     cmp_.add_argument("--at-once", action="store_true",
-                      help="with --hits and --baseline: run the two nodecaches at the same time on one core "
+                      help="with --hits/--misses and --baseline: run the two nodecaches at the same time on one core "
                            "instead of the side-by-side table, one ratio per run (nodecache_bench.abcost: "
                            "the way to see a change of a few percent on a noisy machine)")
     cmp_.add_argument("--json", action="store_true")

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from .runload import BenchError, preflight, report, run_load
 from .loadgen import Spec
-from .abcost import at_once, print_at_once
+from .abcost import at_once, at_once_misses, print_at_once
 from .hitcost import hit_cost, print_hit_table
 from .misscost import miss_cost, print_miss_table, unbound_command
 
@@ -123,8 +123,8 @@ def _median(values: list[dict], key) -> dict:
 
 
 def cmd_compare(args) -> int:
-    if args.at_once and not (args.baseline and args.hits):
-        raise BenchError("--at-once measures nodecache against --baseline at the --hits rates: give both")
+    if args.at_once and not (args.baseline and (args.hits or args.misses)):
+        raise BenchError("--at-once measures nodecache against --baseline at the --hits/--misses rates: give both")
     if os.sep in args.baseline:  # the baseline runs in a directory of its own: a relative path would not
         args.baseline = os.path.abspath(args.baseline)
     cpus = sorted(os.sched_getaffinity(0))
@@ -192,8 +192,12 @@ def cmd_compare(args) -> int:
             upstream.terminate()
             upstream.wait(10)
         rates = [int(r) for r in args.misses.split(",") if r.strip()]
-        misses = miss_cost(rates, args.duration, args.rounds, tmp, cpus, free_port, _pin, Server,
-                           args.baseline) if rates else {}
+        if args.at_once:
+            misses = at_once_misses(rates, args.duration, args.rounds, tmp, cpus, free_port, _pin, Server,
+                                    args.baseline) if rates else {}
+        else:
+            misses = miss_cost(rates, args.duration, args.rounds, tmp, cpus, free_port, _pin, Server,
+                               args.baseline) if rates else {}
         hit_rates = [int(r) for r in args.hits.split(",") if r.strip()]
         name_sets = [int(n) for n in args.names.split(",") if n.strip()] or [1000]
         if args.at_once:
@@ -208,11 +212,13 @@ def cmd_compare(args) -> int:
                           "hits": hits}))
         return 0
     print_tables(results, missing, dnsperf, cpus)
-    if misses:
+    if misses and args.at_once:
+        print_at_once(misses, args.duration, "misses over TCP, names never asked before")
+    elif misses:
         print_miss_table(misses, args.duration, args.rounds)
     for names, table in hits.items():
         if args.at_once:
-            print_at_once(table, args.duration, int(names))
+            print_at_once(table, args.duration, f"{int(names):,} cached names")
         else:
             print_hit_table(table, args.duration, args.rounds, int(names))
     return 0

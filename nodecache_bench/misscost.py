@@ -215,7 +215,7 @@ def miss_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: l
             runs: dict[str, list[dict]] = {s.name: [] for s in servers}
             for r in range(rounds):
                 for s in servers:
-                    names = _fresh_names(f"r{rate}x{r}{s.name[0]}", rate, duration)
+                    names = fresh_names(f"r{rate}x{r}{s.name[0]}", rate, duration)
                     before = times(s.proc.pid)
                     res = dnsperf_at(s.port, names, tmp / "misses.txt", rate, duration, pin(load_cpus),
                                      latency=True)
@@ -230,14 +230,14 @@ def miss_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: l
                     "lost": sum(r["lost"] for r in rs),
                     "avg_ms": sorted(r["avg_ms"] or 0 for r in rs)[len(rs) // 2]}
             for s in servers:  # a run of its own, fresh names too: strace slows what it traces
-                names = _fresh_names(f"r{rate}s{s.name[0]}", rate, 2)
+                names = fresh_names(f"r{rate}s{s.name[0]}", rate, 2)
                 out[rate][s.name]["syscalls"] = syscalls_per_query(
                     s.proc.pid, lambda: dnsperf_at(s.port, names, tmp / "misses.txt", rate, 2,
                                                    pin(load_cpus))["answered"], tmp)
     return out
 
 
-def _fresh_names(tag: str, rate: int, duration: float) -> list[str]:
+def fresh_names(tag: str, rate: int, duration: float) -> list[str]:
     """Names never asked before (a prefix of this run's own), more than a run needs."""
     tag = f"{tag}{int(time.time() * 1000) % 100000}"
     return [f"{tag}-{i}.{UPSTREAM_ZONE}" for i in range(int(rate * (duration + 2)))]

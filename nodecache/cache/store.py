@@ -52,7 +52,14 @@ class ByteBudget:
 
     @property
     def used(self) -> int:
-        return sum(c.bytes for c in self.caches) + sum(m.bytes for m in self.memos)
+        # Asked on every insert and every new memo, over a cache or two and a
+        # memo table per listener: plain loops (no generator to make and run).
+        used = 0
+        for cache in self.caches:
+            used += cache.bytes
+        for table in self.memos:
+            used += table.bytes
+        return used
 
     def shed_memo(self) -> bool:
         """Drop one memo (from the table holding most bytes) for an entry

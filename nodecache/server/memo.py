@@ -20,7 +20,7 @@ and second, one query in five (measured side by side with dnsperf at
 5,000 q/s over 1,000 names: 39.5 -> 38.0 µs of CPU per query).
 
 Counting is deferred, not dropped: each ``Memo`` counts its own hits, and
-``fold`` adds them to everything a normal hit would have updated (CoreDNS's
+``fold`` adds the ones not added yet to everything a normal hit would have updated (CoreDNS's
 request, response, size and duration series, the cache's hit counter, the
 entry's second-chance bit, the truncated counter). The metrics collector
 folds before every scrape, a memo is folded when it is replaced, and the
@@ -69,20 +69,25 @@ MEMO_BYTES = 512   # replies (and entries' records) larger than this are not mem
 # bytes objects' headers (reply and key), its expiry and its table slot, as
 # tracemalloc measures it (tests/unit/test_memo_table.py); the byte budget
 # counts with it.
-MEMO_OVERHEAD = 336
+MEMO_OVERHEAD = 344
 CHURN = 64   # unused memos evicted in a row: the table churns
 SAMPLE = 16  # while it churns, one memo is made in this many chances
 
 
 class Memo:
-    __slots__ = ("until", "tail", "hits", "seen", "entry", "cache", "acc", "qlen", "rlen", "seconds",
+    __slots__ = ("until", "tail", "hits", "folded", "seen", "entry", "cache", "acc", "qlen", "rlen", "seconds",
                  "truncated", "base", "size")
 
     def __init__(self, until: float, tail: bytes, entry, cache, acc: list, qlen: int, rlen: int,
                  seconds: float, truncated: bool, qend: int):
         self.until = until          # on the cache's clock: the next TTL change or expiry
         self.tail = tail            # the reply after its ID
-        self.hits = 0               # answered from here since the last fold
+        # Counts only ever grow, and each has one writer: ``hits`` the hit
+        # path, ``folded`` and ``seen`` the table. Folding never resets what
+        # the second chance reads, so a metrics scrape does not make every
+        # memo look unused to the next eviction.
+        self.hits = 0               # answered from here
+        self.folded = 0             # of those, added to the counters already (``fold``)
         self.seen = 0               # ``hits`` when eviction last looked (second chance)
         self.entry, self.cache = entry, cache
         self.acc = acc              # the stats series a hit falls in (first duration bucket)
@@ -182,7 +187,7 @@ class MemoTable:
                 break
             memo.seen = memo.hits
             table[key] = memo
-        if memo.hits or memo.seen:
+        if memo.hits:
             self.unused_run = 0
         else:
             self.unused_run += 1
@@ -195,7 +200,7 @@ class MemoTable:
     def fold(self) -> None:
         """Add every memo's hits to the counters a normal hit updates."""
         for memo in self.table.values():
-            if memo.hits:
+            if memo.hits != memo.folded:
                 self._fold(memo)
 
     def clear(self) -> None:
@@ -204,10 +209,10 @@ class MemoTable:
         self.bytes = 0
 
     def _fold(self, memo: Memo) -> None:
-        n = memo.hits
+        n = memo.hits - memo.folded
         if not n:
             return
-        memo.hits = memo.seen = 0
+        memo.folded += n
         acc = memo.acc
         acc[0] += n
         acc[1] += n * memo.seconds

@@ -96,9 +96,28 @@ def test_fold_adds_deferred_hits_where_a_normal_hit_counts():
     before = list(cache.hits)
     table.fold()
     assert acc[0] == 4 and acc[2] == 4 * m.qlen and acc[3] == 4 * m.rlen and abs(acc[1] - 4e-5) < 1e-12
-    assert cache.hits[entry.kind] == before[entry.kind] + 4 and entry.visited and m.hits == 0
+    assert cache.hits[entry.kind] == before[entry.kind] + 4 and entry.visited and m.folded == m.hits == 4
     table.fold()  # nothing twice
     assert acc[0] == 4
+    m.hits += 2  # more hits after a fold: only they are added at the next one
+    table.fold()
+    assert acc[0] == 6 and cache.hits[entry.kind] == before[entry.kind] + 6
+
+
+def test_a_fold_keeps_the_second_chance_of_memos_hit_before_it():
+    """A metrics scrape folds every memo: a memo used just before it still
+    has its second chance at the next eviction (the fold is not a reset)."""
+    clock = FakeClock()
+    table = _table(2)
+    used, *_ = _memo(clock)
+    unused, *_ = _memo(clock)
+    table.put(b"used", used)
+    table.put(b"unused", unused)
+    used.hits = 5
+    table.fold()  # a scrape
+    newest, *_ = _memo(clock)
+    table.put(b"newest", newest)
+    assert list(table.table) == [b"used", b"newest"] and table.evictions == 1
 
 
 def test_truncated_memoised_hits_are_counted_as_truncated():
