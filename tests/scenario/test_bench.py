@@ -77,6 +77,13 @@ def test_unreachable_server_is_a_clear_error():
     assert time.monotonic() - t0 < 15
 
 
+def test_at_once_without_a_baseline_is_a_clear_error():
+    """--at-once compares two nodecaches: without --baseline there is only one."""
+    out = subprocess.run(BENCH + ["compare", "--scenarios", "", "--servers", "", "--hits", "5000", "--at-once"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--at-once measures nodecache against --baseline" in out.stderr
+
+
 def test_ctrl_c_prints_the_partial_report(agent):
     proc = subprocess.Popen(BENCH + ["run", "-p", str(agent), "--qps", "500", "--duration", "60",
                                      "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
