@@ -157,10 +157,7 @@ class BatchUdpServer:
         except Exception as exc:  # a bug costs this datagram only
             self.loop.call_exception_handler({"message": "udp query failed", "exception": exc})
             return
-        try:  # as ``send`` does, without a call more per datagram (the socket is open: it was just read)
-            self.sendto(reply, addr)
-        except OSError:  # buffer full or client gone: the client will retry
-            self.unsent += 1
+        self.send(reply, addr)
 
     # -- the hot path in batches (high rates) --------------------------------
     def readable(self) -> None:
