@@ -139,10 +139,14 @@ class Entry:
     def remaining(self, now: float) -> float:
         return self.expires - now
 
+    def age_at(self, now: float) -> tuple[int, float]:
+        """Whole seconds since stored at ``now``, and when that next changes."""
+        age = int(now - self.stored)
+        return age, self.stored + age + 1
+
     def tick(self, now: float) -> None:
         """Bring the tail's TTLs to the age at ``now`` (at most once a second)."""
-        age = int(now - self.stored)
-        self.next_tick = self.stored + age + 1
+        age, self.next_tick = self.age_at(now)
         if age != self.age:
             self.age = age
             self.tail = ttls_aged(self.tail, 0, self.offsets, self.ttls, age)

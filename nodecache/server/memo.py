@@ -108,9 +108,8 @@ class Memo:
         entry = self.entry
         if self.base is None or now >= entry.expires or not self.cache.holds(entry):
             return False
-        age = int(now - entry.stored)
+        age, until = entry.age_at(now)
         self.tail = ttls_aged(self.tail, self.base, entry.offsets, entry.ttls, age)
-        until = entry.stored + age + 1
         self.until = until if until < entry.expires else entry.expires
         return True
 
