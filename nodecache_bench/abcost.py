@@ -16,14 +16,15 @@ baseline's, both from schedstat. The ratio of two identical builds
 from __future__ import annotations
 
 import contextlib
+import itertools
 import statistics
 import threading
 import time
 from pathlib import Path
 
 from .cpustat import times
-from .hitcost import FILL_RATE, WARM_RATE, rotated
-from .misscost import UPSTREAM_ZONE, behind_cluster_dns, dnsperf_at, fresh_names
+from .hitcost import NameCursor, fill_and_warm, working_set
+from .misscost import behind_cluster_dns, dnsperf_at, fresh_names
 
 NAMES = ("nodecache", "nodecache@baseline")
 
@@ -32,24 +33,13 @@ def at_once(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: lis
             server_cls, baseline: str, names: int = 1000) -> dict:
     """Cache hits over ``names`` names: {rate: {"ratios": [...], "median": r,
     "cpu": {name: [us/q per run]}}}."""
-    in_use = [f"h{i}.{UPSTREAM_ZONE}" for i in range(names)]
-    capacity = names + names // 4 if names > 8000 else 0
+    in_use, capacity = working_set(names)
     load = pin(set(cpus[1:]) or {cpus[0]})
     with _both(tmp, free_port, pin, cpus, server_cls, baseline, capacity) as servers:
         for k, s in enumerate(servers):
-            qfile = tmp / f"ab-{k}.txt"
-            fill = min(FILL_RATE, max(2000, names))
-            dnsperf_at(s.port, in_use, qfile, fill, max(1, -(-names // fill)), load)
-            dnsperf_at(s.port, in_use, qfile, WARM_RATE, max(1, -(-names // WARM_RATE)), load)
-        start = 0
-
-        def asked(rate: int) -> list[str]:
-            nonlocal start
-            names_now = rotated(in_use, start)
-            start = (start + int(rate * duration)) % names
-            return names_now
-
-        return _runs(servers, rates, duration, rounds, tmp, load, asked)
+            fill_and_warm(s.port, in_use, tmp / f"ab-{k}.txt", load)
+        cursor = NameCursor(in_use)  # both servers get the same names in each run
+        return _runs(servers, rates, duration, rounds, tmp, load, lambda rate: cursor.take(rate, duration))
 
 
 def at_once_misses(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: list[int], free_port,
@@ -57,9 +47,9 @@ def at_once_misses(rates: list[int], duration: float, rounds: int, tmp: Path, cp
     """Cache misses over TCP (names never asked before), as ``at_once``."""
     load = pin(set(cpus[1:]) or {cpus[0]})
     with _both(tmp, free_port, pin, cpus, server_cls, baseline, 0) as servers:
-        runs = iter(range(1 << 30))
+        run = itertools.count()
         return _runs(servers, rates, duration, rounds, tmp, load,
-                     lambda rate: fresh_names(f"ab{next(runs)}r{rate}", rate, duration))
+                     lambda rate: fresh_names(f"ab{next(run)}r{rate}", rate, duration))
 
 
 @contextlib.contextmanager

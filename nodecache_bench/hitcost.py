@@ -60,12 +60,49 @@ def rotated(names: list[str], start: int) -> list[str]:
     return names[start:] + names[:start]
 
 
+def working_set(names: int) -> tuple[list[str], int]:
+    """The ``names`` names in use, and the cache capacity that holds them
+    (0: the default cache, 9,984 entries, is enough)."""
+    return [f"h{i}.{UPSTREAM_ZONE}" for i in range(names)], (names + names // 4 if names > 8000 else 0)
+
+
+def fill_and_warm(port: int, in_use: list[str], qfile: Path, pin) -> None:
+    """Every name asked once to fill a server's cache, below nodecache's
+    default -miss-rate-per-client (5,000/s: one client faster than that is
+    REFUSED, and 100,000 names filled at 20,000/s left three in four
+    uncached, so "hits" were misses); then once more, as hits: a node's
+    working set has been asked before (for nodecache: its memos exist), so
+    the first hit of each name is not what is measured either."""
+    names = len(in_use)
+    fill = min(FILL_RATE, max(2000, names))
+    dnsperf_at(port, in_use, qfile, fill, max(1, -(-names // fill)), pin)
+    dnsperf_at(port, in_use, qfile, WARM_RATE, max(1, -(-names // WARM_RATE)), pin)
+
+
+class NameCursor:
+    """Where a server's next run starts in the names in use. dnsperf reads
+    its query file from the top every run: a 5 s run at 5,000 q/s asks only
+    the first 25,000 names. Runs go on through the list where the last one
+    stopped, so that together they ask every name in use, each in turn."""
+
+    def __init__(self, names: list[str]):
+        self.names, self.start = names, 0
+
+    def current(self) -> list[str]:
+        return rotated(self.names, self.start)
+
+    def take(self, rate: int, duration: float) -> list[str]:
+        """The names for a run of ``duration`` s at ``rate``; the next starts after them."""
+        names = self.current()
+        self.start = (self.start + int(rate * duration)) % len(self.names)
+        return names
+
+
 def hit_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: list[int],
              free_port, pin, cpu_seconds, server_cls, baseline: str = "", names: int = 1000) -> dict:
     """{rate: {server: {cpu_us_per_query, user_us, sys_us, latency_ms, runs, achieved, lost}}}:
     ``names`` distinct cached names in use (every cache sized to hold them)."""
-    in_use = [f"h{i}.{UPSTREAM_ZONE}" for i in range(names)]
-    capacity = names + names // 4 if names > 8000 else 0
+    in_use, capacity = working_set(names)
     server_cpus, load_cpus = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
     bare = free_port()
     out: dict = {}
@@ -77,29 +114,14 @@ def hit_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: li
             s.start(server_cpus)
         time.sleep(1.5)
         qfile = tmp / "hits.txt"
-        # Fill the caches: every name asked once, below nodecache's default
-        # -miss-rate-per-client (5,000/s: one client faster than that is
-        # REFUSED, and 100,000 names filled at 20,000/s left three in four
-        # uncached, so "hits" were misses).
-        fill = min(FILL_RATE, max(2000, names))
         for s in servers:
-            dnsperf_at(s.port, in_use, qfile, fill, max(1, -(-names // fill)), pin(load_cpus))
-            # Then every name asked once more, as hits, before anything is
-            # measured: a node's working set has been asked before (for
-            # nodecache: its memos exist), so the first hit of each name is
-            # not what is measured either.
-            dnsperf_at(s.port, in_use, qfile, WARM_RATE, max(1, -(-names // WARM_RATE)), pin(load_cpus))
-        # dnsperf reads its query file from the top every run: a 5 s run at
-        # 5,000 q/s asks only the first 25,000 names. Each server's runs go on
-        # through the list where its last one stopped, so the runs together
-        # ask every name in use, each in turn.
-        start = {s.name: 0 for s in servers}
+            fill_and_warm(s.port, in_use, qfile, pin(load_cpus))
+        cursor = {s.name: NameCursor(in_use) for s in servers}
         for rate in rates:
             runs: dict[str, list[dict]] = {s.name: [] for s in servers}
             for _ in range(rounds):
                 for s in servers:
-                    asked = rotated(in_use, start[s.name])
-                    start[s.name] = (start[s.name] + int(rate * duration)) % names
+                    asked = cursor[s.name].take(rate, duration)
                     before = times(s.proc.pid)
                     res = dnsperf_at(s.port, asked, qfile, rate, duration, pin(load_cpus), latency=True)
                     res.update(split(before, times(s.proc.pid), res["answered"]))
@@ -114,7 +136,7 @@ def hit_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: li
                     "achieved": round(sorted(r["answered"] for r in rs)[len(rs) // 2] / duration),
                     "lost": sum(r["lost"] for r in rs)}
             for s in servers:  # a run of its own: strace slows what it traces
-                asked = rotated(in_use, start[s.name])
+                asked = cursor[s.name].current()
                 out[rate][s.name]["syscalls"] = syscalls_per_query(
                     s.proc.pid, lambda: dnsperf_at(s.port, asked, qfile, rate, 2, pin(load_cpus))["answered"], tmp)
         for s in servers:  # how far one process goes: dnsperf closed loop, 64 in flight

@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from nodecache_bench.cpustat import split, strace_total
-from nodecache_bench.hitcost import rotated
+from nodecache_bench.hitcost import NameCursor, rotated
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -23,6 +23,11 @@ def test_runs_go_on_through_the_names_where_the_last_one_stopped():
     assert rotated(names, 0) == names
     assert rotated(names, 3) == ["h3", "h4", "h0", "h1", "h2"]
     assert sorted(rotated(names, 4)) == sorted(names)
+    cursor = NameCursor(names)
+    assert cursor.take(1, 2) == names  # a run of 2 queries: the next starts at the third name
+    assert cursor.current() == ["h2", "h3", "h4", "h0", "h1"]
+    cursor.take(2, 2)
+    assert cursor.current() == ["h1", "h2", "h3", "h4", "h0"]  # past the end: round again
 
 
 def test_cpu_per_query_is_split_by_the_tick_samples_ratio():
