@@ -25,17 +25,25 @@ full retry logic (``forward.forwarder``); followers are told None and
 resolve again. An exchange is a ``forward.transport.Waiter``: an
 unanswered one leaves its ID quarantined on its channel exactly as a
 timed-out future does.
+
+The attempt timeout is the forwarder's, the same for every exchange, so
+exchanges reach their deadlines in the order they start: a forwarder's
+``Deadlines`` keeps them in a queue with one timer, for the oldest one
+not finished, instead of a loop timer per exchange (made, armed,
+cancelled and closed once per miss: about a tenth of a direct miss's
+own Python time under cProfile).
 """
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 
 from ..dns.reply import MalformedReply, Reply
 from .transport import Waiter
 
 
 class DirectExchange(Waiter):
-    __slots__ = ("forwarder", "key", "up", "channel", "qid", "query", "timer", "sent_at", "askers",
+    __slots__ = ("forwarder", "key", "up", "channel", "qid", "query", "sent_at", "askers",
                  "followers", "finished", "on_done")
 
     def __init__(self, forwarder, key: bytes, up, channel, on_done):
@@ -44,12 +52,14 @@ class DirectExchange(Waiter):
         self.askers: list = []            # the caller's, opaque here
         self.followers: list[asyncio.Future] = []
         self.finished = False
-        self.timer = None
         self.query = forwarder.query_for(key)
         loop = channel.loop
         self.sent_at = loop.time()
         self.qid = channel.send(self.query, self)  # raises UpstreamClosed: nothing started
-        self.timer = loop.call_later(forwarder.cfg.attempt_timeout, self._fall_back)
+        deadlines = forwarder.deadlines
+        if deadlines is None or deadlines.loop is not loop:
+            deadlines = forwarder.deadlines = Deadlines(loop, forwarder.cfg.attempt_timeout)
+        deadlines.add(self, self.sent_at)
         forwarder.inflight[key] = self
 
     # -- Waiter: what the channel calls --------------------------------------
@@ -86,9 +96,7 @@ class DirectExchange(Waiter):
             self._finish(None)
 
     def _end(self) -> None:
-        self.finished = True
-        if self.timer is not None:
-            self.timer.cancel()
+        self.finished = True  # (its place in the Deadlines queue goes when that gets to it)
         self.channel.release(self.qid, self)  # unanswered: its ID stays quarantined
         if self.forwarder.inflight.get(self.key) is self:
             del self.forwarder.inflight[self.key]
@@ -99,6 +107,43 @@ class DirectExchange(Waiter):
                 fut.set_result(reply)
         askers, self.askers = self.askers, []
         self.on_done(reply, askers)
+
+
+class Deadlines:
+    """One forwarder's direct exchanges in the order they started, which is
+    the order of their deadlines (one attempt timeout for all), and one
+    timer at the first deadline still to come. An exchange that finishes
+    is only marked so; the queue drops it when it reaches the front."""
+
+    # Timers fire on the loop's millisecond clock: a deadline this close is due.
+    SLACK = 0.001
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float):
+        self.loop, self.timeout = loop, timeout
+        self.queue: deque = deque()  # (deadline, exchange), oldest first
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, exchange: DirectExchange, now: float) -> None:
+        queue = self.queue
+        while queue and queue[0][1].finished:
+            queue.popleft()
+        queue.append((now + self.timeout, exchange))
+        if self.timer is None:
+            self.timer = self.loop.call_at(now + self.timeout, self._expire)
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    def _expire(self) -> None:
+        """Fall back every exchange whose deadline has come (the finished
+        ones in front are dropped), then wait for the next deadline."""
+        self.timer = None
+        queue = self.queue
+        due = self.loop.time() + self.SLACK
+        while queue and (queue[0][1].finished or queue[0][0] <= due):
+            queue.popleft()[1]._fall_back()  # (nothing for a finished one)
+        if queue:
+            self.timer = self.loop.call_at(queue[0][0], self._expire)
 
 
 def start(forwarder, key: bytes, asker, on_done) -> bool:

@@ -53,7 +53,7 @@ from ..dns.key import cd, do, question
 from ..dns.reply import MalformedReply, Reply, analyse
 from ..dns.wire import AD, CD, RD, make_query
 from ..observe.stats import DURATION_BUCKETS
-from .direct import DirectExchange
+from .direct import Deadlines, DirectExchange
 from .transport import TcpPool, UdpPool, UpstreamClosed, exchange_on
 
 log = logging.getLogger("nodecache.forward")
@@ -146,6 +146,7 @@ class Forwarder:
         # key -> the exchange in flight for it: a slow-path future, or a
         # forward.direct.DirectExchange (one table: coalescing in one place)
         self.inflight: dict[bytes, asyncio.Future | DirectExchange] = {}
+        self.deadlines: Deadlines | None = None  # the direct exchanges' timeouts (made on first use)
         self.max_inflight = cfg.max_concurrent or DEFAULT_MAX_INFLIGHT
         self._rr = 0
         self.coalesced = 0
@@ -322,7 +323,7 @@ class Forwarder:
 
     def close(self) -> None:
         for pending in self.inflight.values():
-            if pending.__class__ is not DirectExchange:  # (those end on their own timer)
+            if pending.__class__ is not DirectExchange:  # (those end at their deadline: direct.Deadlines)
                 pending.cancel()
         for up in self.upstreams:
             up.close()

@@ -185,3 +185,70 @@ async def test_a_timed_out_direct_miss_leaves_its_id_quarantined():
         channels = [c for u in ups for c in u.pool.channels + u.udp.channels]
         assert sum(c.quarantined for c in channels) == 1
         assert sum(1 for c in channels for v in c.pending.values() if v is None) == 1
+
+
+class _Loop:
+    """The two things Deadlines asks of a loop: its clock and call_at."""
+    def __init__(self):
+        self.now, self.timers = 100.0, []
+
+    def time(self):
+        return self.now
+
+    def call_at(self, when, callback):
+        self.timers.append((when, callback))
+        return object()
+
+    def fire(self):
+        """Run the one armed timer at its time."""
+        assert len(self.timers) == 1
+        when, callback = self.timers.pop()
+        self.now = max(self.now, when)
+        callback()
+
+
+class _Exchange:
+    def __init__(self):
+        self.finished, self.fell_back = False, 0
+
+    def _fall_back(self):
+        if not self.finished:
+            self.finished = True
+            self.fell_back += 1
+
+
+def test_deadlines_fall_back_each_late_exchange_once_on_one_timer():
+    from nodecache.forward.direct import Deadlines
+    loop = _Loop()
+    deadlines = Deadlines(loop, 2.0)
+    first, second, third = _Exchange(), _Exchange(), _Exchange()
+    deadlines.add(first, loop.now)
+    loop.now += 0.5
+    deadlines.add(second, loop.now)
+    loop.now += 0.5
+    deadlines.add(third, loop.now)
+    assert [w for w, _ in loop.timers] == [102.0]  # one timer, at the oldest deadline
+    first.finished = True  # answered in time
+    loop.fire()            # 102.0: the first is done; nothing else is due yet
+    assert (first.fell_back, second.fell_back, third.fell_back) == (0, 0, 0)
+    assert [w for w, _ in loop.timers] == [102.5] and len(deadlines) == 2
+    loop.fire()            # 102.5: the second is late
+    assert (second.fell_back, third.fell_back) == (1, 0)
+    third.finished = True
+    loop.fire()            # 103.0: the third was answered: nothing falls back, nothing stays armed
+    assert third.fell_back == 0 and loop.timers == [] and len(deadlines) == 0
+    later = _Exchange()
+    deadlines.add(later, loop.now)  # an empty queue arms again
+    assert [w for w, _ in loop.timers] == [105.0]
+
+
+def test_deadlines_drop_finished_exchanges_from_the_front_as_they_go():
+    from nodecache.forward.direct import Deadlines
+    loop = _Loop()
+    deadlines = Deadlines(loop, 2.0)
+    for _ in range(1000):  # answered one after the other: the queue does not grow
+        exchange = _Exchange()
+        deadlines.add(exchange, loop.now)
+        exchange.finished = True
+        loop.now += 0.001
+    assert len(deadlines) == 1 and len(loop.timers) == 1
