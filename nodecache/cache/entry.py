@@ -111,15 +111,19 @@ class Entry:
         # client retries over TCP (RFC 7766 §5).
         self.shape = shape_for(0x8080 | (reply.flags & (AD | TC | 0xF)), reply.counts)
         self.offsets = _compact(reply.ttl_offsets, "H")  # < 64 KiB: offsets inside one message
-        self.ttls = _compact([min(t, ttl) for t in reply.ttls], "I")
         self.stored = now
         self.ttl = ttl
         self.expires = now + ttl
         self.age = 0
         self.next_tick = now + 1
         self.tail = reply.tail
-        if tuple(self.ttls) != reply.ttls:
+        ttls = reply.ttls
+        if ttls and max(ttls) > ttl:  # no record is served with more than the entry's TTL
+            ttls = [min(t, ttl) for t in ttls]
+            self.ttls = _compact(ttls, "I")
             self.tail = ttls_aged(self.tail, 0, self.offsets, self.ttls, 0)
+        else:
+            self.ttls = _compact(ttls, "I")
         self.last_hit = now
         self.streak = 0
         self.refreshing = False

@@ -138,7 +138,7 @@ def refusal(qtype: int, qclass: int) -> int | None:
     a question (FORMERR, RFC 6891 §6.1.1); a cache serves no zone transfers
     and only the Internet class (REFUSED: a policy refusal, RFC 1035 §4.1.1).
     Every path that sends a question upstream or stores an answer asks this
-    (through ``parse_query``, ``query_from_scan`` or ``servable_key``)."""
+    (through ``parse_query``, ``scan_servable`` or ``servable_key``)."""
     if qclass != CLASS_IN or qtype in (TYPE_OPT, TYPE_AXFR, TYPE_IXFR):
         return FORMERR if qtype == TYPE_OPT else REFUSED
     return None
@@ -228,21 +228,28 @@ def parse_query(data: bytes) -> Query:
                  data[12:lname_end].lower() + data[lname_end:qend] + key_bits(max(edns, 0), cd))
 
 
-def query_from_scan(data: bytes, scanned) -> Query | None:
-    """The slow path's Query for a query ``scan`` already read, without
-    parsing it again; None when only ``parse_query`` may decide (a name
-    whose labels do not end where scan's zero byte is, or a type or class
-    that gets an error or a refusal)."""
-    key, qend, flags, limit, edns = scanned
+def scan_servable(data: bytes, qend: int) -> bool:
+    """Whether a query ``scan`` read (its question ending at ``qend``) is
+    one ``query_from_scan`` makes a Query of: its labels end where scan's
+    zero byte is, and ``refusal`` lets its type and class through. The
+    direct miss asks only this (it needs no Query)."""
     try:
         if _read_qname(data, 12) != qend - 4:
-            return None
+            return False
     except QueryError:
+        return False
+    return refusal(data[qend - 4] << 8 | data[qend - 3], data[qend - 2] << 8 | data[qend - 1]) is None
+
+
+def query_from_scan(data: bytes, scanned) -> Query | None:
+    """The slow path's Query for a query ``scan`` already read, without
+    parsing it again; None when only ``parse_query`` may decide (see
+    ``scan_servable``)."""
+    key, qend, flags, limit, edns = scanned
+    if not scan_servable(data, qend):
         return None
-    qtype = data[qend - 4] << 8 | data[qend - 3]
-    if refusal(qtype, data[qend - 2] << 8 | data[qend - 1]) is not None:
-        return None
-    return Query(data, flags, qend, data[12:qend - 4], qtype, CLASS_IN, edns, limit, key)
+    return Query(data, flags, qend, data[12:qend - 4], data[qend - 4] << 8 | data[qend - 3], CLASS_IN, edns,
+                 limit, key)
 
 
 def _read_additional(data: bytes, i: int, count: int) -> tuple[int, int, int]:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+from ..dns.key import question
 from ..dns.reply import MalformedReply, Reply
 from .transport import Waiter
 
@@ -55,7 +56,7 @@ class DirectExchange(Waiter):
         self.query = forwarder.query_for(key)
         loop = channel.loop
         self.sent_at = loop.time()
-        self.qid = channel.send(self.query, self)  # raises UpstreamClosed: nothing started
+        self.qid = channel.send(self.query, self, question(key))  # raises UpstreamClosed: nothing started
         deadlines = forwarder.deadlines
         if deadlines is None or deadlines.loop is not loop:
             deadlines = forwarder.deadlines = Deadlines(loop, forwarder.cfg.attempt_timeout)

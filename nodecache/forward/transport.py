@@ -119,13 +119,16 @@ class _Channel:
     def _write(self, data: bytes) -> None:
         raise NotImplementedError
 
-    def send(self, query: bytes, fut: Waiter) -> int:
-        """Send ``query`` under a fresh ID; the waiter ``fut`` gets the reply. Returns the ID."""
+    def send(self, query: bytes, fut: Waiter, question: bytes | None = None) -> int:
+        """Send ``query`` under a fresh ID; the waiter ``fut`` gets the reply.
+        Returns the ID. ``question``: the query's question bytes, when the
+        caller has them (else they are read from ``query``)."""
         if self.closed or self.transport is None or self.transport.is_closing():
             raise UpstreamClosed("connection is closing")
         qid = self._new_id()
         self.pending[qid] = fut
-        self.questions[qid] = query[12:question_end(query)]  # ours: lower-case, uncompressed
+        # ours: lower-case, uncompressed
+        self.questions[qid] = question if question is not None else query[12:question_end(query)]
         self.uses += 1
         try:
             self._write(qid.to_bytes(2, "big") + query[2:])

@@ -37,7 +37,8 @@ from functools import partial
 
 from ..cache.entry import render_uncached
 from ..dns.key import EDNS_DO, qtype as key_qtype
-from ..dns.wire import MAX_MESSAGE, REFUSED, SERVFAIL, QueryError, error_reply, fit, parse_query, query_from_scan, scan
+from ..dns.wire import (MAX_MESSAGE, REFUSED, SERVFAIL, QueryError, error_reply, fit, parse_query, query_from_scan,
+                        scan, scan_servable)
 from ..forward import direct
 from ..observe.stats import ListenerStats
 from ..plugins.chain import Request
@@ -225,17 +226,17 @@ class QueryPath:
         """Send the admitted miss upstream from this callback, or join the
         identical one in flight. False: the slow path must take it."""
         scanned, block = missed.scan, missed.block
-        if query_from_scan(data, scanned) is None:
+        if not scan_servable(data, scanned[1]):
             return False  # a question the slow path refuses or rejects (dns.wire.refusal): it answers
-        key = scanned[0]
-        if block.cache.peek(key) is not None:
+        key, cache = scanned[0], block.cache
+        if cache.peek(key) is not None:
             return False  # stale entries: the cache stage decides
         if block.loop is not None and (block.loop.detected or block.loop.is_probe(key)):
             return False
         asker = (self, send, data, addr, client, scanned, missed.zone, _clock())
         if not direct.start(block.forwarder, key, asker, partial(_direct_done, block, key)):
             return False
-        block.cache.count_miss()  # as the cache stage counts each miss, coalesced or not
+        cache.count_miss()  # as the cache stage counts each miss, coalesced or not
         self.direct_pending += 1
         return True
 

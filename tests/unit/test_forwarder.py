@@ -30,7 +30,7 @@ class FakeChannel:
         self.quarantined: list[int] = []
         self.closed = False
 
-    def send(self, query: bytes, waiter) -> int:
+    def send(self, query: bytes, waiter, question: bytes | None = None) -> int:
         if self.closed:
             raise UpstreamClosed("closed")
         qid = len(self.sent) + 1
