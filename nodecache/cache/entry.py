@@ -100,7 +100,7 @@ def shape_for(flags: int, counts: tuple[int, int, int]) -> Shape:
 
 class Entry:
     __slots__ = ("key", "kind", "shape", "offsets", "ttls", "tail", "stored", "ttl", "expires", "age",
-                 "next_tick", "last_hit", "streak", "refreshing", "visited")
+                 "next_tick", "last_hit", "streak", "refreshing", "visited", "cached")
 
     def __init__(self, key: bytes, reply: Reply, kind: int, ttl: int, now: float):
         self.key = key
@@ -128,6 +128,7 @@ class Entry:
         self.streak = 0
         self.refreshing = False
         self.visited = False  # second chance on eviction (see cache.store)
+        self.cached = False   # in a cache's tables now (cache.store sets and clears it)
 
     @property
     def flags(self) -> int:

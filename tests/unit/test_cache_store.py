@@ -98,6 +98,29 @@ def test_eviction_gives_an_entry_that_was_hit_a_second_chance():
     assert cache.evictions[0] == 1 and cache.sizes() == (3, 0)
 
 
+def test_an_entry_is_held_until_it_leaves_by_any_way_out():
+    """``holds`` (what a memo's renewal asks) is the entry's own flag: every
+    way out of the tables must clear it, or a memo would renew an entry the
+    cache no longer has."""
+    clock = FakeClock()
+    cache = Cache(CacheConfig(success=CacheClass(capacity=2)), clock)
+    first = put(cache, "a.", answer("a."))
+    assert cache.holds(first)
+    second = put(cache, "a.", answer("a."))  # replaced under its key
+    assert not cache.holds(first) and cache.holds(second)
+    put(cache, "b.", answer("b."))
+    put(cache, "c.", answer("c."))           # over capacity: a (never hit) is evicted
+    assert not cache.holds(second)
+    short = put(cache, "d.", answer("d.", ttl=5))
+    clock.advance(6)
+    assert cache.lookup(scan(query("d."))[0]) == (None, None)  # expired, no serve-stale: dropped
+    assert not cache.holds(short)
+    held = [e for e in cache.entries()]
+    assert held and all(cache.holds(e) for e in held)
+    cache.clear()
+    assert not any(cache.holds(e) for e in held)
+
+
 def test_success_and_denial_have_separate_capacities():
     cache = Cache(CacheConfig(success=CacheClass(capacity=1), denial=CacheClass(capacity=1)), FakeClock())
     put(cache, "ok.", answer("ok."))
