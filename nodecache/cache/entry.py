@@ -120,10 +120,9 @@ class Entry:
         ttls = reply.ttls
         if ttls and max(ttls) > ttl:  # no record is served with more than the entry's TTL
             ttls = [min(t, ttl) for t in ttls]
-            self.ttls = _compact(ttls, "I")
+        self.ttls = _compact(ttls, "I")
+        if ttls is not reply.ttls:
             self.tail = ttls_aged(self.tail, 0, self.offsets, self.ttls, 0)
-        else:
-            self.ttls = _compact(ttls, "I")
         self.last_hit = now
         self.streak = 0
         self.refreshing = False

@@ -106,7 +106,7 @@ class Memo:
         still fresh (else the full path decides, as for any hit), with its
         TTLs aged in place as the entry ages its own (``Entry.tick``)."""
         entry = self.entry
-        if self.base is None or now >= entry.expires or not entry.cached:  # (Cache.holds)
+        if self.base is None or now >= entry.expires or not self.cache.holds(entry):
             return False
         age, until = entry.age_at(now)
         self.tail = ttls_aged(self.tail, self.base, entry.offsets, entry.ttls, age)
