@@ -64,6 +64,17 @@ MAX_RESENDS = 3          # re-sends of one query after its connection died, per 
 BACKOFF_FIRST, BACKOFF_MAX = 0.025, 0.5
 
 
+def _query_parts(bits: int) -> tuple[bytes, bytes]:
+    """``query_for``'s parts for a key whose last byte is ``bits`` (DO << 1 |
+    CD, dns.key.BITS): the header under ID 0, and the OPT record (DO as the
+    key says) that follows the question."""
+    query = make_query(0, _HEALTH_QUESTION, RD | AD | (CD if bits & 1 else 0), bits >> 1)
+    return query[:12], query[12 + len(_HEALTH_QUESTION):]
+
+
+_QUERY_PARTS = tuple(_query_parts(bits) for bits in range(4))  # by the key's last byte
+
+
 class ForwardFailure(Exception):
     """No upstream produced a usable reply within the deadline."""
 
@@ -225,8 +236,11 @@ class Forwarder:
 
     def query_for(self, key: bytes) -> bytes:
         """The query we send upstream for ``key``, under ID 0 (the channel
-        sends it under an ID of its own). AD asks for the AD bit (RFC 6840 §5.7)."""
-        return make_query(0, question(key), RD | AD | (CD if cd(key) else 0), do(key))
+        sends it under an ID of its own). AD asks for the AD bit (RFC 6840 §5.7).
+        (``make_query``'s bytes, from a table by the key's DO/CD byte: one
+        concatenation per miss.)"""
+        head, opt = _QUERY_PARTS[key[-1]]
+        return head + key[:-1] + opt
 
     def ready_channel(self):
         """(upstream, channel) a query can go out on at once: the first
@@ -241,11 +255,12 @@ class Forwarder:
         channel = (up.pool if self.cfg.force_tcp else up.udp).usable()
         return None if channel is None else (up, channel)
 
-    def accepted(self, raw: bytes, key: bytes, up: UpstreamState, seconds: float) -> Reply | None:
+    def accepted(self, raw: bytes, key: bytes, up: UpstreamState, seconds: float,
+                 asked: bytes | None = None) -> Reply | None:
         """``raw`` from ``up`` as the final reply for ``key``, counted as a
         success; None when it needs more (truncated over UDP: retry over TCP).
-        Raises MalformedReply."""
-        reply = self._validated(raw, key, up)
+        ``asked``: ``question(key)``, when the caller has it. Raises MalformedReply."""
+        reply = self._validated(raw, key, up, asked)
         if reply.truncated and not self.cfg.force_tcp:
             return None
         up.succeeded()
@@ -311,9 +326,9 @@ class Forwarder:
             return reply
         raise AssertionError("unreachable")
 
-    def _validated(self, raw: bytes, key: bytes, up: UpstreamState) -> Reply:
+    def _validated(self, raw: bytes, key: bytes, up: UpstreamState, asked: bytes | None = None) -> Reply:
         reply = analyse(raw)
-        if reply.qkey != question(key):
+        if reply.qkey != (asked if asked is not None else question(key)):
             raise MalformedReply(f"{up.addr} answered another question")
         want_cd, want_do = cd(key), do(key)
         if bool(reply.flags & CD) != bool(want_cd) or (reply.do >= 0 and reply.do != want_do):

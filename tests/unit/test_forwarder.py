@@ -168,3 +168,14 @@ async def test_a_reply_to_another_question_hands_the_askers_over():
     # only): the forwarder's validation refuses it, the slow path takes over
     pool.current.answer(1, make_query(0, question_bytes("elsewhere.example.", QTYPE.A)))
     assert fallen == [(None, ["asker"])]
+
+
+@pytest.mark.parametrize("do,cd", [(0, 0), (0, 1), (1, 0), (1, 1)])
+def test_the_upstream_query_is_make_querys_for_every_do_and_cd(do, cd):
+    """query_for builds from a table: the same bytes as make_query, with RD
+    and AD, CD as the key says and an OPT with the key's DO (RFC 6840 §5.7)."""
+    from nodecache.dns.key import question
+    from nodecache.dns.wire import AD, CD, RD
+    key = make_key(encode_name("Svc.cluster.local."), QTYPE.AAAA, 1, do, cd)
+    forwarder = Forwarder(ForwardConfig(".", (Upstream("127.0.0.1"),)))
+    assert forwarder.query_for(key) == make_query(0, question(key), RD | AD | (CD if cd else 0), do)
