@@ -44,7 +44,7 @@ from .transport import Waiter
 
 
 class DirectExchange(Waiter):
-    __slots__ = ("forwarder", "key", "up", "channel", "qid", "question", "sent_at", "askers",
+    __slots__ = ("forwarder", "key", "up", "channel", "qid", "sent_at", "askers",
                  "followers", "finished", "on_done")
 
     def __init__(self, forwarder, key: bytes, up, channel, on_done):
@@ -53,10 +53,9 @@ class DirectExchange(Waiter):
         self.askers: list = []            # the caller's, opaque here
         self.followers: list[asyncio.Future] = []
         self.finished = False
-        self.question = question(key)  # (sent, and what the reply must echo)
         loop = channel.loop
         self.sent_at = loop.time()
-        self.qid = channel.send(forwarder.query_for(key), self, self.question)  # raises UpstreamClosed: nothing started
+        self.qid = channel.send(forwarder.query_for(key), self, question(key))  # raises UpstreamClosed: nothing started
         deadlines = forwarder.deadlines
         if deadlines is None or deadlines.loop is not loop:
             deadlines = forwarder.deadlines = Deadlines(loop, forwarder.cfg.attempt_timeout)
@@ -78,8 +77,7 @@ class DirectExchange(Waiter):
         self._end()
         try:
             # (msg carries the channel's ID, not ours: nothing reads a reply's ID from here on)
-            reply = self.forwarder.accepted(msg, self.key, self.up, self.channel.loop.time() - self.sent_at,
-                                            self.question)
+            reply = self.forwarder.accepted(msg, self.key, self.up, self.channel.loop.time() - self.sent_at)
         except MalformedReply:
             reply = None
         self._finish(reply)

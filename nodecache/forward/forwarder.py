@@ -66,10 +66,10 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.025, 0.5
 
 def _query_parts(bits: int) -> tuple[bytes, bytes]:
     """``query_for``'s parts for a key whose last byte is ``bits`` (DO << 1 |
-    CD, dns.key.BITS): the header under ID 0, and the OPT record (DO as the
-    key says) that follows the question."""
-    query = make_query(0, _HEALTH_QUESTION, RD | AD | (CD if bits & 1 else 0), bits >> 1)
-    return query[:12], query[12 + len(_HEALTH_QUESTION):]
+    CD, dns.key.BITS): make_query's header under ID 0, and the OPT record
+    (DO as the key says) it puts after the question."""
+    query = make_query(0, b"", RD | AD | (CD if bits & 1 else 0), bits >> 1)
+    return query[:12], query[12:]
 
 
 _QUERY_PARTS = tuple(_query_parts(bits) for bits in range(4))  # by the key's last byte
@@ -255,12 +255,11 @@ class Forwarder:
         channel = (up.pool if self.cfg.force_tcp else up.udp).usable()
         return None if channel is None else (up, channel)
 
-    def accepted(self, raw: bytes, key: bytes, up: UpstreamState, seconds: float,
-                 asked: bytes | None = None) -> Reply | None:
+    def accepted(self, raw: bytes, key: bytes, up: UpstreamState, seconds: float) -> Reply | None:
         """``raw`` from ``up`` as the final reply for ``key``, counted as a
         success; None when it needs more (truncated over UDP: retry over TCP).
-        ``asked``: ``question(key)``, when the caller has it. Raises MalformedReply."""
-        reply = self._validated(raw, key, up, asked)
+        Raises MalformedReply."""
+        reply = self._validated(raw, key, up)
         if reply.truncated and not self.cfg.force_tcp:
             return None
         up.succeeded()
@@ -326,9 +325,9 @@ class Forwarder:
             return reply
         raise AssertionError("unreachable")
 
-    def _validated(self, raw: bytes, key: bytes, up: UpstreamState, asked: bytes | None = None) -> Reply:
+    def _validated(self, raw: bytes, key: bytes, up: UpstreamState) -> Reply:
         reply = analyse(raw)
-        if reply.qkey != (asked if asked is not None else question(key)):
+        if reply.qkey != question(key):
             raise MalformedReply(f"{up.addr} answered another question")
         want_cd, want_do = cd(key), do(key)
         if bool(reply.flags & CD) != bool(want_cd) or (reply.do >= 0 and reply.do != want_do):

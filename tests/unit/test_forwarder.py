@@ -8,8 +8,8 @@ import asyncio
 import pytest
 from dnslib import QTYPE
 
-from nodecache.dns.key import make as make_key
-from nodecache.dns.wire import encode_name, make_query, question_bytes
+from nodecache.dns.key import make as make_key, question
+from nodecache.dns.wire import AD, CD, RD, encode_name, make_query, question_bytes
 from nodecache.forward import direct
 from nodecache.forward.forwarder import Forwarder, Overloaded
 from nodecache.forward.options import ForwardConfig, Upstream
@@ -174,8 +174,6 @@ async def test_a_reply_to_another_question_hands_the_askers_over():
 def test_the_upstream_query_is_make_querys_for_every_do_and_cd(do, cd):
     """query_for builds from a table: the same bytes as make_query, with RD
     and AD, CD as the key says and an OPT with the key's DO (RFC 6840 §5.7)."""
-    from nodecache.dns.key import question
-    from nodecache.dns.wire import AD, CD, RD
     key = make_key(encode_name("Svc.cluster.local."), QTYPE.AAAA, 1, do, cd)
     forwarder = Forwarder(ForwardConfig(".", (Upstream("127.0.0.1"),)))
     assert forwarder.query_for(key) == make_query(0, question(key), RD | AD | (CD if cd else 0), do)
