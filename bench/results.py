@@ -35,6 +35,19 @@ every query is a miss, as for expired and new names on a node). Server CPU
 (utime+stime from /proc) per answered query; servers alternate, 5 rounds of
 5 s, median, the runs listed beside it. Target: at most 1.5x unbound."""
 
+COALESCE_METHOD = """\
+`nodecache-bench compare --hits ... --misses ... --flags=-udp-coalesce=2ms --baseline .venv/bin/python`:
+`nodecache` is this checkout with `-udp-coalesce=2ms` (a busy socket read by a 2 ms timer,
+all queued at once, the misses' upstream queries one write per poll: server/udpbatch.py),
+`nodecache@baseline` the same code with its defaults, beside unbound, dnsdist (packet
+cache, TCP backend) and the bare uvloop responder, all pinned to CPU 0 with dnsperf
+(`-Q`, 4 clients) and the stand-in cluster DNS (unbound) on CPU 1. Hits over 1,000, 8,000
+and 100,000 cached names at 1,000-80,000 q/s, misses (names never asked before, over TCP)
+at 1,000 and 5,000/s; 3 alternating rounds of 5 s, median. CPU per answered query exact
+from schedstat, user/system split from the tick samples, latency percentiles from dnsperf's
+per-query lines (the median run), system calls per query from `strace -f -c` in a 2 s run
+of its own. `x baseline`: the coalescing build's CPU over the default's, within one run."""
+
 ABUSE_METHOD = """\
 `python -m bench.abuse`: a fresh `nodecache run` per scenario (pinned to CPU 0; the
 emulated upstream, the clients and the abuser on CPU 1, the abuser in a
@@ -80,6 +93,10 @@ fastest server here, so that the generators are what is measured; 2
 alternating rounds, median."""),
     ("Cost of a cache miss", ["-m", "nodecache_bench.cli", "compare", "--scenarios", "", "--misses",
                               "1000,5000", "--duration", "5", "--rounds", "5"], MISS_METHOD),
+    ("Coalescing (-udp-coalesce): hits and misses against the C peers",
+     ["-m", "nodecache_bench.cli", "compare", "--scenarios", "", "--servers", "", "--hits", "1000,5000,30000,80000",
+      "--names", "1000,8000,100000", "--misses", "1000,5000", "--rounds", "3", "--duration", "5",
+      "--baseline", ".venv/bin/python", "--flags=-udp-coalesce=2ms"], COALESCE_METHOD),
     ("One hostile client: memory and fairness", ["-m", "bench.abuse", "--seconds", "8"], ABUSE_METHOD),
     ("Hostile input: 1,000,000 packets", ["-m", "bench.fuzz"], """\
 A running agent (per-client limits lifted so that every packet reaches the

@@ -13,7 +13,7 @@ import signal
 import sys
 
 from . import __version__
-from .cliparse import Parser, at_least, flag, go_bool, go_seconds, port, positive_seconds, size
+from .cliparse import Parser, at_least, coalesce_window, flag, go_bool, go_seconds, port, positive_seconds, size
 from .config.corefile import CorefileError
 
 from . import defaults as D
@@ -135,6 +135,10 @@ def parser() -> argparse.ArgumentParser:
     f("udp-batch", dest="udp_batch", type=go_bool, nargs="?", const=True, default=True,
       help="read and answer UDP in recvmmsg/sendmmsg batches where the kernel allows; false: uvloop's "
            "datagram transport, one datagram per call (for diagnosis)")
+    f("udp-coalesce", dest="udp_coalesce", type=coalesce_window, default=0.0,
+      help="off (0), or wait up to this long (1ms..10ms) before reading UDP while queries keep coming, "
+           "then read and answer all queued at once: fewer wakeups, less CPU per query at a few thousand "
+           "queries/s, for up to this much more latency (needs -udp-batch)")
     f("log-format", dest="log_format", choices=("text", "json"), default="text",
       help="json: one object per line, RFC 3339 times")
     f("debug", action="store_true", help="debug logging")
@@ -289,6 +293,9 @@ def cmd_run(args) -> int:
     if args.reloadwithsignal:
         log.info("-reloadwithsignal: the configuration is reloaded on change and on SIGUSR1 anyway")
     params = _run_params(args, args)
+    if params.udp_coalesce and not params.udp_batch:
+        print("nodecache: -udp-coalesce needs -udp-batch (a poll reads the socket with recvmmsg)", file=sys.stderr)
+        return EXIT_CONFIG
     if params.metrics_tls is not None:
         from .observe.tls import TlsError
         try:
@@ -331,7 +338,7 @@ def _run_params(args, run):
                      cache_max_item=run.cache_max_item, cache_file=run.cache_file,
                      status_socket=run.status_socket,
                      lameduck=POD_NETWORK_LAMEDUCK if not (run.setupinterface or run.setupiptables) else 0.0,
-                     forward_retry=run.forward_retry, udp_batch=run.udp_batch,
+                     forward_retry=run.forward_retry, udp_batch=run.udp_batch, udp_coalesce=run.udp_coalesce,
                      prometheus_listen=run.prometheus_listen, metrics_tls=_metrics_tls(run))
 
 

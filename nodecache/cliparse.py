@@ -83,6 +83,16 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def coalesce_window(text: str) -> float:
+    """-udp-coalesce: 0 (off), or a window the loop's millisecond timers can keep."""
+    from .defaults import UDP_COALESCE_MAX, UDP_COALESCE_MIN
+    value = go_seconds(text)
+    if value and not UDP_COALESCE_MIN - 1e-12 <= value <= UDP_COALESCE_MAX + 1e-12:
+        raise argparse.ArgumentTypeError(f"{text!r}: 0 (off) or {UDP_COALESCE_MIN * 1000:g}ms.."
+                                         f"{UDP_COALESCE_MAX * 1000:g}ms")
+    return value
+
+
 def size(text: str) -> int:
     """A byte count above 0: 65536, 64Ki, 64Mi, 1Gi (Kubernetes' binary suffixes) or k/M/G."""
     units = {"ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "k": 1000, "m": 1000**2, "g": 1000**3}

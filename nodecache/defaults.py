@@ -17,3 +17,6 @@ CONFIG_SYNC = 10.0                             # how often templates and the Con
 HANDOFF_GRACE = 10.0
 DRAIN = 5.0
 METRICS_LISTEN = "0.0.0.0:9353"                # node-cache's -metrics-listen-address
+# -udp-coalesce's window (s): the loop's timer tick at least; at most what the 4 MiB
+# receive buffer holds at 300,000 queries/s
+UDP_COALESCE_MIN, UDP_COALESCE_MAX = 0.001, 0.010

@@ -178,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
                       help="with --hits/--misses and --baseline: run the two nodecaches at the same time on one core "
                            "instead of the side-by-side table, one ratio per run (nodecache_bench.abcost: "
                            "the way to see a change of a few percent on a noisy machine)")
+    cmp_.add_argument("--flags", default="",
+                      help="with --hits/--misses: more `nodecache run` flags for this checkout's nodecache (not "
+                           "the baseline), e.g. --flags=-udp-coalesce=1ms (with '=': the value starts with '-'); with --baseline .venv/bin/python the same "
+                           "code without them runs beside it")
     cmp_.add_argument("--json", action="store_true")
     hand = sub.add_parser("handoff", help="constant load while hot handoffs happen")
     hand.add_argument("--handoffs", type=int, default=10)

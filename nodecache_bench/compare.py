@@ -127,6 +127,9 @@ def cmd_compare(args) -> int:
         raise BenchError("--at-once measures nodecache against --baseline at the --hits/--misses rates: give both")
     if os.sep in args.baseline:  # the baseline runs in a directory of its own: a relative path would not
         args.baseline = os.path.abspath(args.baseline)
+    flags = tuple(args.flags.split())
+    if flags and not (args.hits or args.misses):
+        raise BenchError("--flags are for this checkout's nodecache in the --hits/--misses tables: give one")
     cpus = sorted(os.sched_getaffinity(0))
     server_cpus = {cpus[0]}
     load_cpus = set(cpus[1:]) or {cpus[0]}
@@ -194,24 +197,26 @@ def cmd_compare(args) -> int:
         rates = [int(r) for r in args.misses.split(",") if r.strip()]
         if args.at_once:
             misses = at_once_misses(rates, args.duration, args.rounds, tmp, cpus, free_port, _pin, Server,
-                                    args.baseline) if rates else {}
+                                    args.baseline, flags) if rates else {}
         else:
             misses = miss_cost(rates, args.duration, args.rounds, tmp, cpus, free_port, _pin, Server,
-                               args.baseline) if rates else {}
+                               args.baseline, flags) if rates else {}
         hit_rates = [int(r) for r in args.hits.split(",") if r.strip()]
         name_sets = [int(n) for n in args.names.split(",") if n.strip()] or [1000]
         if args.at_once:
             hits = {str(names): at_once(hit_rates, args.duration, args.rounds, tmp, cpus, free_port, _pin,
-                                        Server, args.baseline, names) for names in name_sets}
+                                        Server, args.baseline, names, flags) for names in name_sets}
         else:
             hits = {str(names): hit_cost(hit_rates, args.duration, args.rounds, tmp, cpus, free_port, _pin,
-                                         cpu_seconds, Server, args.baseline, names)
+                                         cpu_seconds, Server, args.baseline, names, flags)
                     for names in name_sets} if hit_rates else {}
     if args.json:
         print(json.dumps({"results": results, "dnsperf": dnsperf, "missing": missing, "misses": misses,
                           "hits": hits}))
         return 0
     print_tables(results, missing, dnsperf, cpus)
+    if flags:
+        print(f"\n(this checkout's nodecache, 'nodecache' below, runs with {' '.join(flags)})")
     if misses and args.at_once:
         print_at_once(misses, args.duration, "misses over TCP, names never asked before")
     elif misses:

@@ -99,14 +99,16 @@ class NameCursor:
 
 
 def hit_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: list[int],
-             free_port, pin, cpu_seconds, server_cls, baseline: str = "", names: int = 1000) -> dict:
+             free_port, pin, cpu_seconds, server_cls, baseline: str = "", names: int = 1000,
+             flags: tuple[str, ...] = ()) -> dict:
     """{rate: {server: {cpu_us_per_query, user_us, sys_us, latency_ms, runs, achieved, lost}}}:
     ``names`` distinct cached names in use (every cache sized to hold them)."""
     in_use, capacity = working_set(names)
     server_cpus, load_cpus = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
     bare = free_port()
     out: dict = {}
-    with behind_cluster_dns(tmp, free_port, pin, load_cpus, server_cls, baseline, capacity) as (servers, up_port):
+    with behind_cluster_dns(tmp, free_port, pin, load_cpus, server_cls, baseline, capacity,
+                            flags) as (servers, up_port):
         time.sleep(1.0)
         servers.append(server_cls("bare uvloop", [sys.executable, "-c", BARE, str(bare),
                                                   _reply_bytes(up_port).hex()], bare))

@@ -163,12 +163,13 @@ def percentiles(verbose: str) -> dict:
 
 @contextlib.contextmanager
 def behind_cluster_dns(tmp: Path, free_port, pin, load_cpus: set[int], server_cls, baseline: str = "",
-                       capacity: int = 0):
+                       capacity: int = 0, flags: tuple[str, ...] = ()):
     """One unbound acting as the cluster DNS (on ``load_cpus``), and nodecache,
     unbound and (when installed) dnsdist as caches forwarding to it over
     TCP (not started yet), each cache sized for ``capacity`` names (0: its
     default): yields (servers, the cluster DNS's port); all of them stop on
-    exit, with any server the caller appended to the list."""
+    exit, with any server the caller appended to the list. ``flags``: more
+    `nodecache run` flags for this checkout's nodecache (not the baseline)."""
     if not shutil.which("dnsperf") or not shutil.which("unbound"):
         raise RuntimeError("needs dnsperf and unbound (apt-get install dnsperf unbound)")
     up_port = free_port()
@@ -179,7 +180,7 @@ def behind_cluster_dns(tmp: Path, free_port, pin, load_cpus: set[int], server_cl
     servers = [server_cls("nodecache", [sys.executable, "-m", "nodecache", "run", "-conf",
                                         str(nodecache_corefile(tmp, nc_port, up_port, capacity)), "-handoff=false",
                                         "-metrics-listen-address", "", "-status-socket",
-                                        str(tmp / f"status-{nc_port}"), *budget], nc_port),
+                                        str(tmp / f"status-{nc_port}"), *budget, *flags], nc_port),
                server_cls("unbound", [shutil.which("unbound"), "-d", "-c",
                                       str(unbound_forwarder_conf(tmp, ub_port, up_port))], ub_port)]
     if shutil.which("dnsdist"):  # the C peer closest to our design: a packet cache in front of backends
@@ -203,11 +204,11 @@ def behind_cluster_dns(tmp: Path, free_port, pin, load_cpus: set[int], server_cl
 
 
 def miss_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: list[int],
-              free_port, pin, server_cls, baseline: str = "") -> dict:
+              free_port, pin, server_cls, baseline: str = "", flags: tuple[str, ...] = ()) -> dict:
     """{rate: {server: {cpu_us_per_miss, user_us, sys_us, latency_ms, syscalls, lost, avg_ms, runs}}}"""
     server_cpus, load_cpus = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
     out: dict = {}
-    with behind_cluster_dns(tmp, free_port, pin, load_cpus, server_cls, baseline) as (servers, _):
+    with behind_cluster_dns(tmp, free_port, pin, load_cpus, server_cls, baseline, 0, flags) as (servers, _):
         for s in servers:
             s.start(server_cpus)
         time.sleep(1.5)

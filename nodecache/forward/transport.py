@@ -44,6 +44,7 @@ import socket
 from typing import Protocol
 
 from ..dns.framing import FrameReader, FrameTooLarge, frame
+from .cork import CORK
 from ..dns.wire import question_end
 
 MAX_PENDING_PER_CONN = 512   # then the pool opens another connection
@@ -214,6 +215,7 @@ class _TcpConnection(_Channel, asyncio.Protocol):
     def __init__(self, loop):
         super().__init__(loop)
         self.reader = FrameReader()
+        self.held: list[bytes] = []  # frames written while corked (CORK)
 
     def connection_made(self, transport):
         self.transport = transport
@@ -222,7 +224,25 @@ class _TcpConnection(_Channel, asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _write(self, data: bytes) -> None:
-        self.transport.write(frame(data))
+        held = CORK.held
+        if held is None:
+            self.transport.write(frame(data))
+            return
+        if not self.held:
+            held.append(self)
+        self.held.append(frame(data))
+
+    def send_held(self) -> None:
+        """The frames held while corked, in one write. A connection that
+        closed meanwhile failed their queries already (``_fail``)."""
+        data = b"".join(self.held)
+        self.held.clear()
+        if self.closed or self.transport.is_closing():
+            return
+        try:
+            self.transport.write(data)
+        except (RuntimeError, OSError) as exc:
+            self._fail(UpstreamClosed(f"write failed: {exc}"))
 
     def data_received(self, data: bytes):
         try:

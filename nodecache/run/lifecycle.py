@@ -77,7 +77,8 @@ class Lifecycle:
         self.agent = Agent(config, admission=Admission(params.max_inflight, params.max_inflight_per_client,
                                                        params.miss_rate_per_client),
                            budget=ByteBudget(params.cache_bytes, params.cache_max_item),
-                           forward_retry=params.forward_retry, udp_batch=params.udp_batch)
+                           forward_retry=params.forward_retry, udp_batch=params.udp_batch,
+                           udp_coalesce=params.udp_coalesce)
         self.rt = Runtime(self.agent, self.node)
         self.rt.prometheus_listen = params.prometheus_listen
         if params.metrics_tls is not None:  # (checked by the command line before we got here)
@@ -241,7 +242,8 @@ class Lifecycle:
         # the same limits objects: the old agent's queries still in flight keep
         # their admission slots; its caches stop counting, their entries move here
         agent = Agent(old.config, tcp_limits=old.tcp_limits, admission=old.admission, budget=old.budget,
-                      forward_retry=old.forward_retry, udp_batch=old.udp_batch)
+                      forward_retry=old.forward_retry, udp_batch=old.udp_batch,
+                      udp_coalesce=old.udp_coalesce)
         entries = dict(old.snapshot_blocks())
         for block in old.blocks:
             if block.cache is not None:

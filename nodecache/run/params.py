@@ -40,6 +40,7 @@ class RunParams:
     prometheus_listen: str = ""    # -prometheus-listen-address
     forward_retry: bool = True     # -forward-retry
     udp_batch: bool = True         # -udp-batch
+    udp_coalesce: float = 0.0      # -udp-coalesce (s; 0: off)
     ip_problems: tuple[str, ...] = ()  # invalid -localip entries, counted once started
 
 

@@ -75,9 +75,11 @@ def make_sockets(addr: str, port: int) -> tuple[socket.socket, socket.socket]:
 
 class Listener:
     def __init__(self, addr: str, port: int, blocks: list[Block], limits: TcpLimits,
-                 admission: Admission | None = None, clock=time.monotonic, udp_batch: bool = True):
+                 admission: Admission | None = None, clock=time.monotonic, udp_batch: bool = True,
+                 udp_coalesce: float = 0.0):
         self.addr, self.port = addr, port
         self.udp_batch = udp_batch  # False (-udp-batch=false): uvloop's datagram transport
+        self.udp_coalesce = udp_coalesce  # -udp-coalesce's window (s; 0: off), server.udpbatch
         family = "2" if ":" in addr else "1"
         self.stats = ListenerStats(self.server_label(), family)
         idle = min((b.cfg.option("timeouts").connection_idle(limits.idle) for b in blocks
@@ -92,9 +94,12 @@ class Listener:
     async def start(self, udp_sock: socket.socket, tcp_sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         if self.udp_batch and mmsg.available():
-            self.udp = udpbatch.BatchUdpServer(self.path, udp_sock)
+            self.udp = udpbatch.BatchUdpServer(self.path, udp_sock, self.udp_coalesce)
             self.udp.start(loop)
         else:
+            if self.udp_coalesce:
+                log.warning("-udp-coalesce: no recvmmsg/sendmmsg here (or -udp-batch=false): "
+                            "one wakeup per datagram on %s", self.addr)
             _, self.udp = await loop.create_datagram_endpoint(lambda: UdpServer(self.path), sock=udp_sock)
         self.tcp_server = await loop.create_server(self.tcp_state.protocol, sock=tcp_sock)
         bound = udp_sock.getsockname()
@@ -147,17 +152,18 @@ def _blocks_for(blocks: list[Block], addr: str, port: int) -> list[Block]:
 class Agent:
     def __init__(self, config: Config, clock=time.monotonic, tcp_limits: TcpLimits | None = None,
                  admission: Admission | None = None, budget: ByteBudget | None = None,
-                 forward_retry: bool = True, udp_batch: bool = True):
+                 forward_retry: bool = True, udp_batch: bool = True, udp_coalesce: float = 0.0):
         self.config = config
         self.clock = clock
         self.forward_retry, self.udp_batch = forward_retry, udp_batch  # -forward-retry, -udp-batch
+        self.udp_coalesce = udp_coalesce  # -udp-coalesce
         self.tcp_limits = tcp_limits or TcpLimits()
         self.admission = admission or Admission()  # one for the whole agent
         self.budget = budget or ByteBudget()        # likewise: every cache's bytes together
         self.blocks = [Block(b, clock, self.budget, forward_retry) for b in config.blocks]
         self.listeners: list[Listener] = [
             Listener(addr, port, _blocks_for(self.blocks, addr, port), self.tcp_limits, self.admission,
-                     self.clock, udp_batch)
+                     self.clock, udp_batch, udp_coalesce)
             for addr, port in config.listeners]
         self.retiring: set[asyncio.Task] = set()
         self.retired: list[Listener] = []  # removed by reloads; their counters still count
@@ -257,7 +263,7 @@ class Agent:
             for addr, port in config.listeners:
                 if (addr, port) not in current:
                     listener = Listener(addr, port, _blocks_for(blocks, addr, port), self.tcp_limits,
-                                        self.admission, self.clock, self.udp_batch)
+                                        self.admission, self.clock, self.udp_batch, self.udp_coalesce)
                     await self._start_listener(listener)
                     started.append(listener)
         except ListenError:

@@ -26,6 +26,20 @@ with ``sendto`` (``send``).
 ``mmsg.available()`` says whether this runs here (Linux, libc with both
 calls, the 64-bit struct layout); otherwise, or with ``-udp-batch=false``,
 the agent uses ``UdpServer`` on uvloop's transport.
+
+Coalescing (``-udp-coalesce=W``, off by default) is interrupt mitigation
+for nodes that prefer CPU to microseconds: at a few thousand queries per
+second nearly every datagram is a wakeup of its own, and the wakeup, not
+the answer, is most of its cost (bench/RESULTS.md). Once the socket has
+brought 1.5 datagrams or more per W for a while, its reader is taken off
+the loop and a timer reads it every W instead, all that queued in one
+recvmmsg and their answers in one sendmmsg: one wakeup per poll, however
+many datagrams it finds; the misses among them reach each upstream
+connection in one write (``forward.cork``). A datagram then waits up to W
+(half of it on average) before it is read. Polls that keep finding (on average) less
+than one datagram put the reader back, so a quiet socket costs nothing
+and the first query after a quiet spell is not delayed. W is 1 ms at
+least: the loop's timers run on a millisecond clock.
 """
 from __future__ import annotations
 
@@ -37,6 +51,8 @@ import os
 import socket
 import time
 
+from ..defaults import UDP_COALESCE_MAX, UDP_COALESCE_MIN
+from ..forward.cork import CORK
 from .mmsg import BATCH, CALLS, I_LEN, I_NAMELEN, I_PER, MM, MSG_DONTWAIT, NAME, Q_NAME, Q_PER, SLOT, Vectors, sender
 from .querypath import QueryPath
 
@@ -46,10 +62,16 @@ PACE = 4096           # datagrams between two looks at the rate
 _TRANSIENT = (errno.EAGAIN, errno.EINTR)            # nothing queued after all, or a signal
 _REFUSED_CALL = (errno.ENOSYS, errno.EPERM)  # recvmmsg: the call itself (seccomp, old kernel)
 TO_BATCH, TO_SINGLE = 16000, 12000  # datagrams/s: where batching starts and stops paying (measured)
+POLL_FROM = 1.5   # datagrams per window, measured over READER_LOOK wakeups: where polling starts
+POLL_UNTIL = 1.0  # datagrams per poll (running average) below which an empty poll stops polling
+READER_LOOK = 8   # reader wakeups between two looks at the rate while not polling
 
 
 class BatchUdpServer:
-    def __init__(self, path: QueryPath, sock: socket.socket):
+    def __init__(self, path: QueryPath, sock: socket.socket, coalesce: float = 0.0):
+        if coalesce and not UDP_COALESCE_MIN <= coalesce <= UDP_COALESCE_MAX:
+            raise ValueError(f"coalescing window {coalesce * 1000:g} ms: 0 (off) or "
+                             f"{UDP_COALESCE_MIN * 1000:g}..{UDP_COALESCE_MAX * 1000:g} ms")
         self.path = path
         self.hit, self.miss = path.hit, path.miss
         self.sock = sock
@@ -86,23 +108,40 @@ class BatchUdpServer:
         self.receive_errors = 0  # recvmmsg failures that were neither transient nor a refused call
         self.datagrams = 0    # received, and in how many recvmmsg calls: the batching achieved
         self.batches = 0
+        self.coalesce = coalesce  # the polling window W in s (0: off; see the module's comment)
+        self.polling = False      # the reader is off the loop and a timer reads the socket
+        self.poll_timer: asyncio.TimerHandle | None = None
+        self.per_poll = 0.0       # datagrams per poll, a running average
+        self.woken, self.look_at, self.look_count = 0, 0.0, 0  # reader wakeups; the last look at the rate
+        self.polls = 0            # polls made, and how many found nothing
+        self.empty_polls = 0
 
     def events(self) -> dict[str, int]:
-        return {"udp_reply_unsent": self.unsent, "udp_receive_error": self.receive_errors}
+        return {"udp_reply_unsent": self.unsent, "udp_receive_error": self.receive_errors,
+                "udp_poll": self.polls, "udp_poll_empty": self.empty_polls}
 
     # -- lifecycle --------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.since = time.monotonic()
-        loop.add_reader(self.fd, self.readable if self.batching else self.readable_one)
+        self.since = self.look_at = time.monotonic()
+        loop.add_reader(self.fd, self._reader())
         self.reading = True
+
+    def _reader(self):
+        """What the loop calls when the socket is readable."""
+        if self.coalesce:
+            return self._woken
+        return self.readable if self.batching else self.readable_one
 
     def stop_reading(self) -> None:
         """Stop taking datagrams (they stay queued in the kernel for whoever
         reads the socket next, a successor); replies still being worked on
         are sent on the same socket."""
         if self.reading:
-            self.loop.remove_reader(self.fd)
+            if self.polling:
+                self._stop_polling()
+            else:
+                self.loop.remove_reader(self.fd)
             self.reading = False
 
     def close(self) -> None:
@@ -135,8 +174,55 @@ class BatchUdpServer:
 
     def use_batches(self, on: bool) -> None:
         self.batching = on
-        if self.reading:
-            self.loop.add_reader(self.fd, self.readable if on else self.readable_one)
+        if self.reading and not self.polling:
+            self.loop.add_reader(self.fd, self._reader())
+
+    # -- coalescing (-udp-coalesce): a timer reads the socket while it is busy --
+    def _woken(self) -> None:
+        """The reader, coalescing on: answer what is queued as without it,
+        and every READER_LOOK wakeups see whether the rate is up to
+        POLL_FROM datagrams per window."""
+        if self.batching:
+            self.readable()
+        else:
+            self.readable_one()
+        self.woken += 1
+        if self.woken >= READER_LOOK and self.reading and self.coalesce:
+            now = time.monotonic()
+            rate = (self.datagrams - self.look_count) / max(now - self.look_at, 1e-6)
+            self.woken, self.look_at, self.look_count = 0, now, self.datagrams
+            if rate * self.coalesce >= POLL_FROM:
+                self.loop.remove_reader(self.fd)
+                self.polling, self.per_poll = True, rate * self.coalesce
+                self.poll_timer = self.loop.call_later(self.coalesce, self._poll)
+
+    def _poll(self) -> None:
+        """A poll: every datagram queued, BATCH at a time; then the next
+        poll, or the reader back when polls keep finding next to nothing."""
+        self.poll_timer = None
+        with CORK:  # the misses' upstream queries: one write per connection for the poll
+            got = n = self.readable()
+            while n == BATCH and self.polling:
+                n = self.readable()
+                got += n
+        if not self.polling:  # reading stopped, or batching was refused, meanwhile
+            return
+        self.polls += 1
+        self.per_poll += (got - self.per_poll) / 4
+        if got == 0:
+            self.empty_polls += 1
+            if self.per_poll < POLL_UNTIL:
+                self._stop_polling()
+                self.woken, self.look_at, self.look_count = 0, time.monotonic(), self.datagrams
+                self.loop.add_reader(self.fd, self._reader())
+                return
+        self.poll_timer = self.loop.call_later(self.coalesce, self._poll)
+
+    def _stop_polling(self) -> None:
+        self.polling = False
+        if self.poll_timer is not None:
+            self.poll_timer.cancel()
+            self.poll_timer = None
 
     # -- the hot path, one datagram at a time (low rates) -------------------
     def readable_one(self) -> None:
@@ -160,7 +246,8 @@ class BatchUdpServer:
         self.send(reply, addr)
 
     # -- the hot path in batches (high rates) --------------------------------
-    def readable(self) -> None:
+    def readable(self) -> int:
+        """Answer the datagrams one recvmmsg takes; returns how many."""
         n = self.recvmmsg(self.fd, self.rx.pointer, BATCH, MSG_DONTWAIT, None)
         if n <= 0:
             if n < 0:
@@ -171,7 +258,7 @@ class BatchUdpServer:
                     self._cannot_batch("recvmmsg", err)
                 elif err not in _TRANSIENT:
                     self.receive_errors += 1  # an error queued on the socket (now cleared): read on
-            return
+            return 0
         self.datagrams += n
         self.batches += 1
         if self.datagrams - self.paced >= PACE:
@@ -203,6 +290,7 @@ class BatchUdpServer:
                 self.loop.call_exception_handler({"message": "udp query failed", "exception": exc})
         if ready:
             self._flush(ready)
+        return n
 
     def _flush(self, count: int) -> None:
         """Send ``count`` queued replies. sendmmsg stops at the first message
@@ -248,9 +336,14 @@ class BatchUdpServer:
     def _cannot_batch(self, call: str, err: int) -> None:
         """The system call is refused, not one datagram: read and answer
         one datagram at a time from now on."""
-        log.warning("udp %s on %s failed (%s): reading one datagram at a time from now on", call,
-                    self.sockname(), os.strerror(err))
+        log.warning("udp %s on %s failed (%s): reading one datagram at a time from now on%s", call,
+                    self.sockname(), os.strerror(err), ", not coalescing" if self.coalesce else "")
         self.batch_ok = False
+        self.coalesce = 0.0  # polls read in batches: without them, one wakeup per datagram again
+        if self.polling:
+            self._stop_polling()
+            if self.reading:
+                self.loop.add_reader(self.fd, self.readable_one)
         self.use_batches(False)
 
     # -- replies from elsewhere ---------------------------------------------

@@ -13,7 +13,7 @@ from nodecache.server.tcp import TcpLimits
 
 @contextlib.asynccontextmanager
 async def node(corefile: str, upstreams: int = 1, clock=None, tcp_limits: TcpLimits | None = None,
-               admission=None, **upstream_kw):
+               admission=None, udp_coalesce: float = 0.0, **upstream_kw):
     """Start ``upstreams`` fake upstreams and an agent. The Corefile may use
     {port} (the agent's) and {up0}, {up1}... (the upstreams' ports)."""
     ups = []
@@ -26,7 +26,7 @@ async def node(corefile: str, upstreams: int = 1, clock=None, tcp_limits: TcpLim
     port = client.free_port()
     text = corefile.format(port=port, **{f"up{i}": u.port for i, u in enumerate(ups)})
     agent = Agent(parse_config(text, "test Corefile"), **({"clock": clock} if clock else {}),
-                  tcp_limits=tcp_limits, admission=admission)
+                  tcp_limits=tcp_limits, admission=admission, udp_coalesce=udp_coalesce)
     await agent.start()
     try:
         yield Node(agent, ups, port)

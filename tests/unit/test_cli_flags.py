@@ -60,6 +60,8 @@ def test_go_style_values_and_spellings_parse_the_same():
     (["-skipteardown=maybe"], "invalid boolean"),
     (["-localp", "1.2.3.4"], "unrecognized arguments"),   # no abbreviations, no guessing
     (["-local", "1.2.3.4"], "unrecognized arguments"),
+    (["-udp-coalesce=500us"], "0 (off) or 1ms..10ms"),   # below the loop's timer tick
+    (["-udp-coalesce=20ms"], "0 (off) or 1ms..10ms"),
 ])
 def test_a_bad_value_is_one_line_without_the_usage(argv, needle, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -188,3 +190,13 @@ def test_plugins_lists_every_directive_and_exits(capsys):
     assert main(["run", "-plugins"]) == 0
     out = capsys.readouterr().out
     assert "dns.hosts" in out and "dns.template" in out and "dns.rewrite" in out
+
+
+def test_udp_coalesce_parses_go_durations_and_needs_batching(tmp_path, capsys):
+    p = parser()
+    assert p.parse_args(["run", "-udp-coalesce=2ms"]).udp_coalesce == 0.002
+    assert p.parse_args(["run", "-udp-coalesce", "0"]).udp_coalesce == 0.0
+    assert p.parse_args(["run"]).udp_coalesce == 0.0  # off by default
+    code = main(["run", "-udp-coalesce=2ms", "-udp-batch=false", "-conf", str(tmp_path / "Corefile")])
+    err = capsys.readouterr().err
+    assert code == 2 and "-udp-coalesce needs -udp-batch" in err, err

@@ -1,0 +1,243 @@
+"""-udp-coalesce (server.udpbatch): a busy socket is read by a timer, all
+that queued at once, instead of one wakeup per datagram; a quiet one goes
+back to its reader; the misses of one poll reach each upstream connection
+in one write (forward.transport.CORK). Real sockets and a paced client, so
+these measure what the loop really does; each has its control with
+coalescing off."""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import socket
+import threading
+import time
+
+import pytest
+
+from nodecache.forward import cork, transport
+from nodecache.server import mmsg
+from nodecache.testing.client import build
+from nodecache.testing.harness import CLUSTER, node
+
+pytestmark = pytest.mark.skipif(not mmsg.available(), reason="recvmmsg/sendmmsg not available here")
+
+WINDOW = 0.005
+CACHED = [f"svc-{i}.default.svc.cluster.local" for i in range(30)]
+
+
+def _paced(port: int, queries: list[bytes], gap: float) -> socket.socket:
+    """Send ``queries`` from a thread, ``gap`` s apart (a steady client);
+    returns its socket once every query is sent, replies queued on it."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    for q in queries:
+        s.sendto(q, ("127.0.0.1", port))
+        time.sleep(gap)
+    return s
+
+
+async def _send_paced(port: int, queries: list[bytes], gap: float = 0.0005, limit: float = 5.0) -> dict:
+    """Replies by ID to ``queries`` sent paced while the loop serves them."""
+    box: list[socket.socket] = []
+    sender = threading.Thread(target=lambda: box.append(_paced(port, queries, gap)))
+    sender.start()
+    while sender.is_alive():
+        await asyncio.sleep(0.002)
+    sock = box[0]
+    sock.setblocking(False)
+    got: dict[bytes, bytes] = {}
+    deadline = time.monotonic() + limit
+    try:
+        while len(got) < len(queries) and time.monotonic() < deadline:
+            try:
+                reply = sock.recv(65535)
+                got[reply[:2]] = reply
+            except BlockingIOError:
+                await asyncio.sleep(0.005)
+    finally:
+        sock.close()
+    return got
+
+
+def _count_reads(server) -> list[int]:
+    """Count the server's receive calls (recvfrom_into and recvmmsg)."""
+    calls = [0]
+    one, many = server.recvfrom_into, server.recvmmsg
+
+    def recvfrom_into(*args):
+        calls[0] += 1
+        return one(*args)
+
+    def recvmmsg(*args):
+        calls[0] += 1
+        return many(*args)
+    server.recvfrom_into, server.recvmmsg = recvfrom_into, recvmmsg
+    return calls
+
+
+async def _reads_per_datagram(coalesce: float) -> tuple[float, object, int]:
+    """(receive calls per datagram, the server, replies) for 400 cached
+    queries at ~1,500/s: far below the batching threshold (16,000/s)."""
+    async with node(CLUSTER, udp_coalesce=coalesce) as n:
+        server = n.agent.listeners[0].udp
+        await _send_paced(n.port, [build(name, 1, qid=i) for i, name in enumerate(CACHED)])  # fill
+        reads = _count_reads(server)
+        before = server.datagrams
+        queries = [build(CACHED[i % 30], 1, qid=i) for i in range(400)]
+        got = await _send_paced(n.port, queries)
+        per = reads[0] / (server.datagrams - before)
+        for _ in range(100):  # the load is over: polls find nothing and give the socket back
+            if not server.polling:
+                break
+            await asyncio.sleep(0.01)
+        assert not server.polling and server.reading
+        return per, server, len(got)
+
+
+async def test_a_busy_socket_is_read_in_polls_and_a_quiet_one_by_its_reader():
+    per, server, answered = await _reads_per_datagram(WINDOW)
+    control, plain, answered_plain = await _reads_per_datagram(0.0)
+    assert answered == answered_plain == 400
+    assert per <= 0.5, f"{per:.2f} receive calls per datagram while coalescing"
+    assert server.polls > 0 and server.datagrams / server.polls > 2
+    assert control >= 0.9 and plain.polls == 0  # the control: one read per datagram without it
+    assert server.empty_polls > 0  # how it went back to its reader once the load was over
+
+
+async def test_the_first_query_after_a_quiet_spell_is_read_at_once():
+    async with node(CLUSTER, udp_coalesce=0.010) as n:
+        server = n.agent.listeners[0].udp
+        await _send_paced(n.port, [build(CACHED[i % 30], 1, qid=i) for i in range(300)])
+        for _ in range(200):  # the polls find nothing and give the socket back to its reader
+            if not server.polling:
+                break
+            await asyncio.sleep(0.01)
+        assert not server.polling and server.poll_timer is None
+        t0 = time.monotonic()
+        assert len(await _send_paced(n.port, [build(CACHED[0], 1, qid=7)], gap=0)) == 1
+        assert time.monotonic() - t0 < 0.5  # (not a latency figure: no window to wait out first)
+
+
+async def test_stop_reading_while_polling_leaves_the_datagrams_queued():
+    """A handoff stops the reading: no timer reads the socket after that,
+    so what arrives stays queued for the successor."""
+    async with node(CLUSTER, udp_coalesce=WINDOW) as n:
+        server = n.agent.listeners[0].udp
+        box = []
+        sender = threading.Thread(target=lambda: box.append(
+            _paced(n.port, [build(CACHED[i % 30], 1, qid=i) for i in range(2000)], 0.0005)))
+        sender.start()
+        for _ in range(300):
+            if server.polling:
+                break
+            await asyncio.sleep(0.005)
+        assert server.polling
+        server.stop_reading()
+        assert not server.polling and server.poll_timer is None and server.fileno() is None
+        seen = server.datagrams
+        while sender.is_alive():
+            await asyncio.sleep(0.01)
+        box[0].close()
+        await asyncio.sleep(3 * WINDOW)
+        assert server.datagrams == seen
+        queued = server.sock.recv(65535, socket.MSG_DONTWAIT)  # still there for whoever reads next
+        assert queued[2:] and queued[4:6] == b"\x00\x01"
+
+
+@pytest.mark.parametrize("coalesce", [WINDOW, 0.0])
+async def test_the_misses_of_a_poll_reach_the_upstream_in_one_write(monkeypatch, coalesce):
+    writes: list[int] = []
+    send_held = transport._TcpConnection.send_held
+
+    def counted(conn):
+        writes.append(len(conn.held))
+        send_held(conn)
+    monkeypatch.setattr(transport._TcpConnection, "send_held", counted)
+    async with node(CLUSTER, udp_coalesce=coalesce) as n:
+        server = n.agent.listeners[0].udp
+        await _send_paced(n.port, [build(CACHED[i % 30], 1, qid=i) for i in range(200)])  # polling now
+        misses = [build(f"svc-{i}.ns{i % 7}.svc.cluster.local", 1, qid=1000 + i) for i in range(300)]
+        got = await _send_paced(n.port, misses)
+        assert len(got) == 300  # (the names in ns1..ns6 do not exist: NXDOMAIN is their answer)
+        assert all(got[q[:2]][12:len(q)] == q[12:] and got[q[:2]][3] & 0xF in (0, 3) for q in misses)
+        seen = {s.name for s in n.upstreams[0].seen if s.proto == "tcp"}
+        assert {f"svc-{i}.ns{i % 7}.svc.cluster.local." for i in range(300)} <= seen
+        if coalesce:
+            assert server.polls > 0 and sum(writes) >= 250 and max(writes) > 1, writes
+        else:
+            assert writes == []  # the control: one write per query, none held
+
+
+async def test_a_refused_recvmmsg_while_polling_ends_coalescing_and_answers_on(caplog):
+    async with node(CLUSTER, udp_coalesce=WINDOW) as n:
+        server = n.agent.listeners[0].udp
+        await _send_paced(n.port, [build(CACHED[i % 30], 1, qid=i) for i in range(200)])
+        assert server.polls > 0
+
+        def refused(*args):
+            ctypes.set_errno(errno.EPERM)
+            return -1
+        server.recvmmsg = refused
+        got = await _send_paced(n.port, [build(CACHED[i % 30], 1, qid=i) for i in range(300)])
+        assert len(got) == 300
+        assert not server.batch_ok and not server.coalesce and not server.polling
+        assert "not coalescing" in caplog.text
+
+
+class _Sink:
+    def __init__(self, fail: bool = False):
+        self.writes: list[bytes] = []
+        self.fail, self.closing = fail, False
+
+    def write(self, data):
+        if self.fail:
+            raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+        self.writes.append(data)
+
+    def is_closing(self):
+        return self.closing
+
+    def abort(self):
+        self.closing = True
+
+
+def _conn(loop, sink) -> transport._TcpConnection:
+    conn = transport._TcpConnection(loop)
+    conn.transport = sink
+    return conn
+
+
+async def test_corked_queries_go_in_one_write_per_connection_and_uncorked_at_once():
+    loop = asyncio.get_running_loop()
+    a, b = _Sink(), _Sink()
+    ca, cb = _conn(loop, a), _conn(loop, b)
+    with cork.CORK:
+        with cork.CORK:  # nested: only the outermost sends
+            for i in range(3):
+                ca.send(build(f"a{i}.example.com", 1), loop.create_future())
+        cb.send(build("b.example.com", 1), loop.create_future())
+        assert a.writes == [] and b.writes == []
+    assert len(a.writes) == 1 and len(b.writes) == 1 and cork.CORK.held is None
+    frames = a.writes[0]
+    sizes = []
+    while frames:  # three length-prefixed messages, in the order sent
+        size = int.from_bytes(frames[:2], "big")
+        sizes.append(frames[2 + 12:2 + size])
+        frames = frames[2 + size:]
+    assert [s[:3] for s in sizes] == [b"\x02a0", b"\x02a1", b"\x02a2"]
+    ca.send(build("later.example.com", 1), loop.create_future())
+    assert len(a.writes) == 2  # not corked: at once
+
+
+async def test_a_corked_connection_that_fails_its_write_fails_its_queries():
+    loop = asyncio.get_running_loop()
+    sink = _Sink()
+    conn = _conn(loop, sink)
+    futs = [loop.create_future() for _ in range(2)]
+    with cork.CORK:
+        for i, fut in enumerate(futs):
+            conn.send(build(f"x{i}.example.com", 1), fut)
+        sink.fail = True  # closed under us before the batch ended
+    assert conn.closed and not conn.pending
+    assert all(isinstance(f.exception(), transport.UpstreamClosed) for f in futs)  # re-sent by the forwarder
