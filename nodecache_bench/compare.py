@@ -205,7 +205,8 @@ def cmd_compare(args) -> int:
         name_sets = [int(n) for n in args.names.split(",") if n.strip()] or [1000]
         if args.at_once:
             hits = {str(names): at_once(hit_rates, args.duration, args.rounds, tmp, cpus, free_port, _pin,
-                                        Server, args.baseline, names, flags) for names in name_sets}
+                                        Server, args.baseline, names, flags)
+                    for names in name_sets} if hit_rates else {}
         else:
             hits = {str(names): hit_cost(hit_rates, args.duration, args.rounds, tmp, cpus, free_port, _pin,
                                          cpu_seconds, Server, args.baseline, names, flags)

@@ -15,8 +15,10 @@ import time
 
 import pytest
 
+from nodecache.config.parse import parse_config
 from nodecache.forward import cork, transport
 from nodecache.server import mmsg
+from nodecache.testing import client
 from nodecache.testing.client import build
 from nodecache.testing.harness import CLUSTER, node
 
@@ -241,3 +243,14 @@ async def test_a_corked_connection_that_fails_its_write_fails_its_queries():
         sink.fail = True  # closed under us before the batch ended
     assert conn.closed and not conn.pending
     assert all(isinstance(f.exception(), transport.UpstreamClosed) for f in futs)  # re-sent by the forwarder
+
+
+async def test_listeners_a_reload_adds_coalesce_too():
+    async with node(CLUSTER, udp_coalesce=WINDOW) as n:
+        port2 = client.free_port()
+        text = CLUSTER.format(port=n.port, up0=n.up.port)
+        extra = f"example.com:{port2} {{\n    bind 127.0.0.1\n    forward . 127.0.0.1:{n.up.port}\n}}\n"
+        await n.agent.reload(parse_config(text + "\n" + extra))
+        added = [lst.udp for lst in n.agent.listeners if lst.port == port2]
+        assert added and added[0].coalesce == WINDOW
+        assert all(lst.udp.coalesce == WINDOW for lst in n.agent.listeners)
