@@ -30,6 +30,10 @@ socket), every query still waiting on it fails with ``UpstreamClosed``;
 the forwarder re-sends them on a fresh channel. A write to a channel that
 is closing raises ``UpstreamClosed`` too, never the transport's own error.
 
+While a listener polls (``-udp-coalesce``), a TCP connection's writes
+may be held to the end of the poll and its reads left to the polls
+(``forward.cork``); its transport reads again when a poll finds it ended.
+
 ``exchange_on`` sets one timer per query (no ``wait_for`` task) and awaits
 one future; connecting is the only other await, once per channel. The
 forwarder calls it directly on ``usable()``'s channel, so on the common
@@ -52,6 +56,7 @@ MAX_CONNS = 8
 MAX_QUARANTINED = 1024       # then the channel is retired
 UDP_SOCKETS = 4              # per upstream
 UDP_USES = 4096              # queries per UDP socket before its port changes
+POLL_READ = 1 << 16          # bytes per read of a paused upstream connection (forward.cork)
 
 
 _ID_BATCH = 256  # IDs per read of the CSPRNG: one getrandom(2) per 256 queries, not one per query
@@ -216,12 +221,48 @@ class _TcpConnection(_Channel, asyncio.Protocol):
         super().__init__(loop)
         self.reader = FrameReader()
         self.held: list[bytes] = []  # frames written while corked (CORK)
+        self.fd = -1
+        self.paused = False  # reading left to the polls (forward.cork)
 
     def connection_made(self, transport):
         self.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.fd = sock.fileno()
+        CORK.connections.add(self)
+        if CORK.pollers:
+            self.pause()
+
+    # -- read by the polls while a listener polls (forward.cork) -------------
+    def pause(self) -> None:
+        if self.paused or self.fd < 0 or self.closed or self.transport.is_closing():
+            return
+        self.transport.pause_reading()
+        self.paused = True
+
+    def resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    def read_paused(self) -> None:
+        """What the upstream sent since the last poll, delivered. End of
+        file or an error: the transport reads again and reports it."""
+        while self.paused and not self.closed:
+            try:
+                data = os.read(self.fd, POLL_READ)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.resume()
+                return
+            self.data_received(data)
+            if len(data) < POLL_READ:
+                return
 
     def _write(self, data: bytes) -> None:
         held = CORK.held
@@ -255,6 +296,8 @@ class _TcpConnection(_Channel, asyncio.Protocol):
         self._maybe_close()
 
     def connection_lost(self, exc):
+        CORK.connections.discard(self)
+        self.paused = False
         self._fail(UpstreamClosed(f"upstream closed the connection: {exc or 'EOF'}"))
 
 

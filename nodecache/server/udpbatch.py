@@ -35,7 +35,8 @@ brought 1.5 datagrams or more per W for a while, its reader is taken off
 the loop and a timer reads it every W instead, all that queued in one
 recvmmsg and their answers in one sendmmsg: one wakeup per poll, however
 many datagrams it finds; the misses among them reach each upstream
-connection in one write (``forward.cork``). A datagram then waits up to W
+connection in one write, and the replies to them are read in the next
+poll (``forward.cork``). A datagram then waits up to W
 (half of it on average) before it is read. Polls that keep finding (on average) less
 than one datagram put the reader back, so a quiet socket costs nothing
 and the first query after a quiet spell is not delayed. W is 1 ms at
@@ -194,12 +195,16 @@ class BatchUdpServer:
             if rate * self.coalesce >= POLL_FROM:
                 self.loop.remove_reader(self.fd)
                 self.polling, self.per_poll = True, rate * self.coalesce
+                CORK.poll_begin()
                 self.poll_timer = self.loop.call_later(self.coalesce, self._poll)
 
     def _poll(self) -> None:
         """A poll: every datagram queued, BATCH at a time; then the next
         poll, or the reader back when polls keep finding next to nothing."""
         self.poll_timer = None
+        CORK.read_replies()  # the upstream's replies to the last poll's misses
+        if not self.polling:
+            return
         with CORK:  # the misses' upstream queries: one write per connection for the poll
             got = n = self.readable()
             while n == BATCH and self.polling:
@@ -220,6 +225,7 @@ class BatchUdpServer:
 
     def _stop_polling(self) -> None:
         self.polling = False
+        CORK.poll_end()
         if self.poll_timer is not None:
             self.poll_timer.cancel()
             self.poll_timer = None

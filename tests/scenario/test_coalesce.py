@@ -28,21 +28,24 @@ WINDOW = 0.005
 CACHED = [f"svc-{i}.default.svc.cluster.local" for i in range(30)]
 
 
-def _paced(port: int, queries: list[bytes], gap: float) -> socket.socket:
-    """Send ``queries`` from a thread, ``gap`` s apart (a steady client);
-    returns its socket once every query is sent, replies queued on it."""
+def _paced(port: int, queries: list[bytes], gap: float, burst: int = 0) -> socket.socket:
+    """Send ``queries`` from a thread, the first ``burst`` at once and the
+    rest ``gap`` s apart (a steady client); returns its socket once every
+    query is sent, replies queued on it."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    for q in queries:
+    for k, q in enumerate(queries):
         s.sendto(q, ("127.0.0.1", port))
-        time.sleep(gap)
+        if k >= burst:
+            time.sleep(gap)
     return s
 
 
-async def _send_paced(port: int, queries: list[bytes], gap: float = 0.0005, limit: float = 5.0) -> dict:
+async def _send_paced(port: int, queries: list[bytes], gap: float = 0.0005, limit: float = 5.0,
+                      burst: int = 0) -> dict:
     """Replies by ID to ``queries`` sent paced while the loop serves them."""
     box: list[socket.socket] = []
-    sender = threading.Thread(target=lambda: box.append(_paced(port, queries, gap)))
+    sender = threading.Thread(target=lambda: box.append(_paced(port, queries, gap, burst)))
     sender.start()
     while sender.is_alive():
         await asyncio.sleep(0.002)
@@ -254,3 +257,60 @@ async def test_listeners_a_reload_adds_coalesce_too():
         added = [lst.udp for lst in n.agent.listeners if lst.port == port2]
         assert added and added[0].coalesce == WINDOW
         assert all(lst.udp.coalesce == WINDOW for lst in n.agent.listeners)
+
+
+async def _sampled(server, sample, *send_args) -> tuple[dict, list]:
+    """_send_paced while ``sample()`` is recorded every 2 ms the server polls."""
+    seen: list = []
+
+    async def watch():
+        while True:
+            if server.polling:
+                seen.append(sample())
+            await asyncio.sleep(0.002)
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        got = await _send_paced(*send_args)
+    finally:
+        watcher.cancel()
+    return got, seen
+
+
+async def test_while_polling_the_upstream_connections_are_read_by_the_polls():
+    async with node(CLUSTER, udp_coalesce=WINDOW) as n:
+        server = n.agent.listeners[0].udp
+        await _send_paced(n.port, [build(CACHED[i % 30], 1, qid=i) for i in range(200)])
+        conns = lambda: [c for c in transport.CORK.connections if c.loop is asyncio.get_running_loop()]  # noqa: E731
+        misses = [build(f"svc-{i}.ns{i % 7}.svc.cluster.local", 1, qid=1000 + i) for i in range(300)]
+        got, seen = await _sampled(server, lambda: [(c.paused, c.transport.is_reading()) for c in conns()],
+                                   n.port, misses)
+        assert len(got) == 300
+        assert seen and all(s and all(p and not r for p, r in s) for s in seen), seen[:5]  # paused, polls read
+        for _ in range(100):
+            if not server.polling:
+                break
+            await asyncio.sleep(0.01)
+        assert not server.polling and transport.CORK.pollers == 0
+        assert conns() and all(not c.paused and c.transport.is_reading() for c in conns())  # its own reader again
+
+
+@pytest.mark.parametrize("handed_back", [True, False])
+async def test_an_upstream_that_closes_while_paused_is_reported_at_once(monkeypatch, handed_back):
+    """The cluster DNS closes the connection under a poll's misses (nothing
+    written to it after): only reading it can tell. The poll's read sees
+    the end and gives the connection back to its transport, which reports
+    it, and the queries are re-sent. The control: a connection never given
+    back leaves them to their 2 s attempt timeout."""
+    if not handed_back:
+        monkeypatch.setattr(transport._TcpConnection, "resume", lambda self: None)
+    async with node(CLUSTER, udp_coalesce=WINDOW, sever=("close", 35, 1)) as n:
+        server = n.agent.listeners[0].udp
+        await _send_paced(n.port, [build(CACHED[i % 30], 1, qid=i) for i in range(200)])  # 30 fills
+        assert server.polling
+        misses = [build(f"svc-{i}.ns{i % 7}.svc.cluster.local", 1, qid=1000 + i) for i in range(20)]
+        hits = [build(CACHED[i % 30], 1, qid=2000 + i) for i in range(1000)]  # ~0.5 s: polling goes on
+        t0 = time.monotonic()
+        got = await _send_paced(n.port, misses + hits, burst=len(misses))
+        took = time.monotonic() - t0
+        assert n.up.severed == 1 and len(got) == 1020, (n.up.severed, len(got))
+        assert (took < 1.5) == handed_back, f"answered in {took:.2f} s"
