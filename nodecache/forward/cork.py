@@ -22,6 +22,10 @@ every connection reads on its own again.
 """
 from __future__ import annotations
 
+import os
+
+POLL_READ = 1 << 16  # bytes per read of a paused connection
+
 
 class Cork:
     """One per process (``CORK``); batches may nest, the outermost sends."""
@@ -65,3 +69,74 @@ class Cork:
 
 
 CORK = Cork()
+
+
+class PolledConnection:
+    """A connection's side of this (forward.transport's TCP connection):
+    it sets ``transport`` and ``fd``, calls ``joined``/``left`` when it
+    opens and is lost, writes through ``write_or_hold`` and provides
+    ``closed``, ``data_received`` and ``write_failed``."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.held: list[bytes] = []  # frames written while corked
+        self.paused = False          # reading left to the polls
+
+    def joined(self) -> None:
+        CORK.connections.add(self)
+        if CORK.pollers:
+            self.pause()
+
+    def left(self) -> None:
+        CORK.connections.discard(self)
+        self.paused = False
+
+    def write_or_hold(self, data: bytes) -> None:
+        held = CORK.held
+        if held is None:
+            self.transport.write(data)
+            return
+        if not self.held:
+            held.append(self)
+        self.held.append(data)
+
+    def send_held(self) -> None:
+        """The frames held while corked, in one write. A connection that
+        closed meanwhile failed their queries already."""
+        data = b"".join(self.held)
+        self.held.clear()
+        if self.closed or self.transport.is_closing():
+            return
+        try:
+            self.transport.write(data)
+        except (RuntimeError, OSError) as exc:
+            self.write_failed(exc)
+
+    def pause(self) -> None:
+        if self.paused or self.fd < 0 or self.closed or self.transport.is_closing():
+            return
+        self.transport.pause_reading()
+        self.paused = True
+
+    def resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    def read_paused(self) -> None:
+        """What the upstream sent since the last poll, delivered. End of
+        file or an error: the transport reads again and reports it."""
+        while self.paused and not self.closed:
+            try:
+                data = os.read(self.fd, POLL_READ)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.resume()
+                return
+            self.data_received(data)
+            if len(data) < POLL_READ:
+                return

@@ -48,7 +48,7 @@ import socket
 from typing import Protocol
 
 from ..dns.framing import FrameReader, FrameTooLarge, frame
-from .cork import CORK
+from .cork import PolledConnection
 from ..dns.wire import question_end
 
 MAX_PENDING_PER_CONN = 512   # then the pool opens another connection
@@ -56,7 +56,6 @@ MAX_CONNS = 8
 MAX_QUARANTINED = 1024       # then the channel is retired
 UDP_SOCKETS = 4              # per upstream
 UDP_USES = 4096              # queries per UDP socket before its port changes
-POLL_READ = 1 << 16          # bytes per read of a paused upstream connection (forward.cork)
 
 
 _ID_BATCH = 256  # IDs per read of the CSPRNG: one getrandom(2) per 256 queries, not one per query
@@ -216,13 +215,11 @@ async def exchange_on(channel: _Channel, query: bytes, timeout: float) -> bytes:
     return query[:2] + reply[2:]  # give the caller its own ID back
 
 
-class _TcpConnection(_Channel, asyncio.Protocol):
+class _TcpConnection(PolledConnection, _Channel, asyncio.Protocol):
     def __init__(self, loop):
         super().__init__(loop)
         self.reader = FrameReader()
-        self.held: list[bytes] = []  # frames written while corked (CORK)
-        self.fd = -1
-        self.paused = False  # reading left to the polls (forward.cork)
+        self.fd = -1  # the socket, for the polls' reads (forward.cork)
 
     def connection_made(self, transport):
         self.transport = transport
@@ -230,60 +227,13 @@ class _TcpConnection(_Channel, asyncio.Protocol):
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.fd = sock.fileno()
-        CORK.connections.add(self)
-        if CORK.pollers:
-            self.pause()
-
-    # -- read by the polls while a listener polls (forward.cork) -------------
-    def pause(self) -> None:
-        if self.paused or self.fd < 0 or self.closed or self.transport.is_closing():
-            return
-        self.transport.pause_reading()
-        self.paused = True
-
-    def resume(self) -> None:
-        if self.paused:
-            self.paused = False
-            if not self.transport.is_closing():
-                self.transport.resume_reading()
-
-    def read_paused(self) -> None:
-        """What the upstream sent since the last poll, delivered. End of
-        file or an error: the transport reads again and reports it."""
-        while self.paused and not self.closed:
-            try:
-                data = os.read(self.fd, POLL_READ)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if not data:
-                self.resume()
-                return
-            self.data_received(data)
-            if len(data) < POLL_READ:
-                return
+        self.joined()
 
     def _write(self, data: bytes) -> None:
-        held = CORK.held
-        if held is None:
-            self.transport.write(frame(data))
-            return
-        if not self.held:
-            held.append(self)
-        self.held.append(frame(data))
+        self.write_or_hold(frame(data))
 
-    def send_held(self) -> None:
-        """The frames held while corked, in one write. A connection that
-        closed meanwhile failed their queries already (``_fail``)."""
-        data = b"".join(self.held)
-        self.held.clear()
-        if self.closed or self.transport.is_closing():
-            return
-        try:
-            self.transport.write(data)
-        except (RuntimeError, OSError) as exc:
-            self._fail(UpstreamClosed(f"write failed: {exc}"))
+    def write_failed(self, exc: Exception) -> None:
+        self._fail(UpstreamClosed(f"write failed: {exc}"))
 
     def data_received(self, data: bytes):
         try:
@@ -296,8 +246,7 @@ class _TcpConnection(_Channel, asyncio.Protocol):
         self._maybe_close()
 
     def connection_lost(self, exc):
-        CORK.connections.discard(self)
-        self.paused = False
+        self.left()
         self._fail(UpstreamClosed(f"upstream closed the connection: {exc or 'EOF'}"))
 
 

@@ -1,7 +1,7 @@
 """-udp-coalesce (server.udpbatch): a busy socket is read by a timer, all
 that queued at once, instead of one wakeup per datagram; a quiet one goes
 back to its reader; the misses of one poll reach each upstream connection
-in one write (forward.transport.CORK). Real sockets and a paced client, so
+in one write (forward.cork.CORK). Real sockets and a paced client, so
 these measure what the loop really does; each has its control with
 coalescing off."""
 from __future__ import annotations
@@ -280,7 +280,7 @@ async def test_while_polling_the_upstream_connections_are_read_by_the_polls():
     async with node(CLUSTER, udp_coalesce=WINDOW) as n:
         server = n.agent.listeners[0].udp
         await _send_paced(n.port, [build(CACHED[i % 30], 1, qid=i) for i in range(200)])
-        conns = lambda: [c for c in transport.CORK.connections if c.loop is asyncio.get_running_loop()]  # noqa: E731
+        conns = lambda: [c for c in cork.CORK.connections if c.loop is asyncio.get_running_loop()]  # noqa: E731
         misses = [build(f"svc-{i}.ns{i % 7}.svc.cluster.local", 1, qid=1000 + i) for i in range(300)]
         got, seen = await _sampled(server, lambda: [(c.paused, c.transport.is_reading()) for c in conns()],
                                    n.port, misses)
@@ -290,7 +290,7 @@ async def test_while_polling_the_upstream_connections_are_read_by_the_polls():
             if not server.polling:
                 break
             await asyncio.sleep(0.01)
-        assert not server.polling and transport.CORK.pollers == 0
+        assert not server.polling and cork.CORK.pollers == 0
         assert conns() and all(not c.paused and c.transport.is_reading() for c in conns())  # its own reader again
 
 
