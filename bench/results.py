@@ -38,10 +38,11 @@ every query is a miss, as for expired and new names on a node). Server CPU
 COALESCE_METHOD = """\
 `nodecache-bench compare --hits ... --misses ... --flags=-udp-coalesce=2ms --baseline .venv/bin/python`:
 `nodecache` is this checkout with `-udp-coalesce=2ms` (a busy socket read by a 2 ms timer,
-all queued at once, the misses' upstream queries one write per poll: server/udpbatch.py),
-`nodecache@baseline` the same code with its defaults, beside unbound, dnsdist (packet
-cache, TCP backend) and the bare uvloop responder, all pinned to CPU 0 with dnsperf
-(`-Q`, 4 clients) and the stand-in cluster DNS (unbound) on CPU 1. Hits over 1,000, 8,000
+all queued at once, the misses' upstream queries one write per poll and their replies read
+by the next: server/udpbatch.py, forward/cork.py), `nodecache@baseline` the same code with
+its defaults, beside unbound, dnsdist (packet cache, TCP backend) and the bare uvloop
+responder, all pinned to CPU 0; dnsperf (`-Q`, one client) and the stand-in cluster DNS
+(unbound) on CPU 1. Hits over 1,000, 8,000
 and 100,000 cached names at 1,000-80,000 q/s, misses (names never asked before, over TCP)
 at 1,000 and 5,000/s; 3 alternating rounds of 5 s, median. CPU per answered query exact
 from schedstat, user/system split from the tick samples, latency percentiles from dnsperf's

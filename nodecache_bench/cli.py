@@ -180,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                            "the way to see a change of a few percent on a noisy machine)")
     cmp_.add_argument("--flags", default="",
                       help="with --hits/--misses: more `nodecache run` flags for this checkout's nodecache (not "
-                           "the baseline), e.g. --flags=-udp-coalesce=1ms (with '=': the value starts with '-'); with --baseline .venv/bin/python the same "
-                           "code without them runs beside it")
+                           "the baseline), e.g. --flags=-udp-coalesce=1ms (with '=': the value starts with '-'); "
+                           "with --baseline .venv/bin/python the same code without them runs beside it")
     cmp_.add_argument("--json", action="store_true")
     hand = sub.add_parser("handoff", help="constant load while hot handoffs happen")
     hand.add_argument("--handoffs", type=int, default=10)

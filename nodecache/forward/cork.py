@@ -50,7 +50,6 @@ class Cork:
         for conn in held:
             conn.send_held()
 
-
     def poll_begin(self) -> None:
         self.pollers += 1
         if self.pollers == 1:

@@ -48,8 +48,8 @@ import socket
 from typing import Protocol
 
 from ..dns.framing import FrameReader, FrameTooLarge, frame
-from .cork import PolledConnection
 from ..dns.wire import question_end
+from .cork import PolledConnection
 
 MAX_PENDING_PER_CONN = 512   # then the pool opens another connection
 MAX_CONNS = 8

@@ -36,8 +36,8 @@ the loop and a timer reads it every W instead, all that queued in one
 recvmmsg and their answers in one sendmmsg: one wakeup per poll, however
 many datagrams it finds; the misses among them reach each upstream
 connection in one write, and the replies to them are read in the next
-poll (``forward.cork``). A datagram then waits up to W
-(half of it on average) before it is read. Polls that keep finding (on average) less
+poll (``forward.cork``). A datagram then waits up to W (half of it on
+average) before it is read. Polls that keep finding (on average) less
 than one datagram put the reader back, so a quiet socket costs nothing
 and the first query after a quiet spell is not delayed. W is 1 ms at
 least: the loop's timers run on a millisecond clock.
@@ -191,7 +191,7 @@ class BatchUdpServer:
         if self.woken >= READER_LOOK and self.reading and self.coalesce:
             now = time.monotonic()
             rate = (self.datagrams - self.look_count) / max(now - self.look_at, 1e-6)
-            self.woken, self.look_at, self.look_count = 0, now, self.datagrams
+            self._look_from(now)
             if rate * self.coalesce >= POLL_FROM:
                 self.loop.remove_reader(self.fd)
                 self.polling, self.per_poll = True, rate * self.coalesce
@@ -203,8 +203,6 @@ class BatchUdpServer:
         poll, or the reader back when polls keep finding next to nothing."""
         self.poll_timer = None
         CORK.read_replies()  # the upstream's replies to the last poll's misses
-        if not self.polling:
-            return
         with CORK:  # the misses' upstream queries: one write per connection for the poll
             got = n = self.readable()
             while n == BATCH and self.polling:
@@ -218,10 +216,14 @@ class BatchUdpServer:
             self.empty_polls += 1
             if self.per_poll < POLL_UNTIL:
                 self._stop_polling()
-                self.woken, self.look_at, self.look_count = 0, time.monotonic(), self.datagrams
+                self._look_from(time.monotonic())
                 self.loop.add_reader(self.fd, self._reader())
                 return
         self.poll_timer = self.loop.call_later(self.coalesce, self._poll)
+
+    def _look_from(self, now: float) -> None:
+        """The reader's next look at the rate counts from here."""
+        self.woken, self.look_at, self.look_count = 0, now, self.datagrams
 
     def _stop_polling(self) -> None:
         self.polling = False
@@ -348,9 +350,7 @@ class BatchUdpServer:
         self.coalesce = 0.0  # polls read in batches: without them, one wakeup per datagram again
         if self.polling:
             self._stop_polling()
-            if self.reading:
-                self.loop.add_reader(self.fd, self.readable_one)
-        self.use_batches(False)
+        self.use_batches(False)  # (the reader back, one datagram at a time)
 
     # -- replies from elsewhere ---------------------------------------------
     def send(self, reply: bytes | None, addr) -> None:
