@@ -205,14 +205,16 @@ def parse_query(data: bytes) -> Query:
         raise QueryError(None, "a response, not a query")  # never answer answers
     qd, an, ns, ar = (int.from_bytes(data[k:k + 2], "big") for k in (4, 6, 8, 10))
     if qd != 1:
-        raise QueryError(FORMERR, f"qdcount {qd}")
+        raise QueryError(FORMERR, f"qdcount {qd}", 0, _edns_if_readable(data, 12, qd, an + ns, ar))
     qend = _read_qname(data, 12) + 4
     if qend > len(data):
         raise QueryError(FORMERR, "question truncated")
     if flags & OPCODE_MASK:
-        raise QueryError(NOTIMP, f"opcode {(flags & OPCODE_MASK) >> 11}", qend)
+        raise QueryError(NOTIMP, f"opcode {(flags & OPCODE_MASK) >> 11}", qend,
+                         _edns_if_readable(data, qend, 0, an + ns, ar))
     if an or ns:
-        raise QueryError(FORMERR, "answer or authority records in a query", qend)
+        raise QueryError(FORMERR, "answer or authority records in a query", qend,
+                         _edns_if_readable(data, qend, 0, an + ns, ar))
     qtype = int.from_bytes(data[qend - 4:qend - 2], "big")
     qclass = int.from_bytes(data[qend - 2:qend], "big")
     edns, size, version = _read_additional(data, qend, ar)
@@ -252,6 +254,26 @@ def query_from_scan(data: bytes, scanned) -> Query | None:
                  limit, key)
 
 
+def _edns_if_readable(data: bytes, i: int, questions: int, records: int, ar: int) -> int:
+    """The client's EDNS state for an error reply to a query we refuse for
+    another reason (RFC 6891 §6.1.1: a reply to a query with OPT carries
+    OPT): the additional section after ``questions`` questions and
+    ``records`` answer and authority records from ``i``. NO_EDNS when it
+    cannot be read; then the reply goes without OPT, as to a broken OPT."""
+    try:
+        for _ in range(questions):
+            i = _skip_name(data, i) + 4
+        for _ in range(records):
+            i = _skip_name(data, i)
+            if i + 10 > len(data):
+                return NO_EDNS
+            i += 10 + int.from_bytes(data[i + 8:i + 10], "big")
+        edns, _, version = _read_additional(data, i, ar)
+    except QueryError:
+        return NO_EDNS
+    return edns if version == 0 else NO_EDNS
+
+
 def _read_additional(data: bytes, i: int, count: int) -> tuple[int, int, int]:
     """Walk the additional section; returns (edns DO or -1, size, version)."""
     edns, size, version = -1, 0, 0
@@ -287,17 +309,10 @@ def error_reply(data: bytes, rcode: int, qend: int = 0, edns: int = -1) -> bytes
     return header + b"\x00\x00\x00\x00\x00\x01" + question + bytes(opt)
 
 
-def fit(reply: bytes, data: bytes, limit: int, qend: int, edns: int) -> bytes:
-    """``reply`` to query ``data``, or its truncated form (TC=1, RFC 1035
-    §4.2.1, RFC 6891 §7) when longer than the client's ``limit``."""
-    if len(reply) <= limit:
-        return reply
-    return truncated_reply(data, qend, reply[2] << 8 | reply[3], edns)
-
-
 def truncated_reply(data: bytes, qend: int, flags: int, edns: int) -> bytes:
-    """RFC 2181 §9 / RFC 1035 §4.2.1: too big for UDP -> TC=1 and no records,
-    so the client retries over TCP."""
+    """TC=1 and no records, the other form RFC 2181 §9 allows (what
+    ``dns.truncate.fit`` sends when not even the question fits, or the reply
+    cannot be walked)."""
     header = data[:2] + (flags | TC).to_bytes(2, "big")
     if edns == NO_EDNS:
         return header + _COUNTS_PLAIN + data[12:qend]

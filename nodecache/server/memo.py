@@ -96,8 +96,10 @@ class Memo:
         self.truncated = truncated
         # Where the entry's records start in ``tail`` (after our header and
         # the client's question, the reply up to ``qend``): their TTLs sit
-        # at the entry's offsets from there. A truncated reply carries no
-        # records and never renews (base None).
+        # at the entry's offsets from there. A truncated reply carries only
+        # the records that fit, not the entry's: it never renews (base
+        # None) and ends at the entry's next TTL tick, so its TTLs are
+        # never older than a full render's.
         self.base = None if truncated else qend - 2
         self.size = MEMO_OVERHEAD + len(tail) + qlen  # the reply and the key (qlen - 2)
 

@@ -16,8 +16,8 @@ The slow path is one coroutine, ``answer_and_send``: full parse, RFC
 error replies, the block's stage chain, and then ``send(reply, addr)``,
 called exactly once (reply None: nothing to send, the query is dropped),
 so a transport learns when its query is done whatever happened.
-Fitting a reply to the client's UDP size (TC=1 when too big, RFC 1035
-§4.2.1, RFC 6891 §7) and recording it for the metrics happen in one
+Fitting a reply to the client's UDP size (TC=1 and the whole records
+that fit when too big, ``dns.truncate``) and recording it for the metrics happen in one
 place, ``_fit_and_count``, for the hit, the slow and the direct path.
 Nothing one call saw is kept on this object for the next: the scan and
 the block a miss routed to travel in the ``Missed`` value.
@@ -37,7 +37,8 @@ from functools import partial
 
 from ..cache.entry import render_uncached
 from ..dns.key import EDNS_DO, qtype as key_qtype
-from ..dns.wire import (MAX_MESSAGE, REFUSED, SERVFAIL, QueryError, error_reply, fit, parse_query, query_from_scan,
+from ..dns.truncate import fit
+from ..dns.wire import (MAX_MESSAGE, REFUSED, SERVFAIL, QueryError, error_reply, parse_query, query_from_scan,
                         scan, scan_servable)
 from ..forward import direct
 from ..observe.stats import ListenerStats

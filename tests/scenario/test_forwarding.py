@@ -2,6 +2,8 @@
 import asyncio
 import time
 
+import dns.message
+
 from dnslib import QTYPE, DNSRecord
 
 from nodecache.testing.client import build
@@ -96,15 +98,24 @@ def test_failover_to_the_next_upstream():
     run(go())
 
 
-async def test_truncation_for_small_clients_and_full_answer_over_tcp():
+async def test_truncation_keeps_every_whole_record_that_fits_and_tcp_has_all():
+    """RFC 2181 §9 as CoreDNS does it (miekg/dns Msg.Truncate): TC=1 with the
+    records that fit, so clients that never retry over TCP (musl < 1.2.4,
+    busybox) still get addresses. Today's code sent TC=1 and no record."""
     async with node(CLUSTER) as n:
         big = "big-20.example.com"
-        plain = DNSRecord.parse(await n.udp(build(big, QTYPE.TXT)))
-        assert plain.header.tc == 1 and not plain.rr and not plain.ar
-        edns = DNSRecord.parse(await n.udp(build(big, QTYPE.TXT, do=0)))
-        assert edns.header.tc == 1 and [r.rtype for r in edns.ar] == [QTYPE.OPT]
-        full = DNSRecord.parse(await n.tcp(build(big, QTYPE.TXT)))
+        full_raw = await n.tcp(build(big, QTYPE.TXT))
+        full = DNSRecord.parse(full_raw)
         assert full.header.tc == 0 and len(full.rr) == 20
+        for do, limit in ((-1, 512), (0, 1232)):
+            raw = await n.udp(build(big, QTYPE.TXT, do=do))
+            cut = DNSRecord.parse(raw)
+            assert cut.header.tc == 1 and len(raw) <= limit
+            assert 0 < len(cut.rr) < 20 and cut.rr == full.rr[:len(cut.rr)]
+            # maximal: one record more would not have fitted
+            next_record = dns.message.from_wire(full_raw).answer[0][len(cut.rr)].to_wire()
+            assert len(raw) + 12 + len(next_record) > limit  # name pointer, type, class, ttl, rdlength, rdata
+            assert [r.rtype for r in cut.ar] == ([QTYPE.OPT] if do >= 0 else [])
         small = DNSRecord.parse(await n.udp(build("big-3.example.com", QTYPE.TXT, do=0)))
         assert small.header.tc == 0 and len(small.rr) == 3
         # upstream truncated our UDP query (1232 > 2 KB reply) and we retried over TCP

@@ -75,6 +75,45 @@ def test_two_opts_is_formerr():
     assert err.value.rcode == FORMERR
 
 
+def _with_answer_record(data: bytes) -> bytes:
+    """``data`` (question then OPT) with one A record put before its OPT, ancount 1."""
+    out = bytearray(data[:-11] + b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x7f\x00\x00\x01" + data[-11:])
+    out[7] = 1
+    return bytes(out)
+
+
+@pytest.mark.parametrize("data, rcode", [
+    (make_query(1, Q_A, flags=0x2000, do=0), NOTIMP),                 # opcode 4 (NOTIFY)
+    (_with_answer_record(make_query(1, Q_A, do=1)), FORMERR),         # an answer record in a query
+    (b"\x12\x34\x01\x00\x00\x00\x00\x00\x00\x00\x00\x01" + wire.OPT_PLAIN, FORMERR),  # qdcount 0
+])
+def test_error_replies_to_a_query_with_opt_carry_opt(data, rcode):
+    """RFC 6891 §6.1.1: the reply to a query with a readable OPT has one
+    (dig warns "retry with +noedns" otherwise). Without OPT, none."""
+    with pytest.raises(QueryError) as err:
+        parse_query(data)
+    assert err.value.rcode == rcode and err.value.edns >= 0
+    reply = DNSRecord.parse(error_reply(data, rcode, err.value.qend, err.value.edns))
+    assert reply.header.rcode == rcode and [r.rtype for r in reply.ar] == [QTYPE.OPT]
+    plain = data[:10] + b"\x00\x00" + data[12:-11]  # the same without its OPT
+    with pytest.raises(QueryError) as err:
+        parse_query(plain)
+    assert err.value.edns == -1
+
+
+def test_a_broken_opt_still_gets_formerr_without_opt():
+    data = bytearray(make_query(1, Q_A, do=0) + wire.OPT_PLAIN)
+    data[11] = 2  # two OPTs: the client's EDNS cannot be read
+    with pytest.raises(QueryError) as err:
+        parse_query(bytes(data))
+    assert err.value.rcode == FORMERR and err.value.edns == -1
+    notimp = bytearray(make_query(1, Q_A, flags=0x2000, do=0) + wire.OPT_PLAIN)
+    notimp[11] = 2
+    with pytest.raises(QueryError) as err:
+        parse_query(bytes(notimp))
+    assert err.value.rcode == NOTIMP and err.value.edns == -1
+
+
 def test_badvers_reply_carries_extended_rcode():
     data = bytearray(make_query(7, Q_A, do=1))
     data[-5] = 1  # EDNS version 1
