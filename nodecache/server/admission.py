@@ -84,6 +84,8 @@ class Admission:
         if not peer:
             return ""
         host = peer[0]
+        if host.startswith("::ffff:") and "." in host:
+            host = host[7:]  # an IPv4 client of a dual-stack socket is that IPv4 client
         return (host, peer[1]) if host in self.local else host
 
     def _take_token(self, client: str | tuple) -> bool:

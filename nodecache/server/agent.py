@@ -23,7 +23,7 @@ from ..observe.stats import ListenerStats
 from . import reuseport
 from .router import Router
 from .tcp import TcpLimits, TcpServerState
-from . import mmsg, udpbatch
+from . import mmsg, udpbatch, udpwild
 from .udp import UdpServer
 
 log = logging.getLogger("nodecache")
@@ -88,12 +88,18 @@ class Listener:
             limits = TcpLimits(idle, limits.max_conns, limits.max_inflight, limits.max_per_client)
         self.path = QueryPath(Router(blocks), self.stats, admission, clock)
         self.tcp_state = TcpServerState(self.path, limits)
-        self.udp: UdpServer | udpbatch.BatchUdpServer | None = None
+        self.udp: UdpServer | udpbatch.BatchUdpServer | udpwild.WildcardUdpServer | None = None
         self.tcp_server: asyncio.AbstractServer | None = None
 
     async def start(self, udp_sock: socket.socket, tcp_sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        if self.udp_batch and mmsg.available():
+        if udpwild.is_wildcard(udp_sock):  # replies must leave from the address asked
+            if self.udp_coalesce:
+                log.warning("-udp-coalesce: %s is every address (no bind): read one datagram per wakeup",
+                            self.addr)
+            self.udp = udpwild.WildcardUdpServer(self.path, udp_sock)
+            self.udp.start(loop)
+        elif self.udp_batch and mmsg.available():
             self.udp = udpbatch.BatchUdpServer(self.path, udp_sock, self.udp_coalesce)
             self.udp.start(loop)
         else:

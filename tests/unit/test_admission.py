@@ -56,6 +56,17 @@ def test_host_network_clients_count_per_socket_but_share_one_aggregate():
     assert a.local_running == 0
 
 
+def test_ipv4_clients_of_a_dual_stack_socket_are_keyed_as_ipv4_clients():
+    """A block without bind listens on ::, where IPv4 senders arrive as
+    ::ffff:a.b.c.d: a host socket must still be keyed per socket and a pod
+    by its IPv4 address (one host socket got another REFUSED 20/20 before)."""
+    a = Admission(total=10000, per_client=2, rate=0)
+    a.local = frozenset({"192.168.1.5"})
+    assert a.client(("::ffff:192.168.1.5", 40000, 0, 0)) == ("192.168.1.5", 40000)
+    assert a.client(("::ffff:10.244.0.7", 40000, 0, 0)) == "10.244.0.7"
+    assert a.client(("fd00::7", 40000, 0, 0)) == "fd00::7"
+
+
 def test_spoofed_sources_cannot_grow_the_bucket_table_without_bound():
     clock = FakeClock()
     a = Admission(total=10 ** 6, per_client=10, rate=100, clock=clock)
