@@ -25,8 +25,8 @@ EVENTS = ("dropped", "error_reply", "truncated", "udp_reply_unsent", "udp_receiv
           "udp_poll_empty", "coalesced",
           "upstream_resent", "upstream_retry_round", "upstream_reply_mismatch", "upstream_reply_unmatched",
           "upstream_attempt_failed", "refresh_failed", "cache_budget_evicted", "cache_too_big", "rules_added",
-          "node_repaired_on_event", "tcp_rejected_max_conns", "tcp_rejected_per_client", "tcp_aborted_blocked",
-          "tcp_closed_idle", "tcp_oversized")
+          "node_repaired_on_event", "tcp_rejected_max_conns", "tcp_rejected_per_client", "tcp_queued_per_client",
+          "tcp_aborted_blocked", "tcp_closed_idle", "tcp_oversized")
 
 class DnsCollector:
     def __init__(self, runtime):

@@ -13,8 +13,18 @@
     checked per frame, so one read carrying thousands of frames starts at
     most that many. Frames read but not yet started wait in a backlog that
     is bounded because reading stops as soon as one is waiting.
-* At most ``max_conns`` connections per listener and ``max_per_client``
-  from one client address; more are aborted at once.
+* At most ``max_conns`` connections per listener; more are aborted at once.
+* At most ``max_per_client`` connections of one client are served at once
+  (a client as admission keys it: a pod's address; on the node's own
+  addresses each socket, every host-network socket together holding
+  ``LOCAL_SHARES`` clients' worth). Never a reset for that: glibc reads a
+  reset as "name does not exist" (EAI_NONAME), a wrong and cached answer.
+  The next ``max_per_client`` connections wait, accepted but not read, and
+  are served in order as the client's served connections close (a burst of
+  lookups that each open a connection, ``options use-vc``, ends with every
+  one answered). Beyond that, a connection's queries are answered REFUSED
+  at once, without work (clients move on to the next server or retry).
+  A waiting or refusing connection is closed after ``idle`` seconds.
 * A connection with nothing in flight that completes no query for
   ``idle`` seconds is closed (RFC 7766 §6.2.3). Only a complete frame
   re-arms the timer, so a client trickling partial frames (slowloris) is
@@ -31,6 +41,8 @@ import socket
 from collections import deque
 
 from ..dns.framing import FrameReader, FrameTooLarge, frame
+from ..dns.wire import REFUSED, QueryError, error_reply, parse_query
+from .admission import LOCAL_SHARES
 from .querypath import QueryPath
 
 log = logging.getLogger("nodecache.tcp")
@@ -41,6 +53,8 @@ WRITE_HIGH, WRITE_LOW = 64 * 1024, 16 * 1024
 # than after the megabytes an autotuned send buffer absorbs, and one read
 # brings a bounded number of frames. Round trips on a node are sub-ms.
 SOCK_BUFFER = 32 * 1024
+HOST_NETWORK = ("host network",)  # the share every host-network socket counts against together
+SERVED, WAITING, REFUSING = "served", "waiting", "refusing"
 
 
 class TcpLimits:
@@ -57,18 +71,20 @@ class TcpServerState:
         self.path = path
         self.limits = limits
         self.conns: set["TcpConnection"] = set()
-        self.per_client: dict[str, int] = {}
+        self.per_client: dict = {}    # share -> connections served
+        self.waiting: dict[object, deque] = {}  # share -> connections accepted, not yet read
         self.queries = 0
         self.rejected_conns = 0       # over max_conns
-        self.rejected_per_client = 0  # over max_per_client
+        self.rejected_per_client = 0  # over twice max_per_client: their queries answered REFUSED
+        self.queued_per_client = 0    # over max_per_client: waited for a slot
         self.idle_closed = 0
         self.blocked_aborted = 0      # replies never read for `idle` seconds
         self.oversized = 0
 
     def events(self) -> dict[str, int]:
         return {"tcp_rejected_max_conns": self.rejected_conns, "tcp_rejected_per_client": self.rejected_per_client,
-                "tcp_aborted_blocked": self.blocked_aborted, "tcp_closed_idle": self.idle_closed,
-                "tcp_oversized": self.oversized}
+                "tcp_queued_per_client": self.queued_per_client, "tcp_aborted_blocked": self.blocked_aborted,
+                "tcp_closed_idle": self.idle_closed, "tcp_oversized": self.oversized}
 
     def protocol(self) -> "TcpConnection":
         return TcpConnection(self)
@@ -76,6 +92,54 @@ class TcpServerState:
     def close_all(self) -> None:
         for conn in list(self.conns):
             conn.close()
+
+    def share_of(self, peer) -> tuple[object, int]:
+        """The share a connection from ``peer`` counts against, and its size."""
+        client = self.path.admission.client(peer)
+        if type(client) is tuple:
+            return HOST_NETWORK, self.limits.max_per_client * LOCAL_SHARES
+        return client, self.limits.max_per_client
+
+    def admit(self, conn: "TcpConnection") -> str:
+        """SERVED, WAITING or REFUSING for a new connection of ``conn.share``."""
+        share, size = conn.share, conn.share_size
+        if self.per_client.get(share, 0) < size:
+            self.per_client[share] = self.per_client.get(share, 0) + 1
+            return SERVED
+        queue = self.waiting.setdefault(share, deque())
+        if len(queue) < size:
+            queue.append(conn)
+            self.queued_per_client += 1
+            return WAITING
+        if not queue:
+            del self.waiting[share]
+        self.rejected_per_client += 1
+        return REFUSING
+
+    def leave(self, conn: "TcpConnection") -> None:
+        """``conn`` ended: give its slot to the share's oldest waiting connection."""
+        share = conn.share
+        if conn.mode == WAITING:
+            queue = self.waiting.get(share)
+            if queue is not None:
+                queue.remove(conn)
+                if not queue:
+                    del self.waiting[share]
+            return
+        if conn.mode != SERVED:
+            return
+        left = self.per_client.get(share, 1) - 1
+        if left > 0:
+            self.per_client[share] = left
+        else:
+            self.per_client.pop(share, None)
+        queue = self.waiting.get(share)
+        if queue:
+            heir = queue.popleft()
+            if not queue:
+                del self.waiting[share]
+            self.per_client[share] = self.per_client.get(share, 0) + 1
+            heir.serve()
 
 
 class TcpConnection(asyncio.Protocol):
@@ -90,40 +154,42 @@ class TcpConnection(asyncio.Protocol):
         self.eof = False
         self.timer: asyncio.TimerHandle | None = None
         self.peer = None
-        self.client = ""
+        self.share, self.share_size = None, 0
+        self.mode = ""  # SERVED, WAITING, REFUSING; "" before admission or when over max_conns
 
     def connection_made(self, transport):
         self.transport = transport
-        state, limits = self.state, self.state.limits
-        if len(state.conns) >= limits.max_conns:
+        state = self.state
+        if len(state.conns) >= state.limits.max_conns:
             state.rejected_conns += 1
             transport.abort()
             return
         self.peer = transport.get_extra_info("peername")
-        self.client = self.peer[0] if self.peer else ""
-        if state.per_client.get(self.client, 0) >= limits.max_per_client:
-            state.rejected_per_client += 1
-            self.client = ""
-            transport.abort()
-            return
-        state.per_client[self.client] = state.per_client.get(self.client, 0) + 1
+        self.share, self.share_size = state.share_of(self.peer)
         state.conns.add(self)
         transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
                 sock.setsockopt(socket.SOL_SOCKET, opt, SOCK_BUFFER)
+        self.mode = state.admit(self)
+        if self.mode == WAITING:
+            self._pause()  # its queries wait in the kernel until a slot frees (``serve``)
         self._arm()
+
+    def serve(self) -> None:
+        """A slot freed: this waiting connection is served from now on."""
+        self.mode = SERVED
+        if self.transport is None:
+            return
+        self._arm()
+        self._work()  # what it read before its pause held, then reading again
 
     def connection_lost(self, exc):
         state = self.state
         if self in state.conns:
             state.conns.discard(self)
-            left = state.per_client.get(self.client, 1) - 1
-            if left > 0:
-                state.per_client[self.client] = left
-            else:
-                state.per_client.pop(self.client, None)
+            state.leave(self)
         if self.timer is not None:
             self.timer.cancel()
         self.backlog.clear()
@@ -142,7 +208,7 @@ class TcpConnection(asyncio.Protocol):
         if self.write_blocked:  # the client has not read its replies for `idle` seconds
             self.state.blocked_aborted += 1
             self.transport.abort()
-        elif self.inflight == 0:
+        elif self.inflight == 0 or self.mode == WAITING:
             self.state.idle_closed += 1
             self.transport.close()
 
@@ -197,10 +263,33 @@ class TcpConnection(asyncio.Protocol):
             return
         if not frames:
             return  # a partial frame does not count as activity (slowloris)
+        if self.mode == REFUSING:
+            self._refuse(frames)
+            return
+        if self.mode == WAITING:  # (the transport may read once before its pause holds)
+            self.backlog.extend(frames)
+            self._pause()
+            return
         if not self.write_blocked:
             self._arm()
         self.backlog.extend(frames)
         self._work()
+
+    def _refuse(self, frames: list[bytes]) -> None:
+        """Over twice its client's share: REFUSED to each query, no other
+        work (its idle timer is never re-armed, so it closes in time)."""
+        for msg in frames:
+            try:
+                q = parse_query(msg)
+                reply = error_reply(msg, REFUSED, q.qend, q.edns)
+            except QueryError as exc:
+                if exc.rcode is None:
+                    continue
+                reply = error_reply(msg, exc.rcode, exc.qend, exc.edns)
+            self.state.path.error_replies += 1
+            self.transport.write(frame(reply))
+            if self.write_blocked:
+                return
 
     def send(self, reply: bytes | None, addr) -> None:
         """The query path's answer to one of this connection's queries

@@ -75,20 +75,45 @@ async def test_partial_frames_do_not_keep_a_connection_alive():
         assert n.agent.listeners[0].tcp_state.idle_closed == 1
 
 
-async def test_per_client_connection_cap_leaves_room_for_others():
+async def _ask(reader, writer, data: bytes, timeout: float = 3.0) -> bytes:
+    writer.write(frame(data))
+    size = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), timeout), "big")
+    return await asyncio.wait_for(reader.readexactly(size), timeout)
+
+
+async def test_per_client_connection_cap_queues_then_refuses_never_resets_and_leaves_room_for_others():
     async with node(CLUSTER, tcp_limits=TcpLimits(max_per_client=3)) as n:
         mine = [await asyncio.open_connection("127.0.0.1", n.port) for _ in range(3)]
-        reader, _ = await asyncio.open_connection("127.0.0.1", n.port)
-        assert await asyncio.wait_for(reader.read(), 2) == b""      # the 4th: aborted
+        waiting = [await asyncio.open_connection("127.0.0.1", n.port) for _ in range(3)]
+        refused_r, refused_w = await asyncio.open_connection("127.0.0.1", n.port)
         state = n.agent.listeners[0].tcp_state
-        assert state.rejected_per_client == 1
+        await eventually(lambda: state.queued_per_client == 3 and state.rejected_per_client == 1,
+                         what="three waiting, one refusing")
+        # the 7th (beyond twice the share): REFUSED at once, not a reset
+        assert DNSRecord.parse(await _ask(refused_r, refused_w, build(CACHED, QTYPE.A))).header.rcode == 5
+        # a waiting connection's query is read once one of the served ones closes
+        w_r, w_w = waiting[0]
+        w_w.write(frame(build(CACHED, QTYPE.A)))
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(w_r.readexactly(2), 0.3)
+        mine[0][1].close()
+        size = int.from_bytes(await asyncio.wait_for(w_r.readexactly(2), 3), "big")
+        assert DNSRecord.parse(await w_r.readexactly(size)).rr
         # another client address still gets in and is answered
         other_r, other_w = await asyncio.open_connection("127.0.0.1", n.port, local_addr=("127.0.0.2", 0))
-        other_w.write(frame(build(CACHED, QTYPE.A)))
-        assert len(await asyncio.wait_for(other_r.read(2), 3)) == 2
-        for _, w in mine + [(None, other_w)]:
+        assert DNSRecord.parse(await _ask(other_r, other_w, build(CACHED, QTYPE.A))).rr
+        for _, w in mine[1:] + waiting + [(None, other_w), (None, refused_w)]:
             w.close()
-        await eventually(lambda: state.per_client == {}, what="every slot given back")
+        await eventually(lambda: state.per_client == {} and state.waiting == {}, what="every slot given back")
+
+
+async def test_a_waiting_connection_is_closed_after_idle():
+    async with node(CLUSTER, tcp_limits=TcpLimits(idle=0.5, max_per_client=1)) as n:
+        served = await asyncio.open_connection("127.0.0.1", n.port)
+        served[1].write(frame(build(CACHED, QTYPE.A)[:5]))  # a partial frame: no activity
+        reader, _ = await asyncio.open_connection("127.0.0.1", n.port)
+        assert await asyncio.wait_for(reader.read(), 3) == b""  # closed in time (FIN), never served
+        served[1].close()
 
 
 def _slow_flood(data: bytes) -> float:
