@@ -15,7 +15,8 @@ cluster domain:
 Outside the cluster domain it plays "the internet": the RFC 2606 example
 domains resolve to documentation addresses (192.0.2.0/24, 2001:db8::/32),
 ``big-N.example.com`` TXT returns N 100-byte strings (to exercise
-truncation), PTR for the service range maps back to service names, and
+truncation; an answer longer than 65,535 bytes, N above 579, is
+REFUSED: no DNS message can carry it), PTR for the service range maps back to service names, and
 everything else is NXDOMAIN under the root SOA. The addresses are answer
 data only; nothing ever connects to them.
 
@@ -37,6 +38,7 @@ from dnslib import AAAA, EDNS0, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSReco
 from ..dns.framing import FrameReader, FrameTooLarge, frame
 
 EXAMPLE_ZONES = ("example.", "example.com.", "example.net.", "example.org.")
+MAX_MESSAGE = 65535
 
 
 def _hash(text: str) -> int:
@@ -79,6 +81,7 @@ class ClusterDNS:
         except Exception:
             return None  # a real server drops what it cannot parse
         reply = req.reply(ra=1, aa=1)
+        reply.header.ad = 0  # dnslib copies the query's flags: AD is ours to set (never, unsigned data)
         q = req.q
         name = str(q.qname).lower()
         if name.endswith("." + self.domain) or name == self.domain:
@@ -90,7 +93,10 @@ class ClusterDNS:
         opt = next((r for r in req.ar if r.rtype == QTYPE.OPT), None)
         if opt is not None:  # RFC 6891 §7: answer OPT with OPT; RFC 3225 §3: DO copied
             reply.add_ar(EDNS0(udp_len=1232, flags="do" if opt.ttl & 0x8000 else ""))
-        return reply.pack()
+        out = reply.pack()
+        if len(out) > MAX_MESSAGE:  # no DNS message is longer (RFC 1035 §4.2.2's length field)
+            return _refusal(req, opt is not None)
+        return out
 
     def _cluster(self, reply: DNSRecord, name: str, qtype: int) -> None:
         target = name
@@ -274,6 +280,16 @@ class FakeUpstream:
 
     def names(self, proto: str | None = None) -> list[str]:
         return [s.name for s in self.seen if proto is None or s.proto == proto]
+
+
+def _refusal(req: DNSRecord, edns: bool) -> bytes:
+    """REFUSED for an answer too long for any DNS message."""
+    reply = req.reply(ra=1, aa=1)
+    reply.header.ad = 0
+    reply.header.rcode = RCODE.REFUSED
+    if edns:
+        reply.add_ar(EDNS0(udp_len=1232))
+    return reply.pack()
 
 
 def _truncate(reply: bytes) -> bytes:
