@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="with --hits/--misses and --baseline: run the two nodecaches at the same time on one core "
                            "instead of the side-by-side table, one ratio per run (nodecache_bench.abcost: "
                            "the way to see a change of a few percent on a noisy machine)")
+    cmp_.add_argument("--bind", default="127.0.0.1",
+                      help="with --at-once: the address both nodecaches' Corefiles bind; '' for none (a socket "
+                           "on every address: the transport that answers from the address asked)")
     cmp_.add_argument("--flags", default="",
                       help="with --hits/--misses: more `nodecache run` flags for this checkout's nodecache (not "
                            "the baseline), e.g. --flags=-udp-coalesce=1ms (with '=': the value starts with '-'); "

@@ -128,6 +128,8 @@ def cmd_compare(args) -> int:
     if os.sep in args.baseline:  # the baseline runs in a directory of its own: a relative path would not
         args.baseline = os.path.abspath(args.baseline)
     flags = tuple(args.flags.split())
+    if args.bind != "127.0.0.1" and not args.at_once:
+        raise BenchError("--bind is for the --at-once comparison (both nodecaches bind it): give --at-once")
     if flags and not (args.hits or args.misses):
         raise BenchError("--flags are for this checkout's nodecache in the --hits/--misses tables: give one")
     cpus = sorted(os.sched_getaffinity(0))
@@ -197,7 +199,7 @@ def cmd_compare(args) -> int:
         rates = [int(r) for r in args.misses.split(",") if r.strip()]
         if args.at_once:
             misses = at_once_misses(rates, args.duration, args.rounds, tmp, cpus, free_port, _pin, Server,
-                                    args.baseline, flags) if rates else {}
+                                    args.baseline, flags, args.bind) if rates else {}
         else:
             misses = miss_cost(rates, args.duration, args.rounds, tmp, cpus, free_port, _pin, Server,
                                args.baseline, flags) if rates else {}
@@ -205,7 +207,7 @@ def cmd_compare(args) -> int:
         name_sets = [int(n) for n in args.names.split(",") if n.strip()] or [1000]
         if args.at_once:
             hits = {str(names): at_once(hit_rates, args.duration, args.rounds, tmp, cpus, free_port, _pin,
-                                        Server, args.baseline, names, flags)
+                                        Server, args.baseline, names, flags, args.bind)
                     for names in name_sets} if hit_rates else {}
         else:
             hits = {str(names): hit_cost(hit_rates, args.duration, args.rounds, tmp, cpus, free_port, _pin,

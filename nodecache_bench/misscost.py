@@ -80,11 +80,12 @@ def unbound_forwarder_conf(tmp: Path, port: int, upstream: int, tcp_upstream: bo
                          + ("    forward-tcp-upstream: yes\n" if tcp_upstream else ""))
 
 
-def nodecache_corefile(tmp: Path, port: int, upstream: int, capacity: int = 0) -> Path:
+def nodecache_corefile(tmp: Path, port: int, upstream: int, capacity: int = 0, bind: str = "127.0.0.1") -> Path:
+    """``bind`` "": no bind, every address (the agent's wildcard-socket transport)."""
     conf = tmp / f"Corefile-miss-{port}"
     cache = f"cache {{\n        success {capacity}\n        denial {capacity}\n    }}" if capacity else "cache"
-    conf.write_text(f".:{port} {{\n    {cache}\n    bind 127.0.0.1\n"
-                    f"    forward . 127.0.0.1:{upstream} {{\n        force_tcp\n    }}\n}}\n")
+    conf.write_text(f".:{port} {{\n    {cache}\n" + (f"    bind {bind}\n" if bind else "")
+                    + f"    forward . 127.0.0.1:{upstream} {{\n        force_tcp\n    }}\n}}\n")
     return conf
 
 
@@ -163,13 +164,14 @@ def percentiles(verbose: str) -> dict:
 
 @contextlib.contextmanager
 def behind_cluster_dns(tmp: Path, free_port, pin, load_cpus: set[int], server_cls, baseline: str = "",
-                       capacity: int = 0, flags: tuple[str, ...] = ()):
+                       capacity: int = 0, flags: tuple[str, ...] = (), bind: str = "127.0.0.1"):
     """One unbound acting as the cluster DNS (on ``load_cpus``), and nodecache,
     unbound and (when installed) dnsdist as caches forwarding to it over
     TCP (not started yet), each cache sized for ``capacity`` names (0: its
     default): yields (servers, the cluster DNS's port); all of them stop on
     exit, with any server the caller appended to the list. ``flags``: more
-    `nodecache run` flags for this checkout's nodecache (not the baseline)."""
+    `nodecache run` flags for this checkout's nodecache (not the baseline);
+    ``bind``: the address both nodecaches' Corefiles bind ("": none)."""
     if not shutil.which("dnsperf") or not shutil.which("unbound"):
         raise RuntimeError("needs dnsperf and unbound (apt-get install dnsperf unbound)")
     up_port = free_port()
@@ -178,7 +180,8 @@ def behind_cluster_dns(tmp: Path, free_port, pin, load_cpus: set[int], server_cl
     nc_port, ub_port = free_port(), free_port()
     budget = ["-cache-bytes", str(capacity * NODECACHE_BYTES_PER_ENTRY)] if capacity else []
     servers = [server_cls("nodecache", [sys.executable, "-m", "nodecache", "run", "-conf",
-                                        str(nodecache_corefile(tmp, nc_port, up_port, capacity)), "-handoff=false",
+                                        str(nodecache_corefile(tmp, nc_port, up_port, capacity, bind)),
+                                        "-handoff=false",
                                         "-metrics-listen-address", "", "-status-socket",
                                         str(tmp / f"status-{nc_port}"), *budget, *flags], nc_port),
                server_cls("unbound", [shutil.which("unbound"), "-d", "-c",
@@ -190,7 +193,8 @@ def behind_cluster_dns(tmp: Path, free_port, pin, load_cpus: set[int], server_cl
     if baseline:  # another nodecache (the Python of another install), same Corefile shape
         base_port = free_port()
         servers.insert(1, server_cls("nodecache@baseline", [
-            baseline, "-m", "nodecache", "run", "-conf", str(nodecache_corefile(tmp, base_port, up_port, capacity)),
+            baseline, "-m", "nodecache", "run", "-conf",
+            str(nodecache_corefile(tmp, base_port, up_port, capacity, bind)),
             "-handoff=false", "-metrics-listen-address", "", "-status-socket", str(tmp / f"status-{base_port}"),
             *budget],
             base_port, cwd=str(tmp)))  # (not the checkout: its nodecache/ would shadow the baseline's)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system tools the end-to-end tests use (network namespaces,
-# iptables, nftables, conntrack, ss, getent), the image build's (mmdebstrap,
+# iptables, nftables, conntrack, ss, getent, and the real resolvers the
+# interoperability suite asks through: dig, kdig, drill, musl, Go, Node's
+# c-ares, busybox), the image build's (mmdebstrap,
 # buildah) and the peer servers the comparison benchmark runs (unbound,
 # dnsmasq, dnsdist, dnsperf), when we are root on a Debian-like
 # machine and they are missing. Otherwise it only says what is missing:
@@ -18,6 +20,14 @@ command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 command -v dnsperf >/dev/null || need+=(dnsperf)
 command -v dnsdist >/dev/null || need+=(dnsdist)
 command -v strace >/dev/null || need+=(strace)  # compare --hits: system calls per query
+# the real-resolver suite (tests/e2e/test_resolvers.py): query tools, musl, Go, c-ares (Node), busybox
+command -v dig >/dev/null || need+=(bind9-dnsutils)
+command -v kdig >/dev/null || need+=(knot-dnsutils)
+command -v drill >/dev/null || need+=(ldnsutils)
+command -v musl-gcc >/dev/null || need+=(musl-tools)
+command -v go >/dev/null || need+=(golang-go)
+command -v node >/dev/null || need+=(nodejs)
+command -v busybox >/dev/null || need+=(busybox)
 # `make image` and its test: a Debian base without a registry, built without a container runtime
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v buildah >/dev/null || need+=(buildah)

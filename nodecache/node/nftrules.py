@@ -9,12 +9,17 @@ lock). Chains, by hook and priority (conntrack runs at -200, kube-proxy's
 ``filter-prerouting-pre-dnat`` at -110, its ``nat-prerouting`` at -100):
 
 * ``prerouting``, raw (-300): for each local IP and DNS port, UDP and TCP,
-  ``ip daddr IP udp dport P socket wildcard le 1 notrack``. The ``socket``
-  expression finds the local socket the packet would reach (bound to IP
-  or to the wildcard: both match ``le 1``); with no agent listening it does
-  not match, the packet is tracked, and kube-proxy's rules see it (fail
-  open, as ``-m socket`` in the iptables backend). Without fail-open the
-  NOTRACK is unconditional.
+  ``ip daddr IP udp dport P socket transparent le 1 notrack``. The
+  ``socket`` expression finds the local socket the packet would reach
+  (bound to IP or to the wildcard, listening, half-open or established:
+  ``transparent`` is 0 or 1 for every one of them); with no agent listening
+  it does not match, the packet is tracked, and kube-proxy's rules see it
+  (fail open, as ``-m socket`` in the iptables backend). Not ``socket
+  wildcard``: that key gives no value for a socket still in the TCP
+  handshake (the kernel's request socket), so the handshake's last ACK was
+  tracked, conntrack picked it up mid-stream, and every TCP connection from
+  a pod was reset (dig +tcp, glibc after TC: "connection reset"). Without
+  fail-open the NOTRACK is unconditional.
   The health port likewise: kube-proxy's ``cluster-ips-check`` rejects new
   *tracked* connections to a ClusterIP port it does not serve.
 * ``output``, raw: the agent's replies (``ip saddr IP sport P``) and
@@ -63,7 +68,7 @@ def ruleset(ips: list[str], dns_ports: dict[str, set[int]] | int, health_port: i
             fail_open: bool = True, upstream: str | None = None) -> str:
     """The ``table inet nodecache`` definition for these addresses."""
     pre, out, divert = [], [], []
-    bound = " socket wildcard le 1" if fail_open else ""
+    bound = " socket transparent le 1" if fail_open else ""
     for ip in ips:
         fam = _l3(ip)
         ports = dns_ports.get(ip, {53}) if isinstance(dns_ports, dict) else {dns_ports}

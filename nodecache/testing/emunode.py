@@ -155,10 +155,13 @@ def http_status(url: str, timeout: float = 1.0, ns: str | None = None) -> int:
 class EmulatedNode:
     _count = 0
 
-    def __init__(self, replicas: int = 2, mode: str = "iptables"):
+    def __init__(self, replicas: int = 2, mode: str = "iptables", replica_args: tuple[str, ...] = ()):
         """``mode``: kube-proxy's, "iptables" (DNAT rules in the nat table) or
-        "nftables" (its ``kube-proxy`` tables, and no iptables for the agent)."""
+        "nftables" (its ``kube-proxy`` tables, and no iptables for the agent).
+        ``replica_args``: more flags for every ``nodecache fake-upstream``
+        replica (e.g. ``--slow PREFIX=MS``)."""
         self.mode = mode
+        self.replica_args = tuple(replica_args)
         EmulatedNode._count += 1
         tag = f"nc{os.getpid() % 100000}x{EmulatedNode._count}"
         self.node, self.pod, self.pod6 = f"{tag}-node", f"{tag}-pod", f"{tag}-pod6"
@@ -229,7 +232,7 @@ class EmulatedNode:
         log = self.tmp / f"up{i}.log"
         proc = subprocess.Popen(
             ["ip", "netns", "exec", self.ups[i], sys.executable, "-m", "nodecache", "fake-upstream",
-             "--listen", "[::]:53", "--log-queries", str(log)],
+             "--listen", "[::]:53", "--log-queries", str(log), *self.replica_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.replicas[i] = proc
         self.procs.append(proc)
@@ -340,6 +343,13 @@ class EmulatedNode:
         """Point the pod's resolv.conf at ``ip`` (e.g. the kube-dns ClusterIP,
         as pods keep it in kube-proxy's iptables mode)."""
         (Path("/etc/netns") / self.pod / "resolv.conf").write_text(POD_RESOLV.format(ns=ip))
+
+    def set_pod_resolv_options(self, *options: str, ip: str = LOCAL_V4) -> None:
+        """The pod's resolv.conf with more ``options`` (e.g. ``use-vc``); none: as built."""
+        text = POD_RESOLV.format(ns=ip)
+        if options:
+            text = text.replace("options ndots:5", "options ndots:5 " + " ".join(options))
+        (Path("/etc/netns") / self.pod / "resolv.conf").write_text(text)
 
     # -- observing ------------------------------------------------------
     def pod_load(self, names: list[str], rate: float, target: str = LOCAL_V4,

@@ -14,6 +14,8 @@ cluster domain:
 
 Outside the cluster domain it plays "the internet": the RFC 2606 example
 domains resolve to documentation addresses (192.0.2.0/24, 2001:db8::/32),
+``many-N.example.com`` has N addresses of each family (N up to 250),
+``cname-N.example.com`` is a chain of N CNAMEs ending at ``www``, and
 ``big-N.example.com`` TXT returns N 100-byte strings (to exercise
 truncation; an answer longer than 65,535 bytes, N above 579, is
 REFUSED: no DNS message can carry it), PTR for the service range maps back to service names, and
@@ -33,7 +35,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable
 
-from dnslib import AAAA, EDNS0, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSRecord
+from dnslib import AAAA, CNAME, EDNS0, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSRecord
 
 from ..dns.framing import FrameReader, FrameTooLarge, frame
 
@@ -152,6 +154,19 @@ class ClusterDNS:
             return self._nx(reply, ".")
         h = _hash(name)
         label = name.split(".")[0]
+        number = label.partition("-")[2]
+        number = int(number) if number.isdigit() else -1
+        if label.startswith("cname-") and 0 < number <= 8:  # a chain of CNAMEs, then the address
+            target = name.replace(label, f"cname-{number - 1}" if number > 1 else "www", 1)
+            reply.add_answer(RR(name, QTYPE.CNAME, ttl=self.ttl, rdata=CNAME(target)))
+            if qtype != QTYPE.CNAME:
+                self._internet(reply, target, qtype)
+            return
+        if label.startswith("many-") and 0 < number <= 250 and qtype in (QTYPE.A, QTYPE.AAAA):
+            for i in range(1, number + 1):
+                rdata = A(f"192.0.2.{i}") if qtype == QTYPE.A else AAAA(f"2001:db8::{i:x}")
+                reply.add_answer(RR(name, qtype, ttl=self.ttl, rdata=rdata))
+            return
         if qtype == QTYPE.A:
             reply.add_answer(RR(name, QTYPE.A, ttl=self.ttl, rdata=A(f"192.0.2.{h % 254 + 1}")))
         elif qtype == QTYPE.AAAA:

@@ -13,9 +13,9 @@ def _rules(text: str, chain: str) -> list[str]:
 def test_fail_open_notrack_divert_and_health_per_address():
     text = ruleset(["169.254.20.10", "fd00::10"], {"169.254.20.10": {53, 5353}}, 8080, True, "10.96.0.11")
     pre = _rules(text, "prerouting")
-    assert "ip daddr 169.254.20.10 udp dport 5353 socket wildcard le 1 notrack" in pre
-    assert "ip6 daddr fd00::10 tcp dport 53 socket wildcard le 1 notrack" in pre
-    assert "ip daddr 169.254.20.10 tcp dport 8080 socket wildcard le 1 notrack" in pre
+    assert "ip daddr 169.254.20.10 udp dport 5353 socket transparent le 1 notrack" in pre
+    assert "ip6 daddr fd00::10 tcp dport 53 socket transparent le 1 notrack" in pre
+    assert "ip daddr 169.254.20.10 tcp dport 8080 socket transparent le 1 notrack" in pre
     out = _rules(text, "output")
     assert "ip saddr 169.254.20.10 udp sport 53 notrack" in out and "ip daddr 169.254.20.10 udp dport 53 notrack" in out
     divert = _rules(text, "divert")
