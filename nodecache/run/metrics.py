@@ -22,7 +22,7 @@ from ..observe.stats import DURATION_BUCKETS, SIZE_BUCKETS
 
 # nodecache_events_total's labels, all always exported (0 until it happens)
 EVENTS = ("dropped", "error_reply", "truncated", "udp_reply_unsent", "udp_receive_error", "udp_poll",
-          "udp_poll_empty", "coalesced",
+          "udp_poll_empty", "udp_poll_budget_spent", "coalesced",
           "upstream_resent", "upstream_retry_round", "upstream_reply_mismatch", "upstream_reply_unmatched",
           "upstream_attempt_failed", "refresh_failed", "cache_budget_evicted", "cache_too_big", "rules_added",
           "node_repaired_on_event", "tcp_rejected_max_conns", "tcp_rejected_per_client", "tcp_queued_per_client",

@@ -66,6 +66,7 @@ TO_BATCH, TO_SINGLE = 16000, 12000  # datagrams/s: where batching starts and sto
 POLL_FROM = 1.5   # datagrams per window, measured over READER_LOOK wakeups: where polling starts
 POLL_UNTIL = 1.0  # datagrams per poll (running average) below which an empty poll stops polling
 READER_LOOK = 8   # reader wakeups between two looks at the rate while not polling
+POLL_BUDGET = 4 * BATCH  # datagrams one poll reads before it lets the loop run (a flood never holds it)
 
 
 class BatchUdpServer:
@@ -111,15 +112,17 @@ class BatchUdpServer:
         self.batches = 0
         self.coalesce = coalesce  # the polling window W in s (0: off; see the module's comment)
         self.polling = False      # the reader is off the loop and a timer reads the socket
-        self.poll_timer: asyncio.TimerHandle | None = None
+        self.poll_timer: asyncio.Handle | None = None  # the next poll: a timer, or at once after a full one
         self.per_poll = 0.0       # datagrams per poll, a running average
         self.woken, self.look_at, self.look_count = 0, 0.0, 0  # reader wakeups; the last look at the rate
         self.polls = 0            # polls made, and how many found nothing
         self.empty_polls = 0
+        self.budget_spent = 0     # polls that stopped at POLL_BUDGET with more queued
 
     def events(self) -> dict[str, int]:
         return {"udp_reply_unsent": self.unsent, "udp_receive_error": self.receive_errors,
-                "udp_poll": self.polls, "udp_poll_empty": self.empty_polls}
+                "udp_poll": self.polls, "udp_poll_empty": self.empty_polls,
+                "udp_poll_budget_spent": self.budget_spent}
 
     # -- lifecycle --------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -205,10 +208,18 @@ class BatchUdpServer:
         CORK.read_replies()  # the upstream's replies to the last poll's misses
         with CORK:  # the misses' upstream queries: one write per connection for the poll
             got = n = self.readable()
-            while n == BATCH and self.polling:
+            while n == BATCH and self.polling and got < POLL_BUDGET:
                 n = self.readable()
                 got += n
         if not self.polling:  # reading stopped, or batching was refused, meanwhile
+            return
+        if n == BATCH:
+            # A flood fills the socket faster than a poll empties it: read
+            # on at the loop's next turn, after every other socket, timer
+            # and upstream reply waiting (never a poll that does not end).
+            self.polls += 1
+            self.budget_spent += 1
+            self.poll_timer = self.loop.call_soon(self._poll)
             return
         self.polls += 1
         self.per_poll += (got - self.per_poll) / 4
