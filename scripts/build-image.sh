@@ -45,7 +45,8 @@ echo "build-image: wheels (locked dependencies and nodecache)"
 rm -f "$OUT"/wheels/*.whl
 cp image/requirements.lock "$OUT/wheels/requirements.lock"
 "$PY" -m pip download --quiet --only-binary=:all: --no-deps --require-hashes --python-version 3.11 \
-    --platform manylinux2014_x86_64 --implementation cp -r image/requirements.lock -d "$OUT/wheels"
+    --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --implementation cp \
+    -r image/requirements.lock -d "$OUT/wheels"
 "$PY" -m pip wheel --quiet --no-deps -w "$OUT/wheels" .
 
 echo "build-image: $TAG (buildah bud --isolation chroot)"

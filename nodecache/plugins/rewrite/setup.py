@@ -10,13 +10,13 @@ block may have several, applied in order). FIELD is one of:
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from dnslib import CLASS, QTYPE
 
 from ...config.corefile import Directive
 from ..grammar import Ctx
+from ..regex import RegexError, compile_regex
 
 MATCH_TYPES = ("exact", "prefix", "suffix", "substring", "regex")
 
@@ -32,6 +32,8 @@ class Rule:
     answer_from: str = ""
     answer_to: str = ""
     ttl: tuple[int, int] = (0, 0)  # (min, max) for ttl rules
+    pattern: object = None         # ``source`` compiled (RE2, plugins.regex) for regex matches
+    answer_pattern: object = None  # ``answer_from`` compiled, for answer name/value
 
 
 def _absolute(text: str) -> str:
@@ -81,11 +83,9 @@ def _name(ctx: Ctx, line: int, stop: bool, rest: list[str]) -> Rule:
     if len(rest) < 2:
         raise ctx.error(line, "rewrite name [exact|prefix|suffix|substring|regex] FROM TO [answer ...]")
     source, target, tail = rest[0], rest[1], rest[2:]
+    pattern = answer_pattern = None
     if match == "regex":
-        try:
-            re.compile(source)
-        except re.error as exc:
-            raise ctx.error(line, f"rewrite: regex {source!r}: {exc}") from None
+        pattern = _regex(ctx, line, source, "regex")
     elif match in ("exact", "suffix"):
         source, target = _absolute(source), _absolute(target)
     else:
@@ -100,13 +100,18 @@ def _name(ctx: Ctx, line: int, stop: bool, rest: list[str]) -> Rule:
             answer = "auto"
         elif tail[1] in ("name", "value") and len(tail) == 4:
             answer, a_from, a_to = tail[1], tail[2], tail[3]
-            try:
-                re.compile(a_from)
-            except re.error as exc:
-                raise ctx.error(line, f"rewrite: answer regex {a_from!r}: {exc}") from None
+            answer_pattern = _regex(ctx, line, a_from, "answer regex")
         else:
             raise ctx.error(line, "rewrite: answer auto | answer name FROM TO | answer value FROM TO")
-    return Rule("name", stop, match, source, target, answer, a_from, a_to)
+    return Rule("name", stop, match, source, target, answer, a_from, a_to, pattern=pattern,
+                answer_pattern=answer_pattern)
+
+
+def _regex(ctx: Ctx, line: int, text: str, what: str):
+    try:
+        return compile_regex(text)
+    except RegexError as exc:
+        raise ctx.error(line, f"rewrite: {what} {text!r}: {exc}") from None
 
 
 def _ttl(ctx: Ctx, line: int, stop: bool, rest: list[str]) -> Rule:
@@ -123,4 +128,5 @@ def _ttl(ctx: Ctx, line: int, stop: bool, rest: list[str]) -> Rule:
         raise ctx.error(line, f"rewrite: ttl {value!r} is not SECONDS or MIN-MAX")
     if match in ("exact", "suffix"):
         source = _absolute(source)
-    return Rule("ttl", stop, match, source, ttl=bounds, answer="none")
+    pattern = _regex(ctx, line, source, "regex") if match == "regex" else None
+    return Rule("ttl", stop, match, source, ttl=bounds, answer="none", pattern=pattern)

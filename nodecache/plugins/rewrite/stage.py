@@ -9,7 +9,8 @@ comes back with the client's question (its ID, name and case, type and
 class) and, for name rules, the record names turned back (``answer
 auto``: the reverse of the rule; ``answer name FROM TO``: a regex on
 owner names; ``answer value FROM TO``: on names inside records). ``ttl``
-rules clamp the TTLs of a reply whose question matches.
+rules clamp the TTLs of a reply whose question matches. Regexes are RE2
+(``plugins.regex``): linear in the name, as CoreDNS's Go regexps.
 
 The reply is handed to the cache (before it in the chain) as an analysed
 reply to the client's own question, so a rewritten name is cached under
@@ -31,7 +32,7 @@ _NAME_RDATA = {QTYPE.CNAME: "label", QTYPE.DNAME: "label", QTYPE.NS: "label", QT
                QTYPE.MX: "label", QTYPE.SRV: "target"}
 
 
-def _expand(template: str, m: re.Match) -> str:
+def _expand(template: str, m) -> str:
     return _GROUP.sub(lambda g: m.group(int(g.group(1))) or "", template)
 
 
@@ -46,14 +47,14 @@ def rename(rule, name: str) -> str | None:
         return name[:-len(src)] + dst if name.endswith(src) else None
     if how == "substring":
         return name.replace(src, dst, 1) if src in name else None
-    m = re.search(src, name)
+    m = rule.pattern.search(name)
     return (_expand(dst, m).lower().rstrip(".") + ".") if m else None
 
 
 def _matches(rule, name: str) -> bool:
     how, src = rule.match, rule.source
     return {"exact": name == src, "prefix": name.startswith(src), "suffix": name.endswith(src),
-            "substring": src in name}.get(how) if how != "regex" else re.search(src, name) is not None
+            "substring": src in name}.get(how) if how != "regex" else rule.pattern.search(name) is not None
 
 
 def _unrename(rule, name: str) -> str:
@@ -68,8 +69,8 @@ def _unrename(rule, name: str) -> str:
     return name.replace(dst, src, 1) if dst in name else name
 
 
-def _regex_name(pattern: str, template: str, name: str) -> str:
-    m = re.search(pattern, name)
+def _regex_name(pattern, template: str, name: str) -> str:
+    m = pattern.search(name)
     return _expand(template, m) if m else name
 
 
@@ -134,11 +135,11 @@ class RewriteStage(Stage):
                 if rule.field == "name" and rule.answer == "auto":
                     owner = _unrename(rule, owner)
                 elif rule.field == "name" and rule.answer == "name":
-                    owner = _regex_name(rule.answer_from, rule.answer_to, owner)
+                    owner = _regex_name(rule.answer_pattern, rule.answer_to, owner)
                 elif rule.field == "name" and rule.answer == "value" and rr.rtype in _NAME_RDATA:
                     attr = _NAME_RDATA[rr.rtype]
                     value = str(getattr(rr.rdata, attr))
-                    setattr(rr.rdata, attr, DNSLabel(_regex_name(rule.answer_from, rule.answer_to, value)))
+                    setattr(rr.rdata, attr, DNSLabel(_regex_name(rule.answer_pattern, rule.answer_to, value)))
                 elif rule.field == "ttl":
                     low, high = rule.ttl
                     rr.ttl = min(max(rr.ttl, low), high)

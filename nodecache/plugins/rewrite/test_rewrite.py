@@ -7,6 +7,7 @@ from dnslib import QTYPE, DNSRecord
 
 from nodecache.config.corefile import CorefileError
 from nodecache.config.parse import parse_config
+from nodecache.plugins.regex import compile_regex
 from nodecache.plugins.rewrite.setup import Rule
 from nodecache.plugins.rewrite.stage import rename
 from nodecache.testing.client import build
@@ -39,7 +40,8 @@ def test_setup_rejects(text, error):
      "db.svc.cluster.local."),
     (Rule("name", match="substring", source="staging", target="prod"), "api.staging.example.",
      "api.prod.example."),
-    (Rule("name", match="regex", source=r"^(.*)\.corp\.$", target="{1}.internal."), "db.corp.", "db.internal."),
+    (Rule("name", match="regex", source=r"^(.*)\.corp\.$", target="{1}.internal.",
+          pattern=compile_regex(r"^(.*)\.corp\.$")), "db.corp.", "db.internal."),
 ])
 def test_rename(rule, name, want):
     assert rename(rule, name) == want

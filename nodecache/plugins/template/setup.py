@@ -1,17 +1,18 @@
 """``template CLASS TYPE [ZONE...] { match REGEX...; answer RR; additional RR;
 authority RR; rcode CODE; fallthrough [ZONE...]; upstream [ADDRESS] }`` ->
 ``TemplateConfig`` (one per directive; a block may have several). Regexes
-and templates are compiled here, so a broken one is a Corefile error."""
+(RE2, as CoreDNS's: ``plugins.regex``) and templates are compiled here, so a
+broken one is a Corefile error."""
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 
 from dnslib import CLASS, QTYPE, RCODE
 
 from ...config.corefile import Directive
 from ..grammar import Ctx, normalize_zone
+from ..regex import RegexError, compile_regex
 from .render import Template, TemplateError, compile as compile_template
 
 log = logging.getLogger("nodecache.template")
@@ -22,7 +23,7 @@ class TemplateConfig:
     qclass: int                       # 255: ANY
     qtype: int                        # 255: ANY
     zones: tuple[str, ...] = ()       # empty: the server block's zones
-    regexes: tuple[re.Pattern, ...] = ()
+    regexes: tuple = ()               # RE2 patterns (plugins.regex)
     answer: tuple[Template, ...] = ()
     additional: tuple[Template, ...] = ()
     authority: tuple[Template, ...] = ()
@@ -50,8 +51,8 @@ def setup(ctx: Ctx, d: Directive) -> TemplateConfig:
         if sub.name == "match":
             for tok in sub.args:
                 try:
-                    regexes.append(re.compile(tok.text))
-                except re.error as exc:
+                    regexes.append(compile_regex(tok.text))
+                except RegexError as exc:
                     raise ctx.error(tok.line, f"template: match {tok.text!r}: {exc}") from None
         elif sub.name in sections:
             if not sub.args:
@@ -71,6 +72,6 @@ def setup(ctx: Ctx, d: Directive) -> TemplateConfig:
             log.warning("%s:%d: template: 'upstream' is deprecated and ignored", ctx.source, sub.line)
         else:
             raise ctx.error(sub.line, f"template: unknown option '{sub.name}'")
-    return TemplateConfig(qclass, qtype, zones, tuple(regexes) or (re.compile(".*"),),
+    return TemplateConfig(qclass, qtype, zones, tuple(regexes) or (compile_regex(".*"),),
                           tuple(sections["answer"]), tuple(sections["additional"]),
                           tuple(sections["authority"]), rcode, fall)
