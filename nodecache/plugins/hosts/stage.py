@@ -7,10 +7,15 @@ name it does not know goes down the chain with ``fallthrough`` (for that
 name's zones), else SERVFAIL (CoreDNS: there is no SOA to make an
 NXDOMAIN). PTR questions need no zone: the reverse of a known address is
 answered with its names (unless ``no_reverse``), any other PTR goes down
-the chain. The file is re-read when its modification time or size
-changed, checked at most every ``reload`` seconds on the query path's
-clock (no task of its own); a file that disappears leaves the inline
-entries serving.
+the chain. The file is read at start (before the block serves), then
+re-read when its modification time or size changed, looked at at most
+every ``reload`` seconds on the query path's clock: the look is a stat,
+and the read and parse of a changed file run in a worker thread while the
+old table keeps answering; the new table replaces it whole when ready.
+Only a regular file of at most ``table.MAX_BYTES`` is read (a FIFO, a
+device or a directory at the path is an error logged once, as is any
+other reason the file cannot be used, and the table in use stays); a file
+that disappears leaves the inline entries serving.
 
 Its answers are not cached (CoreDNS's cache does keep them): they cost a
 dict lookup here. It sits after ``cache`` in the chain, so fresh hits may
@@ -19,8 +24,8 @@ hosts sends every miss through the chain.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
 import time
 
 from dnslib import AAAA, PTR, QTYPE, RR, A
@@ -29,7 +34,7 @@ from ...dns.wire import SERVFAIL, decode_name, encode_name
 from ..answer import reply
 from ..chain import Answer, Request, Shortcuts, Stage, in_zone
 from .setup import HostsConfig
-from .table import Table, address_of_reverse, parse
+from .table import HostsFileError, Table, address_of_reverse, file_stamp, parse, read_file
 
 log = logging.getLogger("nodecache.hosts")
 
@@ -42,42 +47,86 @@ class HostsStage(Stage):
         self.clock = clock
         self.zones = [encode_name(z) for z in (cfg.zones or block_zones)]
         self.fall = None if cfg.fallthrough is None else [encode_name(z) for z in cfg.fallthrough or (".",)]
-        self.inline = Table()
-        for addr, names in cfg.inline:
-            self.inline.add(addr, names)
+        self.inline = self._inline_table()
         self.table = self.inline
         self.stamp: tuple | None = None
         self.checked = float("-inf")
-        self._load()
+        self.loading = None     # the worker's future while a changed file is read
+        self.problem = ""       # the reason last logged (each is logged once, until the file is fine)
+        self.closed = False
+        try:
+            self._use(*read_file(cfg.file))
+        except OSError as exc:
+            self._unusable(exc)
 
     def shortcuts(self) -> Shortcuts:
         return Shortcuts(hit=True, memo=True)  # after the cache: a fresh hit never reaches it
 
-    def _load(self) -> None:
-        try:
-            st = os.stat(self.cfg.file)
-            stamp = (st.st_mtime_ns, st.st_size)
-            if stamp == self.stamp:
-                return
-            with open(self.cfg.file, encoding="utf-8", errors="replace") as f:
-                text = f.read()
-        except OSError as exc:
-            if self.stamp is not None or self.table is not self.inline:
-                log.warning("hosts: %s unreadable (%s); serving the inline entries", self.cfg.file, exc.strerror)
-            self.stamp, self.table = None, self.inline
-            return
+    def close(self) -> None:
+        self.closed = True
+
+    def _inline_table(self) -> Table:
         table = Table()
         for addr, names in self.cfg.inline:
             table.add(addr, names)
-        self.table, self.stamp = parse(text, table), stamp
+        return table
 
     def _fresh(self) -> Table:
-        if self.cfg.reload:
+        if self.cfg.reload and self.loading is None:
             now = self.clock()
             if now - self.checked >= self.cfg.reload:
                 self.checked = now
-                self._load()
+                self._look()
         return self.table
+
+    def _look(self) -> None:
+        """Start reading the file in a worker if it changed."""
+        try:
+            if file_stamp(self.cfg.file) == self.stamp:
+                return
+        except OSError as exc:
+            self._unusable(exc)
+            return
+        self.loading = asyncio.get_running_loop().run_in_executor(None, self._read_and_parse)
+        self.loading.add_done_callback(self._loaded)
+
+    def _read_and_parse(self) -> tuple[tuple, Table]:
+        """In a worker thread: the file's stamp and its table (inline entries first)."""
+        stamp, text = read_file(self.cfg.file)
+        return stamp, parse(text, self._inline_table())
+
+    def _loaded(self, future) -> None:
+        self.loading = None
+        if self.closed or future.cancelled():
+            return
+        exc = future.exception()
+        if exc is None:
+            self.stamp, self.table = future.result()
+            self._fine()
+        elif isinstance(exc, OSError):
+            self._unusable(exc)
+        else:  # a bug in the parser: the old table serves, and it is said
+            log.error("hosts: reading %s failed: %r; the table in use stays", self.cfg.file, exc)
+
+    def _use(self, stamp: tuple, text: str) -> None:
+        self.stamp, self.table = stamp, parse(text, self._inline_table())
+        self._fine()
+
+    def _fine(self) -> None:
+        if self.problem:
+            log.info("hosts: %s read again (%d names)", self.cfg.file, len(self.table.v4) + len(self.table.v6))
+        self.problem = ""
+
+    def _unusable(self, exc: OSError) -> None:
+        """The file cannot be read: a missing file leaves the inline entries;
+        any other reason keeps the table in use. Each reason is logged once."""
+        reason = str(exc) if isinstance(exc, HostsFileError) else (exc.strerror or str(exc))
+        if isinstance(exc, FileNotFoundError):
+            self.stamp, self.table = None, self.inline
+        if reason != self.problem:
+            log.warning("hosts: %s: %s; %s", self.cfg.file, reason,
+                        "serving the inline entries" if self.table is self.inline else "the table in use stays")
+            self.problem = reason
 
     async def handle(self, request: Request) -> Answer:
         q = request.query

@@ -8,7 +8,7 @@ from dnslib import QTYPE, DNSRecord
 from nodecache.config.corefile import CorefileError
 from nodecache.config.parse import parse_config
 from nodecache.testing.client import build
-from nodecache.testing.fakes import FakeClock
+from nodecache.testing.fakes import FakeClock, eventually
 from nodecache.testing.harness import node
 
 HOSTS = "127.0.0.1 localhost\n10.0.0.1   example.org  www.Example.org # comment\n::1 localhost\n" \
@@ -96,5 +96,12 @@ async def test_the_file_is_reread_when_it_changes(tmp_path):
         path.write_text(HOSTS.replace("10.0.0.1 ", "10.0.0.2 ") + "10.0.0.3 new.example.org\n")
         assert [str(r.rdata) for r in (await _ask(n, "example.org", QTYPE.A)).rr] == ["10.0.0.1"]  # not yet
         clock.advance(5.0)
+        await _ask(n, "example.org", QTYPE.A)  # the look: the changed file is read in a worker
+        stage = _hosts_stage(n)
+        await eventually(lambda: stage.loading is None, what="the new table")
         assert [str(r.rdata) for r in (await _ask(n, "example.org", QTYPE.A)).rr] == ["10.0.0.2"]
         assert [str(r.rdata) for r in (await _ask(n, "new.example.org", QTYPE.A)).rr] == ["10.0.0.3"]
+
+
+def _hosts_stage(n):
+    return next(s for s in n.agent.blocks[0].stages if s.name == "hosts")
