@@ -1,7 +1,14 @@
 """A small HTTP/1.x server for /metrics, /health and /ready.
 
 Only GET and HEAD, one request per connection, headers capped at 8 KiB and
-5 seconds: a scrape or a probe, never a general web server. Each listening
+the whole exchange at 5 seconds from accept: a scrape or a probe, never a
+general web server. Over HTTPS (node-cache's ``-tls-*`` flags) the TLS
+layer is ours too (``_TlsConn``, an ``ssl`` object over memory buffers):
+the 5 s count from accept, so a client that never sends its ClientHello
+is closed then (the loop's own TLS server waited 60 s for a handshake and
+made no protocol until it ended), and at most ``MAX_TLS_CONNS`` are open
+per listener, more aborted at accept, so silent connections cannot grow
+memory (each TLS session holds its buffers). Each listening
 address serves the union of the endpoints configured on it (CoreDNS lets
 several blocks name the same ``prometheus`` address). Sockets are ours, so
 they can be handed to a successor with the DNS sockets.
@@ -11,10 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from typing import Callable
 
 log = logging.getLogger("nodecache.http")
 MAX_HEAD = 8192
+DEADLINE = 5.0       # seconds from accept to the reply sent
+MAX_TLS_CONNS = 64   # open HTTPS connections per listener (a scrape or two, probes)
 RETRY = 2.0  # seconds between attempts to bind an HTTP address that was taken
 Handler = Callable[[], tuple[int, str, bytes]]
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
@@ -55,13 +65,17 @@ class _Conn(asyncio.Protocol):
 
     def connection_made(self, transport):
         self.transport = transport
-        self.timer = asyncio.get_running_loop().call_later(5, transport.abort)
+        self.timer = asyncio.get_running_loop().call_later(DEADLINE, transport.abort)
 
     def connection_lost(self, exc):
         if self.timer:
             self.timer.cancel()
 
     def data_received(self, data):
+        self.request(data)
+
+    def request(self, data: bytes) -> None:
+        """Bytes of the request, as they come."""
         self.buf += data
         if b"\r\n\r\n" not in self.buf and b"\n\n" not in self.buf:
             if len(self.buf) > MAX_HEAD:
@@ -89,8 +103,69 @@ class _Conn(asyncio.Protocol):
     def _send(self, status: int, ctype: str, body: bytes, with_body: bool) -> None:
         head = (f"HTTP/1.1 {status} {REASONS.get(status, '')}\r\nContent-Type: {ctype}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-        self.transport.write(head + (body if with_body else b""))
+        self.respond(head + (body if with_body else b""))
+
+    def respond(self, data: bytes) -> None:
+        self.transport.write(data)
         self.transport.close()
+
+
+class _TlsConn(_Conn):
+    """HTTPS: the TLS session over memory buffers, counted in ``gate``."""
+
+    def __init__(self, routes: dict[str, Handler], context: ssl.SSLContext, gate: list[int]):
+        super().__init__(routes)
+        self.gate = gate            # [connections open on this listener]
+        self.counted = False
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.handshaken = False
+
+    def connection_made(self, transport):
+        if self.gate[0] >= MAX_TLS_CONNS:
+            transport.abort()
+            return
+        self.gate[0] += 1
+        self.counted = True
+        super().connection_made(transport)
+
+    def connection_lost(self, exc):
+        if self.counted:
+            self.gate[0] -= 1
+            self.counted = False
+        super().connection_lost(exc)
+
+    def data_received(self, data):
+        self.incoming.write(data)
+        try:
+            if not self.handshaken:
+                self.tls.do_handshake()
+                self.handshaken = True
+            plain = b""
+            while True:
+                plain += self.tls.read(MAX_HEAD + 1)
+        except ssl.SSLWantReadError:
+            self._flush()
+            if self.handshaken and plain and not self.transport.is_closing():
+                self.request(plain)
+        except (ssl.SSLError, ValueError) as exc:  # a failed handshake or a broken record
+            log.debug("https from %s: %s", self.transport.get_extra_info("peername"), exc)
+            self._flush()
+            self.transport.abort()
+
+    def respond(self, data: bytes) -> None:
+        try:
+            self.tls.write(data)
+            self.tls.unwrap()  # close_notify; the client's own is not awaited
+        except (ssl.SSLWantReadError, ssl.SSLError):
+            pass
+        self._flush()
+        self.transport.close()
+
+    def _flush(self) -> None:
+        pending = self.outgoing.read()
+        if pending and not self.transport.is_closing():
+            self.transport.write(pending)
 
 
 class HttpServers:
@@ -121,8 +196,12 @@ class HttpServers:
                               " ".join(sorted(routes)), addr, why, RETRY)
                 self.failed[addr] = why
                 continue
-            self.servers[addr] = await loop.create_server(lambda r=routes: _Conn(r), sock=sock,
-                                                          ssl=self.tls.get(addr))
+            context, gate = self.tls.get(addr), [0]  # gate: this listener's open HTTPS connections
+            if context is None:
+                factory = lambda r=routes: _Conn(r)  # noqa: E731
+            else:
+                factory = lambda r=routes, c=context, g=gate: _TlsConn(r, c, g)  # noqa: E731
+            self.servers[addr] = await loop.create_server(factory, sock=sock)
             was = self.failed.pop(addr, None)
             log.info("serving %s on %s%s", " ".join(sorted(routes)), addr, f" (it was: {was})" if was else "")
 

@@ -109,3 +109,122 @@ def test_a_missing_certificate_stops_the_start_with_one_line(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "-tls-cert-file" in out.stderr
+
+
+def _silent(port: int, count: int) -> list:
+    import socket
+    return [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(count)]
+
+
+def _closed_by_peer(sock) -> bool:
+    sock.settimeout(0.05)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except OSError:
+        return True  # reset: closed too
+
+
+async def test_a_client_that_never_says_hello_is_closed_at_the_deadline(pki, monkeypatch):
+    """The deadline counts from accept, the handshake included (the loop's
+    TLS server waited 60 s for a ClientHello and set no timer of ours)."""
+    from nodecache.observe import http
+    monkeypatch.setattr(http, "DEADLINE", 0.5)
+    tls = MetricsTls(str(pki / "server.crt"), str(pki / "server.key"))
+    async with node(CLUSTER) as n:
+        rt, port = await _serve(n, tls)
+        socks = await asyncio.to_thread(_silent, port, 5)
+        await asyncio.sleep(1.0)
+        assert all(await asyncio.to_thread(lambda: [_closed_by_peer(s) for s in socks]))
+        for s in socks:
+            s.close()
+        rt.close()
+
+
+async def test_negative_control_the_loops_tls_server_keeps_a_silent_client(pki):
+    ctx = MetricsTls(str(pki / "server.crt"), str(pki / "server.key")).context()
+    server = await asyncio.get_running_loop().create_server(asyncio.Protocol, "127.0.0.1", 0, ssl=ctx)
+    port = server.sockets[0].getsockname()[1]
+    socks = await asyncio.to_thread(_silent, port, 2)
+    await asyncio.sleep(1.0)
+    assert not any(await asyncio.to_thread(lambda: [_closed_by_peer(s) for s in socks]))
+    for s in socks:
+        s.close()
+    server.close()
+
+
+async def test_at_most_max_tls_conns_are_held_the_rest_aborted_at_accept(pki):
+    from nodecache.observe import http
+    tls = MetricsTls(str(pki / "server.crt"), str(pki / "server.key"))
+    async with node(CLUSTER) as n:
+        rt, port = await _serve(n, tls)
+        socks = await asyncio.to_thread(_silent, port, http.MAX_TLS_CONNS + 20)
+        await asyncio.sleep(0.3)
+        closed = await asyncio.to_thread(lambda: [_closed_by_peer(s) for s in socks])
+        assert closed.count(True) == 20 and not any(closed[:http.MAX_TLS_CONNS])
+        for s in socks:
+            s.close()
+        # a real scrape still gets in once the silent ones are gone
+        await asyncio.sleep(0.2)
+        status, _ = await asyncio.to_thread(_fetch, f"https://127.0.0.1:{port}/metrics", _client_ctx(pki, False))
+        assert status == 200
+        rt.close()
+
+
+def _rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_four_thousand_silent_tls_connections_keep_the_agents_memory(pki, tmp_path):
+    """The review's reproduction: 4,000 silent connections took the agent
+    from 33 to 229 MiB. Now at most MAX_TLS_CONNS are held, each at most
+    the deadline: RSS within 10 MiB of idle."""
+    import resource
+    import socket
+    import time
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 4200:
+        pytest.skip(f"needs 4,200 file descriptors, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4200), hard))
+    conf = tmp_path / "Corefile"
+    conf.write_text(f".:{client.free_port()} {{\n    bind 127.0.0.1\n    forward . 127.0.0.1:9\n}}\n")
+    port = client.free_port()
+    agent = subprocess.Popen([sys.executable, "-m", "nodecache", "run", "-conf", str(conf), "-handoff=false",
+                              "-metrics-listen-address", f"127.0.0.1:{port}", "-tls-enabled",
+                              "-tls-cert-file", str(pki / "server.crt"), "-tls-private-key-file",
+                              str(pki / "server.key"), "-status-socket", str(tmp_path / "status")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    socks = []
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        time.sleep(0.5)
+        assert agent.poll() is None, "the agent did not start"
+        idle = _rss_kib(agent.pid)
+        peak = idle
+        for _ in range(4000):
+            try:
+                socks.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+            except OSError:
+                pass  # the kernel's backlog overflowed: a refused connection costs the agent nothing
+            if len(socks) % 500 == 0:
+                peak = max(peak, _rss_kib(agent.pid))
+        time.sleep(0.5)
+        peak = max(peak, _rss_kib(agent.pid))
+        print(f"\nidle {idle / 1024:.1f} MiB, with 4,000 silent TLS connections {peak / 1024:.1f} MiB")
+        assert peak - idle < 10 * 1024
+    finally:
+        for s in socks:
+            s.close()
+        agent.terminate()
+        agent.wait(15)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
