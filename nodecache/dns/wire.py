@@ -328,16 +328,19 @@ def make_query(qid: int, question: bytes, flags: int = RD, do: int = -1) -> byte
 
 
 def encode_name(name: str) -> bytes:
-    """Presentation name -> uncompressed wire name. Raises ValueError."""
-    name = name.rstrip(".")
-    if not name:
-        return b"\x00"
+    """Presentation name -> uncompressed wire name, reading RFC 1035 §5.1
+    escapes (``\\DDD`` and ``\\X``), so ``decode_name``'s output comes back
+    to the same bytes (a dot or any byte inside a label included). Raises
+    ValueError."""
+    if "\\" not in name:
+        labels = [label.encode("ascii", "strict") if label.isascii() else None
+                  for label in name.rstrip(".").split(".")] if name.rstrip(".") else []
+        if None in labels:
+            raise ValueError(f"not an ASCII name: {name!r} (use its IDNA form)")
+    else:
+        labels = _escaped_labels(name)
     out = bytearray()
-    for label in name.split("."):
-        try:
-            raw = label.encode("ascii")
-        except UnicodeEncodeError:
-            raise ValueError(f"not an ASCII name: {name!r} (use its IDNA form)") from None
+    for raw in labels:
         if not 0 < len(raw) < 64:
             raise ValueError(f"bad label in {name!r}")
         out.append(len(raw))
@@ -346,6 +349,37 @@ def encode_name(name: str) -> bytes:
     if len(out) > 255:
         raise ValueError(f"name too long: {name!r}")
     return bytes(out)
+
+
+def _escaped_labels(name: str) -> list[bytes]:
+    labels, label, i = [], bytearray(), 0
+    while i < len(name):
+        c = name[i]
+        if c == "\\":
+            digits = name[i + 1:i + 4]
+            if len(digits) == 3 and digits.isdigit():
+                if int(digits) > 255:
+                    raise ValueError(f"bad escape \\{digits} in {name!r}")
+                label.append(int(digits))
+                i += 4
+                continue
+            if i + 1 >= len(name):
+                raise ValueError(f"name ends in a backslash: {name!r}")
+            c, i = name[i + 1], i + 1
+        elif c == ".":
+            labels.append(bytes(label))
+            label = bytearray()
+            i += 1
+            continue
+        if not c.isascii():
+            raise ValueError(f"not an ASCII name: {name!r} (use its IDNA form)")
+        label.append(ord(c))
+        i += 1
+    if label:
+        labels.append(bytes(label))
+    if labels and not labels[-1] and len(labels) == 1:
+        return []
+    return labels
 
 
 _PLAIN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_*/+=@#$%&!?~^:,;'`|<>[]{}()")

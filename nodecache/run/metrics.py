@@ -47,7 +47,8 @@ class DnsCollector:
             yield from self._requests(agent)
             yield from self._plugins(agent)
             refused = CounterMetricFamily("nodecache_refused", "Queries refused at once because their "
-                                          "client's share or the agent's slow-path capacity was full.",
+                                          "client's share or rate, or the agent's slow-path capacity, was "
+                                          "full (host_*: every host-network socket together).",
                                           labels=["reason"])
             for reason, n in agent.admission.refusals().items():
                 refused.add_metric([reason], n)

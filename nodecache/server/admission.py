@@ -31,7 +31,11 @@ fresh sockets escapes the per-client limits, so every host-network client
 together holds at most ``LOCAL_SHARES`` clients' shares in flight
 (REFUSED beyond, ``reason="host_share"``): it can crowd out other
 host-network clients, never the pods. (A host-network pod can flood the
-cluster DNS directly anyway; the cap bounds what it costs the agent.)
+cluster DNS directly anyway; the cap bounds what it costs the agent.) The
+same holds for the rate: every host-network socket together starts at most
+``LOCAL_SHARES`` clients' rate of slow-path work a second (REFUSED beyond,
+``reason="host_rate"``), so a host process spraying fresh sockets cannot
+take the CPU from the pods' misses either.
 """
 from __future__ import annotations
 
@@ -49,13 +53,14 @@ DEFAULT_PER_CLIENT = defaults.MAX_INFLIGHT_PER_CLIENT
 # from one client cannot starve the others.
 DEFAULT_RATE = defaults.MISS_RATE_PER_CLIENT
 MAX_BUCKETS = 8192     # then buckets that are full again are forgotten
-LOCAL_SHARES = 4       # every host-network client together: this many clients' in-flight shares
+LOCAL_SHARES = 4       # every host-network client together: this many clients' in-flight shares and rates
+HOST_NETWORK = ("host network",)  # the bucket every host-network socket's misses also take from
 
 
 class Admission:
     __slots__ = ("total", "per_client", "rate", "running", "by_client", "buckets", "clock", "local",
                  "local_total", "local_running", "refused_share", "refused_capacity", "refused_rate",
-                 "refused_host")
+                 "refused_host", "refused_host_rate", "host_bucket")
 
     def __init__(self, total: int = DEFAULT_TOTAL, per_client: int = DEFAULT_PER_CLIENT,
                  rate: float = DEFAULT_RATE, clock=time.monotonic):
@@ -72,11 +77,14 @@ class Admission:
         self.refused_capacity = 0  # nodecache_refused_total{reason="capacity"}
         self.refused_rate = 0      # nodecache_refused_total{reason="client_rate"}
         self.refused_host = 0      # nodecache_refused_total{reason="host_share"}
+        self.refused_host_rate = 0  # nodecache_refused_total{reason="host_rate"}
+        self.host_bucket = [self.rate * LOCAL_SHARES, clock()]  # every host-network socket's misses together
 
     def refusals(self) -> dict[str, int]:
         """``nodecache_refused_total`` by reason."""
         return {"client_share": self.refused_share, "capacity": self.refused_capacity,
-                "client_rate": self.refused_rate, "host_share": self.refused_host}
+                "client_rate": self.refused_rate, "host_share": self.refused_host,
+                "host_rate": self.refused_host_rate}
 
     def client(self, peer) -> str | tuple:
         """The client a query from ``peer`` (a socket address tuple) counts
@@ -95,13 +103,7 @@ class Admission:
             if len(self.buckets) >= MAX_BUCKETS:
                 self._forget_full(now)
             bucket = self.buckets[client] = [self.rate, now]
-        tokens = min(self.rate, bucket[0] + (now - bucket[1]) * self.rate)
-        bucket[1] = now
-        if tokens < 1.0:
-            bucket[0] = tokens
-            return False
-        bucket[0] = tokens - 1.0
-        return True
+        return _take(bucket, self.rate, now)
 
     def _forget_full(self, now: float) -> None:
         self.buckets = {c: b for c, b in self.buckets.items() if b[0] + (now - b[1]) * self.rate < self.rate}
@@ -121,6 +123,9 @@ class Admission:
             if self.local_running >= self.local_total:
                 self.refused_host += 1
                 return False
+            if self.rate and not _take(self.host_bucket, self.rate * LOCAL_SHARES, self.clock()):
+                self.refused_host_rate += 1
+                return False
             self.local_running += 1
         self.by_client[client] = held + 1
         self.running += 1
@@ -135,3 +140,14 @@ class Admission:
             self.by_client[client] = held
         else:
             del self.by_client[client]
+
+
+def _take(bucket: list, rate: float, now: float) -> bool:
+    """Take a token from ``bucket`` ([tokens, last refill], a second's burst at ``rate``)."""
+    tokens = min(rate, bucket[0] + (now - bucket[1]) * rate)
+    bucket[1] = now
+    if tokens < 1.0:
+        bucket[0] = tokens
+        return False
+    bucket[0] = tokens - 1.0
+    return True

@@ -16,7 +16,8 @@ import logging
 import time
 
 from ..config.model import ServerBlock
-from ..dns.wire import EDNS_SIZE, SERVFAIL, error_reply
+from ..dns.wire import EDNS_SIZE, SERVFAIL, decode_name, error_reply
+from ..observe.ratelog import Throttle
 from ..forward.forwarder import ForwardFailure
 from ..plugins import registry
 from ..plugins.cache.stage import CacheStage
@@ -37,6 +38,7 @@ class Block:
         self.forward_stage = next((st for st in self.stages if isinstance(st, ForwardStage)), None)
         self.handler = chain(self.stages)
         self.panics = 0
+        self.throttle = Throttle(log)  # a panic's traceback: the query is a client's (observe.ratelog)
         self.loop = LoopDetector(cfg.zones[0]) if cfg.has("loop") and self.forward_stage else None
         if self.loop is not None:
             self.forward_stage.loop = self.loop
@@ -76,7 +78,8 @@ class Block:
             return error_reply(q.data, SERVFAIL, q.qend, q.edns), "forward"
         except Exception:
             self.panics += 1  # coredns_panics_total
-            log.exception("unexpected error serving %r", q.data[:64])
+            self.throttle.error("panic", "unexpected error serving %s %s", decode_name(q.qname), q.qtype,
+                                exc_info=True)
             return error_reply(q.data, SERVFAIL, q.qend, q.edns), ""
 
     async def probe_loop(self) -> None:

@@ -54,6 +54,7 @@ import time
 
 from ..defaults import UDP_COALESCE_MAX, UDP_COALESCE_MIN
 from ..forward.cork import CORK
+from ..observe.ratelog import Throttle
 from .mmsg import BATCH, CALLS, I_LEN, I_NAMELEN, I_PER, MM, MSG_DONTWAIT, NAME, Q_NAME, Q_PER, SLOT, Vectors, sender
 from .querypath import QueryPath
 
@@ -106,6 +107,7 @@ class BatchUdpServer:
         self.batching = False  # one datagram per wakeup until the rate says otherwise (_pace)
         self.batch_ok = True   # False once the kernel refused recvmmsg or sendmmsg
         self.since, self.paced, self.switches = 0.0, 0, 0
+        self.throttle = Throttle(log)  # a failed query's traceback (observe.ratelog)
         self.unsent = 0       # replies the kernel would not take (buffer full, client gone, firewalled)
         self.receive_errors = 0  # recvmmsg failures that were neither transient nor a refused call
         self.datagrams = 0    # received, and in how many recvmmsg calls: the batching achieved
@@ -260,7 +262,7 @@ class BatchUdpServer:
                 if reply is None:
                     return
         except Exception as exc:  # a bug costs this datagram only
-            self.loop.call_exception_handler({"message": "udp query failed", "exception": exc})
+            self.throttle.error("query", "udp query failed", exc_info=exc)
             return
         self.send(reply, addr)
 
@@ -306,7 +308,7 @@ class BatchUdpServer:
                 tq[ready * Q_PER + Q_NAME] = name_at[k]
                 ready += 1
             except Exception as exc:  # one datagram's bug never costs the others their replies
-                self.loop.call_exception_handler({"message": "udp query failed", "exception": exc})
+                self.throttle.error("query", "udp query failed", exc_info=exc)
         if ready:
             self._flush(ready)
         return n

@@ -28,6 +28,8 @@ import os
 import socket
 from functools import partial
 
+from ..observe.ratelog import Throttle
+
 log = logging.getLogger("nodecache.udp")
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux's value; Python 3.11 does not export it
@@ -72,6 +74,7 @@ class WildcardUdpServer:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.reading = False
         self.unsent = 0
+        self.throttle = Throttle(log)  # a failed query's traceback (observe.ratelog)
 
     def events(self) -> dict[str, int]:
         return {"udp_reply_unsent": self.unsent}
@@ -114,7 +117,7 @@ class WildcardUdpServer:
                 if reply is None:
                     return
         except Exception as exc:  # a bug costs this datagram only
-            self.loop.call_exception_handler({"message": "udp query failed", "exception": exc})
+            self.throttle.error("query", "udp query failed", exc_info=exc)
             return
         self.send_from(source, reply, addr)
 

@@ -189,6 +189,7 @@ class Seen:
     qtype: int
     qid: int
     client: str = ""
+    question: bytes = b""  # the name's wire bytes as sent (names dnslib cannot read included)
 
 
 class FakeUpstream:
@@ -236,6 +237,8 @@ class FakeUpstream:
         except Exception:
             seen = Seen(proto, "", -1, -1, client)
         if self.record:
+            zero = data.find(0, 12)
+            seen.question = data[12:zero + 1] if zero > 0 else b""
             self.seen.append(seen)
         if self.log_file is not None:
             self.log_file.write(f"{seen.proto} {seen.client} {seen.qtype} {seen.name}\n")
@@ -292,6 +295,9 @@ class FakeUpstream:
             transport.abort()
         for task in list(self.tasks):
             task.cancel()
+
+    def raw_questions(self) -> list[bytes]:
+        return [s.question for s in self.seen]
 
     def names(self, proto: str | None = None) -> list[str]:
         return [s.name for s in self.seen if proto is None or s.proto == proto]

@@ -67,6 +67,27 @@ def test_ipv4_clients_of_a_dual_stack_socket_are_keyed_as_ipv4_clients():
     assert a.client(("fd00::7", 40000, 0, 0)) == "fd00::7"
 
 
+def test_host_network_sockets_share_one_rate_so_fresh_sockets_gain_nothing():
+    """A host process spraying fresh sockets (each its own client) used to
+    escape the per-client rate: 23 of a pod's 117 misses timed out. Every
+    host-network socket together now starts at most LOCAL_SHARES clients'
+    rate; the pods keep theirs."""
+    clock = FakeClock()
+    a = Admission(total=10 ** 6, per_client=10, rate=100, clock=clock)
+    a.local = frozenset({"192.168.1.5"})
+    admitted = 0
+    for port in range(20000, 22000):  # 2,000 fresh sockets within one instant
+        if a.admit(a.client(("192.168.1.5", port))):
+            admitted += 1
+            a.release(a.client(("192.168.1.5", port)))
+    assert admitted == 100 * LOCAL_SHARES and a.refused_host_rate == 2000 - admitted
+    for _ in range(100):  # a pod's own rate is untouched
+        assert a.admit("10.244.0.7")
+        a.release("10.244.0.7")
+    clock.advance(1.0)
+    assert a.admit(a.client(("192.168.1.5", 30000)))  # refilled
+
+
 def test_spoofed_sources_cannot_grow_the_bucket_table_without_bound():
     clock = FakeClock()
     a = Admission(total=10 ** 6, per_client=10, rate=100, clock=clock)

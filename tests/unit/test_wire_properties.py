@@ -49,3 +49,15 @@ def test_any_bytes_give_a_query_an_rfc_error_or_a_drop(data):
         parse_query(data)
     except QueryError as exc:
         assert exc.rcode in (None, 1, 4, 5, 16)
+
+
+@settings(max_examples=600, deadline=None)
+@given(name)
+def test_a_presentation_name_reads_back_to_the_same_bytes(wire_name):
+    """decode_name escapes every byte a name may hold (dots and bytes >= 0x80
+    inside labels too) and encode_name reads the escapes back (RFC 1035 §5.1):
+    what rewrite and template do with a client's name keeps that name."""
+    from nodecache.dns.wire import decode_name, encode_name
+    if len(wire_name) > 255:
+        return
+    assert encode_name(decode_name(wire_name)) == wire_name

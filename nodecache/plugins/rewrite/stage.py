@@ -9,7 +9,10 @@ comes back with the client's question (its ID, name and case, type and
 class) and, for name rules, the record names turned back (``answer
 auto``: the reverse of the rule; ``answer name FROM TO``: a regex on
 owner names; ``answer value FROM TO``: on names inside records). ``ttl``
-rules clamp the TTLs of a reply whose question matches. Regexes are RE2
+rules clamp the TTLs of a reply whose question matches. Names keep their
+exact bytes through a rule (RFC 1035 escapes both ways); a reply whose
+records dnslib cannot read (a label that is not UTF-8) is SERVFAIL with
+one log line a minute at most. Regexes are RE2
 (``plugins.regex``): linear in the name, as CoreDNS's Go regexps.
 
 The reply is handed to the cache (before it in the chain) as an analysed
@@ -19,13 +22,17 @@ no direct shortcut: a block with rewrite sends misses through the chain.
 """
 from __future__ import annotations
 
+import logging
 import re
 
-from dnslib import CLASS, DNSLabel, DNSQuestion, DNSRecord, QTYPE
+from dnslib import CLASS, DNSError, DNSLabel, DNSQuestion, DNSRecord, QTYPE
 
 from ...dns.reply import MalformedReply, analyse
 from ...dns.wire import SERVFAIL, QueryError, decode_name, encode_name, make_query, parse_query
+from ...observe.ratelog import Throttle
 from ..chain import Answer, Request, Shortcuts, Stage, render
+
+log = logging.getLogger("nodecache.rewrite")
 
 _GROUP = re.compile(r"\{(\d+)\}")
 _NAME_RDATA = {QTYPE.CNAME: "label", QTYPE.DNAME: "label", QTYPE.NS: "label", QTYPE.PTR: "label",
@@ -69,6 +76,16 @@ def _unrename(rule, name: str) -> str:
     return name.replace(dst, src, 1) if dst in name else name
 
 
+def _label(wire: bytes) -> DNSLabel:
+    """A dnslib name of exactly these wire labels (its text parser would
+    read escapes its own way)."""
+    labels, i = [], 0
+    while i < len(wire) and wire[i]:
+        labels.append(wire[i + 1:i + 1 + wire[i]])
+        i += wire[i] + 1
+    return DNSLabel(labels)
+
+
 def _regex_name(pattern, template: str, name: str) -> str:
     m = pattern.search(name)
     return _expand(template, m) if m else name
@@ -79,6 +96,8 @@ class RewriteStage(Stage):
 
     def __init__(self, rules):
         self.rules = rules
+        self.unrestorable = 0  # replies answered SERVFAIL: their names could not be turned back
+        self.throttle = Throttle(log)
 
     def shortcuts(self) -> Shortcuts:
         return Shortcuts(hit=True, memo=True)  # after the cache: a fresh hit never reaches it
@@ -117,7 +136,14 @@ class RewriteStage(Stage):
             return Answer(exc.rcode if exc.rcode is not None else SERVFAIL, plugin="rewrite")
         inner_request = Request(inner, request.proto, request.client, request.started)
         answer = await self.next(inner_request)
-        out = self._restore(q, render(inner_request, answer), applied)
+        try:
+            out = self._restore(q, render(inner_request, answer), applied)
+        except (DNSError, BufferError, ValueError) as exc:
+            # dnslib reads no label that is not UTF-8: such a name cannot be turned back here
+            self.unrestorable += 1
+            self.throttle.warning("restore", "rewrite: the reply for %s cannot be turned back (%s): SERVFAIL",
+                                  decode_name(q.qname), exc)
+            return Answer(SERVFAIL, plugin="rewrite")
         try:
             reply = analyse(out)
         except MalformedReply:
@@ -126,7 +152,7 @@ class RewriteStage(Stage):
 
     def _restore(self, q, wire: bytes, applied) -> bytes:
         rec = DNSRecord.parse(wire)
-        rec.questions = [DNSQuestion(decode_name(q.qname), q.qtype, q.qclass)]
+        rec.questions = [DNSQuestion(_label(q.qname), q.qtype, q.qclass)]  # the client's bytes exactly
         for rr in rec.rr + rec.auth + rec.ar:
             if rr.rtype == QTYPE.OPT:
                 continue
@@ -139,10 +165,11 @@ class RewriteStage(Stage):
                 elif rule.field == "name" and rule.answer == "value" and rr.rtype in _NAME_RDATA:
                     attr = _NAME_RDATA[rr.rtype]
                     value = str(getattr(rr.rdata, attr))
-                    setattr(rr.rdata, attr, DNSLabel(_regex_name(rule.answer_pattern, rule.answer_to, value)))
+                    setattr(rr.rdata, attr, _label(encode_name(_regex_name(rule.answer_pattern, rule.answer_to,
+                                                                           value))))
                 elif rule.field == "ttl":
                     low, high = rule.ttl
                     rr.ttl = min(max(rr.ttl, low), high)
-            rr.rname = DNSLabel(owner)
+            rr.rname = _label(encode_name(owner))
         packed = rec.pack()
         return q.data[:2] + packed[2:12] + q.data[12:q.qend] + packed[q.qend:]
