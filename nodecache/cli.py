@@ -13,7 +13,8 @@ import signal
 import sys
 
 from . import __version__
-from .cliparse import Parser, at_least, coalesce_window, flag, go_bool, go_seconds, port, positive_seconds, size
+from .cliparse import (Parser, at_least, coalesce_window, flag, go_bool, go_seconds, listen_address, port,
+                       positive_seconds, size)
 from .config.corefile import CorefileError
 
 from . import defaults as D
@@ -84,7 +85,7 @@ def parser() -> argparse.ArgumentParser:
       help="how to write the rules: iptables, native nftables (a table of our own), "
            "or auto: nftables where kube-proxy has its nftables tables, else iptables")
     f("pidfile", default="", help="write the process ID here once serving")
-    f("metrics-listen-address", dest="metrics_listen", default=D.METRICS_LISTEN,
+    f("metrics-listen-address", dest="metrics_listen", default=D.METRICS_LISTEN, type=listen_address,
       help="node-cache's setup-error metrics (ADDR:PORT; empty: off)")
     f("tls-enabled", dest="tls_enabled", type=go_bool, nargs="?", const=True, default=False,
       help="serve -metrics-listen-address over HTTPS (node-cache's metrics TLS)")
@@ -97,7 +98,7 @@ def parser() -> argparse.ArgumentParser:
     f("tls-client-ca-file", dest="tls_client_ca", default="", help="with -tls-enabled: CAs for client certificates")
     f("tls-min-version", dest="tls_min_version", default="VersionTLS13",
       help="with -tls-enabled: VersionTLS10 .. VersionTLS13")
-    f("prometheus-listen-address", dest="prometheus_listen", default="",
+    f("prometheus-listen-address", dest="prometheus_listen", default="", type=listen_address,
       help="also serve CoreDNS's metrics (the prometheus plugin's) on this ADDR:PORT")
     f("reloadwithsignal", type=go_bool, nargs="?", const=True, default=False,
       help="accepted for compatibility: the configuration is always reloaded on change and on SIGUSR1")

@@ -15,6 +15,7 @@ checked where they are parsed, so ``-max-inflight 0`` or ``-dns.port
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import sys
 
 
@@ -117,6 +118,29 @@ def port(text: str) -> int:
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"port {value} is outside 1..65535")
     return value
+
+
+def listen_address(text: str) -> str:
+    """``HOST:PORT`` for an HTTP listener (``[V6]:PORT``, ``:PORT`` for every
+    address, ``localhost``), or "" (off): checked at start, so a typo stops
+    the start with one line instead of failing after DNS is already served."""
+    if text == "":
+        return text
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r}: want HOST:PORT (empty: off)")
+    port(port_text)
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if host.startswith("[") != host.endswith("]") or (host.startswith("[") and ":" not in bare):
+        raise argparse.ArgumentTypeError(f"{text!r}: a bracketed host is an IPv6 address, [ADDR]:PORT")
+    if bare not in ("", "localhost"):
+        try:
+            ipaddress.ip_address(bare)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: {bare!r} is not an IP address") from None
+        if ":" in bare and not host.startswith("["):
+            raise argparse.ArgumentTypeError(f"{text!r}: write an IPv6 host in brackets, [{bare}]:PORT")
+    return text
 
 
 def at_least(low: float, kind=int):

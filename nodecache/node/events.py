@@ -86,7 +86,9 @@ def route_removal(data: bytes, interface: str, ips: frozenset[str]) -> str | Non
             family = socket.AF_INET if body[0] == socket.AF_INET else socket.AF_INET6
             attrs = attributes(body, 8)
             raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
-            if raw and len(raw) in (4, 16):
+            # an address whose length is not its family's is not one: skip
+            # that message, read the rest of the datagram
+            if raw and len(raw) == (4 if family == socket.AF_INET else 16):
                 addr = socket.inet_ntop(family, raw)
                 if addr in ips:
                     return f"address {addr} deleted"

@@ -62,6 +62,12 @@ def test_go_style_values_and_spellings_parse_the_same():
     (["-local", "1.2.3.4"], "unrecognized arguments"),
     (["-udp-coalesce=500us"], "0 (off) or 1ms..10ms"),   # below the loop's timer tick
     (["-udp-coalesce=20ms"], "0 (off) or 1ms..10ms"),
+    # a listen address is checked at start: it used to raise a traceback after DNS was already served
+    (["-prometheus-listen-address", "garbage"], "want HOST:PORT"),
+    (["-prometheus-listen-address", "127.0.0.1:"], "invalid port"),
+    (["-prometheus-listen-address", ":99999"], "outside 1..65535"),
+    (["-prometheus-listen-address", "::1:9253"], "in brackets"),
+    (["-metrics-listen-address", "node:9353"], "not an IP address"),
 ])
 def test_a_bad_value_is_one_line_without_the_usage(argv, needle, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -70,3 +70,16 @@ def test_truncated_or_garbled_datagrams_are_ignored():
         assert events.route_removal(whole[:cut], "nodelocaldns", IPS) is None
     assert events.netfilter_removal(b"\xff" * 40) is None
     assert events.netfilter_removal(struct.pack("=IHHII", 3, 0, 0, 0, 0)) is None  # length below a header
+
+
+def test_an_address_message_whose_family_and_length_disagree_leaves_the_rest_read():
+    """An IPv4 message with 16 bytes of address (or IPv6 with 4) raised
+    ValueError and the rest of the datagram was lost: our removal after it
+    went unnoticed until the next reconcile."""
+    ifa4 = struct.pack("=BBBBI", socket.AF_INET, 32, 0, 0, 1)
+    ifa6 = struct.pack("=BBBBI", socket.AF_INET6, 128, 0, 0, 1)
+    odd = (_msg(events.RTM_DELADDR, ifa4 + _attr(events.IFA_ADDRESS, bytes(16)))
+           + _msg(events.RTM_DELADDR, ifa6 + _attr(events.IFA_ADDRESS, bytes(4))))
+    ours = _deladdr("169.254.20.10")
+    assert events.route_removal(odd + ours, "nodelocaldns", frozenset({"169.254.20.10"})) == \
+        "address 169.254.20.10 deleted"
