@@ -49,7 +49,7 @@ from .params import RunParams
 from .persist import load_cache_file, save_cache_file
 from .status import Phase, Runtime
 from ..server.admission import Admission
-from ..server import reuseport
+from ..server import reuseport, sharing
 from ..server.agent import Agent, ListenError
 
 log = logging.getLogger("nodecache")
@@ -181,7 +181,22 @@ class Lifecycle:
         self.tasks = [loop.create_task(self.node.loop()),
                       loop.create_task(watch_config(self.source, self.rt, self.params, self.reload_now)),
                       loop.create_task(self._watch_local_addresses()),
+                      loop.create_task(self._settle_shared_ports()),
                       loop.create_task(self.rt.http.retry())]
+
+    async def _settle_shared_ports(self) -> None:
+        """While another server holds one of our addresses too: keep the
+        group steered to us, and detach the steering once we hold it alone
+        (server.sharing)."""
+        agent = self.agent
+        while agent.shared:
+            await asyncio.sleep(sharing.SETTLE_EVERY)
+            try:
+                agent.shared = sharing.settle(agent.shared, agent.udp_answers())
+            except OSError as exc:
+                log.warning("cannot look at the ports shared with another server (%s): leaving them as they are",
+                            exc)
+                return
 
     async def _watch_local_addresses(self) -> None:
         """Keep admission's view of the node's own addresses (host-network
@@ -306,10 +321,13 @@ class Lifecycle:
         teardown = not self.keep_node
         if not teardown:
             log.info("leaving interface and rules in place: the DaemonSet's next agent takes them over")
-        elif sharing := self._others_serving():
+        elif serving := self._others_serving():
             teardown = False  # node-cache (or an agent that joined us) serves on: its networking stays
-            log.info("leaving interface and rules in place: another process still serves %s", ", ".join(sharing))
+            log.info("leaving interface and rules in place: another process still serves %s", ", ".join(serving))
             await node.run(lambda: node.remove_standby("exiting"))
+        # whoever else holds our addresses takes every new query from now on,
+        # before we stop reading and drain (server.sharing)
+        sharing.release(sharing.shared_ports(rt.agent.listening_sockets()))
         if teardown and params.node.setup_iptables and not params.node.skip_teardown:
             await node.run(node.teardown_rules)
         await rt.agent.stop(params.drain)

@@ -23,7 +23,7 @@ from ..observe.stats import ListenerStats
 from . import reuseport
 from .router import Router
 from .tcp import TcpLimits, TcpServerState
-from . import mmsg, udpbatch, udpwild
+from . import mmsg, sharing, udpbatch, udpwild
 from .udp import UdpServer
 
 log = logging.getLogger("nodecache")
@@ -173,6 +173,7 @@ class Agent:
             for addr, port in config.listeners]
         self.retiring: set[asyncio.Task] = set()
         self.retired: list[Listener] = []  # removed by reloads; their counters still count
+        self.shared: list[sharing.Shared] = []  # addresses another server holds too (server.sharing)
 
     async def start(self, adopted: dict[tuple[str, int, str], socket.socket] | None = None) -> None:
         """Start every listener, on sockets handed over (hot handoff, systemd)
@@ -193,6 +194,13 @@ class Agent:
         for (addr, port, kind), sock in adopted.items():
             log.info("closing adopted %s socket %s:%d: not in this configuration", kind, addr, port)
             sock.close()
+        self.shared = sharing.shared_ports(self.listening_sockets())
+
+    def udp_answers(self) -> dict:
+        """(addr, port) -> ``answer(data, addr)`` of each UDP transport that
+        can answer a datagram read off its socket elsewhere (server.sharing)."""
+        return {(lst.addr, lst.port): lst.udp.answer for lst in self.listeners
+                if lst.udp is not None and hasattr(lst.udp, "answer")}
 
     def listening_sockets(self) -> list[tuple[str, int, str, int]]:
         """(addr, port, kind, fd) of every listening socket, for a heir."""

@@ -36,6 +36,7 @@ import struct
 
 log = logging.getLogger("nodecache")
 SO_ATTACH_REUSEPORT_CBPF = 51
+SO_DETACH_REUSEPORT_BPF = 68  # Linux >= 5.3
 TCP_LISTEN = "0A"
 BPF_RET_K = 0x06
 

@@ -32,6 +32,10 @@ class UdpServer(asyncio.DatagramProtocol):
     def connection_made(self, transport):
         self.transport = transport
 
+    def answer(self, data: bytes, addr) -> None:
+        """A datagram read elsewhere (``server.sharing``), answered as ours."""
+        self.datagram_received(data, addr)
+
     def datagram_received(self, data: bytes, addr):
         reply = self.hit(data)
         if reply.__class__ is not bytes:

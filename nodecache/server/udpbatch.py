@@ -254,8 +254,12 @@ class BatchUdpServer:
         self.datagrams += 1
         if self.datagrams - self.paced >= PACE:
             self._pace()
+        self.answer(self.inbox[:size].tobytes(), addr)
+
+    def answer(self, query: bytes, addr) -> None:
+        """One datagram's answer, sent on its own (also for a datagram read
+        elsewhere: ``server.sharing`` reading our queue)."""
         try:
-            query = self.inbox[:size].tobytes()
             reply = self.hit(query)
             if reply.__class__ is not bytes:
                 reply = self.miss(reply, query, addr, self.send)
