@@ -292,6 +292,9 @@ class Agent:
         gone = [lst for key, lst in current.items() if key not in wanted]
         self.retired = (self.retired + gone)[-64:]
         self.listeners = [lst for key, lst in current.items() if key in wanted] + started
+        kept = {(lst.addr, lst.port) for lst in self.listeners}
+        self.shared = [e for e in self.shared if (e.addr, e.port) in kept]  # (a new listener's joins are not
+        # watched: the settling task ends with the shares it saw at start)
         old_blocks, self.blocks, self.config = self.blocks, blocks, config
         task = asyncio.get_running_loop().create_task(self._retire(old_blocks, gone))
         self.retiring.add(task)
