@@ -86,7 +86,7 @@ def test_auto_follows_kube_proxy_to_nftables_and_removes_its_iptables_rules():
         _wait_log(n, "rules backend changes from iptables to nftables")
         assert n.rules() == []  # no iptables rule of ours left
         table = sh("nft", "list", "table", "inet", "nodecache", ns=n.node).stdout
-        assert f"ip daddr {LOCAL_V4} udp dport 53 socket wildcard <= 1 notrack" in table
+        assert f"ip daddr {LOCAL_V4} udp dport 53 socket transparent <= 1 notrack" in table
         assert n.getent("svc-1.default").returncode == 0
         assert n.stop_agent() == 0
         assert sh("nft", "list", "table", "inet", "nodecache", ns=n.node, check=False).returncode != 0
