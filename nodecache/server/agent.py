@@ -88,25 +88,26 @@ class Listener:
             limits = TcpLimits(idle, limits.max_conns, limits.max_inflight, limits.max_per_client)
         self.path = QueryPath(Router(blocks), self.stats, admission, clock)
         self.tcp_state = TcpServerState(self.path, limits)
-        self.udp: UdpServer | udpbatch.BatchUdpServer | udpwild.WildcardUdpServer | None = None
+        self.udp: UdpServer | udpbatch.BatchUdpServer | udpwild.WildcardUdpServer | None = None  # (or its wild kind)
         self.tcp_server: asyncio.AbstractServer | None = None
 
     async def start(self, udp_sock: socket.socket, tcp_sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        if udpwild.is_wildcard(udp_sock):  # replies must leave from the address asked
-            if self.udp_coalesce:
-                log.warning("-udp-coalesce: %s is every address (no bind): read one datagram per wakeup",
-                            self.addr)
-            self.udp = udpwild.WildcardUdpServer(self.path, udp_sock)
-            self.udp.start(loop)
-        elif self.udp_batch and mmsg.available():
-            self.udp = udpbatch.BatchUdpServer(self.path, udp_sock, self.udp_coalesce)
+        wild = udpwild.is_wildcard(udp_sock)  # replies must leave from the address asked (server.udpwild)
+        if self.udp_batch and mmsg.available():
+            server = udpwild.WildcardBatchServer if wild else udpbatch.BatchUdpServer
+            self.udp = server(self.path, udp_sock, self.udp_coalesce)
             self.udp.start(loop)
         else:
             if self.udp_coalesce:
                 log.warning("-udp-coalesce: no recvmmsg/sendmmsg here (or -udp-batch=false): "
                             "one wakeup per datagram on %s", self.addr)
-            _, self.udp = await loop.create_datagram_endpoint(lambda: UdpServer(self.path), sock=udp_sock)
+            if wild:
+                self.udp = udpwild.WildcardUdpServer(self.path, udp_sock)
+                self.udp.start(loop)
+            else:
+                _, self.udp = await loop.create_datagram_endpoint(lambda: UdpServer(self.path),
+                                                                  sock=udp_sock)
         self.tcp_server = await loop.create_server(self.tcp_state.protocol, sock=tcp_sock)
         bound = udp_sock.getsockname()
         self.port = bound[1]  # port 0 in tests: the kernel's choice
@@ -200,7 +201,7 @@ class Agent:
         """(addr, port) -> ``answer(data, addr)`` of each UDP transport that
         can answer a datagram read off its socket elsewhere (server.sharing)."""
         return {(lst.addr, lst.port): lst.udp.answer for lst in self.listeners
-                if lst.udp is not None and hasattr(lst.udp, "answer")}
+                if lst.udp is not None and hasattr(lst.udp, "answer") and not getattr(lst.udp, "wild", False)}
 
     def listening_sockets(self) -> list[tuple[str, int, str, int]]:
         """(addr, port, kind, fd) of every listening socket, for a heir."""

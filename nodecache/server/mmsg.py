@@ -41,6 +41,7 @@ class _Mmsghdr(ctypes.Structure):
 # (Q) for pointers and lengths, 4-byte words (I) for the 32-bit fields.
 MM = ctypes.sizeof(_Mmsghdr)
 Q_NAME, Q_IOV, Q_IOVLEN = _Msghdr.name.offset // 8, _Msghdr.iov.offset // 8, _Msghdr.iovlen.offset // 8
+Q_CONTROL, Q_CONTROLLEN = _Msghdr.control.offset // 8, _Msghdr.controllen.offset // 8
 I_NAMELEN, I_LEN = _Msghdr.namelen.offset // 4, _Mmsghdr.len.offset // 4
 Q_PER, I_PER = MM // 8, MM // 4
 

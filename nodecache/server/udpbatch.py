@@ -117,6 +117,7 @@ class BatchUdpServer:
         self.poll_timer: asyncio.Handle | None = None  # the next poll: a timer, or at once after a full one
         self.per_poll = 0.0       # datagrams per poll, a running average
         self.woken, self.look_at, self.look_count = 0, 0.0, 0  # reader wakeups; the last look at the rate
+        self.wild = False         # a socket on every address: replies carry their source (server.udpwild)
         self.polls = 0            # polls made, and how many found nothing
         self.empty_polls = 0
         self.budget_spent = 0     # polls that stopped at POLL_BUDGET with more queued
@@ -256,23 +257,28 @@ class BatchUdpServer:
             self._pace()
         self.answer(self.inbox[:size].tobytes(), addr)
 
-    def answer(self, query: bytes, addr) -> None:
-        """One datagram's answer, sent on its own (also for a datagram read
-        elsewhere: ``server.sharing`` reading our queue)."""
+    def answer(self, query: bytes, addr, send=None) -> None:
+        """One datagram's answer, sent on its own with ``send`` (default
+        ``self.send``; also for a datagram read elsewhere: ``server.sharing``
+        reading our queue)."""
+        send = send or self.send
         try:
             reply = self.hit(query)
             if reply.__class__ is not bytes:
-                reply = self.miss(reply, query, addr, self.send)
+                reply = self.miss(reply, query, addr, send)
                 if reply is None:
                     return
         except Exception as exc:  # a bug costs this datagram only
             self.throttle.error("query", "udp query failed", exc_info=exc)
             return
-        self.send(reply, addr)
+        send(reply, addr)
 
     # -- the hot path in batches (high rates) --------------------------------
     def readable(self) -> int:
         """Answer the datagrams one recvmmsg takes; returns how many."""
+        wild = self.wild
+        if wild:
+            self.ready_controls()
         n = self.recvmmsg(self.fd, self.rx.pointer, BATCH, MSG_DONTWAIT, None)
         if n <= 0:
             if n < 0:
@@ -303,13 +309,15 @@ class BatchUdpServer:
                 reply = hit(query)
                 if reply.__class__ is not bytes:
                     addr = sender(self.name_view[k * NAME:k * NAME + self.namelen].tobytes())
-                    reply = self.miss(reply, query, addr, self.send)
+                    reply = self.miss(reply, query, addr, self.sender_for(k) if wild else self.send)
                     if reply is None:  # the slow path answers it, later, on its own
                         continue
                 to = ready * SLOT
                 out[to:to + len(reply)] = reply
                 tiov[2 * ready + 1] = len(reply)
                 tq[ready * Q_PER + Q_NAME] = name_at[k]
+                if wild:  # the reply leaves from the address its query was sent to (server.udpwild)
+                    self.reply_from(k, ready)
                 ready += 1
             except Exception as exc:  # one datagram's bug never costs the others their replies
                 self.throttle.error("query", "udp query failed", exc_info=exc)

@@ -15,20 +15,27 @@ that address as its source, interface left to routing (as miekg/dns's
 
 Only wildcard sockets come here: the agent's default listeners are bound
 to their one address, where the kernel already answers from it, and keep
-the batched transport (``server.udpbatch``) at no cost. One datagram per
-wakeup: same interface as the other transports (``start``, ``send``,
-``stop_reading``, ``fileno``, ``close``); a miss's later reply carries its
-source in the ``send`` it was given.
+the batched transport (``server.udpbatch``) untouched. A wildcard socket
+gets that transport too, with its control-message side switched on
+(``WildcardBatchServer``): every receive slot has a buffer for the
+destination the kernel reports, each reply queued for ``sendmmsg`` carries
+it back as its source, a datagram read on its own comes with
+``recvmsg``, and a miss's later reply is sent with ``sendmsg`` from the
+source its ``send`` was given. ``WildcardUdpServer`` is the same, one
+datagram per wakeup, where ``recvmmsg`` is not available.
 """
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
-import os
 import socket
+import sys
 from functools import partial
 
 from ..observe.ratelog import Throttle
+from .mmsg import BATCH, Q_CONTROL, Q_CONTROLLEN, Q_PER
+from .udpbatch import PACE, BatchUdpServer
 
 log = logging.getLogger("nodecache.udp")
 
@@ -36,6 +43,8 @@ IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux's value; Python 3.11 does
 SLOT = 1 << 16
 _V4_PKTINFO, _V6_PKTINFO = 12, 20  # struct in_pktinfo, struct in6_pktinfo
 ANCILLARY = socket.CMSG_SPACE(_V6_PKTINFO) + socket.CMSG_SPACE(_V4_PKTINFO)
+CTL = 64          # bytes of control buffer per message slot (one pktinfo message of either family)
+_CMSG_HEADER = 16  # struct cmsghdr on 64-bit Linux: length, level, type
 
 
 def is_wildcard(sock: socket.socket) -> bool:
@@ -132,3 +141,99 @@ class WildcardUdpServer:
     def send(self, reply: bytes | None, addr) -> None:
         """A reply with no known destination: routing picks its source."""
         self.send_from([], reply, addr)
+
+
+def _ancillary(raw) -> list:
+    """recvmsg's form, [(level, type, data)], of one control message's bytes."""
+    if len(raw) < _CMSG_HEADER:
+        return []
+    length = int.from_bytes(raw[:8], sys.byteorder)
+    level = int.from_bytes(raw[8:12], sys.byteorder)
+    kind = int.from_bytes(raw[12:16], sys.byteorder)
+    return [(level, kind, bytes(raw[_CMSG_HEADER:min(length, len(raw))]))]
+
+
+class WildcardBatchServer(BatchUdpServer):
+    """``server.udpbatch``'s transport on a socket bound to every address:
+    the same read modes, each reply sent from its query's destination."""
+
+    def __init__(self, path, sock: socket.socket, coalesce: float = 0.0):
+        super().__init__(path, sock, coalesce)
+        ask_destinations(sock)
+        self.wild = True
+        self.rx_ctl = ctypes.create_string_buffer(BATCH * CTL)
+        self.tx_ctl = ctypes.create_string_buffer(BATCH * CTL)
+        self.rx_view = memoryview(self.rx_ctl).cast("B")
+        self.tx_view = memoryview(self.tx_ctl).cast("B")
+        rx_at, tx_at = ctypes.addressof(self.rx_ctl), ctypes.addressof(self.tx_ctl)
+        for k in range(BATCH):
+            self.rx.q[k * Q_PER + Q_CONTROL] = rx_at + k * CTL
+            self.tx.q[k * Q_PER + Q_CONTROL] = tx_at + k * CTL
+        self.ready_controls()
+
+    def ready_controls(self) -> None:
+        """Before each recvmmsg: the kernel wrote each slot's control length."""
+        q = self.rx.q
+        for k in range(BATCH):
+            q[k * Q_PER + Q_CONTROLLEN] = CTL
+
+    def reply_from(self, k: int, slot: int) -> None:
+        """Queued reply ``slot`` leaves from datagram ``k``'s destination:
+        its pktinfo copied, the interface left to routing (index 0), and for
+        IPv4 the destination made the source (``ipi_spec_dst``)."""
+        length = self.rx.q[k * Q_PER + Q_CONTROLLEN]
+        if length < _CMSG_HEADER + _V4_PKTINFO or length > CTL:
+            self.tx.q[slot * Q_PER + Q_CONTROLLEN] = 0
+            return
+        rx, tx, src, dst = self.rx_view, self.tx_view, k * CTL, slot * CTL
+        tx[dst:dst + length] = rx[src:src + length]
+        if int.from_bytes(rx[src + 8:src + 12], sys.byteorder) == socket.IPPROTO_IP:
+            tx[dst + 16:dst + 20] = b"\x00\x00\x00\x00"
+            tx[dst + 20:dst + 24] = rx[src + 24:src + 28]
+        else:
+            tx[dst + 32:dst + 36] = b"\x00\x00\x00\x00"
+        self.tx.q[slot * Q_PER + Q_CONTROLLEN] = length
+
+    def sender_for(self, k: int):
+        """``send`` for a miss of datagram ``k``: from its destination."""
+        raw = self.rx_view[k * CTL:k * CTL + min(self.rx.q[k * Q_PER + Q_CONTROLLEN], CTL)]
+        return partial(self.send_from, source_for(_ancillary(raw)))
+
+    def readable_one(self) -> None:
+        try:
+            size, ancillary, _, addr = self.sock.recvmsg_into([self.inbox], ANCILLARY)
+        except OSError:
+            return
+        self.datagrams += 1
+        if self.datagrams - self.paced >= PACE:
+            self._pace()
+        self.answer(self.inbox[:size].tobytes(), addr, partial(self.send_from, source_for(ancillary)))
+
+    def send_from(self, source: list, reply: bytes | None, addr) -> None:
+        if reply is None or self.fd < 0:
+            return
+        try:
+            self.sock.sendmsg([reply], source, 0, addr)
+        except OSError:  # buffer full, client gone, or the address left the node
+            self.unsent += 1
+
+    def _queued_source(self, k: int) -> list:
+        length = self.tx.q[k * Q_PER + Q_CONTROLLEN]
+        return source_for(_ancillary(self.tx_view[k * CTL:k * CTL + length])) if length else []
+
+    def _send_one(self, k: int) -> bool:
+        reply, addr = self._queued(k)
+        try:
+            self.sock.sendmsg([reply], self._queued_source(k), 0, addr)
+        except OSError:
+            return False
+        return True
+
+    def _send_each(self, first: int, count: int) -> None:
+        for k in range(first, count):
+            self.send_from(self._queued_source(k), *self._queued(k))
+
+    def close(self) -> None:
+        super().close()
+        for view in (self.rx_view, self.tx_view):
+            view.release()
