@@ -434,7 +434,8 @@ def test_events_metric_counts_what_coredns_series_do_not_show():
     assert events["error_reply"] == 1 and events["dropped"] == 1 and events["tcp_oversized"] == 0
     assert events["upstream_reply_unmatched"] == 0 and events["upstream_attempt_failed"] == 0
     assert events["cache_budget_evicted"] == 0 and events["cache_too_big"] == 0 and events["rules_added"] == 0
-    assert len(events) == 23 and events["udp_receive_error"] == 0
+    assert len(events) == 25 and events["udp_receive_error"] == 0
+    assert events["tcp_queued_per_client"] == events["udp_poll_budget_spent"] == 0
     assert events["udp_poll"] == events["udp_poll_empty"] == 0  # (-udp-coalesce is off by default)
 
 
