@@ -280,6 +280,8 @@ class BatchUdpServer:
         if wild:
             self.ready_controls()
         n = self.recvmmsg(self.fd, self.rx.pointer, BATCH, MSG_DONTWAIT, None)
+        if wild:
+            self.received = n  # the slots whose control lengths the kernel wrote
         if n <= 0:
             if n < 0:
                 err = ctypes.get_errno()

@@ -45,6 +45,7 @@ _V4_PKTINFO, _V6_PKTINFO = 12, 20  # struct in_pktinfo, struct in6_pktinfo
 ANCILLARY = socket.CMSG_SPACE(_V6_PKTINFO) + socket.CMSG_SPACE(_V4_PKTINFO)
 CTL = 64          # bytes of control buffer per message slot (one pktinfo message of either family)
 _CMSG_HEADER = 16  # struct cmsghdr on 64-bit Linux: length, level, type
+MEMO_LIMIT = 4096  # destinations (address and ingress interface) remembered; then forgotten at once
 
 
 def is_wildcard(sock: socket.socket) -> bool:
@@ -153,6 +154,21 @@ def _ancillary(raw) -> list:
     return [(level, kind, bytes(raw[_CMSG_HEADER:min(length, len(raw))]))]
 
 
+def _reply_control(received: bytes) -> bytes:
+    """The control message that sends a reply from the destination in
+    ``received`` (a pktinfo control message): interface index 0 (routing
+    chooses), and for IPv4 the destination as ``ipi_spec_dst``."""
+    if len(received) < _CMSG_HEADER + _V4_PKTINFO:
+        return b""
+    out = bytearray(received)
+    if int.from_bytes(received[8:12], sys.byteorder) == socket.IPPROTO_IP:
+        out[16:20] = b"\x00\x00\x00\x00"
+        out[20:24] = received[24:28]
+    elif len(received) >= _CMSG_HEADER + _V6_PKTINFO:
+        out[32:36] = b"\x00\x00\x00\x00"
+    return bytes(out)
+
+
 class WildcardBatchServer(BatchUdpServer):
     """``server.udpbatch``'s transport on a socket bound to every address:
     the same read modes, each reply sent from its query's destination."""
@@ -169,30 +185,37 @@ class WildcardBatchServer(BatchUdpServer):
         for k in range(BATCH):
             self.rx.q[k * Q_PER + Q_CONTROL] = rx_at + k * CTL
             self.tx.q[k * Q_PER + Q_CONTROL] = tx_at + k * CTL
+        self.received = BATCH
         self.ready_controls()
+        # made once per destination (address, and the interface the query came in on): MEMO_LIMIT at most
+        self.controls: dict[bytes, bytes] = {}   # received control message -> the reply's
+        self.sources: dict[bytes, list] = {}     # received pktinfo -> sendmsg's ancillary list
+        self.inboxes = [self.inbox]
+        self.recvmsg_into, self.sendmsg = sock.recvmsg_into, sock.sendmsg
 
     def ready_controls(self) -> None:
-        """Before each recvmmsg: the kernel wrote each slot's control length."""
+        """Before each recvmmsg: the slots the last one filled get their
+        control buffer's full length back (the kernel wrote what it used)."""
         q = self.rx.q
-        for k in range(BATCH):
+        for k in range(self.received):
             q[k * Q_PER + Q_CONTROLLEN] = CTL
+        self.received = 0
 
     def reply_from(self, k: int, slot: int) -> None:
-        """Queued reply ``slot`` leaves from datagram ``k``'s destination:
-        its pktinfo copied, the interface left to routing (index 0), and for
-        IPv4 the destination made the source (``ipi_spec_dst``)."""
+        """Queued reply ``slot`` leaves from datagram ``k``'s destination: the
+        control message that says so, made once per destination (a node
+        has a few) from the pktinfo the kernel reported."""
         length = self.rx.q[k * Q_PER + Q_CONTROLLEN]
-        if length < _CMSG_HEADER + _V4_PKTINFO or length > CTL:
-            self.tx.q[slot * Q_PER + Q_CONTROLLEN] = 0
-            return
-        rx, tx, src, dst = self.rx_view, self.tx_view, k * CTL, slot * CTL
-        tx[dst:dst + length] = rx[src:src + length]
-        if int.from_bytes(rx[src + 8:src + 12], sys.byteorder) == socket.IPPROTO_IP:
-            tx[dst + 16:dst + 20] = b"\x00\x00\x00\x00"
-            tx[dst + 20:dst + 24] = rx[src + 24:src + 28]
-        else:
-            tx[dst + 32:dst + 36] = b"\x00\x00\x00\x00"
-        self.tx.q[slot * Q_PER + Q_CONTROLLEN] = length
+        at = k * CTL
+        received = self.rx_view[at:at + length].tobytes()
+        reply_control = self.controls.get(received)
+        if reply_control is None:
+            if len(self.controls) >= MEMO_LIMIT:
+                self.controls.clear()
+            reply_control = self.controls[received] = _reply_control(received)
+        at = slot * CTL
+        self.tx_view[at:at + len(reply_control)] = reply_control
+        self.tx.q[slot * Q_PER + Q_CONTROLLEN] = len(reply_control)
 
     def sender_for(self, k: int):
         """``send`` for a miss of datagram ``k``: from its destination."""
@@ -201,13 +224,32 @@ class WildcardBatchServer(BatchUdpServer):
 
     def readable_one(self) -> None:
         try:
-            size, ancillary, _, addr = self.sock.recvmsg_into([self.inbox], ANCILLARY)
+            size, ancillary, _, addr = self.recvmsg_into(self.inboxes, ANCILLARY)
         except OSError:
             return
         self.datagrams += 1
         if self.datagrams - self.paced >= PACE:
             self._pace()
-        self.answer(self.inbox[:size].tobytes(), addr, partial(self.send_from, source_for(ancillary)))
+        key = ancillary[0][2] if ancillary else b""
+        source = self.sources.get(key)
+        if source is None:
+            if len(self.sources) >= MEMO_LIMIT:
+                self.sources.clear()
+            source = self.sources[key] = source_for(ancillary)
+        query = self.inbox[:size].tobytes()
+        try:
+            reply = self.hit(query)
+            if reply.__class__ is not bytes:
+                reply = self.miss(reply, query, addr, partial(self.send_from, source))
+                if reply is None:
+                    return
+        except Exception as exc:  # a bug costs this datagram only
+            self.throttle.error("query", "udp query failed", exc_info=exc)
+            return
+        try:
+            self.sendmsg([reply], source, 0, addr)
+        except OSError:
+            self.unsent += 1
 
     def send_from(self, source: list, reply: bytes | None, addr) -> None:
         if reply is None or self.fd < 0:
