@@ -72,6 +72,17 @@ def source_for(ancillary: list) -> list:
     return []
 
 
+def send_from(server, source: list, reply: bytes | None, addr) -> None:
+    """A reply (None: nothing to send) from ``source`` (sendmsg's ancillary
+    list) on either wildcard transport's socket."""
+    if reply is None or server.fd < 0:
+        return
+    try:
+        server.sock.sendmsg([reply], source, 0, addr)
+    except OSError:  # buffer full, client gone, or the address left the node
+        server.unsent += 1
+
+
 class WildcardUdpServer:
     def __init__(self, path, sock: socket.socket):
         self.path = path
@@ -85,6 +96,7 @@ class WildcardUdpServer:
         self.reading = False
         self.unsent = 0
         self.throttle = Throttle(log)  # a failed query's traceback (observe.ratelog)
+        self.sources = Sources()
 
     def events(self) -> dict[str, int]:
         return {"udp_reply_unsent": self.unsent}
@@ -118,30 +130,46 @@ class WildcardUdpServer:
             size, ancillary, _, addr = self.sock.recvmsg_into([self.buffer], ANCILLARY)
         except OSError:  # nothing after all, or an ICMP error queued on the socket
             return
-        source = source_for(ancillary)
-        try:
-            query = self.view[:size].tobytes()
-            reply = self.hit(query)
-            if reply.__class__ is not bytes:
-                reply = self.miss(reply, query, addr, partial(self.send_from, source))
-                if reply is None:
-                    return
-        except Exception as exc:  # a bug costs this datagram only
-            self.throttle.error("query", "udp query failed", exc_info=exc)
-            return
-        self.send_from(source, reply, addr)
+        answer_from(self, self.view[:size].tobytes(), addr, self.sources.of(ancillary))
 
-    def send_from(self, source: list, reply: bytes | None, addr) -> None:
-        if reply is None or self.fd < 0:
-            return
-        try:
-            self.sock.sendmsg([reply], source, 0, addr)
-        except OSError:  # buffer full, client gone, or the address left the node
-            self.unsent += 1
+    send_from = send_from
 
     def send(self, reply: bytes | None, addr) -> None:
         """A reply with no known destination: routing picks its source."""
         self.send_from([], reply, addr)
+
+
+class Sources:
+    """sendmsg's ancillary list for each pktinfo the kernel reports, made
+    once per destination (address, and the interface the query came in
+    on): ``MEMO_LIMIT`` at most, then forgotten at once."""
+
+    def __init__(self):
+        self.memo: dict[bytes, list] = {}
+
+    def of(self, ancillary: list) -> list:
+        key = ancillary[0][2] if ancillary else b""
+        source = self.memo.get(key)
+        if source is None:
+            if len(self.memo) >= MEMO_LIMIT:
+                self.memo.clear()
+            source = self.memo[key] = source_for(ancillary)
+        return source
+
+
+def answer_from(server, query: bytes, addr, source: list) -> None:
+    """One datagram's answer, sent from ``source`` (``server``: either
+    wildcard transport: its ``hit``, ``miss``, ``send_from``, ``throttle``)."""
+    try:
+        reply = server.hit(query)
+        if reply.__class__ is not bytes:
+            reply = server.miss(reply, query, addr, partial(server.send_from, source))
+            if reply is None:
+                return
+    except Exception as exc:  # a bug costs this datagram only
+        server.throttle.error("query", "udp query failed", exc_info=exc)
+        return
+    server.send_from(source, reply, addr)
 
 
 def _ancillary(raw) -> list:
@@ -189,9 +217,9 @@ class WildcardBatchServer(BatchUdpServer):
         self.ready_controls()
         # made once per destination (address, and the interface the query came in on): MEMO_LIMIT at most
         self.controls: dict[bytes, bytes] = {}   # received control message -> the reply's
-        self.sources: dict[bytes, list] = {}     # received pktinfo -> sendmsg's ancillary list
+        self.sources = Sources()
         self.inboxes = [self.inbox]
-        self.recvmsg_into, self.sendmsg = sock.recvmsg_into, sock.sendmsg
+        self.recvmsg_into = sock.recvmsg_into
 
     def ready_controls(self) -> None:
         """Before each recvmmsg: the slots the last one filled get their
@@ -230,34 +258,9 @@ class WildcardBatchServer(BatchUdpServer):
         self.datagrams += 1
         if self.datagrams - self.paced >= PACE:
             self._pace()
-        key = ancillary[0][2] if ancillary else b""
-        source = self.sources.get(key)
-        if source is None:
-            if len(self.sources) >= MEMO_LIMIT:
-                self.sources.clear()
-            source = self.sources[key] = source_for(ancillary)
-        query = self.inbox[:size].tobytes()
-        try:
-            reply = self.hit(query)
-            if reply.__class__ is not bytes:
-                reply = self.miss(reply, query, addr, partial(self.send_from, source))
-                if reply is None:
-                    return
-        except Exception as exc:  # a bug costs this datagram only
-            self.throttle.error("query", "udp query failed", exc_info=exc)
-            return
-        try:
-            self.sendmsg([reply], source, 0, addr)
-        except OSError:
-            self.unsent += 1
+        answer_from(self, self.inbox[:size].tobytes(), addr, self.sources.of(ancillary))
 
-    def send_from(self, source: list, reply: bytes | None, addr) -> None:
-        if reply is None or self.fd < 0:
-            return
-        try:
-            self.sock.sendmsg([reply], source, 0, addr)
-        except OSError:  # buffer full, client gone, or the address left the node
-            self.unsent += 1
+    send_from = send_from
 
     def _queued_source(self, k: int) -> list:
         length = self.tx.q[k * Q_PER + Q_CONTROLLEN]
