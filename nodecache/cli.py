@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 from . import __version__
 from .cliparse import (Parser, at_least, coalesce_window, flag, go_bool, go_seconds, listen_address, port,
@@ -228,17 +230,29 @@ def cmd_check(args) -> int:
     if args.clusterdns:
         from .config.nodeconfig import service_env
         env[service_env(args.upstreamsvc)] = args.clusterdns
-    source = ConfigSource(params, env, write_effective=False)
+    sources = [ConfigSource(params, env, write_effective=False)]
+    if params.base_corefile and Path(params.base_corefile).is_file() and Path(params.conf).is_file():
+        # run serves the template; the -conf file named here is checked too (it would be
+        # served wherever the template is missing), never passed over in silence
+        sources.append(ConfigSource(dataclasses.replace(params, base_corefile=""), env, write_effective=False))
+    status = 0
     try:
-        config = source.load(strict=True)
-    except (CorefileError, ConfigMapError) as exc:
-        print(f"nodecache: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    print(f"# the Corefile in effect ({config.source}, rendered with these flags)")
-    print(source.text.rstrip())
-    print("\n# zones and chains")
-    print(describe(config))
-    return 0
+        for k, source in enumerate(sources):
+            try:
+                config = source.load(strict=True)
+            except (CorefileError, ConfigMapError) as exc:
+                print(f"nodecache: {exc}", file=sys.stderr)
+                status = EXIT_CONFIG
+                continue
+            print(f"# the Corefile in effect ({config.source}, rendered with these flags)" if k == 0 else
+                  f"\n# -conf {config.source}, which is served only where -basecorefile is missing")
+            print(source.text.rstrip())
+            print("\n# zones and chains")
+            print(describe(config))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `nodecache check ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return status
 
 
 def describe(config) -> str:

@@ -155,6 +155,7 @@ class NftRules:
     def __init__(self, ips: list[str], dns_ports, health_port: int | None, fail_open: bool, upstream: str | None):
         self.text = ruleset(ips, dns_ports, health_port, fail_open, upstream)
         self.loaded: str | None = None  # nft's listing right after we wrote the table
+        self.failed = 0  # rules the last ensure could not put in place (the table is written whole)
 
     def ensure(self, on_error, again: bool = False) -> int:
         """Write the table if it is missing or not as we wrote it; 1 if written."""
@@ -166,9 +167,11 @@ class NftRules:
                 log.info("table inet %s was %s: writing it again", TABLE, "removed" if current is None else "changed")
             apply(self.text)
             self.loaded = listing()
+            self.failed = 0
             return 1
         except RuleError as exc:
             on_error(exc)
+            self.failed = len(self)
             return 0
 
     def teardown(self, on_error) -> int:

@@ -180,12 +180,13 @@ class IptablesRules:
         # or fail-open rules after -failopen=false) must not stay above ours
         other = rules_for(ips, dns_ports, health_port, not fail_open, upstream)
         self.unwanted = [r for r in other if r not in self.rules]
+        self.failed = 0  # rules the last ensure could not put in place
 
     def ensure(self, on_error, again: bool = False) -> int:
         """Add what is missing; how many rules were added. ``on_error(exc)``
         is told of each failure (the next reconcile tries again)."""
-        added = 0
-        for rule in self.rules:
+        added = self.failed = 0
+        for k, rule in enumerate(self.rules):
             try:
                 if ensure_rule(rule):
                     added += 1
@@ -193,7 +194,9 @@ class IptablesRules:
                         log.info("added back rule %s", rule)
             except RuleError as exc:
                 on_error(exc)
+                self.failed += 1
                 if "not found" in str(exc):
+                    self.failed += len(self.rules) - k - 1
                     return added  # no binary: one message per reconcile is enough
         for rule in self.unwanted:
             try:

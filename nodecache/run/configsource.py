@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import logging
 import random
+import re
 from pathlib import Path
 
 from ..config.corefile import CorefileError
@@ -27,6 +28,21 @@ from .status import Runtime
 from ..server.agent import ListenError
 
 log = logging.getLogger("nodecache")
+
+
+_PILLAR = re.compile(r"__pillar__[a-z0-9_]*", re.IGNORECASE)
+
+
+def _no_leftover_pillar(text: str, source: str) -> None:
+    """A ``__PILLAR__`` token still there after rendering is one node-cache
+    does not fill either (``__PILLAR__DNS__DOMAIN__``: the install step's
+    sed): served as it is, it would be a zone or an address named
+    ``__pillar__...``. Raises CorefileError naming its line."""
+    m = _PILLAR.search(text)
+    if m is not None:
+        line = text[:m.start()].count("\n") + 1
+        raise CorefileError(source, line, f"{m.group(0)} was left in the Corefile: substitute it before "
+                                          "applying (node-cache's install step does, with sed)")
 
 
 class ConfigSource:
@@ -99,6 +115,7 @@ class ConfigSource:
             raise CorefileError(source, line, f"{LOCAL_DNS} needs -localip (the addresses to bind)")
         text = render_corefile(text, list(self.params.local_ips), cluster_ip, stubs, upstreams,
                                self.params.dns_port)
+        _no_leftover_pillar(text, source)
         config = parse_config(text, source)
         self.text = text
         if source != self.params.conf and self.write_effective:

@@ -99,6 +99,10 @@ class Lifecycle:
         except ProtocolError as exc:
             log.error("handoff from the running agent failed (%s); it keeps serving. Exiting.", exc)
             return 1
+        except OSError as exc:  # the directory itself: not one, not ours to use
+            log.error("-handoff-dir %s cannot be used (%s): give a directory this user may write, or "
+                      "-handoff=false. Exiting.", self.params.handoff_dir, exc.strerror or exc)
+            return 2
         if not await self._start(take):
             return 1
         self._serve()
@@ -163,7 +167,13 @@ class Lifecycle:
         await node.run(node.ensure_rules)
         _tune_gc()
         if params.node.setup_iptables:
-            log.info("%d rules in place for %s", len(node.backend or ()), ", ".join(params.local_ips) or "no local IP")
+            backend, ips = node.backend, ", ".join(params.local_ips) or "no local IP"
+            failed = getattr(backend, "failed", 0)
+            if failed:  # (what failed was logged and counted in coredns_nodecache_setup_errors_total)
+                log.error("%d of %d rules could not be set up for %s: retrying every %gs", failed,
+                          len(backend), ips, params.node.sync_interval)
+            else:
+                log.info("%d rules in place for %s", len(backend or ()), ips)
         return True
 
     # -- serving ----------------------------------------------------------------

@@ -206,3 +206,44 @@ def test_udp_coalesce_parses_go_durations_and_needs_batching(tmp_path, capsys):
     code = main(["run", "-udp-coalesce=2ms", "-udp-batch=false", "-conf", str(tmp_path / "Corefile")])
     err = capsys.readouterr().err
     assert code == 2 and "-udp-coalesce needs -udp-batch" in err, err
+
+
+def test_check_checks_the_conf_it_is_given_beside_an_existing_template(tmp_path, capsys):
+    """With -basecorefile present, run serves the template; a broken -conf
+    named to check used to pass in silence."""
+    base = tmp_path / "Corefile.base"
+    base.write_text(".:53 {\n    forward . 10.0.0.1\n}\n")
+    broken = tmp_path / "Corefile"
+    broken.write_text(".:53 {\n    bogusplugin\n}\n")
+    assert main(["check", "-conf", str(broken), "-basecorefile", str(base)]) == 2
+    assert "unknown directive 'bogusplugin'" in capsys.readouterr().err
+
+
+def test_a_leftover_pillar_token_is_an_error_naming_its_line(tmp_path, capsys):
+    conf = tmp_path / "Corefile"
+    conf.write_text(".:53 {\n    forward . 10.0.0.1\n}\n__PILLAR__DNS__DOMAIN__:53 {\n    forward . 10.0.0.1\n}\n")
+    assert main(["check", "-conf", str(conf)]) == 2
+    assert f"{conf}:4: __PILLAR__DNS__DOMAIN__ was left" in capsys.readouterr().err
+
+
+def test_check_into_a_closed_pipe_exits_without_a_traceback(tmp_path):
+    conf = tmp_path / "Corefile"
+    conf.write_text("".join(f"zone{i}.example:53 {{\n    forward . 10.0.0.1\n}}\n" for i in range(400)))
+    proc = subprocess.Popen([sys.executable, "-m", "nodecache", "check", "-conf", str(conf)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()  # `| head -1`
+    err = proc.stderr.read().decode()
+    assert proc.wait(30) == 0 and "Traceback" not in err, err
+
+
+def test_an_unusable_handoff_directory_is_one_line_and_exit_2(tmp_path):
+    conf = tmp_path / "Corefile"
+    conf.write_text(".:53 {\n    bind 127.0.0.1\n    forward . 127.0.0.1:9\n}\n")
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    out = subprocess.run([sys.executable, "-m", "nodecache", "run", "-conf", str(conf), "-handoff-dir",
+                          str(not_a_dir), "-metrics-listen-address", "", "-status-socket", str(tmp_path / "s")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr + out.stdout
+    assert "-handoff-dir" in out.stdout + out.stderr and "Not a directory" in out.stdout + out.stderr
