@@ -57,7 +57,8 @@ async def _bench(port: int, seconds: float) -> None:
     process, while this one keeps serving)."""
     import asyncio
     import sys
-    print(f"\nnodecache-bench: {seconds:g} s of cached queries at 3,000/s, then the pod scenario:")
+    print(f"\nnodecache-bench: {seconds / 2:g} s of cached queries at 3,000/s, then {seconds / 2:g} s of "
+          "the pod scenario:")
     for extra in (["--qps", "3000", "--scenario", "hits"], ["--qps", "50", "--scenario", "pod"]):
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "nodecache_bench.cli", "run", "-s", "127.0.0.1", "-p", str(port),

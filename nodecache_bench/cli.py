@@ -41,13 +41,19 @@ def print_report(rep: dict) -> None:
         print(f"  warning: {w}")
 
 
-def plot(result: Result, path: str, title: str) -> None:
+def _pyplot():
+    """matplotlib's pyplot, or the BenchError that says how to get it."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         raise BenchError("--plot needs matplotlib: pip install -e '.[plot]' in this checkout") from None
+    return plt
+
+
+def plot(result: Result, path: str, title: str) -> None:
+    plt = _pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     if result.samples:
         t, lat = zip(*result.samples)
@@ -133,6 +139,8 @@ def spec_from(args) -> Spec:
 
 
 def cmd_run(args) -> int:
+    if args.plot:
+        _pyplot()  # before the run, not after it: a missing extra is said at once
     spec = spec_from(args)
     if args.scenario == "file":
         from .scenarios import QueryFile

@@ -147,6 +147,9 @@ def run_load(spec: Spec, workers: int, progress: bool = False, check: bool = Tru
     return merged
 
 
+SATURATED = 0.01  # unanswered share above which an open-loop run says the server is likely saturated
+
+
 def report(spec: Spec, result: Result, workers: int) -> dict:
     h = result.hist
     elapsed = result.elapsed or float("nan")
@@ -156,6 +159,10 @@ def report(spec: Spec, result: Result, workers: int) -> dict:
         warnings.append(f"the generator fell {result.max_behind * 1000:.0f} ms behind schedule: it could not "
                         f"drive {spec.qps:g} {unit}/s here (use more --workers or a lower --qps); "
                         f"latencies include that delay")
+    if result.sent and result.lost > result.sent * SATURATED and spec.mode == "open":
+        warnings.append(f"{result.lost / result.sent:.0%} of the {unit} went unanswered: at {spec.qps:g}/s the "
+                        f"server (or this machine) is most likely saturated, not broken; find its limit with "
+                        f"--mode closed, then measure below it")
     if getattr(result, "interrupted", False):
         warnings.append("interrupted: partial results")
     for err in getattr(result, "worker_errors", []):

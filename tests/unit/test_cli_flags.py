@@ -247,3 +247,24 @@ def test_an_unusable_handoff_directory_is_one_line_and_exit_2(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "Traceback" not in out.stderr + out.stdout
     assert "-handoff-dir" in out.stdout + out.stderr and "Not a directory" in out.stdout + out.stderr
+
+
+def test_nodecache_bench_says_a_lossy_open_loop_run_is_likely_saturation():
+    from nodecache_bench.runload import report
+    from nodecache_bench.loadgen import Result, Spec
+    rep = report(Spec("127.0.0.1", 53, qps=50000), Result(sent=1000, answered=790, lost=210, rcodes={0: 790}, elapsed=1.0), 1)
+    assert any("most likely saturated" in w for w in rep["warnings"]), rep["warnings"]
+
+
+def test_plot_without_matplotlib_fails_before_the_run(capsys):
+    pytest.importorskip("nodecache_bench")
+    try:
+        import matplotlib  # noqa: F401
+        pytest.skip("matplotlib is installed: nothing to refuse")
+    except ImportError:
+        pass
+    import time
+    from nodecache_bench.cli import main as bench_main
+    t0 = time.monotonic()
+    assert bench_main(["run", "-p", "9", "--duration", "30", "--plot", "x.png"]) == 2
+    assert time.monotonic() - t0 < 5 and "--plot needs matplotlib" in capsys.readouterr().err
