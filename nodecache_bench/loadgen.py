@@ -384,7 +384,10 @@ class Engine:
                 found = False
             if not found:
                 r.lookup_failures += 1
-            r.hist.record(time.monotonic() - due)
+            took = time.monotonic() - due
+            r.hist.record(took)
+            if self.spec.sample_every and r.lookups % self.spec.sample_every == 0:  # the plot's time panel
+                r.samples.append((round(due - self.t0, 4), round(took, 6)))
         finally:
             transport.close()
 

@@ -113,8 +113,7 @@ def run_load(spec: Spec, workers: int, progress: bool = False, check: bool = Tru
                 kind, payload = out.get(timeout=0.5)
             except Exception:  # queue.Empty
                 if progress and sys.stderr.isatty():
-                    sys.stderr.write(f"\r  {time.monotonic() - t0:5.1f}s of {spec.duration:g}s, "
-                                     f"{workers} worker(s) running...")
+                    sys.stderr.write("\r" + _progress(spec, workers, time.monotonic() - t0))
                 if not any(p.is_alive() for p in procs) and out.empty():
                     break
                 continue
@@ -145,6 +144,14 @@ def run_load(spec: Spec, workers: int, progress: bool = False, check: bool = Tru
     merged.interrupted = interrupted
     merged.worker_errors = errors
     return merged
+
+
+def _progress(spec: Spec, workers: int, elapsed: float) -> str:
+    """The progress line: time, share of the run, and (open loop) what was sent by now."""
+    unit = "lookups" if spec.scenario == "pod" else "queries"
+    sent = f", about {spec.qps * min(elapsed, spec.duration):,.0f} {unit} sent" if spec.mode == "open" else ""
+    return (f"  {elapsed:5.1f}s of {spec.duration:g}s ({min(elapsed / spec.duration, 1):.0%}){sent}, "
+            f"{workers} worker(s) running...")
 
 
 SATURATED = 0.01  # unanswered share above which an open-loop run says the server is likely saturated

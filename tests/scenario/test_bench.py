@@ -198,3 +198,19 @@ def test_a_short_soak_loses_and_fails_nothing_through_every_kind_of_churn(retry)
     assert len(rows) >= 5 and all(int(r[3]) > 0 and int(r[5]) > 0 for r in rows)  # fds, entries seen
     hostile = next(line for line in out.splitlines() if line.startswith("queries from pods"))
     assert int(hostile.split(", ")[-1].split()[0]) > 0  # REFUSED for the hostile client
+
+
+def test_the_pod_scenario_keeps_samples_for_the_plots_time_panel(agent):
+    """--plot's time panel was empty for the pod scenario: lookups kept no samples."""
+    from nodecache_bench.loadgen import Spec
+    from nodecache_bench.runload import run_load
+    result = run_load(Spec("127.0.0.1", agent, qps=50, duration=1.0, scenario="pod", sample_every=1), 1)
+    assert result.lookups >= 40 and len(result.samples) >= 40
+    assert all(t >= 0 and latency > 0 for t, latency in result.samples)
+
+
+def test_the_progress_line_says_how_far_the_run_is():
+    from nodecache_bench.loadgen import Spec
+    from nodecache_bench.runload import _progress
+    line = _progress(Spec("127.0.0.1", 53, qps=1000, duration=10.0, mode="open"), 2, 2.5)
+    assert "25%" in line and "about 2,500 queries sent" in line
