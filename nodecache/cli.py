@@ -225,7 +225,11 @@ def cmd_check(args) -> int:
     """Render as ``run`` would, validate, print the Corefile and its chains."""
     from .config.nodeconfig import ConfigMapError
     from .run.configsource import ConfigSource
-    params = _run_params(args, None)
+    try:
+        params = _run_params(args, None)
+    except LocalIpError as exc:
+        print(f"nodecache: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     env = dict(os.environ)
     if args.clusterdns:
         from .config.nodeconfig import service_env
@@ -307,7 +311,11 @@ def cmd_run(args) -> int:
         return 0
     if args.reloadwithsignal:
         log.info("-reloadwithsignal: the configuration is reloaded on change and on SIGUSR1 anyway")
-    params = _run_params(args, args)
+    try:
+        params = _run_params(args, args)
+    except LocalIpError as exc:
+        print(f"nodecache: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     if params.udp_coalesce and not params.udp_batch:
         print("nodecache: -udp-coalesce needs -udp-batch (a poll reads the socket with recvmmsg)", file=sys.stderr)
         return EXIT_CONFIG
@@ -328,6 +336,10 @@ def cmd_run(args) -> int:
     return _run_loop(run_node(params, source, config))
 
 
+class LocalIpError(ValueError):
+    """A -localip entry that is not an address: the start stops (exit 2)."""
+
+
 def _run_params(args, run):
     """RunParams from the template flags (``check``) or every flag (``run``)."""
     from .config.nodeconfig import cluster_dns_ip
@@ -335,9 +347,10 @@ def _run_params(args, run):
     from .node.reconcile import NodeParams
     from .run.params import RunParams, parse_local_ips
     ips, problems = parse_local_ips(args.localip)
+    if problems:  # every address we are told to serve is served, or we do not start
+        raise LocalIpError("; ".join(problems))
     template = dict(conf=args.conf, base_corefile=args.basecorefile, kubedns_cm=args.kubednscm,
-                    upstream_svc=args.upstreamsvc, local_ips=ips, dns_port=args.dns_port,
-                    ip_problems=tuple(problems))
+                    upstream_svc=args.upstreamsvc, local_ips=ips, dns_port=args.dns_port)
     if run is None:
         return RunParams(**template)
     node = NodeParams(ips, interface=run.interfacename, setup_interface=run.setupinterface and bool(ips),

@@ -111,14 +111,8 @@ class Lifecycle:
 
     # -- starting -------------------------------------------------------------
     def _count_startup_problems(self) -> None:
-        params, node = self.params, self.node
         for problem in getattr(self.source, "problems", []):
-            node.count("configmap", problem)
-        for problem in params.ip_problems:
-            node.count("interface_add", f"{problem}: not set up")
-        if not params.local_ips and (params.node.setup_interface or params.node.setup_iptables) \
-                and params.ip_problems:
-            log.error("no valid -localip: no interface or rules; serving the Corefile's addresses only")
+            self.node.count("configmap", problem)
 
     async def _start(self, take) -> bool:
         """STARTING -> SERVING; False (after cleaning up) if we cannot listen."""

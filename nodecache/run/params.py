@@ -41,15 +41,25 @@ class RunParams:
     forward_retry: bool = True     # -forward-retry
     udp_batch: bool = True         # -udp-batch
     udp_coalesce: float = 0.0      # -udp-coalesce (s; 0: off)
-    ip_problems: tuple[str, ...] = ()  # invalid -localip entries, counted once started
 
 
 def parse_local_ips(text: str) -> tuple[tuple[str, ...], list[str]]:
-    """(valid addresses, problems) from -localip's comma-separated list."""
+    """(valid addresses, problems) from -localip's comma-separated list.
+    Every problem stops the start (``cli``): an address we were told to
+    serve and do not serve sends that node's pods past us in silence."""
     good, bad = [], []
     for item in filter(None, (p.strip() for p in text.split(","))):
         try:
             good.append(str(ipaddress.ip_address(item)))
         except ValueError:
-            bad.append(f"invalid -localip entry {item!r}")
+            bad.append(_why_not_an_ip(item))
     return tuple(dict.fromkeys(good)), bad
+
+
+def _why_not_an_ip(item: str) -> str:
+    if item.startswith("$(") and item.endswith(")"):
+        return (f"-localip entry {item!r} was not expanded: kubelet leaves $(VAR) as it is when the pod has "
+                f"no such variable (the DNS Service is not named as the variable says, e.g. kubespray's "
+                f"'coredns', or enableServiceLinks is false); put the ClusterIP itself in the overlay "
+                f"(docs/deploy.md, 'The kube-dns ClusterIP')")
+    return f"-localip entry {item!r} is not an IP address"

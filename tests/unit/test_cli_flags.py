@@ -268,3 +268,19 @@ def test_plot_without_matplotlib_fails_before_the_run(capsys):
     t0 = time.monotonic()
     assert bench_main(["run", "-p", "9", "--duration", "30", "--plot", "x.png"]) == 2
     assert time.monotonic() - t0 < 5 and "--plot needs matplotlib" in capsys.readouterr().err
+
+
+
+@pytest.mark.parametrize("command", ["run", "check"])
+@pytest.mark.parametrize("localip, needle", [
+    ("169.254.20.10,$(KUBE_DNS_SERVICE_HOST)", "was not expanded"),  # the Service is not kube-dns
+    ("169.254.20.300", "is not an IP address"),
+    ("nodelocal", "is not an IP address"),
+])
+def test_a_localip_that_is_not_an_address_stops_the_start(tmp_path, capsys, command, localip, needle):
+    """Logged and ignored before: /ready 200 and pods passing us by in silence."""
+    conf = tmp_path / "Corefile"
+    conf.write_text(".:53 {\n    forward . 10.0.0.1\n}\n")
+    assert main([command, "-conf", str(conf), "-localip", localip]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1, err

@@ -164,8 +164,12 @@ def test_invalid_flags_exit_2(capsys):
 
 
 def test_local_ips_mixed_families_and_bad_entries():
-    ips, bad = parse_local_ips("169.254.20.10, fd00::10,,nonsense,169.254.20.10")
-    assert ips == ("169.254.20.10", "fd00::10") and bad == ["invalid -localip entry 'nonsense'"]
+    ips, bad = parse_local_ips("169.254.20.10, fd00::10,,nonsense,169.254.20.300,169.254.20.10")
+    assert ips == ("169.254.20.10", "fd00::10")
+    assert bad == ["-localip entry 'nonsense' is not an IP address",
+                   "-localip entry '169.254.20.300' is not an IP address"]
+    _, bad = parse_local_ips("169.254.20.10,$(KUBE_DNS_SERVICE_HOST)")
+    assert "was not expanded" in bad[0] and "'coredns'" in bad[0] and "enableServiceLinks" in bad[0]
 
 
 def test_rule_set_and_ports():
