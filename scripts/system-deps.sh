@@ -28,6 +28,8 @@ command -v musl-gcc >/dev/null || need+=(musl-tools)
 command -v go >/dev/null || need+=(golang-go)
 command -v node >/dev/null || need+=(nodejs)
 command -v busybox >/dev/null || need+=(busybox)
+# promtool checks and unit-tests the alerts of daemonset/components/monitoring
+command -v promtool >/dev/null || need+=(prometheus)
 # `make image` and its test: a Debian base without a registry, built without a container runtime
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v buildah >/dev/null || need+=(buildah)
