@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from . import events
 from .link import LinkError, ensure_interface, remove_addresses, remove_interface
 from .nftrules import NftRules, firewall_warnings, kube_proxy_tables
-from .rules import IptablesRules, RuleError, iptables_usable, kube_proxy_chains
+from .rules import IptablesRules, RuleError, iptables_usable, kube_proxy_chains, xtables_variant
 
 log = logging.getLogger("nodecache.node")
 ERROR_TYPES = ("configmap", "interface_add", "interface_check", "iptables", "iptables_lock")
@@ -178,7 +178,14 @@ class NodeSetup:
             log.warning("kube-proxy runs in nftables mode: no fallback DNAT from iptables rules (it would "
                         "race kube-proxy's); -rules nftables (or auto) fails the link-local address open")
             upstream = None
-        self.backend = BACKENDS[name](list(p.local_ips), self.dns_ports, p.health_port, p.fail_open, upstream)
+        if name == "iptables":
+            variant, why_variant = xtables_variant()
+            if variant:
+                log.info("iptables variant: %s (%s)", variant, why_variant)
+            self.backend = IptablesRules(list(p.local_ips), self.dns_ports, p.health_port, p.fail_open, upstream,
+                                         variant)
+        else:
+            self.backend = BACKENDS[name](list(p.local_ips), self.dns_ports, p.health_port, p.fail_open, upstream)
 
     def ensure_rules(self) -> None:
         if not self.params.setup_iptables:

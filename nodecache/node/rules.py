@@ -31,7 +31,11 @@ the nat table, so the fallback is inert. No live process is needed for any
 of this. ``-m socket`` is not allowed in OUTPUT (the kernel rejects it),
 so host-network clients keep the unconditional NOTRACK.
 
-IPv4 addresses go to ``iptables``, IPv6 to ``ip6tables``, from one process.
+IPv4 addresses go to ``iptables``, IPv6 to ``ip6tables``, from one process,
+in the variant kube-proxy uses on this node (``xtables_variant``: legacy or
+nft, as upstream's iptables-wrapper decides it; the two are separate rule
+sets in the kernel, and rules in the other one neither see kube-proxy's
+chains nor are seen by an operator reading kube-proxy's).
 Each rule carries a comment naming us. ``ensure_rules`` is idempotent: a
 rule is checked with ``-C`` and inserted at the top of its chain (so it
 precedes kube-proxy's rules) only when missing, so any number of
@@ -45,7 +49,7 @@ import ipaddress
 import logging
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 log = logging.getLogger("nodecache.node")
 LOCK_WAIT = "5"
@@ -65,17 +69,28 @@ class Rule:
     chain: str
     spec: tuple[str, ...]
     append: bool = False  # at the end of the chain instead of the top
+    variant: str = ""     # "legacy", "nft", or "" for the system's default iptables
 
     @property
     def binary(self) -> str:
-        return "iptables" if self.family == 4 else "ip6tables"
+        return _binary(self.family, self.variant)
 
     def __str__(self) -> str:
         return f"{self.binary} -t {self.table} {self.chain} {' '.join(self.spec)}"
 
 
+def _binary(family: int, variant: str) -> str:
+    base = "iptables" if family == 4 else "ip6tables"
+    return f"{base}-{variant}" if variant else base
+
+
 def rules_for(ips: list[str], dns_ports: dict[str, set[int]] | int, health_port: int | None,
-              fail_open: bool = True, upstream: str | None = None) -> list[Rule]:
+              fail_open: bool = True, upstream: str | None = None, variant: str = "") -> list[Rule]:
+    return [replace(rule, variant=variant) if variant else rule
+            for rule in _rules(ips, dns_ports, health_port, fail_open, upstream)]
+
+
+def _rules(ips, dns_ports, health_port, fail_open, upstream) -> list[Rule]:
     out = []
     bound = ("-m", "socket") if fail_open else ()
     for ip in ips:
@@ -109,8 +124,7 @@ def legacy_rules(rules: list[Rule]) -> list[Rule]:
     out = []
     for rule in rules:
         if rule.table == "raw" and rule.chain == "PREROUTING" and "socket" in rule.spec:
-            spec = tuple(x for x in rule.spec if x not in ("-m", "socket"))
-            out.append(Rule(rule.family, rule.table, rule.chain, spec))
+            out.append(replace(rule, spec=tuple(x for x in rule.spec if x not in ("-m", "socket"))))
     return out
 
 
@@ -174,11 +188,13 @@ class IptablesRules:
     and removed one by one."""
     name = "iptables"
 
-    def __init__(self, ips: list[str], dns_ports, health_port: int | None, fail_open: bool, upstream: str | None):
-        self.rules = rules_for(ips, dns_ports, health_port, fail_open, upstream)
+    def __init__(self, ips: list[str], dns_ports, health_port: int | None, fail_open: bool, upstream: str | None,
+                 variant: str = ""):
+        self.variant = variant  # legacy | nft | "" (xtables_variant)
+        self.rules = rules_for(ips, dns_ports, health_port, fail_open, upstream, variant)
         # the other mode's rules (an earlier release's unconditional NOTRACK,
         # or fail-open rules after -failopen=false) must not stay above ours
-        other = rules_for(ips, dns_ports, health_port, not fail_open, upstream)
+        other = rules_for(ips, dns_ports, health_port, not fail_open, upstream, variant)
         self.unwanted = [r for r in other if r not in self.rules]
         self.failed = 0  # rules the last ensure could not put in place
 
@@ -227,11 +243,55 @@ def iptables_usable() -> bool:
 
 
 def kube_proxy_chains() -> bool:
-    """Whether kube-proxy's iptables chains exist (iptables or IPVS mode,
-    legacy or nft backend alike: the wrapper reads whichever is in use)."""
-    try:
-        proc = subprocess.run(["iptables", "-w", LOCK_WAIT, "-t", "nat", "-S", "KUBE-SERVICES"],
-                              capture_output=True, text=True, timeout=30)
-    except (FileNotFoundError, subprocess.TimeoutExpired):
-        return False
-    return proc.returncode == 0
+    """Whether kube-proxy's iptables chains exist (iptables or IPVS mode), in
+    either variant: the system's ``iptables`` and, where installed, both
+    ``iptables-legacy`` and ``iptables-nft`` (a chain in one is invisible to
+    the other)."""
+    variants = [""] + [v for v in VARIANTS if shutil.which(_binary(4, v))]
+    for variant in variants:
+        try:
+            proc = subprocess.run([_binary(4, variant), "-w", LOCK_WAIT, "-t", "nat", "-S", "KUBE-SERVICES"],
+                                  capture_output=True, text=True, timeout=30)
+        except (FileNotFoundError, subprocess.TimeoutExpired):
+            continue
+        if proc.returncode == 0:
+            return True
+    return False
+
+
+VARIANTS = ("legacy", "nft")
+HINTS = ("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY")  # what kubelet writes in the variant it uses
+
+
+def _saved(variant: str) -> str | None:
+    """Both families' rules in one variant (``-save`` output), None where that variant is not installed."""
+    out = []
+    for family in (4, 6):
+        binary = f"{_binary(family, variant)}-save"
+        if shutil.which(binary) is None:
+            return None
+        try:
+            out.append(subprocess.run([binary], capture_output=True, text=True, timeout=30).stdout)
+        except subprocess.TimeoutExpired:
+            return None
+    return "".join(out)
+
+
+def xtables_variant() -> tuple[str, str]:
+    """(variant, why): the iptables variant kube-proxy and kubelet use on this
+    node, decided as upstream's iptables-wrapper decides it: the one holding
+    kubelet's hint chain, else the one with more of kube-proxy's rules; ""
+    (the system's default iptables) where one variant is installed, or
+    neither holds anything of Kubernetes."""
+    saved = {v: _saved(v) for v in VARIANTS}
+    if None in saved.values():
+        return "", "one iptables variant installed"
+    for variant, text in saved.items():
+        if any(hint in text for hint in HINTS):
+            return variant, f"kubelet's {HINTS[0]} chain is in iptables-{variant}"
+    counts = {v: sum(1 for line in text.splitlines() if line.startswith(("-A KUBE", ":KUBE")))
+              for v, text in saved.items()}
+    if counts["legacy"] == counts["nft"]:
+        return "", "no Kubernetes rules in either iptables variant"
+    variant = max(counts, key=counts.get)
+    return variant, f"kube-proxy's rules are in iptables-{variant} ({counts[variant]} lines)"

@@ -91,8 +91,9 @@ def missing_requirements(mode: str = "iptables") -> str | None:
     """Why an emulated node in kube-proxy ``mode`` cannot be built here, or None."""
     if os.geteuid() != 0:
         return "needs root (network namespaces, iptables)"
-    tools = ("ip", "iptables", "ip6tables", "conntrack", "getent") if mode == "iptables" else \
-        ("ip", "nft", "conntrack", "getent")
+    tools = {"iptables": ("ip", "iptables", "ip6tables", "conntrack", "getent"),
+             "iptables-legacy": ("ip", "iptables-legacy", "ip6tables-legacy", "iptables-nft", "conntrack", "getent"),
+             }.get(mode, ("ip", "nft", "conntrack", "getent"))
     for tool in tools:
         if shutil.which(tool) is None:
             return f"needs {tool} (apt-get install iproute2 iptables nftables conntrack)"
@@ -156,8 +157,9 @@ class EmulatedNode:
     _count = 0
 
     def __init__(self, replicas: int = 2, mode: str = "iptables", replica_args: tuple[str, ...] = ()):
-        """``mode``: kube-proxy's, "iptables" (DNAT rules in the nat table) or
-        "nftables" (its ``kube-proxy`` tables, and no iptables for the agent).
+        """``mode``: kube-proxy's, "iptables" (DNAT rules in the nat table),
+        "iptables-legacy" (the same through iptables-legacy) or "nftables"
+        (its ``kube-proxy`` tables, and no iptables for the agent).
         ``replica_args``: more flags for every ``nodecache fake-upstream``
         replica (e.g. ``--slow PREFIX=MS``)."""
         self.mode = mode
@@ -219,7 +221,7 @@ class EmulatedNode:
         self._etc_file(self.pod, "resolv.conf", POD_RESOLV.format(ns=LOCAL_V4))
         self._etc_file(self.pod6, "resolv.conf", POD_RESOLV.format(ns=LOCAL_V6))
         self._etc_file(self.node, "resolv.conf", f"nameserver {UPSTREAM_V4}\n")
-        self._kube_proxy() if self.mode == "iptables" else self._kube_proxy_nft()
+        self._kube_proxy() if self.mode.startswith("iptables") else self._kube_proxy_nft()
         self.replicas: list[subprocess.Popen | None] = [None] * len(self.ups)
         for i in range(len(self.ups)):
             self.start_replica(i, wait=False)
@@ -248,23 +250,36 @@ class EmulatedNode:
             proc.wait(10)
         self.replicas[i] = None
 
+    def _tool(self, family: int) -> str:
+        """kube-proxy's iptables binary: the system's, or in "iptables-legacy"
+        mode the legacy variant (a node whose kube-proxy image predates nft)."""
+        base = "iptables" if family == 4 else "ip6tables"
+        return f"{base}-legacy" if self.mode == "iptables-legacy" else base
+
     def _kube_proxy(self) -> None:
-        """DNAT the ClusterIP to the replicas at random, as kube-proxy's iptables mode does."""
+        """DNAT the ClusterIP to the replicas at random, as kube-proxy's iptables mode does
+        (and, as kubelet does, its hint chain in the variant in use)."""
         n = len(self.ups)
+        for fam in (4, 6):
+            sh(self._tool(fam), "-w", "5", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT", ns=self.node)
+            # kube-proxy's entry chain, jumped to from PREROUTING and OUTPUT (what the agent looks for)
+            sh(self._tool(fam), "-w", "5", "-t", "nat", "-N", "KUBE-SERVICES", ns=self.node)
+            for chain in ("PREROUTING", "OUTPUT"):
+                sh(self._tool(fam), "-w", "5", "-t", "nat", "-A", chain, "-m", "comment", "--comment",
+                   "kubernetes service portals", "-j", "KUBE-SERVICES", ns=self.node)
         # a route for the ClusterIP, so locally generated packets reach the DNAT
         sh("ip", "route", "add", "169.254.30.0/24", "via", "169.254.11.2", ns=self.node)
         sh("ip", "-6", "route", "add", "fd00:30::/64", "via", "fd00:11::2", ns=self.node)
-        for fam, tool, cluster in ((4, "iptables", CLUSTER_V4), (6, "ip6tables", CLUSTER_V6),
-                                   (4, "iptables", UPSTREAM_V4), (6, "ip6tables", UPSTREAM_V6)):
-            for chain in ("PREROUTING", "OUTPUT"):
-                for i in range(n):
-                    target = f"169.254.{11 + i}.2" if fam == 4 else f"[fd00:{11 + i}::2]"
-                    stat = ["-m", "statistic", "--mode", "random", "--probability",
-                            f"{1 / (n - i):.5f}"] if i < n - 1 else []
-                    for proto in ("udp", "tcp"):
-                        sh(tool, "-w", "5", "-t", "nat", "-A", chain, "-d", cluster, "-p", proto,
-                           "--dport", "53", *stat, "-j", "DNAT", "--to-destination", f"{target}:53",
-                           ns=self.node)
+        for fam, tool, cluster in ((4, self._tool(4), CLUSTER_V4), (6, self._tool(6), CLUSTER_V6),
+                                   (4, self._tool(4), UPSTREAM_V4), (6, self._tool(6), UPSTREAM_V6)):
+            for i in range(n):
+                target = f"169.254.{11 + i}.2" if fam == 4 else f"[fd00:{11 + i}::2]"
+                stat = ["-m", "statistic", "--mode", "random", "--probability",
+                        f"{1 / (n - i):.5f}"] if i < n - 1 else []
+                for proto in ("udp", "tcp"):
+                    sh(tool, "-w", "5", "-t", "nat", "-A", "KUBE-SERVICES", "-d", cluster, "-p", proto,
+                       "--dport", "53", *stat, "-j", "DNAT", "--to-destination", f"{target}:53",
+                       ns=self.node)
 
     def _kube_proxy_nft(self) -> None:
         """kube-proxy's nftables mode (testing.kubeproxy): its ``ip`` and ``ip6
@@ -407,7 +422,7 @@ class EmulatedNode:
             return [ln.strip() for ln in out.splitlines()
                     if ln.strip() and not ln.strip().startswith(("table", "chain", "type", "comment", "}"))]
         lines = []
-        for tool in ("iptables", "ip6tables"):
+        for tool in (self._tool(4), self._tool(6)):
             for table in ("raw", "filter"):
                 out = sh(tool, "-w", "5", "-t", table, "-S", ns=self.node).stdout
                 lines += [f"{tool} {table} {ln}" for ln in out.splitlines() if "nodecache" in ln]

@@ -2,6 +2,7 @@
 with node-cache's flags and Corefile shape, the real glibc resolver in a pod
 namespace, kube-proxy-like DNAT to two upstream replicas, conntrack and
 iptables observed from the node namespace."""
+import re
 import signal
 import sys
 import time
@@ -193,3 +194,49 @@ def test_hot_handoff_on_the_node_with_glibc_querying_throughout(mode):
         last.send_signal(signal.SIGTERM)
         assert last.wait(20) == 0
         assert n.rules() == [] and n.interface() == ""  # the last owner tears down
+
+
+def _variant_of_our_rules(n) -> dict[str, int]:
+    """How many of our rules each iptables variant holds, on the node."""
+    out = {}
+    for variant in ("legacy", "nft"):
+        text = "".join(sh(f"{tool}-{variant}-save", ns=n.node, check=False).stdout for tool in ("iptables", "ip6tables"))
+        out[variant] = text.count("nodecache: node-local DNS")
+    return out
+
+
+def test_a_legacy_iptables_node_gets_its_rules_in_the_legacy_variant():
+    """kube-proxy on iptables-legacy (and kubelet's hint chain there): our
+    rules go to the same variant, where kube-proxy's chains are seen."""
+    why_not = missing_requirements("iptables-legacy")
+    if why_not:
+        pytest.skip(f"legacy iptables node: {why_not}")
+    with EmulatedNode(mode="iptables-legacy") as n:
+        n.start_agent("-syncinterval", "1")
+        n.wait_agent()
+        log = n.agent_log.read_text()
+        assert "iptables variant: legacy (kubelet's KUBE-IPTABLES-HINT chain is in iptables-legacy)" in log, log
+        assert "kube-proxy's iptables chains exist" in log, log
+        placed = _variant_of_our_rules(n)
+        in_place = int(re.search(r"(\d+) rules in place", log).group(1))
+        assert placed["legacy"] == in_place and placed["nft"] == 0, placed
+        assert n.getent("svc-1.default").returncode == 0
+        assert n.stop_agent() == 0
+        assert _variant_of_our_rules(n) == {"legacy": 0, "nft": 0}
+
+
+def test_negative_control_without_the_legacy_tools_the_rules_land_in_the_other_variant(tmp_path):
+    """What the image did before: only the default (nft) iptables on PATH.
+    kube-proxy's legacy chains are invisible and our rules go to nft."""
+    why_not = missing_requirements("iptables-legacy")
+    if why_not:
+        pytest.skip(f"legacy iptables node: {why_not}")
+    only_nft = tmp_path / "bin"
+    only_nft.mkdir()
+    for tool in ("iptables", "ip6tables", "iptables-save", "ip6tables-save"):
+        (only_nft / tool).symlink_to(f"/usr/sbin/xtables-nft-multi")
+    with EmulatedNode(mode="iptables-legacy") as n:
+        n.start_agent("-syncinterval", "1", env={"PATH": f"{only_nft}:/usr/bin:/bin"})
+        n.wait_agent()
+        assert "no kube-proxy rules found" in n.agent_log.read_text()
+        assert _variant_of_our_rules(n)["nft"] > 0 and _variant_of_our_rules(n)["legacy"] == 0
