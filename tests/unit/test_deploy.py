@@ -112,7 +112,7 @@ def test_daemonset_rollout_probes_and_hardening():
     assert sc["readOnlyRootFilesystem"] is True and sc["seccompProfile"] == {"type": "RuntimeDefault"}
     # this process's own state until it serves, then kubelet's HTTP probes (no process per probe)
     assert c["startupProbe"]["exec"]["command"][-2:] == ["probe", "ready"]
-    assert c["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 8181}
+    assert c["readinessProbe"]["httpGet"] == {"host": "169.254.20.10", "path": "/ready", "port": 8181}
     assert c["livenessProbe"]["httpGet"] == {"host": "169.254.20.10", "path": "/health", "port": 8080}
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
     assert {"/run/xtables.lock", "/run/nodecache", "/etc/coredns", "/tmp", "/etc/nodecache"} <= mounts
@@ -129,7 +129,8 @@ def test_probe_endpoints_are_the_configmaps():
     cm = next(doc for _, doc in docs() if doc["kind"] == "ConfigMap")
     text = render_corefile(cm["data"]["Corefile"], ["169.254.20.10"], "10.96.0.11", {}, ["10.0.0.2"])
     block = parse_config(text, "configmap.yaml").blocks[0]
-    assert block.option("health").addr == "169.254.20.10:8080" and block.option("ready") == ":8181"
+    # both on the link-local address only, not on every address of the node
+    assert block.option("health").addr == "169.254.20.10:8080" and block.option("ready") == "169.254.20.10:8181"
 
 
 def test_configmap_corefile_loads_after_templating():
