@@ -190,7 +190,8 @@ def _template_flags(p: argparse.ArgumentParser, base_default: str = "/etc/coredn
          help="the Corefile; written with the rendered template when -basecorefile exists, as node-cache does")
     flag(p, "basecorefile", default=base_default,
          help="node-cache's template; when the file exists it is rendered and served instead of -conf")
-    flag(p, "localip", default="", help="comma-separated IPs: __PILLAR__LOCAL__DNS__, the interface and rules")
+    flag(p, "localip", default="", help="comma-separated IPs: __PILLAR__LOCAL__DNS__, the interface and rules "
+                                        "(an entry that is not an IP, e.g. an unexpanded $(VAR), stops the start)")
     flag(p, "upstreamsvc", default="kube-dns",
          help="Service whose $NAME_SERVICE_HOST fills __PILLAR__CLUSTER__DNS__")
     flag(p, "kubednscm", default="", help="directory of the kube-dns ConfigMap (stubDomains, upstreamNameservers)")
