@@ -332,15 +332,15 @@ def encode_name(name: str) -> bytes:
     escapes (``\\DDD`` and ``\\X``), so ``decode_name``'s output comes back
     to the same bytes (a dot or any byte inside a label included). Raises
     ValueError."""
-    if "\\" not in name:
-        labels = [label.encode("ascii", "strict") if label.isascii() else None
-                  for label in name.rstrip(".").split(".")] if name.rstrip(".") else []
-        if None in labels:
-            raise ValueError(f"not an ASCII name: {name!r} (use its IDNA form)")
+    if "\\" in name:
+        parts = _escaped_labels(name)
     else:
-        labels = _escaped_labels(name)
+        bare = name.rstrip(".")
+        if not bare.isascii():
+            raise ValueError(f"not an ASCII name: {name!r} (use its IDNA form)")
+        parts = [label.encode("ascii") for label in bare.split(".")] if bare else []
     out = bytearray()
-    for raw in labels:
+    for raw in parts:
         if not 0 < len(raw) < 64:
             raise ValueError(f"bad label in {name!r}")
         out.append(len(raw))
@@ -352,7 +352,7 @@ def encode_name(name: str) -> bytes:
 
 
 def _escaped_labels(name: str) -> list[bytes]:
-    labels, label, i = [], bytearray(), 0
+    parts, label, i = [], bytearray(), 0
     while i < len(name):
         c = name[i]
         if c == "\\":
@@ -367,7 +367,7 @@ def _escaped_labels(name: str) -> list[bytes]:
                 raise ValueError(f"name ends in a backslash: {name!r}")
             c, i = name[i + 1], i + 1
         elif c == ".":
-            labels.append(bytes(label))
+            parts.append(bytes(label))
             label = bytearray()
             i += 1
             continue
@@ -376,10 +376,8 @@ def _escaped_labels(name: str) -> list[bytes]:
         label.append(ord(c))
         i += 1
     if label:
-        labels.append(bytes(label))
-    if labels and not labels[-1] and len(labels) == 1:
-        return []
-    return labels
+        parts.append(bytes(label))
+    return parts
 
 
 _PLAIN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_*/+=@#$%&!?~^:,;'`|<>[]{}()")
@@ -390,13 +388,16 @@ def decode_name(wire: bytes) -> str:
     byte that is not printable, and ``.`` or ``\\`` inside a label, is
     escaped as ``\\DDD`` (RFC 1035 §5.1), so a name can never carry a
     newline or a control character into a log line."""
-    labels, i = [], 0
+    return ".".join("".join(chr(b) if b in _PLAIN else f"\\{b:03d}" for b in label) for label in labels(wire)) + "."
+
+
+def labels(wire: bytes) -> list[bytes]:
+    """The labels of an uncompressed wire name, as bytes."""
+    out, i = [], 0
     while i < len(wire) and wire[i]:
-        length = wire[i]
-        raw = wire[i + 1:i + 1 + length]
-        labels.append("".join(chr(b) if b in _PLAIN else f"\\{b:03d}" for b in raw))
-        i += length + 1
-    return ".".join(labels) + "."
+        out.append(wire[i + 1:i + 1 + wire[i]])
+        i += wire[i] + 1
+    return out
 
 
 def question_bytes(name: str, qtype: int, qclass: int = CLASS_IN) -> bytes:

@@ -28,7 +28,7 @@ import re
 from dnslib import CLASS, DNSError, DNSLabel, DNSQuestion, DNSRecord, QTYPE
 
 from ...dns.reply import MalformedReply, analyse
-from ...dns.wire import SERVFAIL, QueryError, decode_name, encode_name, make_query, parse_query
+from ...dns.wire import SERVFAIL, QueryError, decode_name, encode_name, labels, make_query, parse_query
 from ...observe.ratelog import Throttle
 from ..chain import Answer, Request, Shortcuts, Stage, render
 
@@ -79,11 +79,7 @@ def _unrename(rule, name: str) -> str:
 def _label(wire: bytes) -> DNSLabel:
     """A dnslib name of exactly these wire labels (its text parser would
     read escapes its own way)."""
-    labels, i = [], 0
-    while i < len(wire) and wire[i]:
-        labels.append(wire[i + 1:i + 1 + wire[i]])
-        i += wire[i] + 1
-    return DNSLabel(labels)
+    return DNSLabel(labels(wire))
 
 
 def _regex_name(pattern, template: str, name: str) -> str:

@@ -30,7 +30,7 @@ import logging
 
 from dnslib import CLASS, QTYPE, RR, DNSRecord
 
-from ...dns.wire import NXDOMAIN, SERVFAIL, decode_name, encode_name
+from ...dns.wire import NXDOMAIN, SERVFAIL, decode_name, encode_name, labels
 from ...observe.ratelog import Throttle
 from ..answer import reply
 from ..chain import Answer, Request, Shortcuts, Stage, in_zone
@@ -48,13 +48,7 @@ def zone_safe(text: str) -> str:
 
 def representable(lname: bytes) -> bool:
     """Whether the zone parser reads this wire name back as itself."""
-    i = 0
-    while i < len(lname) and lname[i]:
-        label = lname[i + 1:i + 1 + lname[i]]
-        if b"." in label or any(b >= 0x80 for b in label):
-            return False
-        i += lname[i] + 1
-    return True
+    return not any(b"." in label or any(b >= 0x80 for b in label) for label in labels(lname))
 
 
 class TemplateStage(Stage):
