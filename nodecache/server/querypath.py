@@ -36,7 +36,7 @@ import time
 from functools import partial
 
 from ..cache.entry import render_uncached
-from ..dns.key import EDNS_DO, qtype as key_qtype
+from ..dns.key import EDNS_DO, TRAILER as KEY_TRAILER, qtype as key_qtype
 from ..dns.truncate import fit
 from ..dns.wire import (MAX_MESSAGE, REFUSED, SERVFAIL, QueryError, decode_name, error_reply, parse_query,
                         query_from_scan, scan, scan_servable)
@@ -291,6 +291,7 @@ def _direct_done(block, key: bytes, reply, askers: list) -> None:
             send(out, addr)
     except Exception:
         block.panics += 1  # coredns_panics_total
-        block.throttle.error("direct", "answering a direct miss for %s failed", decode_name(key[:-5]), exc_info=True)
+        block.throttle.error("direct", "answering a direct miss for %s failed", decode_name(key[:-KEY_TRAILER]),
+                             exc_info=True)
         for asker in askers:
             asker[0]._hand_over(asker)

@@ -216,15 +216,14 @@ class BatchUdpServer:
                 got += n
         if not self.polling:  # reading stopped, or batching was refused, meanwhile
             return
+        self.polls += 1
         if n == BATCH:
             # A flood fills the socket faster than a poll empties it: read
             # on at the loop's next turn, after every other socket, timer
             # and upstream reply waiting (never a poll that does not end).
-            self.polls += 1
             self.budget_spent += 1
             self.poll_timer = self.loop.call_soon(self._poll)
             return
-        self.polls += 1
         self.per_poll += (got - self.per_poll) / 4
         if got == 0:
             self.empty_polls += 1

@@ -34,13 +34,12 @@ import sys
 from functools import partial
 
 from ..observe.ratelog import Throttle
-from .mmsg import BATCH, Q_CONTROL, Q_CONTROLLEN, Q_PER
+from .mmsg import BATCH, Q_CONTROL, Q_CONTROLLEN, Q_PER, SLOT
 from .udpbatch import PACE, BatchUdpServer
 
 log = logging.getLogger("nodecache.udp")
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux's value; Python 3.11 does not export it
-SLOT = 1 << 16
 _V4_PKTINFO, _V6_PKTINFO = 12, 20  # struct in_pktinfo, struct in6_pktinfo
 ANCILLARY = socket.CMSG_SPACE(_V6_PKTINFO) + socket.CMSG_SPACE(_V4_PKTINFO)
 CTL = 64          # bytes of control buffer per message slot (one pktinfo message of either family)
@@ -263,8 +262,8 @@ class WildcardBatchServer(BatchUdpServer):
     send_from = send_from
 
     def _queued_source(self, k: int) -> list:
-        length = self.tx.q[k * Q_PER + Q_CONTROLLEN]
-        return source_for(_ancillary(self.tx_view[k * CTL:k * CTL + length])) if length else []
+        """Queued reply k's control message (``reply_from``), as sendmsg takes it."""
+        return _ancillary(self.tx_view[k * CTL:k * CTL + self.tx.q[k * Q_PER + Q_CONTROLLEN]])
 
     def _send_one(self, k: int) -> bool:
         reply, addr = self._queued(k)
