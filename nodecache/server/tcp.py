@@ -106,40 +106,28 @@ class TcpServerState:
         if self.per_client.get(share, 0) < size:
             self.per_client[share] = self.per_client.get(share, 0) + 1
             return SERVED
-        queue = self.waiting.setdefault(share, deque())
-        if len(queue) < size:
-            queue.append(conn)
+        if len(self.waiting.get(share, ())) < size:
+            self.waiting.setdefault(share, deque()).append(conn)
             self.queued_per_client += 1
             return WAITING
-        if not queue:
-            del self.waiting[share]
         self.rejected_per_client += 1
         return REFUSING
 
     def leave(self, conn: "TcpConnection") -> None:
         """``conn`` ended: give its slot to the share's oldest waiting connection."""
-        share = conn.share
+        share, queue = conn.share, self.waiting.get(conn.share)
         if conn.mode == WAITING:
-            queue = self.waiting.get(share)
-            if queue is not None:
-                queue.remove(conn)
-                if not queue:
-                    del self.waiting[share]
+            queue.remove(conn)
+        elif conn.mode != SERVED:
             return
-        if conn.mode != SERVED:
-            return
-        left = self.per_client.get(share, 1) - 1
-        if left > 0:
-            self.per_client[share] = left
+        elif queue:  # the slot passes to the share's oldest waiting connection
+            queue.popleft().serve()
+        elif self.per_client[share] > 1:
+            self.per_client[share] -= 1
         else:
-            self.per_client.pop(share, None)
-        queue = self.waiting.get(share)
-        if queue:
-            heir = queue.popleft()
-            if not queue:
-                del self.waiting[share]
-            self.per_client[share] = self.per_client.get(share, 0) + 1
-            heir.serve()
+            del self.per_client[share]
+        if queue is not None and not queue:
+            del self.waiting[share]
 
 
 class TcpConnection(asyncio.Protocol):
