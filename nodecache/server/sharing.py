@@ -47,9 +47,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import socket
-import time
 
+from ..dns.wire import make_query, question_bytes
 from . import reuseport
 
 log = logging.getLogger("nodecache")
@@ -153,14 +154,15 @@ def settle(entries: list[Shared], answers: dict) -> list[Shared]:
     return still
 
 
+PROBE_QUESTION = question_bytes("steering-probe.nodecache.invalid", 1)  # RFC 6761: exists nowhere
+
+
 def probe_query() -> bytes:
-    """A query for a name that exists nowhere (RFC 6761 .invalid), with a
-    random ID: the bytes that say "this arrived on our socket"."""
-    name = b"\x10steering-probe\x09nodecache\x07invalid\x00"
-    return os.urandom(2) + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + name + b"\x00\x01\x00\x01"
+    """A query with a random ID: the bytes that say "this arrived on our socket"."""
+    return make_query(int.from_bytes(os.urandom(2), "big"), PROBE_QUESTION)
 
 
-def resteer(entry: Shared, answer, limit: float = 0.05) -> int | None:
+def resteer(entry: Shared, answer, limit: float = 0.005) -> int | None:
     """After a member left, find our index in the UDP group and steer to it
     (see the top); ``answer(data, addr)`` takes the queries read off our
     socket on the way. Returns the index, or None when no index brought the
@@ -179,16 +181,19 @@ def resteer(entry: Shared, answer, limit: float = 0.05) -> int | None:
 
 
 def _arrived(sock: socket.socket, probe: bytes, answer, limit: float) -> bool:
-    """Read ``sock`` until ``probe`` comes or ``limit`` passes; every other
-    datagram read is a query, given to ``answer``."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
+    """Read ``sock`` until ``probe`` comes; every other datagram read is a
+    query, given to ``answer``. A local datagram is queued before sendto
+    returns, so an empty socket is waited for ``limit`` at most, once: this
+    runs on the event loop."""
+    waited = False
+    while True:
         try:
             data, addr = sock.recvfrom(65535, socket.MSG_DONTWAIT)
         except BlockingIOError:
-            time.sleep(0.0005)
+            if waited or not select.select([sock], [], [], limit)[0]:
+                return False
+            waited = True
             continue
         if data == probe:
             return True
         answer(data, addr)
-    return False
