@@ -55,7 +55,7 @@ class HostsStage(Stage):
         self.problem = ""       # the reason last logged (each is logged once, until the file is fine)
         self.closed = False
         try:
-            self._use(*read_file(cfg.file))
+            self.stamp, self.table = self._read_and_parse()  # at start, before the block serves
         except OSError as exc:
             self._unusable(exc)
 
@@ -91,7 +91,8 @@ class HostsStage(Stage):
         self.loading.add_done_callback(self._loaded)
 
     def _read_and_parse(self) -> tuple[tuple, Table]:
-        """In a worker thread: the file's stamp and its table (inline entries first)."""
+        """The file's stamp and its table (inline entries first); in a worker
+        thread once serving."""
         stamp, text = read_file(self.cfg.file)
         return stamp, parse(text, self._inline_table())
 
@@ -107,10 +108,6 @@ class HostsStage(Stage):
             self._unusable(exc)
         else:  # a bug in the parser: the old table serves, and it is said
             log.error("hosts: reading %s failed: %r; the table in use stays", self.cfg.file, exc)
-
-    def _use(self, stamp: tuple, text: str) -> None:
-        self.stamp, self.table = stamp, parse(text, self._inline_table())
-        self._fine()
 
     def _fine(self) -> None:
         if self.problem:
