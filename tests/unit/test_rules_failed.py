@@ -5,13 +5,17 @@ from nodecache.node import nftrules, rules
 from nodecache.node.rules import IptablesRules, RuleError
 
 
-def test_iptables_rules_that_fail_are_counted(monkeypatch):
-    backend = IptablesRules(["169.254.20.10"], {"169.254.20.10": {53}}, 8080, True, None)
-
-    def refuse(rule):
-        raise RuleError("iptables", "Permission denied (you must be root)")
-    monkeypatch.setattr(rules, "ensure_rule", refuse)
+def _failing_backend(monkeypatch, message: str) -> IptablesRules:
+    """Our iptables rules, every one of which fails with ``message``."""
+    def fail(rule):
+        raise RuleError("iptables", message)
+    monkeypatch.setattr(rules, "ensure_rule", fail)
     monkeypatch.setattr(rules, "remove_rule", lambda rule: False)
+    return IptablesRules(["169.254.20.10"], {"169.254.20.10": {53}}, 8080, True, None)
+
+
+def test_iptables_rules_that_fail_are_counted(monkeypatch):
+    backend = _failing_backend(monkeypatch, "Permission denied (you must be root)")
     errors = []
     assert backend.ensure(errors.append) == 0
     assert backend.failed == len(backend) == len(errors) > 0
@@ -21,12 +25,7 @@ def test_iptables_rules_that_fail_are_counted(monkeypatch):
 
 
 def test_a_missing_binary_fails_every_rule_at_once(monkeypatch):
-    backend = IptablesRules(["169.254.20.10"], {"169.254.20.10": {53}}, 8080, True, None)
-
-    def missing(rule):
-        raise RuleError("iptables", "iptables not found: cannot set up the rule")
-    monkeypatch.setattr(rules, "ensure_rule", missing)
-    monkeypatch.setattr(rules, "remove_rule", lambda rule: False)
+    backend = _failing_backend(monkeypatch, "iptables not found: cannot set up the rule")
     errors = []
     backend.ensure(errors.append)
     assert backend.failed == len(backend) and len(errors) == 1
