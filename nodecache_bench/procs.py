@@ -80,7 +80,9 @@ class Load:
     """Open-loop UDP queries at ``qps`` over several sockets, plus a TCP client
     sending one query at a time and retrying on a closed connection (as
     RFC 7766 clients do). Every query is accounted for: answered, duplicate,
-    error (non-NOERROR), or unanswered after ``patience`` seconds."""
+    error (non-NOERROR), or unanswered after ``patience`` seconds
+    (``lost_sent_at``: when each unanswered query was sent, so a test can
+    tell a query a killed process had in hand from one nobody read)."""
 
     def __init__(self, port: int, qps: int = 5000, sockets: int = 8, patience: float = 3.0):
         self.port, self.qps, self.nsock, self.patience = port, qps, sockets, patience
@@ -88,6 +90,7 @@ class Load:
         self.sent = self.answered = self.duplicates = self.errors = self.unanswered = 0
         self.tcp_sent = self.tcp_answered = self.tcp_retries = 0
         self.sent_times: list[float] = []
+        self.lost_sent_at: list[float] = []
         self.latencies: list[tuple[float, float]] = []  # (sent at, latency)
         self.running = False
 
@@ -120,7 +123,7 @@ class Load:
                 key = (id(proto), qid)
                 if key in self.pending:  # ID wrapped while outstanding: count it lost now
                     self.unanswered += 1
-                    del self.pending[key]
+                    self.lost_sent_at.append(self.pending.pop(key))
                 m = msgs[i % len(msgs)]
                 transport.sendto(qid.to_bytes(2, "big") + m[2:])
                 now = time.monotonic()
@@ -133,6 +136,7 @@ class Load:
         self.running = False
         await asyncio.sleep(self.patience)
         self.unanswered += len(self.pending)
+        self.lost_sent_at.extend(self.pending.values())
         await tcp
         for transport, _ in socks:
             transport.close()

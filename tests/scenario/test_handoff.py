@@ -11,6 +11,7 @@ from dnslib import QTYPE, DNSRecord
 
 from nodecache.testing import client
 from nodecache.cli import main
+from nodecache.server import udpbatch
 from nodecache.testing.fakeupstream import ClusterDNS, FakeUpstream
 from nodecache.testing.fakes import run
 from nodecache_bench.procs import NAMES, AgentProc, Load, corefile
@@ -282,7 +283,8 @@ def _hello_as_nobody(path: str) -> bytes:
 
 async def _heir_dies_after_ready(tmp_path, grace: str, sigterm_donor: bool = False, restart_heir: bool = False):
     """Donor A hands over to heir B under load; B is SIGKILLed 1 s after READY.
-    ``sigterm_donor``: A gets SIGTERM right after READY, as a rolling update does."""
+    ``sigterm_donor``: A gets SIGTERM right after READY, as a rolling update does.
+    Returns the load, how long A took to resume, A, and when B was dead."""
     up, port, conf = await _setup(tmp_path)
     hdir = tmp_path / "handoff"
     donor = AgentProc(tmp_path, conf, hdir, 0, "-handoff-grace", grace)
@@ -319,7 +321,7 @@ async def _heir_dies_after_ready(tmp_path, grace: str, sigterm_donor: bool = Fal
                 if donor.proc.poll() is not None:
                     break
                 await asyncio.sleep(0.05)
-        return load, resumed, donor
+        return load, resumed, donor, t_kill
     finally:
         donor.kill()
         if heir:
@@ -327,30 +329,49 @@ async def _heir_dies_after_ready(tmp_path, grace: str, sigterm_donor: bool = Fal
         await up.server.stop()
 
 
+# A SIGKILLed process loses the datagrams it had read and not yet answered
+# (at most one poll's worth, read just before it died); in any design only
+# the client's retry recovers those. Everything else must be answered: a
+# query that reached the socket after the kill, or waited in it, is the
+# donor's to read.
+HELD = 0.25   # seconds: the oldest query the heir can have had in hand at its death
+
+
+def _lost_beyond_the_dead_heirs_hands(load, t_kill: float) -> str:
+    """Why some unanswered query cannot have been in the killed heir's hands, or '' when all could."""
+    outside = [round(t - t_kill, 3) for t in load.lost_sent_at if not t_kill - HELD <= t <= t_kill]
+    if outside or load.unanswered > udpbatch.POLL_BUDGET:
+        return (f"{load.unanswered} unanswered of {load.sent}; sent at (s from the kill): "
+                f"{sorted(round(t - t_kill, 3) for t in load.lost_sent_at)[:20]}")
+    return ""
+
+
 def test_heir_killed_after_ready_donor_resumes_with_its_cache_and_loses_nothing(tmp_path):
-    load, resumed, donor = run(_heir_dies_after_ready(tmp_path, "10"), timeout=90)
+    load, resumed, donor, t_kill = run(_heir_dies_after_ready(tmp_path, "10"), timeout=90)
     text = donor.text()
     summary = f"sent {load.sent}, answered {load.answered}, unanswered {load.unanswered}, resumed after {resumed}"
     assert resumed is not None and resumed < 0.5, summary + text
-    assert load.unanswered == 0 and load.answered == load.sent, summary
+    assert not (why := _lost_beyond_the_dead_heirs_hands(load, t_kill)), why
+    assert load.answered + load.unanswered == load.sent, summary
     assert "resuming service with our cache" in text and "(400 cache entries)" in text, text
     assert "serving again" in text
 
 
 def test_heir_killed_while_the_donor_is_being_terminated_donor_resumes_until_the_heir_is_back(tmp_path):
-    load, resumed, donor = run(_heir_dies_after_ready(tmp_path, "3", sigterm_donor=True, restart_heir=True),
-                               timeout=90)
+    load, resumed, donor, t_kill = run(_heir_dies_after_ready(tmp_path, "3", sigterm_donor=True, restart_heir=True),
+                                       timeout=90)
     text = donor.text()
     assert "able to resume until the grace period ends" in text and resumed is not None, text
     assert "serving until a new agent takes over" in text, text
-    assert load.unanswered == 0 and load.answered == load.sent, (load.sent, load.unanswered)
+    assert not (why := _lost_beyond_the_dead_heirs_hands(load, t_kill)), why
+    assert load.answered + load.unanswered == load.sent, (load.sent, load.unanswered)
     # the restarted heir took over from us, and only then did we honour the stop
     assert donor.proc.returncode == 0 and text.count("READY after") == 2, text
 
 
 def test_negative_control_without_grace_the_heirs_death_loses_queries(tmp_path):
-    load, resumed, donor = run(_heir_dies_after_ready(tmp_path, "0"), timeout=90)
-    assert resumed is None and load.unanswered > 0, donor.text()
+    load, resumed, donor, t_kill = run(_heir_dies_after_ready(tmp_path, "0"), timeout=90)
+    assert resumed is None and _lost_beyond_the_dead_heirs_hands(load, t_kill), donor.text()
 
 
 # The release before this one (wave 1, protocol revision 1): a rollout undo
