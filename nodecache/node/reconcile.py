@@ -78,9 +78,11 @@ class NodeParams:
 
 
 class NodeSetup:
-    def __init__(self, params: NodeParams, dns_ports: dict[str, set[int]]):
+    def __init__(self, params: NodeParams, dns_ports: dict[str, set[int]],
+                 wildcard: dict[str, set[int]] | None = None):
         self.params = params
         self.dns_ports = dns_ports
+        self.wildcard = wildcard or {}  # ports served only by a socket on every address (node.rules)
         self.backend: IptablesRules | NftRules | None = None  # chosen at the first ensure_rules
         self.firewall_warned: set[str] = set()
         self.errors = {t: 0 for t in ERROR_TYPES}
@@ -183,7 +185,7 @@ class NodeSetup:
             if variant:
                 log.info("iptables variant: %s (%s)", variant, why_variant)
             self.backend = IptablesRules(list(p.local_ips), self.dns_ports, p.health_port, p.fail_open, upstream,
-                                         variant)
+                                         variant, self.wildcard)
         else:
             self.backend = BACKENDS[name](list(p.local_ips), self.dns_ports, p.health_port, p.fail_open, upstream)
 

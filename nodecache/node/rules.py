@@ -85,19 +85,34 @@ def _binary(family: int, variant: str) -> str:
 
 
 def rules_for(ips: list[str], dns_ports: dict[str, set[int]] | int, health_port: int | None,
-              fail_open: bool = True, upstream: str | None = None, variant: str = "") -> list[Rule]:
+              fail_open: bool = True, upstream: str | None = None, variant: str = "",
+              wildcard: dict[str, set[int]] | None = None) -> list[Rule]:
+    """``wildcard``: the ports each IP is served on only by a socket bound to
+    every address (a Corefile's ``bind 0.0.0.0``, or no bind)."""
     return [replace(rule, variant=variant) if variant else rule
-            for rule in _rules(ips, dns_ports, health_port, fail_open, upstream)]
+            for rule in _rules(ips, dns_ports, health_port, fail_open, upstream, wildcard or {})]
 
 
-def _rules(ips, dns_ports, health_port, fail_open, upstream) -> list[Rule]:
+def _bound(fail_open: bool, wildcard: bool) -> tuple[str, ...]:
+    """The fail-open match. ``-m socket`` ignores sockets bound to every
+    address unless told ``--nowildcard`` (so that a local wildcard listener
+    cannot catch traffic being forwarded): where ours is such a socket, the
+    plain match never matched, every query was tracked and our fallback DNAT
+    sent it away. Only there: elsewhere another wildcard listener (a node's
+    dnsmasq) would keep the rule matching after we are gone."""
+    if not fail_open:
+        return ()
+    return ("-m", "socket", "--nowildcard") if wildcard else ("-m", "socket")
+
+
+def _rules(ips, dns_ports, health_port, fail_open, upstream, wildcard) -> list[Rule]:
     out = []
-    bound = ("-m", "socket") if fail_open else ()
     for ip in ips:
         fam = ipaddress.ip_address(ip).version
         ports = dns_ports.get(ip, {53}) if isinstance(dns_ports, dict) else {dns_ports}
         fallback = fail_open and upstream and ipaddress.ip_address(upstream).version == fam
         for port in sorted(ports):
+            bound = _bound(fail_open, port in wildcard.get(ip, ()))
             for proto in ("tcp", "udp"):
                 p = ("-p", proto)
                 dst = p + ("-d", ip, "--dport", str(port))
@@ -124,7 +139,7 @@ def legacy_rules(rules: list[Rule]) -> list[Rule]:
     out = []
     for rule in rules:
         if rule.table == "raw" and rule.chain == "PREROUTING" and "socket" in rule.spec:
-            out.append(replace(rule, spec=tuple(x for x in rule.spec if x not in ("-m", "socket"))))
+            out.append(replace(rule, spec=tuple(x for x in rule.spec if x not in ("-m", "socket", "--nowildcard"))))
     return out
 
 
@@ -189,12 +204,12 @@ class IptablesRules:
     name = "iptables"
 
     def __init__(self, ips: list[str], dns_ports, health_port: int | None, fail_open: bool, upstream: str | None,
-                 variant: str = ""):
+                 variant: str = "", wildcard: dict[str, set[int]] | None = None):
         self.variant = variant  # legacy | nft | "" (xtables_variant)
-        self.rules = rules_for(ips, dns_ports, health_port, fail_open, upstream, variant)
+        self.rules = rules_for(ips, dns_ports, health_port, fail_open, upstream, variant, wildcard)
         # the other mode's rules (an earlier release's unconditional NOTRACK,
         # or fail-open rules after -failopen=false) must not stay above ours
-        other = rules_for(ips, dns_ports, health_port, not fail_open, upstream, variant)
+        other = rules_for(ips, dns_ports, health_port, not fail_open, upstream, variant, wildcard)
         self.unwanted = [r for r in other if r not in self.rules]
         self.failed = 0  # rules the last ensure could not put in place
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
 import random
 import re
@@ -139,13 +140,40 @@ class ConfigSource:
                 self.write_warned = True
 
 
+WILDCARDS = {4: ("0.0.0.0", "::"), 6: ("::",)}  # binds that serve an address of that family
+
+
+def _served_by(block, ip: str) -> str:
+    """How ``block`` serves ``ip``: "ip" (bound to it), "wildcard" (no bind,
+    or bound to every address), or ""."""
+    if ip in block.binds:
+        return "ip"
+    if not block.binds or any(b in WILDCARDS[ipaddress.ip_address(ip).version] for b in block.binds):
+        return "wildcard"
+    return ""
+
+
 def dns_ports(config: Config, ips: tuple[str, ...]) -> dict[str, set[int]]:
     out: dict[str, set[int]] = {ip: set() for ip in ips}
     for block in config.blocks:
         for ip in ips:
-            if not block.binds or ip in block.binds:
+            if _served_by(block, ip):
                 out[ip].add(block.port)
     return {ip: ports or {53} for ip, ports in out.items()}
+
+
+def wildcard_ports(config: Config, ips: tuple[str, ...]) -> dict[str, set[int]]:
+    """The ports each IP is served on only by a socket bound to every address."""
+    out: dict[str, set[int]] = {ip: set() for ip in ips}
+    for block in config.blocks:
+        for ip in ips:
+            if _served_by(block, ip) == "wildcard":
+                out[ip].add(block.port)
+    for block in config.blocks:  # a socket bound to the address itself takes that port's traffic
+        for ip in ips:
+            if _served_by(block, ip) == "ip":
+                out[ip].discard(block.port)
+    return out
 
 
 def _reload_interval(config: Config, default: float) -> float:

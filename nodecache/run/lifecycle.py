@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import logging
 import os
 import signal
@@ -44,7 +45,7 @@ from ..handoff.protocol import ProtocolError
 from ..handoff.systemd import listen_fds, notify
 from ..node.addresses import local_addresses
 from ..node.reconcile import NodeSetup
-from .configsource import ConfigSource, dns_ports, watch_config
+from .configsource import WILDCARDS, ConfigSource, dns_ports, watch_config, wildcard_ports
 from .params import RunParams
 from .persist import load_cache_file, save_cache_file
 from .status import Phase, Runtime
@@ -73,7 +74,8 @@ class Lifecycle:
     def __init__(self, params: RunParams, source: ConfigSource, config: Config):
         self.params = params
         self.source = source
-        self.node = NodeSetup(params.node, dns_ports(config, params.local_ips))
+        self.node = NodeSetup(params.node, dns_ports(config, params.local_ips),
+                              wildcard_ports(config, params.local_ips))
         self.agent = Agent(config, admission=Admission(params.max_inflight, params.max_inflight_per_client,
                                                        params.miss_rate_per_client),
                            budget=ByteBudget(params.cache_bytes, params.cache_max_item),
@@ -346,15 +348,22 @@ class Lifecycle:
 
     def _others_serving(self) -> list[str]:
         """The local IP:port pairs some process other than us still serves
-        (we joined node-cache's sockets, or another agent joined ours)."""
+        (we joined node-cache's sockets, or another agent joined ours; where
+        we serve an IP from a socket on every address, theirs is there too)."""
         ours = set()
         for _, _, _, fd in self.rt.agent.listening_sockets():
             try:
                 ours.add(os.fstat(fd).st_ino)
             except OSError:
                 pass
-        return [f"{ip}:{port}" for ip, ports in sorted(self.node.dns_ports.items()) for port in sorted(ports)
-                if reuseport.others_hold(ip, port, ours)]
+        out = []
+        for ip, ports in sorted(self.node.dns_ports.items()):
+            for port in sorted(ports):
+                addrs = [ip, *(WILDCARDS[ipaddress.ip_address(ip).version]
+                               if port in self.node.wildcard.get(ip, ()) else ())]
+                if any(reuseport.others_hold(addr, port, ours) for addr in addrs):
+                    out.append(f"{ip}:{port}")
+        return out
 
 
 def _tune_gc() -> None:

@@ -3,14 +3,15 @@ with node-cache's flags and Corefile shape, the real glibc resolver in a pod
 namespace, kube-proxy-like DNAT to two upstream replicas, conntrack and
 iptables observed from the node namespace."""
 import re
+import shlex
 import signal
 import sys
 import time
 
 import pytest
 
-from nodecache.testing.emunode import (CLUSTER_V4, LOCAL_V4, LOCAL_V6, EmulatedNode, missing_requirements,
-                               sh)
+from nodecache.testing.emunode import (CLUSTER_V4, LOCAL_V4, LOCAL_V6, NODE_COREFILE, EmulatedNode,
+                                       missing_requirements, sh)
 
 why = missing_requirements()
 pytestmark = pytest.mark.skipif(why is not None, reason=f"emulated node: {why}")
@@ -135,6 +136,55 @@ def test_node_cache_daemonset_args_run_unchanged(mode):
         assert n.getent("svc-1.default").returncode == 0
         log = n.agent_log.read_text()
         assert "listening on 169.254.30.10 port 53" in log  # binds the kube-dns IP too
+
+
+def _wildcard_node(n: EmulatedNode, *flags: str) -> None:
+    """The agent with every block bound to 0.0.0.0 (the Helm chart's default,
+    or a Corefile without `bind`): one socket on every address serves the
+    link-local address."""
+    n.start_agent("-watch-node=false", *flags, local_ips=LOCAL_V4,
+                  corefile=NODE_COREFILE.replace("bind __PILLAR__LOCAL__DNS__", "bind 0.0.0.0"))
+    n.wait_agent()
+
+
+def _lookups_and_tracked(n: EmulatedNode) -> tuple[list[int], list[str]]:
+    """Three UDP queries from the pod to the link-local address (exit 0:
+    answered, else none within 2 s), and the conntrack entries they made."""
+    sh("conntrack", "-F", ns=n.node, check=False)
+    codes = []
+    for i in range(3):
+        code = ("import asyncio;from nodecache.testing import client;"
+                f"asyncio.run(client.udp('{LOCAL_V4}', 53, client.build('svc-{i}.default.svc.cluster.local', 1), 2))")
+        codes.append(sh(sys.executable, "-c", code, ns=n.pod, check=False).returncode)
+    tracked = [ln for ln in n.conntrack().splitlines() if f"dst={LOCAL_V4} " in ln and "dport=53 " in ln]
+    return codes, tracked
+
+
+def test_a_socket_on_every_address_is_served_untracked(mode):
+    with EmulatedNode(mode=mode) as n:
+        _wildcard_node(n)
+        assert "listening on 0.0.0.0 port 53" in n.agent_log.read_text()
+        codes, tracked = _lookups_and_tracked(n)
+        assert codes == [0, 0, 0] and tracked == [], (codes, tracked, n.agent_log.read_text())
+        assert n.getent("svc-1.default").returncode == 0  # and glibc, through the search list
+
+
+def test_negative_control_the_plain_socket_match_misses_a_wildcard_socket_and_the_fallback_takes_the_query():
+    """iptables' ``-m socket`` ignores sockets bound to every address unless
+    told ``--nowildcard``: with the plain match in our place, every query is
+    tracked and our fail-open DNAT sends it to a ClusterIP nobody DNATs
+    again (iptables mode), and the pod gets no answer."""
+    with EmulatedNode(mode="iptables") as n:
+        _wildcard_node(n, "-syncinterval", "600")
+        ours = [ln for ln in sh("iptables", "-t", "raw", "-S", "PREROUTING", ns=n.node).stdout.splitlines()
+                if "--nowildcard" in ln]
+        assert len(ours) == 2, ours  # udp, tcp
+        for line in ours:
+            spec = shlex.split(line)[2:]  # after -A PREROUTING
+            sh("iptables", "-t", "raw", "-D", "PREROUTING", *spec, ns=n.node)
+            sh("iptables", "-t", "raw", "-I", "PREROUTING", "1", *[a for a in spec if a != "--nowildcard"], ns=n.node)
+        codes, tracked = _lookups_and_tracked(n)
+        assert all(c != 0 for c in codes) and tracked, (codes, tracked)
 
 
 def test_interface_of_another_kind_is_reported_not_fatal_a_bad_localip_is():

@@ -9,7 +9,7 @@ from nodecache.config.parse import parse_config
 from nodecache.config.nodeconfig import (ConfigMapError, cluster_dns_ip, read_kubedns_configmap,
                                        render_corefile, service_env)
 from nodecache.node.rules import RuleError, ensure_rule, legacy_rules, rules_for
-from nodecache.run.configsource import ConfigSource, dns_ports
+from nodecache.run.configsource import ConfigSource, dns_ports, wildcard_ports
 from nodecache.run.params import RunParams, parse_local_ips
 
 BASE = """\
@@ -197,6 +197,25 @@ def test_fail_open_rules_notrack_only_with_a_bound_socket_and_fall_back_by_dnat(
     legacy = legacy_rules(rules)
     assert len(legacy) == 4 and not any("socket" in r.spec for r in legacy)
     assert {r.spec[:-2] for r in legacy} == {r.spec[:-4] for r in pre}
+
+
+def test_a_port_served_by_a_socket_on_every_address_gets_the_wildcard_socket_match():
+    cfg = parse_config("cluster.local:53 {\n bind 0.0.0.0\n forward . 1.1.1.1\n}\n"
+                       ".:5353 {\n forward . 1.1.1.1\n}\n"
+                       ".:5454 {\n bind 169.254.20.10\n forward . 1.1.1.1\n}\n"
+                       "example:5454 {\n forward . 1.1.1.1\n}\n")
+    ips = ("169.254.20.10", "fd00::10")
+    # 0.0.0.0 serves IPv4 only; no bind serves both; a socket on the address itself wins its port
+    assert dns_ports(cfg, ips) == {"169.254.20.10": {53, 5353, 5454}, "fd00::10": {5353, 5454}}
+    wild = wildcard_ports(cfg, ips)
+    assert wild == {"169.254.20.10": {53, 5353}, "fd00::10": {5353, 5454}}
+    rules = rules_for(list(ips), dns_ports(cfg, ips), None, wildcard=wild)
+    pre = {(r.spec[r.spec.index("-d") + 1], r.spec[r.spec.index("--dport") + 1], "--nowildcard" in r.spec)
+           for r in rules if r.chain == "PREROUTING"}
+    assert pre == {("169.254.20.10", "53", True), ("169.254.20.10", "5353", True), ("169.254.20.10", "5454", False),
+                   ("fd00::10", "5353", True), ("fd00::10", "5454", True)}
+    assert not any("--nowildcard" in r.spec for r in legacy_rules(rules))
+    assert not any("socket" in r.spec for r in rules_for(list(ips), 53, None, fail_open=False, wildcard=wild))
 
 
 def test_missing_iptables_binary_is_a_clear_error(monkeypatch, tmp_path):
