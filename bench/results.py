@@ -153,8 +153,9 @@ records), and the VmRSS of a `nodecache run` (four blocks of node-cache's
 shape) filled through the real query path to 10,000 and then 100,000
 entries (everything: records, keys, allocator slack, the slow path's own
 growth). The DaemonSet's memory limit is sized from this, and its request
-from the idle figure with the interface and rules set up (43 MiB on an
-emulated node: pyroute2 adds ~11 MiB) plus a few thousand names."""),
+from the idle figure with the interface and rules set up (38 MiB on an
+emulated node: pyroute2's IPRoute adds ~4 MiB, its whole package ~9.5) plus a
+few thousand names."""),
 ]
 
 
