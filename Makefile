@@ -30,8 +30,10 @@ test: $(STAMP) system-deps
 	$(PY) -m pytest -q
 
 # the image, from Debian's packages and locked wheels (no registry): scripts/build-image.sh
+# ARCH: amd64, arm64 or "amd64 arm64" (default: this machine's); localhost/nodecache:0.1.0
+# is then the manifest list of what was built
 image: $(STAMP) system-deps
-	PY=$(PY) bash scripts/build-image.sh
+	PY=$(PY) ARCH="$(ARCH)" bash scripts/build-image.sh
 
 bench: $(STAMP) system-deps
 	$(PY) -m bench.results

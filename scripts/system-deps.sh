@@ -2,8 +2,8 @@
 # Installs the system tools the end-to-end tests use (network namespaces,
 # iptables, nftables, conntrack, ss, getent, and the real resolvers the
 # interoperability suite asks through: dig, kdig, drill, musl, Go, Node's
-# c-ares, busybox), the image build's (mmdebstrap,
-# buildah) and the peer servers the comparison benchmark runs (unbound,
+# c-ares, busybox), the image build's (mmdebstrap, buildah, and qemu-user
+# for the arm64 image) and the peer servers the comparison benchmark runs (unbound,
 # dnsmasq, dnsdist, dnsperf), when we are root on a Debian-like
 # machine and they are missing. Otherwise it only says what is missing:
 # those tests then skip with the reason.
@@ -34,12 +34,38 @@ command -v promtool >/dev/null || need+=(prometheus)
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v buildah >/dev/null || need+=(buildah)
 command -v unshare >/dev/null || need+=(util-linux)
-[ ${#need[@]} -eq 0 ] && exit 0
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "installing ${need[*]} for the end-to-end tests"
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null \
-        || echo "could not install ${need[*]}: end-to-end tests will skip"
-else
-    echo "missing ${need[*]} (need root and apt-get to install): end-to-end tests will skip"
+# the arm64 image on another machine: its build runs arm64 programs through binfmt_misc and qemu-user
+if [ "$(dpkg --print-architecture 2>/dev/null)" != arm64 ]; then
+    command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
+    command -v update-binfmts >/dev/null || need+=(binfmt-support)
 fi
+
+install_missing() {
+    [ ${#need[@]} -eq 0 ] && return
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "installing ${need[*]} for the end-to-end tests"
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null \
+            || echo "could not install ${need[*]}: end-to-end tests will skip"
+    else
+        echo "missing ${need[*]} (need root and apt-get to install): end-to-end tests will skip"
+    fi
+}
+
+# qemu-aarch64 registered with binfmt_misc (a package install registers it
+# only where binfmt_misc is mounted, which a container or a minimal VM may
+# not have done): else the arm64 image test skips, saying so
+enable_arm64_emulation() {
+    local entry=/proc/sys/fs/binfmt_misc/qemu-aarch64
+    [ "$(id -u)" = 0 ] && command -v qemu-aarch64-static >/dev/null || return 0
+    grep -qs '^enabled' "$entry" && return 0
+    [ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null
+    if command -v update-binfmts >/dev/null; then
+        update-binfmts --import qemu-aarch64 >/dev/null 2>&1
+        update-binfmts --enable qemu-aarch64 >/dev/null 2>&1
+    fi
+    grep -qs '^enabled' "$entry" || echo "qemu-aarch64 is not registered with binfmt_misc: the arm64 image test will skip"
+}
+
+install_missing
+enable_arm64_emulation
 exit 0

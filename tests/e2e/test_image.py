@@ -11,11 +11,18 @@ expanded as kubelet expands it), the ConfigMap's Corefile at
 /etc/coredns/Corefile.base, the Service environment. The pod resolves
 through it on both addresses, the probes the manifest declares answer
 (the exec startup probe inside the image, the HTTP ones from the node),
-and SIGTERM tears down what it set up."""
+and SIGTERM tears down what it set up.
+
+The arm64 image is built from the same locked inputs (``ARCH=arm64``,
+under qemu-user through binfmt_misc): every ELF file it holds is for arm64
+(Debian's and the compiled wheels'), and its agent runs under qemu and
+checks the DaemonSet's Corefile."""
 import os
 import shutil
+import struct
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,6 +33,7 @@ from nodecache.testing.emunode import (CLUSTER_V4, LOCAL_V4, UPSTREAM_V4, Emulat
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 TAG = "localhost/nodecache:0.1.0"
+HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
 IMAGE_PATH = "/opt/nodecache/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # image/Containerfile's ENV PATH
 
 
@@ -42,23 +50,32 @@ def _missing() -> str | None:
 pytestmark = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
 
 
-@pytest.fixture(scope="module")
-def image_root():
-    env = dict(os.environ, PY=sys.executable)
-    build = subprocess.run(["bash", str(ROOT / "scripts" / "build-image.sh"), TAG], capture_output=True, text=True,
-                           timeout=900, env=env, cwd=ROOT)
+def _build(tag: str, arch: str) -> None:
+    env = dict(os.environ, PY=sys.executable, ARCH=arch)
+    build = subprocess.run(["bash", str(ROOT / "scripts" / "build-image.sh"), tag], capture_output=True, text=True,
+                           timeout=1200, env=env, cwd=ROOT)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-    sbom = (ROOT / "build" / "image" / "sbom.txt").read_text()
-    assert "\niptables " in sbom and "\nnftables " in sbom and "\nnodecache 0.1.0" in sbom and "\nuvloop " in sbom
-    ctr = subprocess.run(["buildah", "from", "--pull=false", TAG], capture_output=True, text=True,
+
+
+@contextmanager
+def _mounted(image: str):
+    ctr = subprocess.run(["buildah", "from", "--pull=false", image], capture_output=True, text=True,
                          check=True).stdout.strip()
     try:
-        root = Path(subprocess.run(["buildah", "mount", ctr], capture_output=True, text=True,
-                                   check=True).stdout.strip())
-        yield root
+        yield Path(subprocess.run(["buildah", "mount", ctr], capture_output=True, text=True,
+                                  check=True).stdout.strip())
     finally:
         subprocess.run(["buildah", "umount", ctr], capture_output=True)
         subprocess.run(["buildah", "rm", ctr], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def image_root():
+    _build(TAG, HOST_ARCH)
+    sbom = (ROOT / "build" / "image" / HOST_ARCH / "sbom.txt").read_text()
+    assert "\niptables " in sbom and "\nnftables " in sbom and "\nnodecache 0.1.0" in sbom and "\nuvloop " in sbom
+    with _mounted(TAG) as root:  # the manifest list: this machine's architecture
+        yield root
 
 
 def _daemonset(overlay: str) -> tuple[list[str], str]:
@@ -110,3 +127,57 @@ def test_the_image_runs_the_daemonsets_args_on_the_emulated_node(image_root, mod
         assert http_status(f"http://{LOCAL_V4}:8080/health", 5, ns=n.node) == 200     # livenessProbe
         assert n.stop_agent() == 0
         assert n.interface() == "" and not n.rules(), n.agent_log.read_text()
+
+
+ELF_MACHINE = {"amd64": 62, "arm64": 183}  # e_machine: EM_X86_64, EM_AARCH64
+
+
+def _elf_machine(path: Path) -> int | None:
+    with open(path, "rb") as fh:
+        head = fh.read(20)
+    return struct.unpack_from("<H", head, 18)[0] if head[:4] == b"\x7fELF" and len(head) == 20 else None
+
+
+def _emulation_missing() -> str | None:
+    if HOST_ARCH == "arm64":
+        return None
+    entry = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
+    if not entry.exists() or not entry.read_text().startswith("enabled"):
+        return "the arm64 image is built under qemu-user: binfmt_misc has no enabled qemu-aarch64 " \
+               "(apt-get install qemu-user-static binfmt-support; scripts/system-deps.sh registers it)"
+    return None
+
+
+@pytest.mark.skipif(_emulation_missing() is not None, reason=str(_emulation_missing()))
+def test_the_arm64_image_holds_arm64_code_only_and_its_agent_runs():
+    tag = "localhost/nodecache:test-arm64-only"
+    _build(tag, "arm64")
+    sbom = (ROOT / "build" / "image" / "arm64" / "sbom.txt").read_text()
+    debs = [ln.split() for ln in sbom.splitlines() if ln and not ln.startswith("#") and len(ln.split()) == 3]
+    assert debs and {arch for *_, arch in debs} <= {"arm64", "all"}, sbom
+    with _mounted(f"{tag}-arm64") as root:
+        elves = {}
+        for d in ("usr/bin", "usr/sbin", "usr/lib/aarch64-linux-gnu", "opt/nodecache/lib"):
+            for path in (root / d).rglob("*"):
+                if path.is_file() and not path.is_symlink():
+                    machine = _elf_machine(path)
+                    if machine is not None:
+                        elves[str(path.relative_to(root))] = machine
+        compiled = [p for p in elves if p.startswith("opt/nodecache/lib") and p.endswith(".so")]
+        # uvloop and google-re2 (with the libraries their wheels bundle) are compiled: arm64 wheels were installed
+        assert any("uvloop" in p for p in compiled) and any("re2" in p for p in compiled), compiled
+        assert "usr/bin/python3.11" in elves and "usr/sbin/xtables-nft-multi" in elves, sorted(elves)[:20]
+        wrong = {p: m for p, m in elves.items() if m != ELF_MACHINE["arm64"]}
+        assert not wrong, wrong
+        (root / "tmp" / "Corefile").write_text(_daemonset("iptables")[1])
+        run = subprocess.run(["chroot", str(root), "/opt/nodecache/bin/nodecache", "check", "-conf", "/tmp/Corefile",
+                              "-localip", "169.254.20.10", "-clusterdns", "10.96.0.11"],
+                             capture_output=True, text=True, timeout=300, env={"PATH": IMAGE_PATH})
+        assert run.returncode == 0, run.stdout + run.stderr
+        version = subprocess.run(["chroot", str(root), "/opt/nodecache/bin/python", "-c",
+                                  "import platform, uvloop, re2; print(platform.machine())"],
+                                 capture_output=True, text=True, timeout=300, env={"PATH": IMAGE_PATH})
+        assert version.stdout.strip() == "aarch64", version.stdout + version.stderr
+    for image in (tag, f"{tag}-arm64"):
+        subprocess.run(["buildah", "manifest", "rm", image], capture_output=True)
+        subprocess.run(["buildah", "rmi", image], capture_output=True)
