@@ -16,6 +16,8 @@ kube-proxy in iptables mode and in nftables mode, the same events in each.
 5. migration: a stand-in for node-cache serves the pod; the agent starts
    beside it, then node-cache is SIGTERMed and tears its networking down,
    glibc lookups and 200 UDP q/s throughout: failed lookups, lost queries;
+   for upstream's layout and for each installer's (kubespray, kops, the
+   Helm chart: ``testing.layouts``), the agent run as its overlay says;
 6. Cilium LRP (agent pods in the pod network, a stand-in for the redirect
    following /ready every 0.2 s, kube-proxy's DNAT when no pod is Ready):
    a surge rollout under glibc lookups and 200 UDP q/s to the ClusterIP
@@ -32,9 +34,11 @@ import json
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 from nodecache.testing.emunode import (CLUSTER_V4, LOCAL_V4, LOCAL_V6, MODES, EmulatedNode,
                                        missing_requirements, sh)
+from nodecache.testing.layouts import LAYOUTS, overlay
 from nodecache.testing.nodeload import Lookups, churn, migrate
 from nodecache.testing.podnetwork import lone_backend_killed, surge_rollout
 
@@ -98,13 +102,19 @@ def upstream_churn(mode: str, rate: float = 300.0, seconds: float = 10.0) -> dic
         return {"sent": result["sent"], "lost": result["unanswered"], "servfail": result["rcodes"].get("2", 0)}
 
 
-def migration(mode: str) -> dict:
+OVERLAYS = Path(__file__).resolve().parent.parent / "daemonset" / "overlays"
+
+
+def migration(mode: str, installer: str = "upstream") -> dict:
+    layout = LAYOUTS[installer]
+    how = {} if installer == "upstream" else dict(zip(("local_ips", "flags", "corefile"),
+                                                      overlay(OVERLAYS / installer, CLUSTER_V4)))
     with EmulatedNode(mode=mode) as n:
-        m = migrate(n)
+        m = migrate(n, *how.pop("flags", ()), layout=layout, **how)
     lookups, paced = m["lookups"], m["paced"]
     return {"lookups": len(lookups.results), "failed": len(lookups.failed), "sent": paced["sent"],
             "lost": paced["unanswered"], "errors": sum(v for k, v in paced["rcodes"].items() if k != "0"),
-            "restored": LOCAL_V4 in m["interface"] and not m["standby_after"], "health": m["health"]}
+            "restored": layout.local_ip in m["interface"] and not m["standby_after"], "health": m["health"]}
 
 
 def cilium(mode: str) -> tuple[dict, dict]:
@@ -143,12 +153,13 @@ def main(argv: list[str] | None = None) -> int:
             ch = upstream_churn(mode)
             print(f"{mode:<9} {'CoreDNS rolled, killed, gone 1 s; 300 misses/s':<46} {ch['lost']} of {ch['sent']} "
                   f"lost, {ch['servfail']} SERVFAIL", flush=True)
-            mg = migration(mode)
-            print(f"{mode:<9} {'node-cache -> nodecache, glibc + 200 UDP q/s':<46} {mg['failed']} of "
-                  f"{mg['lookups']} lookups failed; {mg['lost']} of {mg['sent']} queries lost, {mg['errors']} "
-                  f"errors; interface ours after: {'yes' if mg['restored'] else 'NO'}; our /health answered "
-                  f"{'never' if mg['health'] is None else format(mg['health'], '.1f') + ' s'} after node-cache's exit",
-                  flush=True)
+            for installer in LAYOUTS:
+                mg = migration(mode, installer)
+                print(f"{mode:<9} {'node-cache -> nodecache (' + installer + '), glibc + 200 UDP q/s':<46} "
+                      f"{mg['failed']} of {mg['lookups']} lookups failed; {mg['lost']} of {mg['sent']} queries "
+                      f"lost, {mg['errors']} errors; interface ours after: {'yes' if mg['restored'] else 'NO'}; our "
+                      f"/health answered {'never' if mg['health'] is None else format(mg['health'], '.1f') + ' s'} "
+                      f"after node-cache's exit", flush=True)
             r, k = cilium(mode)
             print(f"{mode:<9} {'cilium LRP: surge rollout, glibc + 200 UDP q/s':<46} {r['failed']} of {r['lookups']} "
                   f"lookups failed; {r['lost']} of {r['sent']} queries lost; {r['refill']} names refilled; old pod "

