@@ -4,10 +4,10 @@ import inspect
 
 def pytest_pyfunc_call(pyfuncitem):
     """``async def test_...`` runs on uvloop (the product's loop), bounded in
-    time like ``nodecache.testing.fakes.run``: scenario tests need no wrapper of their own."""
+    time like ``nodecache_lab.fakes.run``: scenario tests need no wrapper of their own."""
     if not inspect.iscoroutinefunction(pyfuncitem.obj):
         return None
-    from nodecache.testing.fakes import run
+    from nodecache_lab.fakes import run
     args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
     run(pyfuncitem.obj(**args), timeout=ASYNC_TEST_TIMEOUT)
     return True

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from nodecache_bench.compare import _pin
-from nodecache.testing import client
+from nodecache.emulated import client
 from nodecache.dns.framing import frame
 from nodecache.dns.wire import make_query, question_bytes
 

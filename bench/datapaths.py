@@ -17,7 +17,7 @@ kube-proxy in iptables mode and in nftables mode, the same events in each.
    beside it, then node-cache is SIGTERMed and tears its networking down,
    glibc lookups and 200 UDP q/s throughout: failed lookups, lost queries;
    for upstream's layout and for each installer's (kubespray, kops, the
-   Helm chart: ``testing.layouts``), the agent run as its overlay says;
+   Helm chart: ``nodecache_lab.layouts``), the agent run as its overlay says;
 6. Cilium LRP (agent pods in the pod network, a stand-in for the redirect
    following /ready every 0.2 s, kube-proxy's DNAT when no pod is Ready):
    a surge rollout under glibc lookups and 200 UDP q/s to the ClusterIP
@@ -36,11 +36,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from nodecache.testing.emunode import (CLUSTER_V4, LOCAL_V4, LOCAL_V6, MODES, EmulatedNode,
+from nodecache_lab.emunode import (CLUSTER_V4, LOCAL_V4, LOCAL_V6, MODES, EmulatedNode,
                                        missing_requirements, sh)
-from nodecache.testing.layouts import LAYOUTS, overlay
-from nodecache.testing.nodeload import Lookups, churn, migrate
-from nodecache.testing.podnetwork import lone_backend_killed, surge_rollout
+from nodecache_lab.layouts import LAYOUTS, overlay
+from nodecache_lab.nodeload import Lookups, churn, migrate
+from nodecache_lab.podnetwork import lone_backend_killed, surge_rollout
 
 
 def crash(mode: str, pods_on: str, down: float) -> dict:

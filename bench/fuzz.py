@@ -36,7 +36,7 @@ from pathlib import Path
 
 from bench.abuse import CACHED, Agent, GoodClient, _pin, rss_mib
 
-from nodecache.testing import client
+from nodecache.emulated import client
 from nodecache.dns.framing import frame
 from nodecache.dns.wire import make_query, question_bytes
 

@@ -5,7 +5,7 @@ thousand inputs).
     python -m bench.guided --seconds 120          # each target
     python -m bench.guided --only query reply --seconds 600
 
-Each target of ``nodecache.testing.fuzz`` runs under atheris (libFuzzer)
+Each target of ``nodecache_lab.fuzz`` runs under atheris (libFuzzer)
 in its own process, from the checkout's seed corpus (tests/data/fuzz) into
 a fresh corpus directory, for a bounded time. Prints, per target, the
 inputs executed, their rate, the coverage reached (libFuzzer's ``cov``:
@@ -24,6 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from nodecache_lab import lab_env
+
 SEEDS = Path(__file__).resolve().parent.parent / "tests" / "data" / "fuzz"
 _DONE = re.compile(r"#(\d+)\s+DONE\s+cov: (\d+) ft: (\d+) corp: (\d+)/(\S+)")
 
@@ -34,10 +36,10 @@ def run_target(target: str, seconds: int, seeds: Path, keep: Path | None) -> dic
         corpus, found = work / "corpus", work / "found"
         corpus.mkdir()
         found.mkdir()
-        cmd = [sys.executable, "-m", "nodecache.testing.fuzz", target, f"-max_total_time={seconds}",
+        cmd = [sys.executable, "-m", "nodecache_lab.fuzz", target, f"-max_total_time={seconds}",
                "-max_len=4096", "-print_final_stats=1", f"-artifact_prefix={found}/", str(corpus),
                str(seeds / target)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120, env=lab_env())
         stats = dict(re.findall(r"^stat::(\w+):\s+(\d+)", proc.stderr, re.M))
         done = _DONE.search(proc.stderr)
         row = {"target": target, "ok": proc.returncode == 0, "execs": int(stats.get("number_of_executed_units", 0)),
@@ -54,7 +56,7 @@ def run_target(target: str, seconds: int, seeds: Path, keep: Path | None) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nodecache.testing.fuzz import TARGETS
+    from nodecache_lab.fuzz import TARGETS
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=int, default=60, help="time per target (default 60)")
     ap.add_argument("--only", nargs="*", choices=sorted(TARGETS), help="these targets only (default: all)")

@@ -31,9 +31,9 @@ import time
 from pathlib import Path
 
 
-from nodecache.testing.client import build, free_port
+from nodecache.emulated.client import build, free_port
 from nodecache.config.parse import parse_config
-from nodecache.testing.fakeupstream import ClusterDNS, FakeUpstream
+from nodecache.emulated.upstream import ClusterDNS, FakeUpstream
 from nodecache.server.agent import Agent
 from nodecache_bench.hitcost import BARE
 
@@ -67,7 +67,7 @@ async def handler_only(queries: int, k: int) -> dict:
             forward . 127.0.0.1:{up_port}
         }}""")))
     await agent.start()
-    from nodecache.testing import client
+    from nodecache.emulated import client
     msgs = [build(n, 1, qid=i) for i, n in enumerate(names(k))]
     for m in msgs:
         await client.udp("127.0.0.1", port, m)

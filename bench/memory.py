@@ -19,8 +19,8 @@ from pathlib import Path
 
 import uvloop
 
-from nodecache.testing import client
-from nodecache.testing.fakeupstream import ClusterDNS, FakeUpstream
+from nodecache.emulated import client
+from nodecache.emulated.upstream import ClusterDNS, FakeUpstream
 
 
 def rss_mib(pid: int) -> float:

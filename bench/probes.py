@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from nodecache.testing.client import free_port
+from nodecache.emulated.client import free_port
 
 from nodecache_bench.procs import CLI
 

@@ -104,7 +104,7 @@ A running agent (per-client limits lifted so that every packet reaches the
 parsers) gets 1,000,000 hostile UDP packets at 8,000/s and abusive TCP
 clients; a well-behaved client sends 100 queries/s throughout."""),
     ("Coverage-guided fuzzing", ["-m", "bench.guided", "--seconds", "120"], """\
-`python -m bench.guided`: each target of `nodecache.testing.fuzz` (query scan and
+`python -m bench.guided`: each target of `nodecache_lab.fuzz` (query scan and
 parse with the fast/slow agreement, upstream reply analysis and rendering, TCP framing,
 snapshot decoding, the Corefile parser, the kube-dns ConfigMap reader) under atheris
 (libFuzzer) for 120 s from the seed corpus in tests/data/fuzz. `cov`/`ft`: libFuzzer's

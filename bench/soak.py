@@ -40,9 +40,9 @@ from pathlib import Path
 from nodecache.demo import COREFILE
 from nodecache.dns.framing import FrameReader, frame
 from nodecache.run.status import read_status
-from nodecache.testing import client
-from nodecache.testing.client import build
-from nodecache.testing.fakeupstream import ClusterDNS, FakeUpstream
+from nodecache.emulated import client
+from nodecache.emulated.client import build
+from nodecache.emulated.upstream import ClusterDNS, FakeUpstream
 from nodecache_bench.procs import AgentProc
 
 POD, HOSTILE = "127.0.0.2", "127.0.0.3"

@@ -389,7 +389,7 @@ def _metrics_tls(run):
 
 
 async def fake_upstream(args) -> int:
-    from .testing.fakeupstream import ClusterDNS, FakeUpstream
+    from .emulated.upstream import ClusterDNS, FakeUpstream
     host, _, port_text = args.listen.rpartition(":")
     delay = args.delay_ms / 1000
     try:

@@ -12,9 +12,9 @@ import time
 
 from dnslib import QTYPE, RCODE, DNSRecord
 
-from .testing import client
+from .emulated import client
 from .config.parse import parse_config
-from .testing.fakeupstream import ClusterDNS, FakeUpstream
+from .emulated.upstream import ClusterDNS, FakeUpstream
 from .server.agent import Agent
 
 COREFILE = """\

@@ -31,12 +31,12 @@ NAMES = ("nodecache", "nodecache@baseline")
 
 def at_once(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: list[int], free_port, pin,
             server_cls, baseline: str, names: int = 1000, flags: tuple[str, ...] = (),
-            bind: str = "127.0.0.1") -> dict:
+            bind: str = "127.0.0.1", base_flags: tuple[str, ...] = ()) -> dict:
     """Cache hits over ``names`` names: {rate: {"ratios": [...], "median": r,
     "cpu": {name: [us/q per run]}}}."""
     in_use, capacity = working_set(names)
     load = pin(set(cpus[1:]) or {cpus[0]})
-    with _both(tmp, free_port, pin, cpus, server_cls, baseline, capacity, flags, bind) as servers:
+    with _both(tmp, free_port, pin, cpus, server_cls, baseline, capacity, flags, bind, base_flags) as servers:
         for k, s in enumerate(servers):
             fill_and_warm(s.port, in_use, tmp / f"ab-{k}.txt", load)
         cursor = NameCursor(in_use)  # both servers get the same names in each run
@@ -44,10 +44,11 @@ def at_once(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: lis
 
 
 def at_once_misses(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: list[int], free_port,
-                   pin, server_cls, baseline: str, flags: tuple[str, ...] = (), bind: str = "127.0.0.1") -> dict:
+                   pin, server_cls, baseline: str, flags: tuple[str, ...] = (), bind: str = "127.0.0.1",
+                   base_flags: tuple[str, ...] = ()) -> dict:
     """Cache misses over TCP (names never asked before), as ``at_once``."""
     load = pin(set(cpus[1:]) or {cpus[0]})
-    with _both(tmp, free_port, pin, cpus, server_cls, baseline, 0, flags, bind) as servers:
+    with _both(tmp, free_port, pin, cpus, server_cls, baseline, 0, flags, bind, base_flags) as servers:
         run = itertools.count()
         return _runs(servers, rates, duration, rounds, tmp, load,
                      lambda rate: fresh_names(f"ab{next(run)}r{rate}", rate, duration))
@@ -55,10 +56,10 @@ def at_once_misses(rates: list[int], duration: float, rounds: int, tmp: Path, cp
 
 @contextlib.contextmanager
 def _both(tmp: Path, free_port, pin, cpus: list[int], server_cls, baseline: str, capacity: int,
-          flags: tuple[str, ...], bind: str):
+          flags: tuple[str, ...], bind: str, base_flags: tuple[str, ...] = ()):
     """The two nodecaches behind one stand-in cluster DNS, started on the first CPU."""
     with behind_cluster_dns(tmp, free_port, pin, set(cpus[1:]) or {cpus[0]}, server_cls, baseline,
-                            capacity, flags, bind) as (servers, _):
+                            capacity, flags, bind, base_flags) as (servers, _):
         servers[:] = [s for s in servers if s.name in NAMES]  # the peers are not started
         time.sleep(1.0)
         for s in servers:

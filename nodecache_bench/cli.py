@@ -193,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="with --hits/--misses: more `nodecache run` flags for this checkout's nodecache (not "
                            "the baseline), e.g. --flags=-udp-coalesce=1ms (with '=': the value starts with '-'); "
                            "with --baseline .venv/bin/python the same code without them runs beside it")
+    cmp_.add_argument("--both-flags", dest="both_flags", default="",
+                      help="with --baseline: `nodecache run` flags for both nodecaches, e.g. "
+                           "--both-flags=-udp-coalesce=2ms to compare two builds with it on")
     cmp_.add_argument("--json", action="store_true")
     hand = sub.add_parser("handoff", help="constant load while hot handoffs happen")
     hand.add_argument("--handoffs", type=int, default=10)

@@ -41,7 +41,7 @@ POD_RATE = 200.0
 
 
 def free_port() -> int:
-    from nodecache.testing.client import free_port as fp
+    from nodecache.emulated.client import free_port as fp
     return fp()
 
 
@@ -127,7 +127,8 @@ def cmd_compare(args) -> int:
         raise BenchError("--at-once measures nodecache against --baseline at the --hits/--misses rates: give both")
     if os.sep in args.baseline:  # the baseline runs in a directory of its own: a relative path would not
         args.baseline = os.path.abspath(args.baseline)
-    flags = tuple(args.flags.split())
+    both = tuple(args.both_flags.split())  # for the baseline too
+    flags = tuple(args.flags.split()) + both
     if args.bind != "127.0.0.1" and not args.at_once:
         raise BenchError("--bind is for the --at-once comparison (both nodecaches bind it): give --at-once")
     if flags and not (args.hits or args.misses):
@@ -199,19 +200,19 @@ def cmd_compare(args) -> int:
         rates = [int(r) for r in args.misses.split(",") if r.strip()]
         if args.at_once:
             misses = at_once_misses(rates, args.duration, args.rounds, tmp, cpus, free_port, _pin, Server,
-                                    args.baseline, flags, args.bind) if rates else {}
+                                    args.baseline, flags, args.bind, both) if rates else {}
         else:
             misses = miss_cost(rates, args.duration, args.rounds, tmp, cpus, free_port, _pin, Server,
-                               args.baseline, flags) if rates else {}
+                               args.baseline, flags, both) if rates else {}
         hit_rates = [int(r) for r in args.hits.split(",") if r.strip()]
         name_sets = [int(n) for n in args.names.split(",") if n.strip()] or [1000]
         if args.at_once:
             hits = {str(names): at_once(hit_rates, args.duration, args.rounds, tmp, cpus, free_port, _pin,
-                                        Server, args.baseline, names, flags, args.bind)
+                                        Server, args.baseline, names, flags, args.bind, both)
                     for names in name_sets} if hit_rates else {}
         else:
             hits = {str(names): hit_cost(hit_rates, args.duration, args.rounds, tmp, cpus, free_port, _pin,
-                                         cpu_seconds, Server, args.baseline, names, flags)
+                                         cpu_seconds, Server, args.baseline, names, flags, both)
                     for names in name_sets} if hit_rates else {}
     if args.json:
         print(json.dumps({"results": results, "dnsperf": dnsperf, "missing": missing, "misses": misses,

@@ -27,11 +27,11 @@ from pathlib import Path
 import uvloop
 from dnslib import QTYPE
 
-from nodecache.testing import client
+from nodecache.emulated import client
 from nodecache.config.parse import parse_config
 from nodecache.dns.reply import analyse
 from nodecache.dns.wire import make_query, question_bytes, scan
-from nodecache.testing.fakeupstream import ClusterDNS, FakeUpstream
+from nodecache.emulated.upstream import ClusterDNS, FakeUpstream
 from nodecache.handoff.donor import Donor
 from nodecache.handoff.heir import take_over
 from nodecache.server.agent import Agent

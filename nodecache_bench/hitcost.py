@@ -44,7 +44,7 @@ uvloop.run(main())
 
 def _reply_bytes(port: int) -> bytes:
     import socket
-    from nodecache.testing.client import build
+    from nodecache.emulated.client import build
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(2)
         s.sendto(build(f"h0.{UPSTREAM_ZONE}".rstrip("."), 1, qid=0), ("127.0.0.1", port))
@@ -100,7 +100,7 @@ class NameCursor:
 
 def hit_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: list[int],
              free_port, pin, cpu_seconds, server_cls, baseline: str = "", names: int = 1000,
-             flags: tuple[str, ...] = ()) -> dict:
+             flags: tuple[str, ...] = (), base_flags: tuple[str, ...] = ()) -> dict:
     """{rate: {server: {cpu_us_per_query, user_us, sys_us, latency_ms, runs, achieved, lost}}}:
     ``names`` distinct cached names in use (every cache sized to hold them)."""
     in_use, capacity = working_set(names)
@@ -108,7 +108,7 @@ def hit_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: li
     bare = free_port()
     out: dict = {}
     with behind_cluster_dns(tmp, free_port, pin, load_cpus, server_cls, baseline, capacity,
-                            flags) as (servers, up_port):
+                            flags, base_flags=base_flags) as (servers, up_port):
         time.sleep(1.0)
         servers.append(server_cls("bare uvloop", [sys.executable, "-c", BARE, str(bare),
                                                   _reply_bytes(up_port).hex()], bare))

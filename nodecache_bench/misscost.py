@@ -164,7 +164,8 @@ def percentiles(verbose: str) -> dict:
 
 @contextlib.contextmanager
 def behind_cluster_dns(tmp: Path, free_port, pin, load_cpus: set[int], server_cls, baseline: str = "",
-                       capacity: int = 0, flags: tuple[str, ...] = (), bind: str = "127.0.0.1"):
+                       capacity: int = 0, flags: tuple[str, ...] = (), bind: str = "127.0.0.1",
+                       base_flags: tuple[str, ...] = ()):
     """One unbound acting as the cluster DNS (on ``load_cpus``), and nodecache,
     unbound and (when installed) dnsdist as caches forwarding to it over
     TCP (not started yet), each cache sized for ``capacity`` names (0: its
@@ -196,7 +197,7 @@ def behind_cluster_dns(tmp: Path, free_port, pin, load_cpus: set[int], server_cl
             baseline, "-m", "nodecache", "run", "-conf",
             str(nodecache_corefile(tmp, base_port, up_port, capacity, bind)),
             "-handoff=false", "-metrics-listen-address", "", "-status-socket", str(tmp / f"status-{base_port}"),
-            *budget],
+            *budget, *base_flags],
             base_port, cwd=str(tmp)))  # (not the checkout: its nodecache/ would shadow the baseline's)
     try:
         yield servers, up_port
@@ -208,11 +209,13 @@ def behind_cluster_dns(tmp: Path, free_port, pin, load_cpus: set[int], server_cl
 
 
 def miss_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: list[int],
-              free_port, pin, server_cls, baseline: str = "", flags: tuple[str, ...] = ()) -> dict:
+              free_port, pin, server_cls, baseline: str = "", flags: tuple[str, ...] = (),
+              base_flags: tuple[str, ...] = ()) -> dict:
     """{rate: {server: {cpu_us_per_miss, user_us, sys_us, latency_ms, syscalls, lost, avg_ms, runs}}}"""
     server_cpus, load_cpus = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
     out: dict = {}
-    with behind_cluster_dns(tmp, free_port, pin, load_cpus, server_cls, baseline, 0, flags) as (servers, _):
+    with behind_cluster_dns(tmp, free_port, pin, load_cpus, server_cls, baseline, 0, flags,
+                            base_flags=base_flags) as (servers, _):
         for s in servers:
             s.start(server_cpus)
         time.sleep(1.5)

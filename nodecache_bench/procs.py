@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from nodecache.testing.client import build
+from nodecache.emulated.client import build
 from nodecache.dns.framing import FrameReader, frame
 
 CLI = [sys.executable, "-m", "nodecache"]

@@ -38,7 +38,7 @@ def _worker(spec_dict: dict, stop, out) -> None:
 
 def preflight(spec: Spec, wait: float = 2.0, tries: int = 3) -> None:
     """Fail clearly, after a bounded wait, if the server does not answer."""
-    from nodecache.testing.client import build
+    from nodecache.emulated.client import build
     family = socket.AF_INET6 if ":" in spec.host else socket.AF_INET
     if spec.proto == "tcp":
         try:

@@ -70,6 +70,7 @@ wheels() {  # wheels ARCH OUT: the locked dependencies for ARCH and nodecache's 
     "$PY" -m pip download --quiet --only-binary=:all: --no-deps --require-hashes --python-version 3.11 \
         --platform "manylinux2014_$m" --platform "manylinux_2_28_$m" --implementation cp \
         -r image/requirements.lock -d "$dir"
+    rm -rf build/lib build/bdist.*  # setuptools' staging: a file removed from the tree must not ship
     "$PY" -m pip wheel --quiet --no-deps -w "$dir" .
 }
 

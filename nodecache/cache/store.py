@@ -119,17 +119,16 @@ class Cache:
                 return None
         if now >= entry.expires:
             return None
+        self._fresh_hit(entry, now)
+        return entry
+
+    def _fresh_hit(self, entry: Entry, now: float) -> None:
+        """What a fresh hit does to its entry, by whichever path it came:
+        counted, marked used (second chance), considered for prefetch."""
         entry.visited = True
         self.hits[entry.kind] += 1
         if self._prefetch_pct and not entry.refreshing:
             self._consider_prefetch(entry, now)
-        return entry
-
-    def hit(self, key: bytes, data: bytes, qend: int, qflags: int, edns: int) -> bytes | None:
-        """The rendered reply for a fresh hit on ``key`` (for ``data``), else None."""
-        now = self.clock()
-        entry = self.fresh(key, now)
-        return None if entry is None else entry.render(data, qend, qflags, edns, now)
 
     def _consider_prefetch(self, entry: Entry, now: float) -> None:
         # CoreDNS: popular = AMOUNT hits with no gap of DURATION between them.
@@ -157,8 +156,7 @@ class Cache:
             return None, None
         now = self.clock()
         if now < entry.expires:
-            entry.visited = True
-            self.hits[entry.kind] += 1
+            self._fresh_hit(entry, now)  # as on the hot path (a block whose hits take the chain: `log`)
             return entry, FRESH
         if now < entry.expires + self._stale_for and entry.kind != SERVFAIL_KIND:
             entry.visited = True

@@ -1,7 +1,7 @@
 """The upstream TCP connections while a listener polls (``-udp-coalesce``).
 
 Writes: TCP_CORK's idea, in the event loop. While a batch of client
-queries is read (``with CORK:``: server.udpbatch's polls), the queries
+queries is read (``with cork:``: server.udpbatch's polls), the queries
 written to each upstream TCP connection (``forward.transport``) are held,
 and sent with one write per connection when the batch ends: one segment,
 one wakeup of the upstream and one system call instead of one of each per
@@ -28,9 +28,12 @@ POLL_READ = 1 << 16  # bytes per read of a paused connection
 
 
 class Cork:
-    """One per process (``CORK``); batches may nest, the outermost sends."""
+    """One per agent (``server.agent`` makes it and hands it to its
+    listeners and forwarders); batches may nest, the outermost sends.
+    ``window``: -udp-coalesce's polling window W in seconds (0: off)."""
 
-    def __init__(self):
+    def __init__(self, window: float = 0.0):
+        self.window = window
         self.held: list | None = None  # connections holding frames; None: not corked
         self.depth = 0
         self.connections: set = set()  # open upstream TCP connections (forward.transport adds them)
@@ -67,31 +70,30 @@ class Cork:
             conn.read_paused()
 
 
-CORK = Cork()
-
-
 class PolledConnection:
     """A connection's side of this (forward.transport's TCP connection):
-    it sets ``transport`` and ``fd``, calls ``joined``/``left`` when it
-    opens and is lost, writes through ``write_or_hold`` and provides
-    ``closed``, ``data_received`` and ``write_failed``."""
+    it sets ``cork`` (its agent's), ``transport`` and ``fd``, calls
+    ``joined``/``left`` when it opens and is lost, writes through
+    ``write_or_hold`` and provides ``closed``, ``data_received`` and
+    ``write_failed``."""
 
     def __init__(self, *args):
         super().__init__(*args)
+        self.cork: Cork | None = None
         self.held: list[bytes] = []  # frames written while corked
         self.paused = False          # reading left to the polls
 
     def joined(self) -> None:
-        CORK.connections.add(self)
-        if CORK.pollers:
+        self.cork.connections.add(self)
+        if self.cork.pollers:
             self.pause()
 
     def left(self) -> None:
-        CORK.connections.discard(self)
+        self.cork.connections.discard(self)
         self.paused = False
 
     def write_or_hold(self, data: bytes) -> None:
-        held = CORK.held
+        held = self.cork.held
         if held is None:
             self.transport.write(data)
             return

@@ -53,6 +53,7 @@ from ..dns.key import cd, do, question
 from ..dns.reply import MalformedReply, Reply, analyse
 from ..dns.wire import AD, CD, RD, make_query
 from ..observe.stats import DURATION_BUCKETS
+from .cork import Cork
 from .direct import Deadlines, DirectExchange
 from .transport import TcpPool, UdpPool, UpstreamClosed, exchange_on
 
@@ -84,10 +85,10 @@ class Overloaded(Exception):
 
 
 class UpstreamState:
-    def __init__(self, addr: Upstream, cfg: ForwardConfig):
+    def __init__(self, addr: Upstream, cfg: ForwardConfig, cork: Cork):
         self.addr = addr
         self.cfg = cfg
-        self.pool = TcpPool(addr.host, addr.port, cfg.expire)
+        self.pool = TcpPool(addr.host, addr.port, cfg.expire, cork)
         self.udp = UdpPool(addr.host, addr.port, cfg.expire)
         self.fails = 0
         self.down_since: float | None = None
@@ -151,9 +152,11 @@ class UpstreamState:
 
 
 class Forwarder:
-    def __init__(self, cfg: ForwardConfig, retry: bool = True):
+    def __init__(self, cfg: ForwardConfig, retry: bool = True, cork: Cork | None = None):
+        """``cork``: the agent's (forward.cork); without one, a forwarder's
+        writes go out at once (nobody polls)."""
         self.cfg = cfg
-        self.upstreams = [UpstreamState(u, cfg) for u in cfg.to]
+        self.upstreams = [UpstreamState(u, cfg, cork if cork is not None else Cork()) for u in cfg.to]
         # key -> the exchange in flight for it: a slow-path future, or a
         # forward.direct.DirectExchange (one table: coalescing in one place)
         self.inflight: dict[bytes, asyncio.Future | DirectExchange] = {}
@@ -164,9 +167,9 @@ class Forwarder:
         self.resent = 0      # queries re-sent after their connection died
         self.backoffs = 0    # rounds where every upstream refused or broke at once
         self.mismatched = 0  # replies passed on uncached: CD/DO differ from our query
-        # False (-forward-retry=false): wave 1's behaviour, no re-send and a
-        # failure as soon as every upstream failed outright; for diagnosis,
-        # and the resilience tests' negative control
+        # False (-forward-retry=false): no re-send, and a failure as soon as
+        # every upstream failed outright; for diagnosis, and the resilience
+        # tests' negative control
         self.retry = retry
         self.rejected = 0   # coredns_forward_max_concurrent_rejects_total
         self.all_down = 0   # coredns_forward_healthcheck_broken_total

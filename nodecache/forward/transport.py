@@ -49,7 +49,7 @@ from typing import Protocol
 
 from ..dns.framing import FrameReader, FrameTooLarge, frame
 from ..dns.wire import question_end
-from .cork import PolledConnection
+from .cork import Cork, PolledConnection
 
 MAX_PENDING_PER_CONN = 512   # then the pool opens another connection
 MAX_CONNS = 8
@@ -216,8 +216,9 @@ async def exchange_on(channel: _Channel, query: bytes, timeout: float) -> bytes:
 
 
 class _TcpConnection(PolledConnection, _Channel, asyncio.Protocol):
-    def __init__(self, loop):
+    def __init__(self, loop, cork: Cork):
         super().__init__(loop)
+        self.cork = cork
         self.reader = FrameReader()
         self.fd = -1  # the socket, for the polls' reads (forward.cork)
 
@@ -333,10 +334,15 @@ class _Pool:
 
 
 class TcpPool(_Pool):
-    """Persistent pipelined connections to one upstream."""
+    """Persistent pipelined connections to one upstream; ``cork``: the
+    agent's (forward.cork), which its listeners' polls hold."""
+
+    def __init__(self, host: str, port: int, expire: float, cork: Cork):
+        super().__init__(host, port, expire)
+        self.cork = cork
 
     async def _connect(self, loop) -> _Channel:
-        _, conn = await loop.create_connection(lambda: _TcpConnection(loop), self.host, self.port)
+        _, conn = await loop.create_connection(lambda: _TcpConnection(loop, self.cork), self.host, self.port)
         return conn
 
 

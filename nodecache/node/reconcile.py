@@ -250,7 +250,7 @@ class NodeSetup:
     async def run(self, step) -> None:
         await asyncio.to_thread(step)
 
-    async def loop(self) -> None:
+    async def reconcile_forever(self) -> None:
         """Reconcile every sync interval, and at once after a removal event."""
         self.wake = asyncio.Event()
         p = self.params

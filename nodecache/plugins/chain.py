@@ -26,9 +26,10 @@ from ..dns.wire import REFUSED, Query, error_reply
 @dataclass(slots=True)
 class Request:
     query: Query
-    proto: str = "udp"           # udp | tcp | internal (prefetch, refresh)
+    proto: str = "udp"           # udp | tcp | internal (prefetch, refresh, the loop probe)
     client: tuple = ("", 0)
     started: float = field(default_factory=time.monotonic)
+    alone: bool = False          # forward it on an exchange of its own, never coalesced (the loop probe)
 
 
 @dataclass(slots=True)
@@ -66,16 +67,36 @@ async def refuse(request: Request) -> Answer:
     return Answer(REFUSED)
 
 
+def _nothing() -> None:
+    pass
+
+
 class Stage:
+    """A plugin's part of a block's chain. ``handle`` is the slow path; the
+    rest is optional, and a block asks only the stages that define it."""
     name = "stage"
     next: Handler = staticmethod(refuse)
+    down = False               # True: the block answers SERVFAIL for everything (see ``go_down``)
+    on_down = staticmethod(_nothing)  # set by the block: called once when the stage goes down
 
     def shortcuts(self) -> Shortcuts:
         """What may skip this stage (see ``Shortcuts``); default: nothing."""
         return NONE
 
+    def refuses_direct(self, key: bytes) -> bool:
+        """With ``Shortcuts.direct``: whether this one query must take the
+        chain after all (asked per direct miss, of the stages that define it)."""
+        return False
+
     async def handle(self, request: Request) -> Answer:
         raise NotImplementedError
+
+    async def start(self) -> None:
+        """Work of the stage's own at start and after a reload (the loop probe)."""
+
+    def trouble(self, now: float) -> str | None:
+        """Why this stage cannot do its part now (for /ready), or None."""
+        return None
 
     def close(self) -> None:
         """Release what the stage holds (tasks, connections)."""

@@ -25,6 +25,7 @@ class Build:
     clock: Callable[[], float]
     budget: object = None   # cache.store.ByteBudget shared by every cache
     retry: bool = True      # -forward-retry
+    cork: object = None     # forward.cork.Cork: the agent's, for its forwarders' connections
 
 
 def ignored(name: str, what: str) -> Callable:

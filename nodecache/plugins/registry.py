@@ -8,8 +8,8 @@ restricted to these names), so a Corefile chains the same in both.
 A ``Plugin`` is a directive's grammar (``setup``: syntax tree to frozen
 options, errors as ``file:line: message``) and, for the directives that
 act on queries, its ``stage`` factory. Directives without a stage
-(``bind``, ``health``, ``ready``, ``prometheus``, ``reload``, ``loop``)
-configure the server around the chain; ``debug``, ``pprof`` and
+(``bind``, ``health``, ``ready``, ``prometheus``, ``reload``, ``timeouts``,
+``bufsize``) configure the server around the chain; ``debug``, ``pprof`` and
 ``trace`` are accepted and ignored with a warning (their READMEs say why).
 """
 from __future__ import annotations

@@ -15,13 +15,13 @@ import asyncio
 import hashlib
 import ipaddress
 import logging
-import random
 import re
 from pathlib import Path
 
 from ..config.corefile import CorefileError
 from ..config.model import Config
 from ..config.parse import parse_config, read_corefile
+from ..plugins import reload
 from ..config.nodeconfig import (CLUSTER_DNS, LOCAL_DNS, ConfigMapError, cluster_dns_ip, read_kubedns_configmap,
                               render_corefile, service_env)
 from .params import DEFAULT_KUBEDNS_CM, RunParams
@@ -176,16 +176,6 @@ def wildcard_ports(config: Config, ips: tuple[str, ...]) -> dict[str, set[int]]:
     return out
 
 
-def _reload_interval(config: Config, default: float) -> float:
-    """The Corefile's `reload INTERVAL [JITTER]` if any block has it (with
-    jitter, so a fleet does not reload in step), else -configsync."""
-    reloads = [b.option("reload") for b in config.blocks if b.has("reload")]
-    if not reloads:
-        return default
-    r = min(reloads, key=lambda x: x.interval)
-    return max(1.0, r.interval + random.uniform(-r.jitter, r.jitter))
-
-
 async def watch_config(source: ConfigSource, rt: Runtime, params: RunParams, now: asyncio.Event) -> None:
     """Reload when the Corefile, template or ConfigMap changes (polled, by
     content hash) or on SIGUSR1. A broken new configuration is logged and
@@ -193,7 +183,7 @@ async def watch_config(source: ConfigSource, rt: Runtime, params: RunParams, now
     seen = source.fingerprint()
     while True:
         try:
-            await asyncio.wait_for(now.wait(), _reload_interval(rt.agent.config, params.config_sync))
+            await asyncio.wait_for(now.wait(), reload.interval(rt.agent.config.blocks, params.config_sync))
             forced = True
         except asyncio.TimeoutError:
             forced = False

@@ -146,7 +146,7 @@ class Lifecycle:
                      " (a warm start: it keeps serving on its own sockets until stopped)" if take.cache_only else "")
         elif params.cache_file:
             load_cache_file(agent, params.cache_file)
-        agent.probe_loops()
+        agent.start_blocks()
         rt.enter(Phase.SERVING)
         self._publish_donor()
         rt.start_status(params.status_socket)
@@ -184,7 +184,7 @@ class Lifecycle:
 
     def _own_node(self) -> None:
         loop = asyncio.get_running_loop()
-        self.tasks = [loop.create_task(self.node.loop()),
+        self.tasks = [loop.create_task(self.node.reconcile_forever()),
                       loop.create_task(watch_config(self.source, self.rt, self.params, self.reload_now)),
                       loop.create_task(self._watch_local_addresses()),
                       loop.create_task(self._settle_shared_ports()),
@@ -264,7 +264,7 @@ class Lifecycle:
         # their admission slots; its caches stop counting, their entries move here
         agent = Agent(old.config, tcp_limits=old.tcp_limits, admission=old.admission, budget=old.budget,
                       forward_retry=old.forward_retry, udp_batch=old.udp_batch,
-                      udp_coalesce=old.udp_coalesce)
+                      udp_coalesce=old.cork.window)
         entries = dict(old.snapshot_blocks())
         for block in old.blocks:
             if block.cache is not None:
@@ -281,7 +281,7 @@ class Lifecycle:
         log.warning("handoff: serving again %.0f ms after the heir's death (%d cache entries)",
                     (time.monotonic() - t0) * 1000, sum(len(e) for _, e in agent.snapshot_blocks()))
         await self.node.run(self.node.reconcile_once)
-        agent.probe_loops()
+        agent.start_blocks()
 
     async def _wait_for_stop(self) -> None:
         await self.stop.wait()

@@ -110,8 +110,9 @@ class Runtime:
         now = time.monotonic()
         for block in self.agent.blocks:
             zones = " ".join(block.cfg.zones)
-            if block.loop is not None and block.loop.detected:
-                out[zones] = f"zone {zones}: forwarding loop detected"
+            why = block.trouble(now)
+            if why:
+                out[zones] = f"zone {zones}: {why}"
                 continue
             stage = block.forward_stage
             if stage is not None:

@@ -17,6 +17,8 @@ import time
 from ..config.model import Config
 from .block import Block
 from ..cache.store import ByteBudget
+from ..forward.cork import Cork
+from ..plugins import timeouts
 from .admission import Admission
 from .querypath import QueryPath
 from ..observe.stats import ListenerStats
@@ -76,14 +78,13 @@ def make_sockets(addr: str, port: int) -> tuple[socket.socket, socket.socket]:
 class Listener:
     def __init__(self, addr: str, port: int, blocks: list[Block], limits: TcpLimits,
                  admission: Admission | None = None, clock=time.monotonic, udp_batch: bool = True,
-                 udp_coalesce: float = 0.0):
+                 cork: Cork | None = None):
         self.addr, self.port = addr, port
         self.udp_batch = udp_batch  # False (-udp-batch=false): uvloop's datagram transport
-        self.udp_coalesce = udp_coalesce  # -udp-coalesce's window (s; 0: off), server.udpbatch
+        self.cork = cork if cork is not None else Cork()  # the agent's; its window: -udp-coalesce
         family = "2" if ":" in addr else "1"
         self.stats = ListenerStats(self.server_label(), family)
-        idle = min((b.cfg.option("timeouts").connection_idle(limits.idle) for b in blocks
-                    if b.cfg.has("timeouts")), default=limits.idle)
+        idle = timeouts.idle([b.cfg for b in blocks], limits.idle)
         if idle != limits.idle:  # the Corefile's timeouts for the blocks served here
             limits = TcpLimits(idle, limits.max_conns, limits.max_inflight, limits.max_per_client)
         self.path = QueryPath(Router(blocks), self.stats, admission, clock)
@@ -96,10 +97,10 @@ class Listener:
         wild = udpwild.is_wildcard(udp_sock)  # replies must leave from the address asked (server.udpwild)
         if self.udp_batch and mmsg.available():
             server = udpwild.WildcardBatchServer if wild else udpbatch.BatchUdpServer
-            self.udp = server(self.path, udp_sock, self.udp_coalesce)
+            self.udp = server(self.path, udp_sock, self.cork)
             self.udp.start(loop)
         else:
-            if self.udp_coalesce:
+            if self.cork.window:
                 log.warning("-udp-coalesce: no recvmmsg/sendmmsg here (or -udp-batch=false): "
                             "one wakeup per datagram on %s", self.addr)
             if wild:
@@ -163,14 +164,17 @@ class Agent:
         self.config = config
         self.clock = clock
         self.forward_retry, self.udp_batch = forward_retry, udp_batch  # -forward-retry, -udp-batch
-        self.udp_coalesce = udp_coalesce  # -udp-coalesce
+        # the coalescing polls' state, one for the agent: its listeners poll
+        # with it (-udp-coalesce's window) and its forwarders' connections
+        # hold their writes and reads in it (forward.cork)
+        self.cork = Cork(udp_coalesce)
         self.tcp_limits = tcp_limits or TcpLimits()
         self.admission = admission or Admission()  # one for the whole agent
         self.budget = budget or ByteBudget()        # likewise: every cache's bytes together
-        self.blocks = [Block(b, clock, self.budget, forward_retry) for b in config.blocks]
+        self.blocks = [Block(b, clock, self.budget, forward_retry, self.cork) for b in config.blocks]
         self.listeners: list[Listener] = [
             Listener(addr, port, _blocks_for(self.blocks, addr, port), self.tcp_limits, self.admission,
-                     self.clock, udp_batch, udp_coalesce)
+                     self.clock, udp_batch, self.cork)
             for addr, port in config.listeners]
         self.retiring: set[asyncio.Task] = set()
         self.retired: list[Listener] = []  # removed by reloads; their counters still count
@@ -265,7 +269,7 @@ class Agent:
         New listeners must bind before anything changes: if one cannot,
         the reload fails and the old configuration stays.
         """
-        blocks = [Block(b, self.clock, self.budget, self.forward_retry) for b in config.blocks]
+        blocks = [Block(b, self.clock, self.budget, self.forward_retry, self.cork) for b in config.blocks]
         moving = dict(self.snapshot_blocks())
         for old in self.blocks:
             if old.cache is not None:
@@ -278,7 +282,7 @@ class Agent:
             for addr, port in config.listeners:
                 if (addr, port) not in current:
                     listener = Listener(addr, port, _blocks_for(blocks, addr, port), self.tcp_limits,
-                                        self.admission, self.clock, self.udp_batch, self.udp_coalesce)
+                                        self.admission, self.clock, self.udp_batch, self.cork)
                     await self._start_listener(listener)
                     started.append(listener)
         except ListenError:
@@ -300,19 +304,19 @@ class Agent:
         task = asyncio.get_running_loop().create_task(self._retire(old_blocks, gone))
         self.retiring.add(task)
         task.add_done_callback(self.retiring.discard)
-        self.probe_loops()
+        self.start_blocks()
 
-    def probe_loops(self) -> None:
-        """Start the loop probe of every block that has `loop` (plugins.loop.detector)."""
+    def start_blocks(self) -> None:
+        """Start the stages' own work in every block (the loop probe: plugins.loop)."""
         for block in self.blocks:
-            if block.loop is not None:
-                task = asyncio.get_running_loop().create_task(block.probe_loop())
+            if block.starting:
+                task = asyncio.get_running_loop().create_task(block.start())
                 self.retiring.add(task)
                 task.add_done_callback(self.retiring.discard)
-                task.add_done_callback(lambda _, block=block: self._loop_probed(block))
+                task.add_done_callback(lambda _, block=block: self._block_started(block))
 
-    def _loop_probed(self, block: Block) -> None:
-        if block.loop.detected:  # its answers, memoised ones included, stop now
+    def _block_started(self, block: Block) -> None:
+        if block.down:  # its answers, memoised ones included, stop now
             for listener in self.listeners:
                 listener.path.memo.clear()
 

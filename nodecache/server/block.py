@@ -16,22 +16,21 @@ import logging
 import time
 
 from ..config.model import ServerBlock
-from ..dns.wire import EDNS_SIZE, SERVFAIL, decode_name, error_reply
+from ..dns.wire import SERVFAIL, decode_name, error_reply
 from ..observe.ratelog import Throttle
 from ..forward.forwarder import ForwardFailure
-from ..plugins import registry
+from ..plugins import bufsize, registry
 from ..plugins.cache.stage import CacheStage
 from ..plugins.chain import Request, Stage, chain, render
 from ..plugins.forward.stage import ForwardStage
-from ..plugins.loop.detector import LoopDetector
 
 log = logging.getLogger("nodecache.server")
 
 
 class Block:
-    def __init__(self, cfg: ServerBlock, clock=time.monotonic, budget=None, retry: bool = True):
+    def __init__(self, cfg: ServerBlock, clock=time.monotonic, budget=None, retry: bool = True, cork=None):
         self.cfg = cfg
-        self.stages: list[Stage] = registry.stages(cfg.plugins, registry.Build(cfg.zones, clock, budget, retry))
+        self.stages: list[Stage] = registry.stages(cfg.plugins, registry.Build(cfg.zones, clock, budget, retry, cork))
         # the two engines the query path and the agent reach (hit path,
         # direct miss, snapshot, loop probe); any other stage is only a link
         self.cache_stage = next((st for st in self.stages if isinstance(st, CacheStage)), None)
@@ -39,11 +38,16 @@ class Block:
         self.handler = chain(self.stages)
         self.panics = 0
         self.throttle = Throttle(log)  # a panic's traceback: the query is a client's (observe.ratelog)
-        self.loop = LoopDetector(cfg.zones[0]) if cfg.has("loop") and self.forward_stage else None
-        if self.loop is not None:
-            self.forward_stage.loop = self.loop
+        self.down = False  # a stage went down (a forwarding loop): SERVFAIL for everything
+        for stage in self.stages:
+            stage.on_down = self._went_down
+        # the stages with work of their own at start (the loop probe), and
+        # those that may refuse one direct miss (the loop's probe)
+        self.starting = [st for st in self.stages if type(st).start is not Stage.start]
+        self.refuses_direct = tuple(st.refuses_direct for st in self.stages
+                                    if type(st).refuses_direct is not Stage.refuses_direct)
         # the largest UDP reply for this block's clients (bufsize; never above ours)
-        self.max_udp = min(cfg.option("bufsize", EDNS_SIZE), EDNS_SIZE)
+        self.max_udp = bufsize.max_udp(cfg)
         self._derive_shortcuts()
 
     def _derive_shortcuts(self) -> None:
@@ -82,17 +86,26 @@ class Block:
                                 exc_info=True)
             return error_reply(q.data, SERVFAIL, q.qend, q.edns), ""
 
-    async def probe_loop(self) -> None:
-        """Send the loop probe through our forwarder (see plugins.loop.detector)."""
-        if self.loop is None or self.loop.detected:
-            return
-        try:
-            await self.forward_stage.forwarder.resolve(self.loop.key)
-        except Exception as exc:  # the probe's own answer does not matter, only its echo
-            log.debug("loop probe for %s: %s", self.loop.zone, exc)
-        if self.loop.detected:
-            self.fresh = _no_entry    # no cached answers either: the zone is down
-            self.memoizable = False   # (the agent empties the memo tables)
+    async def start(self) -> None:
+        """The stages' own work at start and after a reload (the loop probe)."""
+        for stage in self.starting:
+            await stage.start()
+
+    def _went_down(self) -> None:
+        """A stage says this block cannot answer (a forwarding loop): no
+        cached answers either, no shortcut; the query path answers SERVFAIL
+        (and the agent empties the memo tables)."""
+        self.down = True
+        self.fresh = _no_entry
+        self.memoizable = self.direct = False
+
+    def trouble(self, now: float) -> str | None:
+        """Why this block cannot answer now, from its stages (for /ready)."""
+        for stage in self.stages:
+            why = stage.trouble(now)
+            if why:
+                return why
+        return None
 
     def close(self) -> None:
         for stage in self.stages:

@@ -75,13 +75,13 @@ SAMPLE = 16  # while it churns, one memo is made in this many chances
 
 
 class Memo:
-    __slots__ = ("until", "tail", "hits", "folded", "seen", "entry", "cache", "acc", "qlen", "rlen", "seconds",
+    __slots__ = ("until", "after_id", "hits", "folded", "seen", "entry", "cache", "acc", "qlen", "rlen", "seconds",
                  "truncated", "base", "size")
 
-    def __init__(self, until: float, tail: bytes, entry, cache, acc: list, qlen: int, rlen: int,
+    def __init__(self, until: float, after_id: bytes, entry, cache, acc: list, qlen: int, rlen: int,
                  seconds: float, truncated: bool, qend: int):
         self.until = until          # on the cache's clock: the next TTL change or expiry
-        self.tail = tail            # the reply after its ID
+        self.after_id = after_id    # the reply after its ID (two bytes)
         # Counts only ever grow, and each has one writer: ``hits`` the hit
         # path, ``folded`` and ``seen`` the table. Folding never resets what
         # the second chance reads, so a metrics scrape does not make every
@@ -94,14 +94,14 @@ class Memo:
         self.qlen, self.rlen = qlen, rlen
         self.seconds = seconds      # what the full hit path took: counted per memoised hit
         self.truncated = truncated
-        # Where the entry's records start in ``tail`` (after our header and
+        # Where the entry's records start in ``after_id`` (after our header and
         # the client's question, the reply up to ``qend``): their TTLs sit
         # at the entry's offsets from there. A truncated reply carries only
         # the records that fit, not the entry's: it never renews (base
         # None) and ends at the entry's next TTL tick, so its TTLs are
         # never older than a full render's.
         self.base = None if truncated else qend - 2
-        self.size = MEMO_OVERHEAD + len(tail) + qlen  # the reply and the key (qlen - 2)
+        self.size = MEMO_OVERHEAD + len(after_id) + qlen  # the reply and the key (qlen - 2)
 
     def refresh(self, now: float) -> bool:
         """At the TTL tick: renew if the entry is still the one cached and
@@ -111,7 +111,7 @@ class Memo:
         if self.base is None or now >= entry.expires or not self.cache.holds(entry):
             return False
         age, until = entry.age_at(now)
-        self.tail = ttls_aged(self.tail, self.base, entry.offsets, entry.ttls, age)
+        self.after_id = ttls_aged(self.after_id, self.base, entry.offsets, entry.ttls, age)
         self.until = until if until < entry.expires else entry.expires
         return True
 
@@ -154,9 +154,10 @@ class MemoTable:
         """The listener is gone: fold, drop everything, stop counting."""
         self.bind([], None)
 
-    def put(self, query_tail: bytes, memo: Memo) -> None:
+    def put(self, key: bytes, memo: Memo) -> None:
+        """Memoise ``memo`` under ``key``: the query after its ID."""
         table = self.table
-        old = table.pop(query_tail, None)
+        old = table.pop(key, None)
         if old is not None:
             self._fold(old)
             self.bytes -= old.size
@@ -164,7 +165,7 @@ class MemoTable:
             if not self.capacity:
                 return
             self._evict(True)
-        table[query_tail] = memo
+        table[key] = memo
         self.bytes += memo.size
         budget = self.budget
         while budget is not None and budget.used > budget.limit and table:

@@ -3,11 +3,13 @@
 A transport moves bytes and calls two things, as hypercorn's protocols
 call their ``send``:
 
-* ``hit(data)`` (UDP) / ``hit_tcp(data)``: the reply for a cache hit, else
-  a ``Missed`` saying what was seen. Synchronous, no task, no await: the
-  memo of finished replies first (``server.memo``, UDP only), then the
-  block's cache (scan in place, route by zone, one lookup, render).
-* ``miss(missed, data, addr, send)``: admission (``server.admission``),
+* ``fast(data)`` (UDP) / ``fast_tcp(data)``: the reply for a cache hit,
+  else a ``Missed`` saying what was seen. Synchronous, no task, no await:
+  the memo of finished replies first (``server.memo``, UDP only), then the
+  block's cache (``from_cache``: scan in place, route by zone, one lookup,
+  render).
+* ``miss(missed, data, addr, send)``: for what ``fast`` did not answer,
+  admission (``server.admission``),
   then, over UDP, the direct miss (``forward.direct``: sent upstream from
   this callback), else the slow path as a task. Returns a reply to send at
   once (REFUSED when admission says no) or None.
@@ -65,6 +67,17 @@ class Missed:
 NOT_SCANNED = Missed(None, None, "")
 
 
+class Asker:
+    """One client's query waiting on a direct exchange (``forward.direct``):
+    whose path it came through, where its reply goes, and what the hit path
+    saw of it (``scan``: ``dns.wire.scan``'s tuple) and when."""
+    __slots__ = ("path", "send", "data", "addr", "client", "scan", "zone", "t0")
+
+    def __init__(self, path: "QueryPath", send, data: bytes, addr, client, scan, zone: str, t0: float):
+        self.path, self.send, self.data, self.addr, self.client = path, send, data, addr, client
+        self.scan, self.zone, self.t0 = scan, zone, t0
+
+
 class QueryPath:
     def __init__(self, router: Router, stats: ListenerStats, admission: Admission | None = None,
                  clock=time.monotonic):
@@ -103,20 +116,20 @@ class QueryPath:
         self.memo.bind(caches, caches[0].budget if caches else None)
 
     # -- hits ---------------------------------------------------------------
-    def hit(self, data: bytes):
+    def fast(self, data: bytes):
         """A datagram's reply (bytes) if it is a hit, else a ``Missed``."""
         m = self._memo(data[2:])
         if m is not None:
             now = self.clock()
             if now < m.until or m.refresh(now):
                 m.hits += 1
-                return data[:2] + m.tail
-        return self.cache_hit(data, "udp")
+                return data[:2] + m.after_id
+        return self.from_cache(data, "udp")
 
-    def hit_tcp(self, data: bytes):
-        return self.cache_hit(data, "tcp")
+    def fast_tcp(self, data: bytes):
+        return self.from_cache(data, "tcp")
 
-    def cache_hit(self, data: bytes, proto: str):
+    def from_cache(self, data: bytes, proto: str):
         t0 = _clock()
         s = scan(data)
         if s is None:
@@ -216,7 +229,7 @@ class QueryPath:
         else:
             block, zone = routed
             limit = min(limit, block.max_udp) if proto == "udp" else limit
-            if block.loop is not None and block.loop.sighted(q.key):
+            if block.down:
                 reply, plugin = error_reply(data, SERVFAIL, q.qend, q.edns), "loop"
             else:
                 reply, plugin = await block.serve(Request(q, proto, client, started or time.monotonic()))
@@ -232,34 +245,36 @@ class QueryPath:
         key, cache = scanned[0], block.cache
         if cache.peek(key) is not None:
             return False  # stale entries: the cache stage decides
-        if block.loop is not None and (block.loop.detected or block.loop.is_probe(key)):
-            return False
-        asker = (self, send, data, addr, client, scanned, missed.zone, _clock())
+        for refuses in block.refuses_direct:  # (the loop stage's probe)
+            if refuses(key):
+                return False
+        asker = Asker(self, send, data, addr, client, scanned, missed.zone, _clock())
         if not direct.start(block.forwarder, key, asker, partial(_direct_done, block, key)):
             return False
         cache.count_miss()  # as the cache stage counts each miss, coalesced or not
         self.direct_pending += 1
         return True
 
-    def _render_direct(self, reply, entry, asker, max_udp: int) -> tuple:
-        """(send, reply, addr) for one asker of a direct exchange, counted."""
-        _, send, data, addr, client, (key, qend, flags, limit, edns), zone, t0 = asker
-        limit = min(limit, max_udp)
+    def _render_direct(self, reply, entry, asker: Asker, max_udp: int) -> bytes:
+        """The reply for one asker of a direct exchange, counted."""
+        data = asker.data
+        key, qend, flags, limit, edns = asker.scan
         if entry is not None:
             out = entry.render(data, qend, flags, edns, self.clock())
         else:
             out = render_uncached(reply, data, qend, flags, edns)
-        out = self._fit_and_count(data, out, limit, qend, edns, zone, "udp", key_qtype(key), t0, "forward")
+        out = self._fit_and_count(data, out, min(limit, max_udp), qend, edns, asker.zone, "udp", key_qtype(key),
+                                  asker.t0, "forward")
         self.direct_pending -= 1
-        self.admission.release(client)
-        return send, out, addr
+        self.admission.release(asker.client)
+        return out
 
-    def _hand_over(self, asker) -> None:
+    def _hand_over(self, asker: Asker) -> None:
         """A direct miss that could not finish goes to the slow path (its
         admission slot with it; the deadline still counts from its arrival)."""
-        _, send, data, addr, client, scanned, _, t0 = asker
         self.direct_pending -= 1
-        self.start_task(self.answer_and_send(data, "udp", addr, scanned, send, t0), client)
+        self.start_task(self.answer_and_send(asker.data, "udp", asker.addr, asker.scan, asker.send, asker.t0),
+                        asker.client)
 
     async def drain(self, timeout: float) -> int:
         """Wait for in-flight slow-path work; returns how many were cut off."""
@@ -281,17 +296,18 @@ def _direct_done(block, key: bytes, reply, askers: list) -> None:
     here must not lose the queries: the slow path answers what is left."""
     if reply is None:
         for asker in askers:
-            asker[0]._hand_over(asker)
+            asker.path._hand_over(asker)
         return
     try:
         entry = block.cache.insert(key, reply)
         while askers:
-            send, out, addr = askers[0][0]._render_direct(reply, entry, askers[0], block.max_udp)
+            asker = askers[0]
+            out = asker.path._render_direct(reply, entry, asker, block.max_udp)
             askers.pop(0)
-            send(out, addr)
+            asker.send(out, asker.addr)
     except Exception:
         block.panics += 1  # coredns_panics_total
         block.throttle.error("direct", "answering a direct miss for %s failed", decode_name(key[:-KEY_TRAILER]),
                              exc_info=True)
         for asker in askers:
-            asker[0]._hand_over(asker)
+            asker.path._hand_over(asker)

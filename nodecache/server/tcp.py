@@ -224,7 +224,7 @@ class TcpConnection(asyncio.Protocol):
         while backlog and not self.write_blocked and self.inflight < limit and self.transport is not None:
             msg = backlog.popleft()
             self.state.queries += 1
-            hit = path.hit_tcp(msg)
+            hit = path.fast_tcp(msg)
             if hit.__class__ is bytes:
                 self.transport.write(frame(hit))  # may call pause_writing
                 continue

@@ -21,7 +21,7 @@ log = logging.getLogger("nodecache.udp")
 class UdpServer(asyncio.DatagramProtocol):
     def __init__(self, path: QueryPath):
         self.path = path
-        self.hit, self.miss = path.hit, path.miss
+        self.fast, self.miss = path.fast, path.miss
         self.transport: asyncio.DatagramTransport | None = None
         self.spare: socket.socket | None = None  # sends replies after stop_reading
         self.unsent = 0
@@ -37,7 +37,7 @@ class UdpServer(asyncio.DatagramProtocol):
         self.datagram_received(data, addr)
 
     def datagram_received(self, data: bytes, addr):
-        reply = self.hit(data)
+        reply = self.fast(data)
         if reply.__class__ is not bytes:
             reply = self.miss(reply, data, addr, self.send)
             if reply is None:

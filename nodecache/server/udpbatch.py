@@ -1,6 +1,6 @@
 """UDP transport in batches: recvmmsg(2) in, sendmmsg(2) out.
 
-Same job as ``server.udp.UdpServer`` (bytes in, the query path's ``hit``
+Same job as ``server.udp.UdpServer`` (bytes in, the query path's ``fast``
 and ``miss``, bytes out), with fewer system calls and less work per
 datagram. uvloop's datagram transport reads one datagram per recvmsg and
 keeps reading until one fails with EAGAIN, then makes a Python (host,
@@ -52,8 +52,7 @@ import os
 import socket
 import time
 
-from ..defaults import UDP_COALESCE_MAX, UDP_COALESCE_MIN
-from ..forward.cork import CORK
+from ..forward.cork import Cork
 from ..observe.ratelog import Throttle
 from .mmsg import BATCH, CALLS, I_LEN, I_NAMELEN, I_PER, MM, MSG_DONTWAIT, NAME, Q_NAME, Q_PER, SLOT, Vectors, sender
 from .querypath import QueryPath
@@ -71,12 +70,11 @@ POLL_BUDGET = 4 * BATCH  # datagrams one poll reads before it lets the loop run 
 
 
 class BatchUdpServer:
-    def __init__(self, path: QueryPath, sock: socket.socket, coalesce: float = 0.0):
-        if coalesce and not UDP_COALESCE_MIN <= coalesce <= UDP_COALESCE_MAX:
-            raise ValueError(f"coalescing window {coalesce * 1000:g} ms: 0 (off) or "
-                             f"{UDP_COALESCE_MIN * 1000:g}..{UDP_COALESCE_MAX * 1000:g} ms")
+    def __init__(self, path: QueryPath, sock: socket.socket, cork: Cork | None = None):
+        """``cork``: the agent's (forward.cork), whose window is -udp-coalesce's
+        (checked where the flag is read); without one, no polls."""
         self.path = path
-        self.hit, self.miss = path.hit, path.miss
+        self.fast, self.miss = path.fast, path.miss
         self.sock = sock
         self.fd = sock.fileno()
         self.recvmmsg, self.sendmmsg = CALLS
@@ -112,7 +110,8 @@ class BatchUdpServer:
         self.receive_errors = 0  # recvmmsg failures that were neither transient nor a refused call
         self.datagrams = 0    # received, and in how many recvmmsg calls: the batching achieved
         self.batches = 0
-        self.coalesce = coalesce  # the polling window W in s (0: off; see the module's comment)
+        self.cork = cork if cork is not None else Cork()
+        self.coalesce = self.cork.window  # this socket's polling window W in s (0: off; see the top)
         self.polling = False      # the reader is off the loop and a timer reads the socket
         self.poll_timer: asyncio.Handle | None = None  # the next poll: a timer, or at once after a full one
         self.per_poll = 0.0       # datagrams per poll, a running average
@@ -199,17 +198,23 @@ class BatchUdpServer:
             rate = (self.datagrams - self.look_count) / max(now - self.look_at, 1e-6)
             self._look_from(now)
             if rate * self.coalesce >= POLL_FROM:
-                self.loop.remove_reader(self.fd)
-                self.polling, self.per_poll = True, rate * self.coalesce
-                CORK.poll_begin()
-                self.poll_timer = self.loop.call_later(self.coalesce, self._poll)
+                self.start_polling(rate * self.coalesce)
+
+    def start_polling(self, per_poll: float) -> None:
+        """Read the socket from a timer every window (``per_poll``: the
+        datagrams a poll is expected to find, from the reader's rate)."""
+        self.loop.remove_reader(self.fd)
+        self.polling, self.per_poll = True, per_poll
+        self.cork.poll_begin()
+        self.poll_timer = self.loop.call_later(self.coalesce, self._poll)
 
     def _poll(self) -> None:
         """A poll: every datagram queued, BATCH at a time; then the next
         poll, or the reader back when polls keep finding next to nothing."""
         self.poll_timer = None
-        CORK.read_replies()  # the upstream's replies to the last poll's misses
-        with CORK:  # the misses' upstream queries: one write per connection for the poll
+        cork = self.cork
+        cork.read_replies()  # the upstream's replies to the last poll's misses
+        with cork:  # the misses' upstream queries: one write per connection for the poll
             got = n = self.readable()
             while n == BATCH and self.polling and got < POLL_BUDGET:
                 n = self.readable()
@@ -240,7 +245,7 @@ class BatchUdpServer:
 
     def _stop_polling(self) -> None:
         self.polling = False
-        CORK.poll_end()
+        self.cork.poll_end()
         if self.poll_timer is not None:
             self.poll_timer.cancel()
             self.poll_timer = None
@@ -262,7 +267,7 @@ class BatchUdpServer:
         reading our queue)."""
         send = send or self.send
         try:
-            reply = self.hit(query)
+            reply = self.fast(query)
             if reply.__class__ is not bytes:
                 reply = self.miss(reply, query, addr, send)
                 if reply is None:
@@ -297,7 +302,7 @@ class BatchUdpServer:
             self._pace()
         ri, data = self.rx.i, self.rx.data
         out, tq, tiov, name_at = self.tx.data, self.tx.q, self.tx.iov, self.name_at
-        hit = self.hit
+        fast = self.fast
         ready = 0
         for k in range(n):
             # Every datagram's work, reply slot and destination included, is
@@ -307,7 +312,7 @@ class BatchUdpServer:
             try:
                 at = k * SLOT
                 query = data[at:at + ri[k * I_PER + I_LEN]].tobytes()
-                reply = hit(query)
+                reply = fast(query)
                 if reply.__class__ is not bytes:
                     addr = sender(self.name_view[k * NAME:k * NAME + self.namelen].tobytes())
                     reply = self.miss(reply, query, addr, self.sender_for(k) if wild else self.send)

@@ -85,7 +85,7 @@ def send_from(server, source: list, reply: bytes | None, addr) -> None:
 class WildcardUdpServer:
     def __init__(self, path, sock: socket.socket):
         self.path = path
-        self.hit, self.miss = path.hit, path.miss
+        self.fast, self.miss = path.fast, path.miss
         self.sock = sock
         self.fd = sock.fileno()
         ask_destinations(sock)  # idempotent: an adopted socket has it already
@@ -160,7 +160,7 @@ def answer_from(server, query: bytes, addr, source: list) -> None:
     """One datagram's answer, sent from ``source`` (``server``: either
     wildcard transport: its ``hit``, ``miss``, ``send_from``, ``throttle``)."""
     try:
-        reply = server.hit(query)
+        reply = server.fast(query)
         if reply.__class__ is not bytes:
             reply = server.miss(reply, query, addr, partial(server.send_from, source))
             if reply is None:
@@ -200,8 +200,8 @@ class WildcardBatchServer(BatchUdpServer):
     """``server.udpbatch``'s transport on a socket bound to every address:
     the same read modes, each reply sent from its query's destination."""
 
-    def __init__(self, path, sock: socket.socket, coalesce: float = 0.0):
-        super().__init__(path, sock, coalesce)
+    def __init__(self, path, sock: socket.socket, cork=None):
+        super().__init__(path, sock, cork)
         ask_destinations(sock)
         self.wild = True
         self.rx_ctl = ctypes.create_string_buffer(BATCH * CTL)

@@ -4,7 +4,7 @@ with the emulated kube-proxy in iptables mode and once in nftables mode
 with its own reason where the tools are missing."""
 import pytest
 
-from nodecache.testing.emunode import MODES, missing_requirements
+from nodecache_lab.emunode import MODES, missing_requirements
 
 
 @pytest.fixture(scope="module", params=MODES)

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from nodecache.testing.emunode import EmulatedNode, missing_requirements
-from nodecache.testing.nodeload import churn
+from nodecache_lab.emunode import EmulatedNode, missing_requirements
+from nodecache_lab.nodeload import churn
 
 why = missing_requirements()
 pytestmark = pytest.mark.skipif(why is not None, reason=f"emulated node: {why}")

@@ -4,7 +4,7 @@ ClusterIP when no local pod is Ready).
 
 Two agent pods, each in its own network namespace with its own address,
 node-cache's LRP flags, and the DaemonSet's shared handoff directory; the
-stand-in for Cilium's redirect (``testing.podnetwork.Redirect``) follows
+stand-in for Cilium's redirect (``nodecache_lab.podnetwork.Redirect``) follows
 their /ready every 0.2 s. A client pod resolves the kube-dns ClusterIP
 with glibc and sends paced UDP queries throughout a surge rollout: the new
 pod takes the old one's *cache* (not its sockets: another namespace) and
@@ -15,8 +15,8 @@ cached. Negative controls: redirection not gated on readiness fails
 lookups; a new pod with its own handoff directory starts cold and refills."""
 import pytest
 
-from nodecache.testing.emunode import EmulatedNode, missing_requirements
-from nodecache.testing.podnetwork import lone_backend_killed, surge_rollout
+from nodecache_lab.emunode import EmulatedNode, missing_requirements
+from nodecache_lab.podnetwork import lone_backend_killed, surge_rollout
 
 why = missing_requirements()
 pytestmark = pytest.mark.skipif(why is not None, reason=f"emulated node: {why}")

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from nodecache.testing.emunode import CLUSTER_V4, LOCAL_V4, LOCAL_V6, EmulatedNode, missing_requirements, sh
-from nodecache.testing.nodeload import Lookups
+from nodecache_lab.emunode import CLUSTER_V4, LOCAL_V4, LOCAL_V6, EmulatedNode, missing_requirements, sh
+from nodecache_lab.nodeload import Lookups
 
 why = missing_requirements()
 pytestmark = pytest.mark.skipif(why is not None, reason=f"emulated node: {why}")

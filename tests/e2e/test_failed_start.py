@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from nodecache.testing.emunode import LOCAL_V4, LOCAL_V6, EmulatedNode, missing_requirements, sh
+from nodecache_lab.emunode import LOCAL_V4, LOCAL_V6, EmulatedNode, missing_requirements, sh
 
 why = missing_requirements()
 pytestmark = pytest.mark.skipif(why is not None, reason=f"emulated node: {why}")

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nodecache.testing.emunode import (CLUSTER_V4, LOCAL_V4, UPSTREAM_V4, EmulatedNode, http_status,
+from nodecache_lab.emunode import (CLUSTER_V4, LOCAL_V4, UPSTREAM_V4, EmulatedNode, http_status,
                                        missing_requirements, sh)
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -94,6 +94,30 @@ ENTRY = ('set -e; R=$0; mount -t proc proc "$R/proc"; mount --bind /dev "$R/dev"
          'mount --bind /etc/resolv.conf "$R/etc/resolv.conf"; exec chroot "$R" env -i "PATH=$PATH" '
          '"KUBE_DNS_SERVICE_HOST=$KUBE_DNS_SERVICE_HOST" '
          '"KUBE_DNS_UPSTREAM_SERVICE_HOST=$KUBE_DNS_UPSTREAM_SERVICE_HOST" nodecache run "$@"')
+
+
+IMPORT_ALL = """
+import importlib, pkgutil, nodecache, nodecache_bench
+names = [m.name for pkg in (nodecache, nodecache_bench)
+         for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".")
+         if not m.name.endswith(".__main__")]  # (a script: importing it runs it)
+for name in names:
+    importlib.import_module(name)
+print(len(names))
+"""
+
+
+def test_every_installed_module_imports_in_the_image(image_root):
+    """The image carries the product and nothing that needs a test
+    dependency: every module of the installed packages imports there."""
+    run = subprocess.run(["chroot", str(image_root), "/opt/nodecache/bin/python", "-c", IMPORT_ALL],
+                         capture_output=True, text=True, timeout=120, env={"PATH": IMAGE_PATH})
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert int(run.stdout) > 100, run.stdout
+    site = next((image_root / "opt" / "nodecache" / "lib").glob("python3*/site-packages"))
+    shipped = [p.relative_to(site) for p in (site / "nodecache").rglob("*.py")]
+    assert not [p for p in shipped if p.name.startswith("test_") or "testing" in p.parts], shipped
+    assert not (site / "nodecache_lab").exists()
 
 
 def test_the_image_runs_the_daemonsets_args_on_the_emulated_node(image_root, mode):

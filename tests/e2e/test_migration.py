@@ -1,7 +1,7 @@
 """Migrating a node from node-local-dns to nodecache without an outage (root,
 emulated node, both kube-proxy modes).
 
-A stand-in for node-cache (``testing.nodelocaldns``: its interface, its
+A stand-in for node-cache (``nodecache_lab.nodelocaldns``: its interface, its
 iptables rules as it writes them, its SO_REUSEPORT sockets on
 169.254.20.10:53, and its teardown on SIGTERM) serves the pod. Under glibc
 lookups and paced UDP queries from the pod, nodecache starts beside it (the
@@ -16,7 +16,7 @@ by the test) and without events (``-watch-node=false``), the node has no
 address for the rest of the run and queries are lost; events alone restore
 it within tens of milliseconds.
 
-The same swap for each installer's layout (``testing.layouts``: kubespray's
+The same swap for each installer's layout (``nodecache_lab.layouts``: kubespray's
 169.254.25.10 with health on 9254 and a 2 s grace period, kops' health on
 3989 without iptables rules, the Helm chart's 169.254.20.25 bound as
 0.0.0.0), the agent run with the arguments its overlay
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from nodecache.testing.emunode import CLUSTER_V4, LOCAL_V4, EmulatedNode, missing_requirements
-from nodecache.testing.layouts import LAYOUTS, overlay
-from nodecache.testing.nodeload import migrate
+from nodecache_lab.emunode import CLUSTER_V4, LOCAL_V4, EmulatedNode, missing_requirements
+from nodecache_lab.layouts import LAYOUTS, overlay
+from nodecache_lab.nodeload import migrate
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from nodecache.testing.emunode import CLUSTER_V4, LOCAL_V4, NODE_COREFILE, EmulatedNode, missing_requirements, sh
+from nodecache_lab.emunode import CLUSTER_V4, LOCAL_V4, NODE_COREFILE, EmulatedNode, missing_requirements, sh
 
 why = missing_requirements("nftables")
 pytestmark = pytest.mark.skipif(why is not None, reason=f"emulated node in nftables mode: {why}")

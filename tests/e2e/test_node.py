@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from nodecache.testing.emunode import (CLUSTER_V4, LOCAL_V4, LOCAL_V6, NODE_COREFILE, EmulatedNode,
+from nodecache_lab.emunode import (CLUSTER_V4, LOCAL_V4, LOCAL_V6, NODE_COREFILE, EmulatedNode,
                                        missing_requirements, sh)
 
 why = missing_requirements()
@@ -66,7 +66,7 @@ def test_no_conntrack_for_pod_dns_but_control_query_is_tracked(node):
            and (f"dst={LOCAL_V4} " in ln or f"dst={LOCAL_V6} " in ln)]
     assert dns == [], table  # (an ICMP error about a late reply may be tracked; it is not DNS)
     # control: a pod query straight to the DNAT'd ClusterIP is tracked (UDP, the racy path)
-    code = ("import asyncio;from nodecache.testing import client;"
+    code = ("import asyncio;from nodecache.emulated import client;"
             f"asyncio.run(client.udp('{CLUSTER_V4}', 53, client.build('svc-1.default.svc.cluster.local', 1), 3))")
     sh(sys.executable, "-c", code, ns=node.pod)
     table = node.conntrack()
@@ -153,7 +153,7 @@ def _lookups_and_tracked(n: EmulatedNode) -> tuple[list[int], list[str]]:
     sh("conntrack", "-F", ns=n.node, check=False)
     codes = []
     for i in range(3):
-        code = ("import asyncio;from nodecache.testing import client;"
+        code = ("import asyncio;from nodecache.emulated import client;"
                 f"asyncio.run(client.udp('{LOCAL_V4}', 53, client.build('svc-{i}.default.svc.cluster.local', 1), 2))")
         codes.append(sh(sys.executable, "-c", code, ns=n.pod, check=False).returncode)
     tracked = [ln for ln in n.conntrack().splitlines() if f"dst={LOCAL_V4} " in ln and "dport=53 " in ln]

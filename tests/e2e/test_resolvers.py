@@ -20,9 +20,9 @@ import time
 import pytest
 from dnslib import QTYPE, DNSRecord
 
-from nodecache.testing.client import build as build_query
-from nodecache.testing.emunode import CLUSTER_V4, LOCAL_V4, LOCAL_V6, EmulatedNode, missing_requirements
-from nodecache.testing.fakeupstream import ClusterDNS
+from nodecache.emulated.client import build as build_query
+from nodecache_lab.emunode import CLUSTER_V4, LOCAL_V4, LOCAL_V6, EmulatedNode, missing_requirements
+from nodecache.emulated.upstream import ClusterDNS
 
 import resolver_clients
 

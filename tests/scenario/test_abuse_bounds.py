@@ -8,12 +8,12 @@ import pytest
 
 from dnslib import QTYPE, DNSRecord
 
-from nodecache.testing.client import build
+from nodecache.emulated.client import build
 from nodecache.dns.framing import frame
 from nodecache.server import tcp as tcp_mod
 from nodecache.server.tcp import TcpLimits
-from nodecache.testing.fakes import eventually
-from nodecache.testing.harness import CLUSTER, node
+from nodecache_lab.fakes import eventually
+from nodecache_lab.harness import CLUSTER, node
 
 CACHED = "svc-1.default.svc.cluster.local"
 
@@ -121,7 +121,7 @@ def _slow_flood(data: bytes) -> float:
 
 
 async def _udp_from(src: str, port: int, data: bytes, timeout: float = 3.0) -> bytes:
-    from nodecache.testing import client
+    from nodecache.emulated import client
     return await client.udp("127.0.0.1", port, data, timeout, source=src)
 
 

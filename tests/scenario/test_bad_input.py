@@ -6,11 +6,11 @@ import socket
 
 from dnslib import QTYPE, DNSRecord
 
-from nodecache.testing.client import build
+from nodecache.emulated.client import build
 from nodecache.dns.framing import frame
 from nodecache.dns.wire import make_query, question_bytes
 from nodecache.server.tcp import TcpLimits
-from nodecache.testing.harness import CLUSTER, node
+from nodecache_lab.harness import CLUSTER, node
 
 
 async def udp_raw(port, data, timeout=0.3):

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from nodecache.testing import client
+from nodecache.emulated import client
 
 BENCH = [sys.executable, "-m", "nodecache_bench.cli"]
 
@@ -120,7 +120,7 @@ def test_plot(agent, tmp_path):
 async def test_a_hits_run_warms_the_cache_before_it_measures():
     """Every name of the hits set is asked (and answered) once before the
     measured run: the upstream sees each name once, all before the run."""
-    from nodecache.testing.harness import node
+    from nodecache_lab.harness import node
     from nodecache_bench.runload import warm_up
     from nodecache_bench.loadgen import Spec
     import asyncio

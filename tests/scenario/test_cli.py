@@ -7,9 +7,9 @@ import time
 
 from dnslib import QTYPE, DNSRecord
 
-from nodecache.testing import client
-from nodecache.testing.client import build
-from nodecache.testing.fakes import run
+from nodecache.emulated import client
+from nodecache.emulated.client import build
+from nodecache_lab.fakes import run
 
 CLI = [sys.executable, "-m", "nodecache"]
 

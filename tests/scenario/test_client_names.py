@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from nodecache.dns.wire import make_query
-from nodecache.testing.harness import node
+from nodecache_lab.harness import node
 
 TEMPLATE = """example.:{port} {{
     bind 127.0.0.1

@@ -1,7 +1,7 @@
 """-udp-coalesce (server.udpbatch): a busy socket is read by a timer, all
 that queued at once, instead of one wakeup per datagram; a quiet one goes
 back to its reader; the misses of one poll reach each upstream connection
-in one write (forward.cork.CORK). Real sockets and a paced client, so
+in one write (forward.cork: the agent's Cork). Real sockets and a paced client, so
 these measure what the loop really does; each has its control with
 coalescing off."""
 from __future__ import annotations
@@ -18,9 +18,9 @@ import pytest
 from nodecache.config.parse import parse_config
 from nodecache.forward import cork, transport
 from nodecache.server import mmsg
-from nodecache.testing import client
-from nodecache.testing.client import build
-from nodecache.testing.harness import CLUSTER, node
+from nodecache.emulated import client
+from nodecache.emulated.client import build
+from nodecache_lab.harness import CLUSTER, node
 
 pytestmark = pytest.mark.skipif(not mmsg.available(), reason="recvmmsg/sendmmsg not available here")
 
@@ -207,8 +207,8 @@ class _Sink:
         self.closing = True
 
 
-def _conn(loop, sink) -> transport._TcpConnection:
-    conn = transport._TcpConnection(loop)
+def _conn(loop, sink, held: cork.Cork) -> transport._TcpConnection:
+    conn = transport._TcpConnection(loop, held)
     conn.transport = sink
     return conn
 
@@ -216,14 +216,15 @@ def _conn(loop, sink) -> transport._TcpConnection:
 async def test_corked_queries_go_in_one_write_per_connection_and_uncorked_at_once():
     loop = asyncio.get_running_loop()
     a, b = _Sink(), _Sink()
-    ca, cb = _conn(loop, a), _conn(loop, b)
-    with cork.CORK:
-        with cork.CORK:  # nested: only the outermost sends
+    held = cork.Cork()
+    ca, cb = _conn(loop, a, held), _conn(loop, b, held)
+    with held:
+        with held:  # nested: only the outermost sends
             for i in range(3):
                 ca.send(build(f"a{i}.example.com", 1), loop.create_future())
         cb.send(build("b.example.com", 1), loop.create_future())
         assert a.writes == [] and b.writes == []
-    assert len(a.writes) == 1 and len(b.writes) == 1 and cork.CORK.held is None
+    assert len(a.writes) == 1 and len(b.writes) == 1 and held.held is None
     frames = a.writes[0]
     sizes = []
     while frames:  # three length-prefixed messages, in the order sent
@@ -238,9 +239,10 @@ async def test_corked_queries_go_in_one_write_per_connection_and_uncorked_at_onc
 async def test_a_corked_connection_that_fails_its_write_fails_its_queries():
     loop = asyncio.get_running_loop()
     sink = _Sink()
-    conn = _conn(loop, sink)
+    held = cork.Cork()
+    conn = _conn(loop, sink, held)
     futs = [loop.create_future() for _ in range(2)]
-    with cork.CORK:
+    with held:
         for i, fut in enumerate(futs):
             conn.send(build(f"x{i}.example.com", 1), fut)
         sink.fail = True  # closed under us before the batch ended
@@ -280,7 +282,7 @@ async def test_while_polling_the_upstream_connections_are_read_by_the_polls():
     async with node(CLUSTER, udp_coalesce=WINDOW) as n:
         server = n.agent.listeners[0].udp
         await _send_paced(n.port, [build(CACHED[i % 30], 1, qid=i) for i in range(200)])
-        conns = lambda: [c for c in cork.CORK.connections if c.loop is asyncio.get_running_loop()]  # noqa: E731
+        conns = lambda: list(n.agent.cork.connections)  # noqa: E731
         misses = [build(f"svc-{i}.ns{i % 7}.svc.cluster.local", 1, qid=1000 + i) for i in range(300)]
         got, seen = await _sampled(server, lambda: [(c.paused, c.transport.is_reading()) for c in conns()],
                                    n.port, misses)
@@ -290,7 +292,7 @@ async def test_while_polling_the_upstream_connections_are_read_by_the_polls():
             if not server.polling:
                 break
             await asyncio.sleep(0.01)
-        assert not server.polling and cork.CORK.pollers == 0
+        assert not server.polling and n.agent.cork.pollers == 0
         assert conns() and all(not c.paused and c.transport.is_reading() for c in conns())  # its own reader again
 
 

@@ -8,9 +8,9 @@ import time
 
 from dnslib import QTYPE, DNSRecord
 
-from nodecache.testing.client import build
-from nodecache.testing.fakes import FakeClock
-from nodecache.testing.harness import CLUSTER, node
+from nodecache.emulated.client import build
+from nodecache_lab.fakes import FakeClock
+from nodecache_lab.harness import CLUSTER, node
 
 NAMES = [f"svc-{i}.default.svc.cluster.local" for i in range(30)] + [f"nope-{i}.default.svc.cluster.local"
                                                                      for i in range(5)] + ["www.example.com"]

@@ -15,9 +15,9 @@ import pytest
 from dnslib import QTYPE
 
 from nodecache.server import mmsg, udpbatch
-from nodecache.testing import client
-from nodecache.testing.client import build
-from nodecache.testing.harness import node
+from nodecache.emulated import client
+from nodecache.emulated.client import build
+from nodecache_lab.harness import node
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not mmsg.available(), reason="recvmmsg/sendmmsg not available here")
@@ -54,7 +54,7 @@ while n < int(sys.argv[4]) and time.monotonic() < end:
 PROBE = """
 import json, socket, struct, sys, time
 sys.path.insert(0, sys.argv[3])
-from nodecache.testing.client import build
+from nodecache.emulated.client import build
 port, seconds = int(sys.argv[1]), float(sys.argv[2])
 def udp(q):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -85,14 +85,14 @@ async def _worst_latency_on_the_other_listener(budget: int, monkeypatch) -> floa
     other = client.free_port()
     async with node(TWO_LISTENERS.format(other=other), udp_coalesce=0.002) as n:
         flooded = next(lst for lst in n.agent.listeners if lst.port == n.port)
-        hit = flooded.path.hit
+        hit = flooded.path.fast
 
         def slow_hit(data: bytes):  # 25 us a datagram: a sender of 40,000/s or more outruns the reader
             t = time.perf_counter() + 0.000025
             while time.perf_counter() < t:
                 pass
             return hit(data)
-        flooded.udp.hit = slow_hit
+        flooded.udp.fast = slow_hit
         cached = build("www.example.com", QTYPE.A)
         await client.udp("127.0.0.1", other, cached)
         flood = subprocess.Popen([sys.executable, "-c", FLOOD, str(n.port), cached.hex(), str(SECONDS), str(COUNT)])

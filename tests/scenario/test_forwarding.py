@@ -6,10 +6,10 @@ import dns.message
 
 from dnslib import QTYPE, DNSRecord
 
-from nodecache.testing.client import build
-from nodecache.testing.fakeupstream import ClusterDNS
-from nodecache.testing.fakes import FakeClock, run
-from nodecache.testing.harness import CLUSTER, node
+from nodecache.emulated.client import build
+from nodecache.emulated.upstream import ClusterDNS
+from nodecache_lab.fakes import FakeClock, run
+from nodecache_lab.harness import CLUSTER, node
 
 SVC = "svc-1.default.svc.cluster.local"
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from dnslib import QTYPE, DNSRecord
 
-from nodecache.testing import client
+from nodecache.emulated import client
 from nodecache.cli import main
 from nodecache.server import udpbatch
-from nodecache.testing.fakeupstream import ClusterDNS, FakeUpstream
-from nodecache.testing.fakes import run
+from nodecache.emulated.upstream import ClusterDNS, FakeUpstream
+from nodecache_lab.fakes import run
 from nodecache_bench.procs import NAMES, AgentProc, Load, corefile
 
 

@@ -7,10 +7,9 @@ import random
 from dnslib import QTYPE, DNSRecord
 
 from nodecache.server import memo as memo_mod
-from nodecache.server.block import _no_entry
-from nodecache.testing.client import build
-from nodecache.testing.fakes import FakeClock
-from nodecache.testing.harness import CLUSTER, node
+from nodecache.emulated.client import build
+from nodecache_lab.fakes import FakeClock
+from nodecache_lab.harness import CLUSTER, node
 
 NAMES = [f"svc-{i}.default.svc.cluster.local" for i in range(20)] + ["www.example.com"]
 
@@ -86,8 +85,8 @@ async def test_a_memo_renews_at_the_tick_without_the_full_hit_path():
         await n.udp(q)  # memoised
         path = n.agent.listeners[0].path
         calls = []
-        full = path.cache_hit
-        path.cache_hit = lambda *a: calls.append(1) or full(*a)
+        full = path.from_cache
+        path.from_cache = lambda *a: calls.append(1) or full(*a)
         for age in range(1, 4):
             clock.advance(1.0)
             reply = DNSRecord.parse(await n.udp(q))
@@ -140,12 +139,9 @@ async def test_a_detected_loop_empties_the_memo():
         await n.udp(q)
         await n.udp(q)
         assert len(n.agent.listeners[0].path.memo) == 1
-        from nodecache.plugins.loop.detector import LoopDetector
-        block.loop = LoopDetector(block.cfg.zones[0])
-        block.loop.detected = True
-        block.fresh, block.memoizable = _no_entry, False  # what probe_loop does on detection
+        block._went_down()  # what a stage going down does (plugins.loop: a loop seen)
         assert DNSRecord.parse(await n.udp(q)).header.rcode == 0  # control: the memo still answers
-        n.agent._loop_probed(block)
+        n.agent._block_started(block)
         assert DNSRecord.parse(await n.udp(q)).header.rcode == 2  # SERVFAIL: the zone is looped
 
 

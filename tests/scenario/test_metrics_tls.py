@@ -13,8 +13,8 @@ import pytest
 from nodecache.node.reconcile import NodeParams, NodeSetup
 from nodecache.observe.tls import MetricsTls, TlsError, min_version
 from nodecache.run.status import Runtime
-from nodecache.testing import client
-from nodecache.testing.harness import CLUSTER, node
+from nodecache.emulated import client
+from nodecache_lab.harness import CLUSTER, node
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make test certificates")
 

@@ -13,13 +13,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nodecache.run.status import UNREADY_AFTER_DOWN
 
-from nodecache.testing import client
-from nodecache.testing.client import build
+from nodecache.emulated import client
+from nodecache.emulated.client import build
 from nodecache.config.parse import parse_config
 from nodecache.node.reconcile import NodeParams, NodeSetup
 from nodecache.run.status import Phase, Runtime
-from nodecache.testing.fakes import run
-from nodecache.testing.harness import CLUSTER, node
+from nodecache_lab.fakes import run
+from nodecache_lab.harness import CLUSTER, node
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"  # generated from the collectors
 
@@ -334,9 +334,9 @@ example.com:{port} {{
         async with node(corefile % mport) as n:
             rt = await runtime_for(n)
             rt.enter(Phase.SERVING)
-            n.agent.probe_loops()
+            n.agent.start_blocks()
             for _ in range(100):
-                if n.agent.blocks[0].loop.detected:
+                if n.agent.blocks[0].down:
                     break
                 await asyncio.sleep(0.02)
             looped = DNSRecord.parse(await n.udp(build("anything.org", QTYPE.A)))

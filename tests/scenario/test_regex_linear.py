@@ -13,8 +13,8 @@ from dnslib import QTYPE, DNSRecord
 from nodecache.config.corefile import CorefileError
 from nodecache.config.parse import parse_config
 from nodecache.plugins.regex import compile_regex
-from nodecache.testing.client import build
-from nodecache.testing.harness import node
+from nodecache.emulated.client import build
+from nodecache_lab.harness import node
 
 IDIOM = r"^(?P<host>([a-z0-9]+-?)+)[.]example[.]$"
 HOSTILE = "a" * 27 + "!.example."

@@ -4,15 +4,15 @@ import asyncio
 
 from dnslib import QTYPE, DNSRecord
 
-from nodecache.testing import client
-from nodecache.testing.client import build
+from nodecache.emulated import client
+from nodecache.emulated.client import build
 from nodecache.config.parse import parse_config
 from nodecache.node.reconcile import NodeParams, NodeSetup
 from nodecache.run.configsource import ConfigSource, watch_config
 from nodecache.run.params import RunParams
 from nodecache.run.status import Runtime
-from nodecache.testing.fakes import eventually
-from nodecache.testing.harness import node
+from nodecache_lab.fakes import eventually
+from nodecache_lab.harness import node
 
 COREFILE = """.:{port} {{
     cache {ttl}
@@ -128,7 +128,7 @@ async def test_without_ipv6_the_wildcard_listener_survives_reloads_and_is_handed
             raise ListenError(97, "cannot listen on :::53: Address family not supported by protocol")
         return real(addr, port)
     monkeypatch.setattr(agent_mod, "make_sockets", no_ipv6)
-    from nodecache.testing import client
+    from nodecache.emulated import client
     port = client.free_port()
     text = f".:{port} {{\n    cache\n    forward . 127.0.0.1:1\n}}\n"
     agent = Agent(parse_config(text, "no bind"))

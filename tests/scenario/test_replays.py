@@ -4,21 +4,21 @@ from pathlib import Path
 import pytest
 
 from nodecache.server import mmsg
-from nodecache.testing.replay import parse, play, scenarios
+from nodecache_lab.replay import READS, SHORTCUTS, parse, play, scenarios
 
 REPLAYS = Path(__file__).parent / "replays"
 
 
-@pytest.mark.parametrize("batched", [False, True], ids=["single", "batched"])
-@pytest.mark.parametrize("direct", [True, False], ids=["direct", "nodirect"])
-@pytest.mark.parametrize("memo", [True, False], ids=["memo", "nomemo"])
+@pytest.mark.parametrize("reads", READS)
+@pytest.mark.parametrize("shortcuts", SHORTCUTS)
 @pytest.mark.parametrize("path", scenarios(REPLAYS), ids=lambda p: p.stem)
-async def test_replay(path, memo, direct, batched):
-    """Every scenario under every combination of the shortcuts and both
-    UDP read modes: the same replies, the same upstream traffic."""
-    if batched and not mmsg.available():
+async def test_replay(path, shortcuts, reads):
+    """Every scenario with every set of shortcuts (down to none: the stage
+    chain for every query) and every UDP read mode (coalescing polls
+    included): the same replies, the same upstream traffic."""
+    if reads != "single" and not mmsg.available():
         pytest.skip("recvmmsg/sendmmsg not available here")
-    await play(path, memo, direct, batched)
+    await play(path, shortcuts, reads)
 
 
 def test_every_replay_says_what_it_shows():

@@ -15,9 +15,9 @@ from dnslib import QTYPE
 from nodecache.config.parse import parse_config
 from nodecache.server import sharing
 from nodecache.server.agent import Agent
-from nodecache.testing import client
-from nodecache.testing.client import build
-from nodecache.testing.fakeupstream import FakeUpstream
+from nodecache.emulated import client
+from nodecache.emulated.client import build
+from nodecache.emulated.upstream import FakeUpstream
 
 COREFILE = ".:{port} {{\n    bind 127.0.0.1\n    forward . 127.0.0.1:{up}\n}}\n"
 

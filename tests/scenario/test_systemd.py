@@ -10,9 +10,9 @@ import sys
 
 from dnslib import QTYPE, DNSRecord
 
-from nodecache.testing import client
+from nodecache.emulated import client
 from nodecache.cache import snapshot
-from nodecache.testing.fakes import run
+from nodecache_lab.fakes import run
 from nodecache_bench.procs import NAMES, corefile
 from test_handoff import Upstream
 

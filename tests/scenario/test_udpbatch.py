@@ -14,10 +14,10 @@ import pytest
 
 from nodecache.server import agent as agent_mod
 from nodecache.server import mmsg, udpbatch
-from nodecache.testing import client
-from nodecache.testing.client import build
-from nodecache.testing.fakes import FakeClock
-from nodecache.testing.harness import CLUSTER, node
+from nodecache.emulated import client
+from nodecache.emulated.client import build
+from nodecache_lab.fakes import FakeClock
+from nodecache_lab.harness import CLUSTER, node
 
 pytestmark = pytest.mark.skipif(not mmsg.available(), reason="recvmmsg/sendmmsg not available here")
 
@@ -140,7 +140,7 @@ def test_sender_tuples_are_what_recvfrom_gives():
 
 def test_a_reply_the_kernel_refuses_costs_only_itself():
     class Path:
-        hit = miss = None
+        fast = miss = None
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     server = udpbatch.BatchUdpServer(Path(), s)
     calls = []
@@ -164,14 +164,14 @@ async def test_one_failing_datagram_leaves_the_rest_answered(monkeypatch, batche
     async with node(CLUSTER) as n:
         n.agent.listeners[0].udp.use_batches(batches)
         path = n.agent.listeners[0].path
-        full = path.cache_hit
+        full = path.from_cache
         poison = build("svc-3.default.svc.cluster.local", 1, qid=666)
 
         def failing(data, proto):
             if data == poison:
                 raise RuntimeError("a bug")
             return full(data, proto)
-        monkeypatch.setattr(path, "cache_hit", failing)
+        monkeypatch.setattr(path, "from_cache", failing)
         queries = [build(NAMES[i], 1, qid=i) for i in range(10)]
         with caplog.at_level(logging.ERROR, logger="nodecache.udp"):
             got = await _exchange(n.port, queries[:5] + [poison] * 3 + queries[5:], 10)
@@ -257,13 +257,13 @@ async def test_an_exception_in_a_batch_never_misaddresses_the_next_batch():
         hit = build(NAMES[1], 1, qid=11)
         await n.udp(hit)  # cached; ...and memoised
         await n.udp(hit)
-        real, poison = server.hit, build(NAMES[2], 1, qid=66)
+        real, poison = server.fast, build(NAMES[2], 1, qid=66)
 
         def hit(data):  # the query path's hit (memo lookup first) raising for one datagram
             if data == poison:
                 raise RuntimeError("injected fault")
             return real(data)
-        server.hit = hit
+        server.fast = hit
         caught = []
         server.throttle.error = lambda reason, msg, *args, exc_info=None: caught.append(exc_info)
         addr = ("127.0.0.1", n.port)

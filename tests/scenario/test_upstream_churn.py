@@ -8,11 +8,12 @@ import time
 import pytest
 from dnslib import QTYPE, DNSRecord
 
-from nodecache.testing.client import build, free_port
-from nodecache.testing.fakeupstream import ClusterDNS, FakeUpstream
+from nodecache.emulated.client import build, free_port
+from nodecache.emulated.upstream import ClusterDNS, FakeUpstream
 from nodecache.forward import transport
-from nodecache.testing.fakes import a_record, reply_to, run
-from nodecache.testing.harness import CLUSTER, node
+from nodecache.forward.cork import Cork
+from nodecache_lab.fakes import a_record, reply_to, run
+from nodecache_lab.harness import CLUSTER, node
 
 
 def _names(n: int, tag: str) -> list[str]:
@@ -105,7 +106,7 @@ async def test_single_reset_does_not_mark_the_upstream_down():
 
 async def test_timed_out_id_is_not_reused_while_a_late_reply_may_come():
     loop = asyncio.get_running_loop()
-    conn = transport._TcpConnection(loop)
+    conn = transport._TcpConnection(loop, Cork())
 
     class Sink:
         def write(self, data): pass
@@ -149,7 +150,7 @@ async def test_reply_with_other_do_or_cd_is_answered_but_never_cached():
 
 async def test_write_to_a_closing_connection_never_raises_into_the_chain():
     loop = asyncio.get_running_loop()
-    conn = transport._TcpConnection(loop)
+    conn = transport._TcpConnection(loop, Cork())
 
     class Closing:
         def write(self, data): raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
@@ -192,7 +193,7 @@ async def test_a_reply_to_another_question_never_frees_or_fails_a_pending_query(
     waiting and gets the real reply. Control: freeing the ID before the
     question is checked (the code before) ended the query with the forgery."""
     loop = asyncio.get_running_loop()
-    conn = transport._TcpConnection(loop)
+    conn = transport._TcpConnection(loop, Cork())
     conn.transport = _Sink()
     q = build("a.example.com", QTYPE.A)
     fut = loop.create_future()
@@ -213,7 +214,7 @@ async def test_upstream_ids_come_from_the_csprng(monkeypatch):
     raw = b"".join(i.to_bytes(2, "big") for i in [7] * (transport._ID_BATCH - 3) + [999, 4242, 4242])
     monkeypatch.setattr(transport.os, "urandom", lambda n: raw[:n])
     monkeypatch.setattr(transport, "_ids", [])
-    conn = transport._TcpConnection(asyncio.get_running_loop())
+    conn = transport._TcpConnection(asyncio.get_running_loop(), Cork())
     conn.transport = _Sink()
     q = build("a.example.com", QTYPE.A)
     assert conn.send(q, asyncio.get_running_loop().create_future()) == 4242

@@ -10,8 +10,8 @@ from dnslib import QTYPE, DNSRecord
 
 from nodecache.server import agent as agent_module
 from nodecache.server import udpwild
-from nodecache.testing.client import build
-from nodecache.testing.harness import CLUSTER, node
+from nodecache.emulated.client import build
+from nodecache_lab.harness import CLUSTER, node
 
 NO_BIND = CLUSTER.replace("    bind 127.0.0.1\n", "")
 

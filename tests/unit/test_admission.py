@@ -2,7 +2,7 @@
 rate (a token bucket on an injected clock) and the host-network aggregate,
 each refusal counted by its reason."""
 from nodecache.server.admission import LOCAL_SHARES, MAX_BUCKETS, Admission
-from nodecache.testing.fakes import FakeClock
+from nodecache_lab.fakes import FakeClock
 
 
 def test_a_client_holds_at_most_its_share_and_others_still_get_in():

@@ -6,7 +6,7 @@ from nodecache.cache.store import FRESH, STALE, ByteBudget, Cache
 from nodecache.cache.options import CacheClass, CacheConfig, Prefetch, ServeStale
 from nodecache.dns.reply import analyse
 from nodecache.dns.wire import make_query, question_bytes, scan
-from nodecache.testing.fakes import FakeClock, a_record, reply_to, soa
+from nodecache_lab.fakes import FakeClock, a_record, reply_to, soa
 
 
 def query(name, qtype=QTYPE.A):
@@ -21,7 +21,9 @@ def answer(name, ttl=30, rcode=0, auth=()):
 def hit(cache, name, qtype=QTYPE.A):
     data = query(name, qtype)
     key, qend, flags, _, edns = scan(data)
-    out = cache.hit(key, data, qend, flags, edns)
+    now = cache.clock()
+    entry = cache.fresh(key, now)  # the hit path's lookup (server.querypath), then its render
+    out = entry.render(data, qend, flags, edns, now) if entry is not None else None
     return DNSRecord.parse(out) if out else None
 
 

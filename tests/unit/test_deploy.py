@@ -189,7 +189,7 @@ INSTALLED = {"kubespray": ("nodelocaldns", {"k8s-app": "node-local-dns"}, "nodel
 
 @pytest.mark.parametrize("installer", sorted(INSTALLED))
 def test_each_installers_overlay_takes_its_node_local_dns_over_or_stands_beside_it(installer):
-    from nodecache.testing.layouts import LAYOUTS
+    from nodecache_lab.layouts import LAYOUTS
     kv = pytest.importorskip("kubernetes_validate")
     layout, (ds_name, selector, cm_name) = LAYOUTS[installer], INSTALLED[installer]
     objs = rendered(installer)
@@ -247,7 +247,7 @@ def test_our_image_in_an_installers_own_daemonset_takes_its_args_and_corefile(in
     nodelocaldns_image_repo, kops' nodeLocalDNS.image, the chart's
     image.repository), so the agent gets the installer's args and Corefile."""
     from nodecache.cli import main
-    from nodecache.testing.layouts import LAYOUTS
+    from nodecache_lab.layouts import LAYOUTS
     layout = LAYOUTS[installer]
     text = layout.corefile("10.96.0.10")
     where = "-basecorefile" if "__PILLAR__" in text else "-conf"  # a template is node-cache's Corefile.base

@@ -5,7 +5,7 @@ import tracemalloc
 import pytest
 from dnslib import QTYPE, RR, TXT
 
-from nodecache.testing.fakes import a_record, reply_to
+from nodecache_lab.fakes import a_record, reply_to
 from nodecache.cache.store import ByteBudget, Cache
 from nodecache.cache.options import CacheConfig
 from nodecache.dns.reply import analyse

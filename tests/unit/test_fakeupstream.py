@@ -1,8 +1,8 @@
 """The emulated cluster DNS behaves as a real server would where clients notice."""
 from dnslib import QTYPE, DNSRecord
 
-from nodecache.testing.client import build
-from nodecache.testing.fakeupstream import ClusterDNS
+from nodecache.emulated.client import build
+from nodecache.emulated.upstream import ClusterDNS
 
 
 def test_answers_up_to_a_whole_message_and_refuses_clearly_beyond():

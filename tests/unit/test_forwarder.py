@@ -14,7 +14,7 @@ from nodecache.forward import direct
 from nodecache.forward.forwarder import Forwarder, Overloaded
 from nodecache.forward.options import ForwardConfig, Upstream
 from nodecache.forward.transport import UpstreamClosed
-from nodecache.testing.fakes import a_record, reply_to
+from nodecache_lab.fakes import a_record, reply_to
 
 KEY = make_key(encode_name("svc.cluster.local."), QTYPE.A, 1, -1, 0)
 

@@ -10,7 +10,7 @@ from nodecache.server import mmsg
 from nodecache_bench.histogram import Histogram
 from nodecache_bench.loadgen import Engine, Spec
 from nodecache_bench.scenarios import NxDomain, PodLookups, QueryFile, Zipf, pod_plan
-from nodecache.testing.fakes import run
+from nodecache_lab.fakes import run
 
 
 class ScriptedServer(asyncio.DatagramProtocol):

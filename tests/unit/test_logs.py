@@ -1,5 +1,5 @@
 """Logs cannot be forged by query names, nor flooded by failing queries."""
-from nodecache.testing.fakes import FakeClock
+from nodecache_lab.fakes import FakeClock
 from nodecache.dns.wire import decode_name, encode_name
 from nodecache.plugins.errors.stage import Throttle
 

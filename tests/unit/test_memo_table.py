@@ -10,7 +10,7 @@ from nodecache.cache.store import ByteBudget, Cache
 from nodecache.dns.reply import analyse
 from nodecache.dns.wire import make_query, question_bytes, scan
 from nodecache.server.memo import Memo, MemoTable
-from nodecache.testing.fakes import FakeClock, a_record, reply_to, soa
+from nodecache_lab.fakes import FakeClock, a_record, reply_to, soa
 
 
 def _cached(clock, name="a.example.", ttl=30):
@@ -33,12 +33,12 @@ def _memo(clock, truncated=False, acc=None, **kw):
 def test_a_memo_renews_at_the_tick_with_the_entrys_new_ttls():
     clock = FakeClock()
     m, cache, entry, data = _memo(clock)
-    assert DNSRecord.parse(data[:2] + m.tail).rr[0].ttl == 30
+    assert DNSRecord.parse(data[:2] + m.after_id).rr[0].ttl == 30
     clock.advance(1.0)
     assert not clock() < m.until and m.refresh(clock())
-    assert DNSRecord.parse(data[:2] + m.tail).rr[0].ttl == 29
+    assert DNSRecord.parse(data[:2] + m.after_id).rr[0].ttl == 29
     _, qend, flags, _, edns = scan(data)
-    assert data[:2] + m.tail == entry.render(data, qend, flags, edns, clock())  # what the full path sends
+    assert data[:2] + m.after_id == entry.render(data, qend, flags, edns, clock())  # what the full path sends
     assert m.until == entry.next_tick
 
 
@@ -66,7 +66,7 @@ def test_a_renewed_memo_is_the_full_paths_reply_for_every_record_count():
             if clock() >= entry.expires:
                 break
             assert m.refresh(clock())
-            assert data[:2] + m.tail == entry.render(data, qend, flags, edns, clock()), (count, clock())
+            assert data[:2] + m.after_id == entry.render(data, qend, flags, edns, clock()), (count, clock())
 
 
 def test_a_memo_does_not_renew_once_expired_or_evicted_or_truncated():
@@ -203,7 +203,7 @@ def test_memo_overhead_is_what_tracemalloc_measures():
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     for i, (m, _, _, data) in enumerate(made):
-        fresh = Memo(m.until, bytes(bytearray(m.tail)), m.entry, m.cache, m.acc, m.qlen, m.rlen, 0.0, False,
+        fresh = Memo(m.until, bytes(bytearray(m.after_id)), m.entry, m.cache, m.acc, m.qlen, m.rlen, 0.0, False,
                      len(data) - 0)
         table.put(b"%05d" % i + data[7:], fresh)
     cost = (tracemalloc.get_traced_memory()[0] - before) / len(made)

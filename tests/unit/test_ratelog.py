@@ -2,7 +2,7 @@
 import logging
 
 from nodecache.observe.ratelog import Throttle
-from nodecache.testing.fakes import FakeClock
+from nodecache_lab.fakes import FakeClock
 
 
 def test_one_line_per_reason_per_interval_then_the_count(caplog):

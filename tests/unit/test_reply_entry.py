@@ -5,7 +5,7 @@ from dnslib import QTYPE, DNSRecord
 from nodecache.cache.entry import STALE_TTL, Entry, render_uncached
 from nodecache.dns.reply import MalformedReply, analyse
 from nodecache.dns.wire import AD, CD, RD, make_query, question_bytes, scan
-from nodecache.testing.fakes import a_record, reply_to, soa
+from nodecache_lab.fakes import a_record, reply_to, soa
 
 Q = question_bytes("svc.default.svc.cluster.local", QTYPE.A)
 

@@ -6,7 +6,7 @@ import time
 
 from nodecache.server import reuseport
 from nodecache.server.agent import make_sockets
-from nodecache.testing.client import free_port
+from nodecache.emulated.client import free_port
 
 UDP_HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode"
 

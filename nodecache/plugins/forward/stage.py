@@ -15,17 +15,16 @@ from ..chain import Answer, Request, Shortcuts, Stage, in_zone
 class ForwardStage(Stage):
     name = "forward"
 
-    def __init__(self, cfg: ForwardConfig, retry: bool = True):
+    def __init__(self, cfg: ForwardConfig, retry: bool = True, cork=None):
         self.cfg = cfg
-        self.forwarder = Forwarder(cfg, retry)
+        self.forwarder = Forwarder(cfg, retry, cork)
         self.from_zone = encode_name(cfg.from_zone)
         self.except_zones = [encode_name(z) for z in cfg.except_zones]
-        self.loop = None  # the block's LoopDetector: its probe is never coalesced
 
     def shortcuts(self) -> Shortcuts:
         # After the cache, so hits never reach it. A direct miss does this
         # stage's job only when the stage takes every name (FROM the root,
-        # no except) and there is no loop probe to treat specially.
+        # no except).
         return Shortcuts(direct=self.from_zone == b"\x00" and not self.except_zones)
 
     async def handle(self, request: Request) -> Answer:
@@ -35,7 +34,7 @@ class ForwardStage(Stage):
             if not in_zone(lname, self.from_zone) or any(in_zone(lname, z) for z in self.except_zones):
                 return await self.next(request)
         try:
-            if self.loop is not None and self.loop.is_probe(key):
+            if request.alone:
                 reply = await self.forwarder.resolve(key, coalesce=False)
             else:
                 reply = await self.forwarder.resolve(key, started=request.started)

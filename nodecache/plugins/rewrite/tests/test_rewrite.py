@@ -10,8 +10,8 @@ from nodecache.config.parse import parse_config
 from nodecache.plugins.regex import compile_regex
 from nodecache.plugins.rewrite.setup import Rule
 from nodecache.plugins.rewrite.stage import rename
-from nodecache.testing.client import build
-from nodecache.testing.harness import node
+from nodecache.emulated.client import build
+from nodecache_lab.harness import node
 
 
 @pytest.mark.parametrize("text, error", [

@@ -11,9 +11,9 @@ from dnslib import QTYPE, DNSRecord
 
 from nodecache.plugins.hosts import table as table_module
 from nodecache.plugins.hosts.table import HostsFileError, parse, read_file
-from nodecache.testing.client import build
-from nodecache.testing.fakes import FakeClock, eventually
-from nodecache.testing.harness import node
+from nodecache.emulated.client import build
+from nodecache_lab.fakes import FakeClock, eventually
+from nodecache_lab.harness import node
 
 
 def _corefile(path, reload="5s"):

@@ -5,8 +5,8 @@ from dnslib import QTYPE, DNSRecord
 
 from nodecache.config.parse import parse_config
 from nodecache.config.corefile import CorefileError
-from nodecache.testing.client import build
-from nodecache.testing.harness import node
+from nodecache.emulated.client import build
+from nodecache_lab.harness import node
 
 import pytest
 

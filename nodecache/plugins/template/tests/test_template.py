@@ -7,8 +7,8 @@ from dnslib import QTYPE, DNSRecord
 from nodecache.config.corefile import CorefileError
 from nodecache.config.parse import parse_config
 from nodecache.plugins.template.render import TemplateError, compile as tpl
-from nodecache.testing.client import build
-from nodecache.testing.harness import node
+from nodecache.emulated.client import build
+from nodecache_lab.harness import node
 
 
 @pytest.mark.parametrize("text, error", [

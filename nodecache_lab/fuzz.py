@@ -6,7 +6,7 @@ documented error is a finding too. They run under atheris (libFuzzer for
 Python: coverage-guided, it mutates inputs towards new branches), as
 unbound and CoreDNS are fuzzed continuously:
 
-    python -m nodecache.testing.fuzz TARGET [libFuzzer flags] [CORPUS DIR...]
+    python -m nodecache_lab.fuzz TARGET [libFuzzer flags] [CORPUS DIR...]
 
 with the seeds of ``tests/data/fuzz/TARGET``; ``make test`` runs each for a
 short bounded count (tests/unit/test_fuzz.py), ``python -m
@@ -16,8 +16,11 @@ The targets and what they hold:
 
 * ``query``: ``scan`` (hot path), ``parse_query`` (slow path, QueryError
   only) and ``query_from_scan`` agree: what the direct miss path takes is
-  exactly what the slow path forwards (same Query, a served question); a
-  cache hit on the fast path is the slow path's cache answer, byte for byte.
+  exactly what the slow path forwards (same Query, a served question); and
+  a listener's real query path (``server.querypath``, over a block with a
+  cache and a forwarder, the cache filled) answers a hit on its fast path
+  (the cache's, then the memo's) exactly as its slow path (the stage chain)
+  answers the same query, byte for byte.
 * ``reply``: ``analyse`` raises MalformedReply only; an accepted reply that
   the cache keeps renders for a client into a reply ``analyse`` accepts.
 * ``framing``: FrameReader raises FrameTooLarge only, and the messages do
@@ -34,17 +37,21 @@ import tempfile
 import types
 from pathlib import Path
 
-from ..cache.snapshot import SnapshotError, decode
-from ..cache.store import Cache
-from ..config.corefile import CorefileError
-from ..cache.options import CacheConfig
-from ..config.parse import parse_config
-from ..dns.framing import FrameReader, FrameTooLarge
-from ..dns.key import question as key_question
-from ..dns.reply import MalformedReply, analyse
-from ..dns.wire import QueryError, make_query, parse_query, query_from_scan, question_bytes, refusal, scan
-from ..config.nodeconfig import ConfigMapError, read_kubedns_configmap
-from .fakeupstream import ClusterDNS
+from nodecache.cache.snapshot import SnapshotError, decode
+from nodecache.cache.store import Cache
+from nodecache.observe.stats import ListenerStats
+from nodecache.server.block import Block
+from nodecache.server.querypath import QueryPath
+from nodecache.server.router import Router
+from nodecache.config.corefile import CorefileError
+from nodecache.cache.options import CacheConfig
+from nodecache.config.parse import parse_config
+from nodecache.dns.framing import FrameReader, FrameTooLarge
+from nodecache.dns.key import question as key_question
+from nodecache.dns.reply import MalformedReply, analyse
+from nodecache.dns.wire import QueryError, make_query, parse_query, query_from_scan, question_bytes, refusal, scan
+from nodecache.config.nodeconfig import ConfigMapError, read_kubedns_configmap
+from nodecache.emulated.upstream import ClusterDNS
 
 NOW = 1000.0
 CACHED_NAMES = ("kubernetes.default.svc.cluster.local", "svc-1.default.svc.cluster.local",
@@ -55,25 +62,40 @@ def _clock() -> float:
     return NOW
 
 
-def _filled_cache() -> Cache:
-    """A cache holding answers (A, AAAA, NXDOMAIN; with and without DO) from
-    the fake cluster DNS, so that mutated seed queries hit it."""
-    cache, dns = Cache(CacheConfig(), _clock), ClusterDNS()
+def _filled_path() -> QueryPath:
+    """A listener's query path over one block (``cache``, ``forward`` to a
+    port nothing is asked on: a miss is never sent), its cache holding
+    answers (A, AAAA, NXDOMAIN; with and without DO) from the emulated
+    cluster DNS, so that mutated seed queries hit it."""
+    (cfg,) = parse_config(".:53 {\n    cache 30\n    forward . 127.0.0.1:9\n}\n", "fuzz").blocks
+    block, dns = Block(cfg, _clock), ClusterDNS()
     for name in CACHED_NAMES:
         for qtype in (1, 28):
             for do in (-1, 0, 1):
                 q = make_query(1, question_bytes(name, qtype), do=do)
-                cache.insert(scan(q)[0], analyse(dns.answer(q)))
-    return cache
+                block.cache.insert(scan(q)[0], analyse(dns.answer(q)))
+    return QueryPath(Router([block]), ListenerStats("dns://:53", "1"), clock=_clock)
 
 
-_CACHE = None
+def _slow_answer(path: QueryPath, data: bytes) -> bytes | None:
+    """The slow path's reply, driven without an event loop: for a query
+    the cache answers, the chain never waits on anything."""
+    coro = path.answer(data, "udp", ("127.0.0.1", 5353), scan(data))
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise AssertionError("the slow path waited for a query the fast path answered")
+
+
+_PATH = None
 
 
 def query(data: bytes) -> None:
-    global _CACHE
-    if _CACHE is None:
-        _CACHE = _filled_cache()
+    global _PATH
+    if _PATH is None:
+        _PATH = _filled_path()
     try:
         slow = parse_query(data)
     except QueryError as exc:
@@ -87,11 +109,12 @@ def query(data: bytes) -> None:
     if taken is not None:  # the direct miss path's test: it may forward this
         assert slow == taken, (slow, taken)
         assert refusal(taken.qtype, taken.qclass) is None
-    fast = _CACHE.hit(key, data, qend, flags, edns)
-    if fast is not None:  # a hit on the fast path: the slow path answers the same
+    fast = _PATH.fast(data)
+    if fast.__class__ is bytes:  # a hit on the fast path: the slow path answers the same
         assert slow is not None and slow.key == key
-        entry, state = _CACHE.lookup(slow.key)
-        assert entry is not None and entry.render(data, slow.qend, slow.flags, slow.edns, NOW) == fast
+        assert _slow_answer(_PATH, data) == fast
+        again = _PATH.fast(data)  # from the memo now, if the block allows it
+        assert again == fast, (again, fast)
 
 
 def reply(data: bytes) -> None:
@@ -211,7 +234,7 @@ def _instrument(atheris, packages: tuple[str, ...]) -> int:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv if argv is None else argv)
     if len(argv) < 2 or argv[1] not in TARGETS:
-        sys.exit(f"usage: python -m nodecache.testing.fuzz {{{','.join(TARGETS)}}} [libFuzzer flags] [CORPUS...]")
+        sys.exit(f"usage: python -m nodecache_lab.fuzz {{{','.join(TARGETS)}}} [libFuzzer flags] [CORPUS...]")
     try:
         import atheris
     except ImportError:

@@ -282,7 +282,7 @@ class EmulatedNode:
                        ns=self.node)
 
     def _kube_proxy_nft(self) -> None:
-        """kube-proxy's nftables mode (testing.kubeproxy): its ``ip`` and ``ip6
+        """kube-proxy's nftables mode (nodecache_lab.kubeproxy): its ``ip`` and ``ip6
         kube-proxy`` tables for both Services, every replica an endpoint."""
         sh("ip", "route", "add", "169.254.30.0/24", "via", "169.254.11.2", ns=self.node)
         sh("ip", "-6", "route", "add", "fd00:30::/64", "via", "fd00:11::2", ns=self.node)
@@ -372,7 +372,7 @@ class EmulatedNode:
         """Start sending ``names`` (A, UDP) from the pod at ``rate``/s; the
         process prints ``client.paced``'s JSON result when done (bounded by
         len(names) / rate + timeout seconds)."""
-        code = ("import asyncio,json,sys;from nodecache.testing import client;"
+        code = ("import asyncio,json,sys;from nodecache.emulated import client;"
                 "names=sys.stdin.read().split();"
                 f"qs=[client.build(n,1) for n in names];"
                 f"print(json.dumps(asyncio.run(client.paced('{target}',53,qs,{rate},{timeout}))))")

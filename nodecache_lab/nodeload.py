@@ -1,4 +1,4 @@
-"""What happens to an emulated node (``testing.emunode``) while it is
+"""What happens to an emulated node (``nodecache_lab.emunode``) while it is
 measured: a pod resolving with glibc back to back, and the cluster DNS
 replicas rolled and killed. Shared by the e2e tests and bench/datapaths.py."""
 from __future__ import annotations
@@ -11,6 +11,7 @@ import threading
 import time
 
 from .emunode import CLUSTER_V4, LOCAL_V4, LOCAL_V6, NODE_COREFILE, UPSTREAM_V4, EmulatedNode, http_status, sh
+from . import lab_env
 from .layouts import LAYOUTS, Layout
 
 
@@ -88,12 +89,12 @@ STANDBY = "nodelocaldns-nc"
 
 
 def start_node_cache(n: EmulatedNode, layout: Layout = LAYOUTS["upstream"]) -> subprocess.Popen:
-    """The stand-in for node-cache (``testing.nodelocaldns``) on the node,
+    """The stand-in for node-cache (``nodecache_lab.nodelocaldns``) on the node,
     as ``layout``'s installer runs it, relaying to kube-dns-upstream."""
-    cmd = [sys.executable, "-m", "nodecache.testing.nodelocaldns", "-localip", layout.local_ip,
+    cmd = [sys.executable, "-m", "nodecache_lab.nodelocaldns", "-localip", layout.local_ip,
            "-upstream", UPSTREAM_V4, "-health", layout.health, f"-setupiptables={str(layout.setup_iptables).lower()}"]
     proc = subprocess.Popen(["ip", "netns", "exec", n.node, *cmd, *(["-bind-all"] if layout.bind_all else [])],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=lab_env())
     n.procs.append(proc)
     line = proc.stdout.readline().strip()
     if line != "serving":

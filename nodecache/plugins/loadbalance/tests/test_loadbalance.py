@@ -8,10 +8,10 @@ from dnslib import QTYPE, RR, A, CNAME, DNSRecord
 from nodecache.config.corefile import CorefileError
 from nodecache.config.parse import parse_config
 from nodecache.plugins.loadbalance.stage import shuffle
-from nodecache.testing.client import build
-from nodecache.testing.fakeupstream import ClusterDNS
-from nodecache.testing.fakes import reply_to
-from nodecache.testing.harness import node
+from nodecache.emulated.client import build
+from nodecache.emulated.upstream import ClusterDNS
+from nodecache_lab.fakes import reply_to
+from nodecache_lab.harness import node
 
 
 def test_shuffle_keeps_every_record_and_the_cname_first():

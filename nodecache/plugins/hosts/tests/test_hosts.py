@@ -7,9 +7,9 @@ from dnslib import QTYPE, DNSRecord
 
 from nodecache.config.corefile import CorefileError
 from nodecache.config.parse import parse_config
-from nodecache.testing.client import build
-from nodecache.testing.fakes import FakeClock, eventually
-from nodecache.testing.harness import node
+from nodecache.emulated.client import build
+from nodecache_lab.fakes import FakeClock, eventually
+from nodecache_lab.harness import node
 
 HOSTS = "127.0.0.1 localhost\n10.0.0.1   example.org  www.Example.org # comment\n::1 localhost\n" \
         "fd00::1 v6only.example.org\nnot-an-ip bad.example.org\n"

@@ -1,4 +1,4 @@
-"""kube-proxy's nftables mode as text, for the emulated node (testing.emunode).
+"""kube-proxy's nftables mode as text, for the emulated node (nodecache_lab.emunode).
 
 Laid out as kube-proxy's pkg/proxy/nftables/proxier.go writes it (its test
 fixture's base rules): a table per family named ``kube-proxy``; the

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import contextlib
 
-from nodecache.testing import client
+from nodecache.emulated import client
 from nodecache.config.parse import parse_config
 from nodecache.demo import COREFILE
-from nodecache.testing.fakeupstream import ClusterDNS, FakeUpstream
+from nodecache.emulated.upstream import ClusterDNS, FakeUpstream
 from nodecache.server.agent import Agent
 from nodecache.server.tcp import TcpLimits
 

@@ -14,8 +14,8 @@ from nodecache.plugins import registry
 from nodecache.plugins.chain import Shortcuts, Stage
 from nodecache.plugins.grammar import Ctx, no_args, no_body
 from nodecache.server.block import Block, _no_entry
-from nodecache.testing.client import build
-from nodecache.testing.harness import CLUSTER, node
+from nodecache.emulated.client import build
+from nodecache_lab.harness import CLUSTER, node
 
 # CoreDNS's plugin.cfg (v1.11), in order: ours must keep this relative order
 COREDNS_PLUGIN_CFG = ("root", "metadata", "geoip", "cancel", "tls", "timeouts", "multisocket", "reload", "nsid",

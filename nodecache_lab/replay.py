@@ -33,9 +33,9 @@ import dns.message
 from dnslib import EDNS0, QTYPE, RCODE, RR, DNSRecord
 
 from nodecache.dns.wire import AD, CD, RD
-from nodecache.testing.client import build
-from nodecache.testing.fakes import FakeClock, eventually
-from nodecache.testing.harness import node
+from nodecache.emulated.client import build
+from nodecache_lab.fakes import FakeClock, eventually
+from nodecache_lab.harness import node
 
 FLAG_BITS = {"QR": 0x8000, "AA": 0x0400, "TC": 0x0200, "RD": 0x0100, "RA": 0x0080, "AD": 0x0020, "CD": 0x0010}
 
@@ -131,26 +131,46 @@ class CannedUpstream:
         return rep.pack()
 
 
-async def play(path: Path, memo: bool = True, direct: bool = True, batched: bool = False) -> None:
-    """Run one scenario. ``memo`` / ``direct``: whether the blocks may use
-    those shortcuts (off: every hit through the full hit path, every miss
-    through the slow path); ``batched``: UDP read in recvmmsg batches
-    instead of one datagram per wakeup. Every combination must give the
-    same replies (tests/scenario/test_replays.py)."""
+SHORTCUTS = ("all", "nomemo", "nodirect", "none")  # which shortcuts the blocks may take
+READS = ("single", "batched", "polled")              # how UDP is read
+POLL_WINDOW = 0.002
+
+
+async def play(path: Path, shortcuts: str = "all", reads: str = "single") -> None:
+    """Run one scenario. ``shortcuts``: all those its blocks allow, all but
+    the memo, all but the direct miss, or none (every hit through the stage
+    chain as a miss is: the slow path); ``reads``: UDP one datagram per
+    wakeup, recvmmsg batches, or polls of a coalescing window (-udp-coalesce)
+    from the first query on. Every combination must give the same replies
+    and the same upstream traffic (tests/scenario/test_replays.py)."""
     sc = parse(path)
     canned, clock = CannedUpstream(), FakeClock()
     corefile = sc.corefile.replace("{", "{{").replace("}", "}}").replace("{{port}}", "{port}") \
         .replace("{{up0}}", "{up0}")
-    async with node(corefile, clock=clock, answer=canned.answer) as n:
+    coalesce = POLL_WINDOW if reads == "polled" else 0.0
+    async with node(corefile, clock=clock, answer=canned.answer, udp_coalesce=coalesce) as n:
         for block in n.agent.blocks:
-            block.memoizable = block.memoizable and memo
-            block.direct = block.direct and direct
+            _limit(block, shortcuts)
         for listener in n.agent.listeners:
             if hasattr(listener.udp, "use_batches"):
-                listener.udp.use_batches(batched)
+                listener.udp.use_batches(reads != "single")
+                if reads == "polled":
+                    listener.udp.start_polling(1.0)
         await _steps(sc, path, n, canned, clock)
-        if not memo:
+        if shortcuts != "all":
             _expect(all(len(lst.path.memo) == 0 for lst in n.agent.listeners), path.name, "memo was off")
+
+
+def _limit(block, shortcuts: str) -> None:
+    """Take away the shortcuts ``shortcuts`` does not allow (see ``play``)."""
+    if shortcuts == "none":
+        block.fresh = _no_entry
+    block.memoizable = block.memoizable and shortcuts == "all"
+    block.direct = block.direct and shortcuts in ("all", "nomemo")
+
+
+def _no_entry(key: bytes, now: float):
+    return None
 
 
 async def _steps(sc: Scenario, path: Path, n, canned, clock) -> None:

@@ -9,9 +9,9 @@ from dnslib import AAAA, QTYPE, RR, A, DNSRecord
 from nodecache.config.corefile import CorefileError
 from nodecache.config.parse import parse_config
 from nodecache.plugins.dns64.stage import synthesize
-from nodecache.testing.client import build
-from nodecache.testing.fakes import reply_to
-from nodecache.testing.harness import node
+from nodecache.emulated.client import build
+from nodecache_lab.fakes import reply_to
+from nodecache_lab.harness import node
 
 
 @pytest.mark.parametrize("prefix, want", [  # RFC 6052 §2.4's table, for 192.0.2.33

@@ -1,5 +1,5 @@
 """A stand-in for node-cache (kubernetes/dns cmd/node-cache) on an emulated
-node, for migration tests: ``python -m nodecache.testing.nodelocaldns``.
+node, for migration tests: ``python -m nodecache_lab.nodelocaldns``.
 
 It does to the node what node-cache does, in the same order:
 
