@@ -164,13 +164,10 @@ async def play(path: Path, shortcuts: str = "all", reads: str = "single") -> Non
 def _limit(block, shortcuts: str) -> None:
     """Take away the shortcuts ``shortcuts`` does not allow (see ``play``)."""
     if shortcuts == "none":
-        block.fresh = _no_entry
+        block.front = None
     block.memoizable = block.memoizable and shortcuts == "all"
-    block.direct = block.direct and shortcuts in ("all", "nomemo")
-
-
-def _no_entry(key: bytes, now: float):
-    return None
+    if shortcuts not in ("all", "nomemo"):
+        block.take = None
 
 
 async def _steps(sc: Scenario, path: Path, n, canned, clock) -> None:

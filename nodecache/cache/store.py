@@ -48,7 +48,7 @@ class ByteBudget:
     def __init__(self, limit: int = DEFAULT_BUDGET, max_item: int = DEFAULT_MAX_ITEM):
         self.limit, self.max_item = limit, max_item
         self.caches: list["Cache"] = []
-        self.memos: list = []  # the listeners' memo tables (server.memo): the first to give way
+        self.memos: list = []  # the listeners' memo tables (plugins.cache.memo): the first to give way
 
     @property
     def used(self) -> int:

@@ -4,20 +4,25 @@ The slow path is a task per query running the block's stage chain, about
 ten coroutine frames deep, around one upstream exchange. For the miss
 nearly every query is (no entry at all, an upstream channel open and
 taking queries) that machinery is pure cost: measured at 1,000 misses/s it
-was about a third of the agent's CPU per miss. So the query path
-(``server.querypath``) may send the query from the datagram callback
-itself: ``start`` writes it on the forwarder's ready channel and the
-channel's reply completes this ``DirectExchange``, which validates the
-reply and calls the caller's ``done(reply, askers)`` once.
+was about a third of the agent's CPU per miss. So the forward stage may
+send the query from the datagram callback itself (its ``take``, the
+callback speed of ``plugins.chain``): ``start`` writes it on the
+forwarder's ready channel and the channel's reply completes this
+``DirectExchange``, which validates the reply and calls the caller's
+``on_done(key, reply, askers)`` once (the cache stage's: it stores the
+reply and answers each asker).
 
-The exchange lives in the forwarder's one in-flight table (``inflight``,
-key -> slow-path future or DirectExchange), so coalescing happens in one
-place: an identical direct miss arriving meanwhile joins it as one more
-asker, a slow-path query for the same key follows it (``follow``: its
-future gets the same reply), and a direct miss never starts while a
-slow-path exchange for the key is in flight.
+Every exchange in flight, whoever started it, is an ``InFlight`` in the
+forwarder's one table (``inflight``, key -> exchange), so coalescing
+happens in one place and nobody asks which kind it is: a slow-path query
+for a key in flight ``follow``s it (a future of the same reply; None when
+a direct exchange fell back: resolve again), a direct miss ``join``s it
+(one more asker; a slow-path exchange says no, and the miss takes the
+slow path, which follows it), and ``cancel`` ends what the forwarder
+closes. ``Leader`` is the slow path's (its task runs the attempts),
+``DirectExchange`` the callback's.
 
-Anything off the happy path ends it with ``done(None, askers)``: the
+Anything off the happy path ends it with ``on_done(key, None, askers)``: the
 channel dying (``set_exception``), no reply within the forwarder's attempt
 timeout, a reply that does not validate or is truncated over UDP. The
 caller then hands its askers to the slow path, which starts over with the
@@ -37,19 +42,54 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import Awaitable
 
 from ..dns.key import question
 from ..dns.reply import MalformedReply, Reply
-from .transport import Waiter
 
 
-class DirectExchange(Waiter):
+class InFlight:
+    """One key's exchange in the forwarder's table (see above)."""
+    __slots__ = ()
+
+    def follow(self) -> Awaitable[Reply | None]:
+        """The same reply for a slow-path query of the key, or None (resolve again)."""
+        raise NotImplementedError
+
+    def join(self, asker) -> bool:
+        """Add a direct miss's asker; False: it takes the slow path."""
+        raise NotImplementedError
+
+    def cancel(self) -> None:
+        """The forwarder closes."""
+
+
+class Leader(InFlight):
+    """The slow path's exchange: the leader's task runs the attempts and
+    settles ``future``; followers await it (its failure is theirs)."""
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future):
+        self.future = future
+
+    def follow(self) -> Awaitable[Reply | None]:
+        return asyncio.shield(self.future)
+
+    def join(self, asker) -> bool:
+        return False  # its reply has no askers' callback: the direct miss takes the slow path and follows
+
+    def cancel(self) -> None:
+        self.future.cancel()
+
+
+class DirectExchange(InFlight):
+    """A ``forward.transport.Waiter`` by declaration: the channel completes it."""
     __slots__ = ("forwarder", "key", "up", "channel", "qid", "sent_at", "askers",
                  "followers", "finished", "on_done")
 
     def __init__(self, forwarder, key: bytes, up, channel, on_done):
         self.forwarder, self.key, self.up, self.channel = forwarder, key, up, channel
-        self.on_done = on_done            # on_done(reply or None, askers), called exactly once
+        self.on_done = on_done            # on_done(key, reply or None, askers), called exactly once
         self.askers: list = []            # the caller's, opaque here
         self.followers: list[asyncio.Future] = []
         self.finished = False
@@ -82,13 +122,21 @@ class DirectExchange(Waiter):
             reply = None
         self._finish(reply)
 
-    # -- the rest -------------------------------------------------------------
+    # -- InFlight -------------------------------------------------------------
     def follow(self) -> asyncio.Future:
-        """A future for a slow-path query of the same key: the same reply,
-        or None when this exchange fell back (resolve again)."""
         fut = self.channel.loop.create_future()
         self.followers.append(fut)
         return fut
+
+    def join(self, asker) -> bool:
+        self.askers.append(asker)
+        self.forwarder.coalesced += 1
+        return True
+
+    def cancel(self) -> None:
+        """Nothing: it ends at its deadline (``Deadlines``), its askers handed to the slow path."""
+
+    # -- the rest -------------------------------------------------------------
 
     def _fall_back(self) -> None:
         if not self.finished:
@@ -106,7 +154,7 @@ class DirectExchange(Waiter):
             if not fut.done():
                 fut.set_result(reply)
         askers, self.askers = self.askers, []
-        self.on_done(reply, askers)
+        self.on_done(self.key, reply, askers)
 
 
 class Deadlines:
@@ -150,14 +198,11 @@ def start(forwarder, key: bytes, asker, on_done) -> bool:
     """Send ``key`` upstream now with ``asker``, or add it to the direct
     exchange in flight for ``key``. False: only the slow path can take it
     (a slow-path exchange in flight for the key, no ready channel, the
-    in-flight cap reached, the channel closing under the write)."""
+    in-flight cap reached, the channel closing under the write).
+    ``on_done(key, reply or None, askers)``: called once when it ends."""
     pending = forwarder.inflight.get(key)
     if pending is not None:
-        if pending.__class__ is not DirectExchange:
-            return False  # the slow path coalesces with its own exchange
-        pending.askers.append(asker)
-        forwarder.coalesced += 1
-        return True
+        return pending.join(asker)
     ready = forwarder.ready_channel()
     if ready is None:
         return False

@@ -54,7 +54,7 @@ from ..dns.reply import MalformedReply, Reply, analyse
 from ..dns.wire import AD, CD, RD, make_query
 from ..observe.stats import DURATION_BUCKETS
 from .cork import Cork
-from .direct import Deadlines, DirectExchange
+from .direct import Deadlines, InFlight, Leader
 from .transport import TcpPool, UdpPool, UpstreamClosed, exchange_on
 
 log = logging.getLogger("nodecache.forward")
@@ -157,9 +157,9 @@ class Forwarder:
         writes go out at once (nobody polls)."""
         self.cfg = cfg
         self.upstreams = [UpstreamState(u, cfg, cork if cork is not None else Cork()) for u in cfg.to]
-        # key -> the exchange in flight for it: a slow-path future, or a
-        # forward.direct.DirectExchange (one table: coalescing in one place)
-        self.inflight: dict[bytes, asyncio.Future | DirectExchange] = {}
+        # key -> the exchange in flight for it, slow-path or direct (one
+        # table: coalescing in one place; forward.direct)
+        self.inflight: dict[bytes, InFlight] = {}
         self.deadlines: Deadlines | None = None  # the direct exchanges' timeouts (made on first use)
         self.max_inflight = cfg.max_concurrent or DEFAULT_MAX_INFLIGHT
         self._rr = 0
@@ -187,20 +187,18 @@ class Forwarder:
         from then (a direct miss handed over, see forward.direct)."""
         if not coalesce:  # the loop probe coming back: it must go round again
             return await self._exchange(key)
-        shared = self.inflight.get(key)
-        while shared.__class__ is DirectExchange:  # follow a direct miss; None: it fell back
+        pending = self.inflight.get(key)
+        while pending is not None:  # follow it; None: a direct exchange fell back
             self.coalesced += 1
-            reply = await shared.follow()
+            reply = await pending.follow()
             if reply is not None:
                 return reply
-            shared = self.inflight.get(key)
-        if shared is not None:
-            self.coalesced += 1
-            return await asyncio.shield(shared)
+            pending = self.inflight.get(key)
         if len(self.inflight) >= self.max_inflight:
             self.rejected += 1
             raise Overloaded(f"{len(self.inflight)} queries in flight")
-        shared = self.inflight[key] = asyncio.get_running_loop().create_future()
+        shared = asyncio.get_running_loop().create_future()
+        leader = self.inflight[key] = Leader(shared)
         try:
             reply = await self._exchange(key, started)
         except BaseException as exc:
@@ -212,7 +210,7 @@ class Forwarder:
             shared.set_result(reply)
             return reply
         finally:
-            if self.inflight.get(key) is shared:
+            if self.inflight.get(key) is leader:
                 del self.inflight[key]
 
     def down_for(self, now: float) -> float:
@@ -339,9 +337,8 @@ class Forwarder:
         return reply
 
     def close(self) -> None:
-        for pending in self.inflight.values():
-            if pending.__class__ is not DirectExchange:  # (those end at their deadline: direct.Deadlines)
-                pending.cancel()
+        for pending in list(self.inflight.values()):
+            pending.cancel()
         for up in self.upstreams:
             up.close()
 

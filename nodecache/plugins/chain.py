@@ -9,9 +9,18 @@ the cache can store it) or finished wire bytes, and the RCODE and the name
 of the stage that produced it (for logs and metrics). The end of every chain
 is ``refuse``: nobody here serves that name.
 
-The cache-hit hot path does not go through the chain at all, nor does a
-direct miss: each stage declares which of those shortcuts may skip it
-(``Shortcuts``), and ``server.block`` derives a block's from them.
+A stage has two speeds. ``handle`` is the slow path, a coroutine. Beside
+it, a synchronous ``front``: given the query's bytes and what
+``dns.wire.scan`` read of them, a finished reply or None, "take the slow
+path", which is the default, so a new stage is never bypassed. The cache
+stage's front answers a fresh hit. A miss has a third speed, ``take``:
+started from the receive callback, answered later through a callback (the
+cache stage takes it and the forward stage sends it upstream; see
+``forward.direct``); False, the default, sends it down the slow path.
+
+Which stages a fast answer may skip, each stage declares (``Shortcuts``);
+``front_of`` and ``link_takes`` build a block's fast front and its
+callback speed from the stages and those declarations, nothing else.
 """
 from __future__ import annotations
 
@@ -48,13 +57,13 @@ class Shortcuts:
     """Which shortcuts may skip a stage; each stage declares its own, and
     the default is none (a new stage is never bypassed by accident).
 
-    ``hit``: a fresh cache hit may be answered without running the stage
-    (``server.querypath``'s hit path). ``memo``: and from the memo of
-    finished replies, which skips even the cache's per-hit work
-    (``server.memo``). ``direct``: a plain miss may be forwarded from the
-    receive callback without the chain (``forward.direct``). Only stages
-    before the cache matter for ``hit`` and ``memo`` (a fresh hit never
-    reaches those after it); ``direct`` needs every stage's consent."""
+    ``hit``: a later stage's ``front`` may answer without running this
+    stage (a fresh cache hit). ``memo``: and the memo of finished replies
+    may, which skips even the cache's per-hit work (``plugins.cache.memo``).
+    ``direct``: a miss may be taken at the callback speed (``take``)
+    without this stage's ``handle``. Only stages before the front matter
+    for ``hit`` and ``memo`` (a fast answer never reaches those after it);
+    ``direct`` needs every stage's consent."""
     hit: bool = False
     memo: bool = False
     direct: bool = False
@@ -71,21 +80,52 @@ def _nothing() -> None:
     pass
 
 
+def _decline(key: bytes, asker, on_done) -> bool:
+    return False
+
+
+def _slow(data: bytes, scanned: tuple, now: float) -> None:
+    return None
+
+
 class Stage:
     """A plugin's part of a block's chain. ``handle`` is the slow path; the
     rest is optional, and a block asks only the stages that define it."""
     name = "stage"
     next: Handler = staticmethod(refuse)
+    next_front = staticmethod(_slow)    # the next stage's ``front`` (``front_of``)
+    next_take = staticmethod(_decline)  # the next stage's ``take`` (``link_takes``)
     down = False               # True: the block answers SERVFAIL for everything (see ``go_down``)
     on_down = staticmethod(_nothing)  # set by the block: called once when the stage goes down
+    panics = 0                 # failures contained in a callback of the stage's (coredns_panics_total)
 
     def shortcuts(self) -> Shortcuts:
         """What may skip this stage (see ``Shortcuts``); default: nothing."""
         return NONE
 
-    def refuses_direct(self, key: bytes) -> bool:
-        """With ``Shortcuts.direct``: whether this one query must take the
-        chain after all (asked per direct miss, of the stages that define it)."""
+    def front(self, data: bytes, scanned: tuple, now: float) -> bytes | None:
+        """The fast speed: synchronous, no task, no await. ``scanned``:
+        ``dns.wire.scan``'s (key, qend, flags, limit, edns) of ``data``;
+        ``now`` on the caches' clock. The reply (not yet fitted to the
+        client's size: the query path does that and counts it), or None:
+        take the slow path (the default). A stage that defines this passes
+        what it does not answer to ``next_front``."""
+        return None
+
+    def memo_for(self, data: bytes, reply: bytes, key: bytes, qend: int, truncated: bool):
+        """After the block's fast front answered ``data`` with ``reply`` (as
+        sent), asked of its last stage: a memo of it for the listener's table
+        (``plugins.cache.memo.Memo``, its counter series not yet set), or
+        None (the default: none)."""
+        return None
+
+    def take(self, key: bytes, asker, on_done) -> bool:
+        """The callback speed for a miss: start answering it without a
+        task. ``asker``: the query path's (``server.querypath.Asker``);
+        ``on_done(key, reply or None, askers)``: who answers when the
+        exchange ends (a stage may pass its own on: the cache does). A stage
+        that defines this passes what it does not stop to ``next_take``.
+        False (the default): the query takes the slow path."""
         return False
 
     async def handle(self, request: Request) -> Answer:
@@ -109,6 +149,40 @@ def chain(stages: list[Stage]) -> Handler:
         stage.next = handler
         handler = stage.handle
     return handler
+
+
+def front_of(stages: list[Stage]) -> list[Stage]:
+    """A block's fast front: the stages that define ``front``, in chain
+    order, each given the next one's as ``next_front``, up to the first
+    stage that neither has a front nor lets a fast answer skip it
+    (``Shortcuts.hit``): what reaches that one takes the slow path. The
+    first one's ``front`` is the entry; [] (no front): every query of the
+    block takes the slow path."""
+    fronts = []
+    for stage in stages:
+        if type(stage).front is not Stage.front:
+            fronts.append(stage)
+        elif not stage.shortcuts().hit:
+            break
+    following = _slow
+    for stage in reversed(fronts):
+        stage.next_front = following
+        following = stage.front
+    return fronts
+
+
+def link_takes(stages: list[Stage]):
+    """A block's callback speed: the stages that define ``take``, each given
+    the next one's as ``next_take``; the first one's is the entry. None
+    (every miss takes the slow path) unless every stage consents
+    (``Shortcuts.direct``) and one at least takes."""
+    if not all(stage.shortcuts().direct for stage in stages):
+        return None
+    entry = _decline
+    for stage in reversed([st for st in stages if type(st).take is not Stage.take]):
+        stage.next_take = entry
+        entry = stage.take
+    return None if entry is _decline else entry
 
 
 def in_zone(name: bytes, zone: bytes) -> bool:

@@ -321,7 +321,7 @@ class Agent:
                 listener.path.memo.clear()
 
     def fold_counters(self) -> None:
-        """Bring every counter up to date with the memoised hits (server.memo)."""
+        """Bring every counter up to date with the memoised hits (plugins.cache.memo)."""
         for listener in self.listeners + self.retired:
             listener.path.memo.fold()
 

@@ -1,14 +1,15 @@
-"""A server block at run time: its stage chain, and the hot path into its cache.
+"""A server block at run time: its stage chain at each of its speeds.
 
-``fresh`` is the cache lookup the query path makes first, synchronously,
-when the block's stages allow it (their declared ``Shortcuts``): a fresh
-hit is answered from it without a task, an await or a parse. Whether hits
-may be memoised and plain misses forwarded directly is derived the same
-way, from the stages, never from other plugins' options. Everything
-else goes through ``serve``, the
-stage chain, which always produces a reply: failures below become
-SERVFAIL, anything unexpected is logged with its traceback and answered
-SERVFAIL too, so no exception ever reaches a transport.
+``front`` is the block's fast front (``plugins.chain.front_of``), which
+the query path calls first, synchronously: a fresh hit is answered there
+without a task, an await or a full parse. ``take`` is its callback speed
+for a miss (``plugins.chain.link_takes``). Whether the front's replies may
+be memoised is derived the same way, from the stages' declared
+``Shortcuts``, never from other plugins' options. Everything else goes
+through ``serve``, the stage chain, which always produces a reply:
+failures below become SERVFAIL, anything unexpected is logged with its
+traceback and answered SERVFAIL too, so no exception ever reaches a
+transport.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from ..observe.ratelog import Throttle
 from ..forward.forwarder import ForwardFailure
 from ..plugins import bufsize, registry
 from ..plugins.cache.stage import CacheStage
-from ..plugins.chain import Request, Stage, chain, render
+from ..plugins.chain import Request, Stage, chain, front_of, link_takes, render
 from ..plugins.forward.stage import ForwardStage
 
 log = logging.getLogger("nodecache.server")
@@ -31,38 +32,39 @@ class Block:
     def __init__(self, cfg: ServerBlock, clock=time.monotonic, budget=None, retry: bool = True, cork=None):
         self.cfg = cfg
         self.stages: list[Stage] = registry.stages(cfg.plugins, registry.Build(cfg.zones, clock, budget, retry, cork))
-        # the two engines the query path and the agent reach (hit path,
-        # direct miss, snapshot, loop probe); any other stage is only a link
+        # the two engines the agent reaches (the memo's budget, the
+        # snapshot, status); for queries, every stage is only a link
         self.cache_stage = next((st for st in self.stages if isinstance(st, CacheStage)), None)
         self.forward_stage = next((st for st in self.stages if isinstance(st, ForwardStage)), None)
         self.handler = chain(self.stages)
-        self.panics = 0
+        self._panics = 0
         self.throttle = Throttle(log)  # a panic's traceback: the query is a client's (observe.ratelog)
         self.down = False  # a stage went down (a forwarding loop): SERVFAIL for everything
         for stage in self.stages:
             stage.on_down = self._went_down
-        # the stages with work of their own at start (the loop probe), and
-        # those that may refuse one direct miss (the loop's probe)
+        # the stages with work of their own at start (the loop probe)
         self.starting = [st for st in self.stages if type(st).start is not Stage.start]
-        self.refuses_direct = tuple(st.refuses_direct for st in self.stages
-                                    if type(st).refuses_direct is not Stage.refuses_direct)
         # the largest UDP reply for this block's clients (bufsize; never above ours)
         self.max_udp = bufsize.max_udp(cfg)
-        self._derive_shortcuts()
+        self._link_speeds()
 
-    def _derive_shortcuts(self) -> None:
-        """The shortcuts this block allows, from its stages' declarations
-        (``plugins.chain.Shortcuts``) and nothing else: ``fresh`` (the hit path
-        answers from the cache without the chain: the cache and every stage
-        before it allow ``hit``), ``memoizable`` (they all allow ``memo``
-        too), ``direct`` (a cache and a forwarder, and every stage allows it)."""
-        cache, stages = self.cache_stage, self.stages
-        declared = [st.shortcuts() for st in stages]
-        before = declared[:stages.index(cache) + 1] if cache is not None else []
-        hit = bool(before) and all(d.hit for d in before)
-        self.fresh = cache.cache.fresh if hit else _no_entry
-        self.memoizable = hit and all(d.memo for d in before)
-        self.direct = bool(cache and self.forward_stage) and all(d.direct for d in declared)
+    def _link_speeds(self) -> None:
+        """The fast front, whether its replies may be memoised (by its last
+        stage, the cache's, when it and every stage before it allow
+        ``memo``), and the callback speed, from the stages and their
+        declarations alone."""
+        stages = self.stages
+        fronts = front_of(stages)
+        self.front = fronts[0].front if fronts else None
+        self.memo_stage = fronts[-1] if fronts else None
+        upto = stages[:stages.index(self.memo_stage) + 1] if fronts else []
+        self.memoizable = bool(upto) and all(st.shortcuts().memo for st in upto)
+        self.take = link_takes(stages)
+
+    @property
+    def panics(self) -> int:
+        """coredns_panics_total: the chain's and its stages' callbacks'."""
+        return self._panics + sum(st.panics for st in self.stages)
 
     @property
     def cache(self):
@@ -81,7 +83,7 @@ class Block:
         except ForwardFailure:
             return error_reply(q.data, SERVFAIL, q.qend, q.edns), "forward"
         except Exception:
-            self.panics += 1  # coredns_panics_total
+            self._panics += 1  # coredns_panics_total
             self.throttle.error("panic", "unexpected error serving %s %s", decode_name(q.qname), q.qtype,
                                 exc_info=True)
             return error_reply(q.data, SERVFAIL, q.qend, q.edns), ""
@@ -96,8 +98,8 @@ class Block:
         cached answers either, no shortcut; the query path answers SERVFAIL
         (and the agent empties the memo tables)."""
         self.down = True
-        self.fresh = _no_entry
-        self.memoizable = self.direct = False
+        self.front = self.take = None
+        self.memoizable = False
 
     def trouble(self, now: float) -> str | None:
         """Why this block cannot answer now, from its stages (for /ready)."""
@@ -111,7 +113,3 @@ class Block:
         for stage in self.stages:
             stage.close()
 
-
-def _no_entry(key: bytes, now: float):
-    """``fresh`` of a block whose hits must go through the chain."""
-    return None

@@ -1,34 +1,33 @@
 """The one path a query takes, whatever transport brought it.
 
-A transport moves bytes and calls two things, as hypercorn's protocols
-call their ``send``:
+A transport moves bytes and calls one thing, ``dispatch(data, proto, via,
+ref)``, as hypercorn's protocols call their ``send``; it returns the reply
+to send now, or None (later, or never). Synchronously, with no task and no
+await, in this order:
 
-* ``fast(data)`` (UDP) / ``fast_tcp(data)``: the reply for a cache hit,
-  else a ``Missed`` saying what was seen. Synchronous, no task, no await:
-  the memo of finished replies first (``server.memo``, UDP only), then the
-  block's cache (``from_cache``: scan in place, route by zone, one lookup,
-  render).
-* ``miss(missed, data, addr, send)``: for what ``fast`` did not answer,
-  admission (``server.admission``),
-  then, over UDP, the direct miss (``forward.direct``: sent upstream from
-  this callback), else the slow path as a task. Returns a reply to send at
-  once (REFUSED when admission says no) or None.
+* the memo of finished replies (``plugins.cache.memo``; UDP only): one
+  dict lookup;
+* scan the question in place (``dns.wire.scan``) and route it by zone;
+* the block's fast front (``plugins.chain``: the cache stage's fresh
+  hit), then fit and count the reply (``_fit_and_count``) and maybe
+  memoise it;
+* else admission (``server.admission``: a refusal is the reply to send
+  now), then, over UDP, the block's callback speed (``take``: the cache
+  and forward stages send it upstream from this callback, and ``finish``
+  or ``hand_over`` get it back), else the slow path as a task.
+
+Who asked and where a later reply goes the transport says only when a
+query needs it: ``via.client_of(ref)`` and ``via.sender_of(ref)`` (a
+batch transport works out a sender's address only for a miss).
 
 The slow path is one coroutine, ``answer_and_send``: full parse, RFC
 error replies, the block's stage chain, and then ``send(reply, addr)``,
 called exactly once (reply None: nothing to send, the query is dropped),
 so a transport learns when its query is done whatever happened.
 Fitting a reply to the client's UDP size (TC=1 and the whole records
-that fit when too big, ``dns.truncate``) and recording it for the metrics happen in one
-place, ``_fit_and_count``, for the hit, the slow and the direct path.
-Nothing one call saw is kept on this object for the next: the scan and
-the block a miss routed to travel in the ``Missed`` value.
-
-Which shortcuts a block allows (hit without the chain, memo, direct miss)
-its stages declare (``server.block``); this module only asks the block.
-Loop detection (the ``loop`` directive) also sits here: a block's probe
-name arriving at one of our own listeners means our upstream sent our
-own query back to us.
+that fit when too big, ``dns.truncate``) and recording it for the metrics
+happen in one place, ``_fit_and_count``, for every speed. Nothing one
+call saw is kept on this object for the next.
 """
 from __future__ import annotations
 
@@ -37,45 +36,46 @@ import logging
 import time
 from functools import partial
 
-from ..cache.entry import render_uncached
-from ..dns.key import EDNS_DO, TRAILER as KEY_TRAILER, qtype as key_qtype
+from ..dns.key import EDNS_DO, qtype as key_qtype
 from ..dns.truncate import fit
-from ..dns.wire import (MAX_MESSAGE, REFUSED, SERVFAIL, QueryError, decode_name, error_reply, parse_query,
-                        query_from_scan, scan, scan_servable)
-from ..forward import direct
+from ..dns.wire import (MAX_MESSAGE, REFUSED, SERVFAIL, QueryError, error_reply, parse_query, query_from_scan,
+                        scan, scan_servable)
 from ..observe.stats import ListenerStats
+from ..plugins.cache.memo import MEMO_BYTES, MemoTable
 from ..plugins.chain import Request
 from .admission import Admission
-from .memo import MEMO_BYTES, Memo, MemoTable
 from .router import Router
 
 log = logging.getLogger("nodecache.server")
 _clock = time.monotonic  # durations (the metrics); ``QueryPath.clock`` is the caches' clock
 
 
-class Missed:
-    """What the hit path saw of a query it could not answer. ``scan``:
-    ``dns.wire.scan``'s (key, qend, flags, limit, edns), None when the query
-    is not of the common shape; ``block`` and ``zone``: where it routed
-    when that block had no fresh entry (None: not routed)."""
-    __slots__ = ("scan", "block", "zone")
-
-    def __init__(self, scan, block, zone: str):
-        self.scan, self.block, self.zone = scan, block, zone
-
-
-NOT_SCANNED = Missed(None, None, "")
-
-
 class Asker:
-    """One client's query waiting on a direct exchange (``forward.direct``):
-    whose path it came through, where its reply goes, and what the hit path
-    saw of it (``scan``: ``dns.wire.scan``'s tuple) and when."""
-    __slots__ = ("path", "send", "data", "addr", "client", "scan", "zone", "t0")
+    """One client's query taken at the callback speed (``plugins.chain``
+    ``take``): whose path it came through, where its reply goes, what the
+    scan saw of it (``dns.wire.scan``'s tuple), its size limit and when."""
+    __slots__ = ("path", "send", "data", "addr", "client", "scan", "zone", "limit", "t0")
 
-    def __init__(self, path: "QueryPath", send, data: bytes, addr, client, scan, zone: str, t0: float):
+    def __init__(self, path: "QueryPath", send, data: bytes, addr, client, scan, zone: str, limit: int,
+                 t0: float):
         self.path, self.send, self.data, self.addr, self.client = path, send, data, addr, client
-        self.scan, self.zone, self.t0 = scan, zone, t0
+        self.scan, self.zone, self.limit, self.t0 = scan, zone, limit, t0
+
+
+class Fixed:
+    """A ``via`` whose ref is the client's address and whose replies all go
+    through one ``send``."""
+    __slots__ = ("send",)
+
+    def __init__(self, send):
+        self.send = send
+
+    @staticmethod
+    def client_of(addr):
+        return addr
+
+    def sender_of(self, addr):
+        return self.send
 
 
 class QueryPath:
@@ -89,7 +89,7 @@ class QueryPath:
         self.clock = clock  # the caches' clock: what a memo's expiry is measured on
         self.admission = admission or Admission()
         self.tasks: set[asyncio.Task] = set()
-        self.direct_pending = 0  # askers of direct exchanges, not yet answered or handed over
+        self.direct_pending = 0  # askers taken at the callback speed, not yet answered or handed over
         self.dropped = 0         # queries we could not even answer with an error
         self.error_replies = 0
         self.truncated = 0
@@ -110,57 +110,59 @@ class QueryPath:
         self._bind_memo()
 
     def _bind_memo(self) -> None:
-        """Size the memo to the caches whose hits it may hold (server.memo)."""
+        """Size the memo to the caches whose hits it may hold (plugins.cache.memo)."""
         caches = list(dict.fromkeys(b.cache for b in self._router.blocks
                                      if b.memoizable and b.cache is not None))
         self.memo.bind(caches, caches[0].budget if caches else None)
 
-    # -- hits ---------------------------------------------------------------
-    def fast(self, data: bytes):
-        """A datagram's reply (bytes) if it is a hit, else a ``Missed``."""
-        m = self._memo(data[2:])
-        if m is not None:
-            now = self.clock()
-            if now < m.until or m.refresh(now):
-                m.hits += 1
-                return data[:2] + m.after_id
-        return self.from_cache(data, "udp")
-
-    def fast_tcp(self, data: bytes):
-        return self.from_cache(data, "tcp")
-
-    def from_cache(self, data: bytes, proto: str):
+    # -- the one dispatch -------------------------------------------------------
+    def dispatch(self, data: bytes, proto: str, via, ref) -> bytes | None:
+        """The reply to send now, or None (``via.sender_of(ref)`` gets it
+        later, or the query is dropped)."""
+        if proto == "udp":
+            m = self._memo(data[2:])
+            if m is not None:
+                now = self.clock()
+                if now < m.until or m.refresh(now):
+                    m.hits += 1
+                    return data[:2] + m.after_id
         t0 = _clock()
         s = scan(data)
         if s is None:
-            return NOT_SCANNED
+            return self._miss(data, proto, via, ref, None, None, "")
         key, qend, flags, limit, edns = s
         routed = self._router.block_for(key)
         if routed is None:
-            return Missed(s, None, "")
+            return self._miss(data, proto, via, ref, s, None, "")
         block, zone = routed
+        front = block.front
+        if front is None:
+            return self._miss(data, proto, via, ref, s, block, zone)
         now = self.clock()
-        entry = block.fresh(key, now)
-        if entry is None:
-            return Missed(s, block, zone)
-        reply = entry.render(data, qend, flags, edns, now)
+        reply = front(data, s, now)
+        if reply is None:
+            return self._miss(data, proto, via, ref, s, block, zone)
         if proto != "udp":
             limit = MAX_MESSAGE
         elif limit > block.max_udp:  # bufsize
             limit = block.max_udp
         sent = self._fit_and_count(data, reply, limit, qend, edns, zone, proto, key_qtype(key), t0, "cache")
-        if proto == "udp" and block.memoizable and len(sent) <= MEMO_BYTES and len(entry.tail) <= MEMO_BYTES \
-                and self.memo.admit():
-            self._memoise(data, sent, entry, block.cache, zone, key, edns, _clock() - t0, sent is not reply, qend)
+        if proto == "udp" and block.memoizable:
+            self._memoise(block, data, sent, s, zone, t0, sent is not reply)
         return sent
 
-    def _memoise(self, data: bytes, reply: bytes, entry, cache, zone: str, key: bytes, edns: int,
-                 seconds: float, truncated: bool, qend: int) -> None:
-        until = entry.next_tick if entry.next_tick < entry.expires else entry.expires
-        acc = self.stats.series(zone, "udp", key_qtype(key), reply[3] & 0xF, edns == EDNS_DO, len(data),
-                                len(reply), 0.0, "cache")
-        self.memo.put(data[2:], Memo(until, reply[2:], entry, cache, acc, len(data), len(reply), seconds,
-                                     truncated, qend))
+    def _memoise(self, block, data: bytes, sent: bytes, s: tuple, zone: str, t0: float, truncated: bool) -> None:
+        key, qend, _, _, edns = s
+        memo = self.memo
+        if len(sent) > MEMO_BYTES or not memo.admit():
+            return
+        m = block.memo_stage.memo_for(data, sent, key, qend, truncated)
+        if m is None:
+            return
+        m.seconds = _clock() - t0
+        m.acc = self.stats.series(zone, "udp", key_qtype(key), sent[3] & 0xF, edns == EDNS_DO, len(data),
+                                  len(sent), 0.0, "cache")
+        memo.put(data[2:], m)
 
     def _fit_and_count(self, data: bytes, reply: bytes, limit: int, qend: int, edns: int, zone: str,
                        proto: str, qtype: int, t0: float, plugin: str) -> bytes:
@@ -173,23 +175,23 @@ class QueryPath:
         return reply
 
     # -- misses -------------------------------------------------------------
-    def miss(self, missed: Missed, data: bytes, addr, send, proto: str = "udp") -> bytes | None:
-        """Take a query ``hit`` did not answer (``addr``: the client's socket
-        address, which says whose admission share it takes). ``send(reply,
-        addr)`` gets its reply later. Returns a reply to send now, or None."""
+    def _miss(self, data: bytes, proto: str, via, ref, s, block, zone: str) -> bytes | None:
+        """What the front did not answer (``s``: the scan, None when the query
+        is not of the common shape; ``block``: where it routed, None when it
+        did not). Admission first: the client's share of misses in flight."""
+        addr = via.client_of(ref)
         admission = self.admission
         client = admission.client(addr)
         if not admission.admit(client):
             self.error_replies += 1
-            if missed.scan is None:
+            if s is None:
                 return None
-            _, qend, _, _, edns = missed.scan
-            return error_reply(data, REFUSED, qend, edns)
-        block = missed.block
-        if proto == "udp" and block is not None and block.direct \
-                and self._start_direct(missed, data, addr, client, send):
+            return error_reply(data, REFUSED, s[1], s[4])
+        send = via.sender_of(ref)
+        if proto == "udp" and block is not None and block.take is not None \
+                and self._take(block, data, s, zone, addr, client, send):
             return None
-        self.start_task(self.answer_and_send(data, proto, addr, missed.scan, send), client)
+        self.start_task(self.answer_and_send(data, proto, addr, s, send), client)
         return None
 
     def start_task(self, coro, client) -> None:
@@ -235,43 +237,33 @@ class QueryPath:
                 reply, plugin = await block.serve(Request(q, proto, client, started or time.monotonic()))
         return self._fit_and_count(data, reply, limit, q.qend, q.edns, zone, proto, q.qtype, t0, plugin)
 
-    # -- the direct miss (forward.direct) -------------------------------------
-    def _start_direct(self, missed: Missed, data: bytes, addr, client, send) -> bool:
-        """Send the admitted miss upstream from this callback, or join the
-        identical one in flight. False: the slow path must take it."""
-        scanned, block = missed.scan, missed.block
-        if not scan_servable(data, scanned[1]):
+    # -- the callback speed (plugins.chain ``take``) ------------------------------
+    def _take(self, block, data: bytes, s: tuple, zone: str, addr, client, send) -> bool:
+        """Hand the admitted miss to the block's callback speed. False: the
+        slow path must take it."""
+        if not scan_servable(data, s[1]):
             return False  # a question the slow path refuses or rejects (dns.wire.refusal): it answers
-        key, cache = scanned[0], block.cache
-        if cache.peek(key) is not None:
-            return False  # stale entries: the cache stage decides
-        for refuses in block.refuses_direct:  # (the loop stage's probe)
-            if refuses(key):
-                return False
-        asker = Asker(self, send, data, addr, client, scanned, missed.zone, _clock())
-        if not direct.start(block.forwarder, key, asker, partial(_direct_done, block, key)):
+        limit = s[3] if s[3] < block.max_udp else block.max_udp
+        asker = Asker(self, send, data, addr, client, s, zone, limit, _clock())
+        if not block.take(s[0], asker, None):
             return False
-        cache.count_miss()  # as the cache stage counts each miss, coalesced or not
         self.direct_pending += 1
         return True
 
-    def _render_direct(self, reply, entry, asker: Asker, max_udp: int) -> bytes:
-        """The reply for one asker of a direct exchange, counted."""
+    def finish(self, asker: Asker, reply: bytes) -> bytes:
+        """An asker's reply at the callback speed, fitted and counted (its
+        admission slot given back): what to send it."""
         data = asker.data
-        key, qend, flags, limit, edns = asker.scan
-        if entry is not None:
-            out = entry.render(data, qend, flags, edns, self.clock())
-        else:
-            out = render_uncached(reply, data, qend, flags, edns)
-        out = self._fit_and_count(data, out, min(limit, max_udp), qend, edns, asker.zone, "udp", key_qtype(key),
+        key, qend, _, _, edns = asker.scan
+        out = self._fit_and_count(data, reply, asker.limit, qend, edns, asker.zone, "udp", key_qtype(key),
                                   asker.t0, "forward")
         self.direct_pending -= 1
         self.admission.release(asker.client)
         return out
 
-    def _hand_over(self, asker: Asker) -> None:
-        """A direct miss that could not finish goes to the slow path (its
-        admission slot with it; the deadline still counts from its arrival)."""
+    def hand_over(self, asker: Asker) -> None:
+        """An asker the callback speed could not finish goes to the slow path
+        (its admission slot with it; the deadline still counts from its arrival)."""
         self.direct_pending -= 1
         self.start_task(self.answer_and_send(asker.data, "udp", asker.addr, asker.scan, asker.send, asker.t0),
                         asker.client)
@@ -289,25 +281,3 @@ class QueryPath:
             task.cancel()
         return len(pending)
 
-
-def _direct_done(block, key: bytes, reply, askers: list) -> None:
-    """A direct exchange ended: answer its askers (each through its own
-    listener's path), or hand them to the slow path (reply None). A bug
-    here must not lose the queries: the slow path answers what is left."""
-    if reply is None:
-        for asker in askers:
-            asker.path._hand_over(asker)
-        return
-    try:
-        entry = block.cache.insert(key, reply)
-        while askers:
-            asker = askers[0]
-            out = asker.path._render_direct(reply, entry, asker, block.max_udp)
-            askers.pop(0)
-            asker.send(out, asker.addr)
-    except Exception:
-        block.panics += 1  # coredns_panics_total
-        block.throttle.error("direct", "answering a direct miss for %s failed", decode_name(key[:-KEY_TRAILER]),
-                             exc_info=True)
-        for asker in askers:
-            asker.path._hand_over(asker)

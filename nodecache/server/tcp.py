@@ -224,13 +224,9 @@ class TcpConnection(asyncio.Protocol):
         while backlog and not self.write_blocked and self.inflight < limit and self.transport is not None:
             msg = backlog.popleft()
             self.state.queries += 1
-            hit = path.fast_tcp(msg)
-            if hit.__class__ is bytes:
-                self.transport.write(frame(hit))  # may call pause_writing
-                continue
-            refused = path.miss(hit, msg, self.peer, self.send, "tcp")
-            if refused is not None:
-                self.transport.write(frame(refused))
+            reply = path.dispatch(msg, "tcp", self, None)
+            if reply is not None:  # a hit, or a refusal
+                self.transport.write(frame(reply))  # may call pause_writing
                 continue
             self.inflight += 1
         if self.transport is None or self.eof:
@@ -278,6 +274,13 @@ class TcpConnection(asyncio.Protocol):
             self.transport.write(frame(reply))
             if self.write_blocked:
                 return
+
+    # the query path's ``via`` for this connection's queries (no ref needed)
+    def client_of(self, ref):
+        return self.peer
+
+    def sender_of(self, ref):
+        return self.send
 
     def send(self, reply: bytes | None, addr) -> None:
         """The query path's answer to one of this connection's queries

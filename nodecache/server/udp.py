@@ -1,10 +1,11 @@
 """UDP transport: bytes in, bytes out, nothing else (on uvloop's datagram
 transport; the agent uses ``server.udpbatch`` instead where it runs).
 
-Each datagram goes to the query path (``server.querypath``): ``hit``
-answers a cache hit inside ``datagram_received`` (no task, no await),
-``miss`` takes the rest and replies later through ``send``. The query
-path has already fitted every reply to the client's UDP size.
+Each datagram goes to the query path's one ``dispatch``
+(``server.querypath``), which returns a cache hit's reply inside
+``datagram_received`` (no task, no await) and takes the rest, replying
+later through ``send``. The query path has already fitted every reply to
+the client's UDP size.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ log = logging.getLogger("nodecache.udp")
 class UdpServer(asyncio.DatagramProtocol):
     def __init__(self, path: QueryPath):
         self.path = path
-        self.fast, self.miss = path.fast, path.miss
+        self.dispatch = path.dispatch
         self.transport: asyncio.DatagramTransport | None = None
         self.spare: socket.socket | None = None  # sends replies after stop_reading
         self.unsent = 0
@@ -37,12 +38,17 @@ class UdpServer(asyncio.DatagramProtocol):
         self.datagram_received(data, addr)
 
     def datagram_received(self, data: bytes, addr):
-        reply = self.fast(data)
-        if reply.__class__ is not bytes:
-            reply = self.miss(reply, data, addr, self.send)
-            if reply is None:
-                return
-        self.transport.sendto(reply, addr)
+        reply = self.dispatch(data, "udp", self, addr)
+        if reply is not None:
+            self.transport.sendto(reply, addr)
+
+    # the query path's ``via``: the client is the address, replies go through ``send``
+    @staticmethod
+    def client_of(addr):
+        return addr
+
+    def sender_of(self, addr):
+        return self.send
 
     def stop_reading(self) -> None:
         """Stop taking datagrams (they stay queued in the kernel for whoever

@@ -1,7 +1,7 @@
 """UDP transport in batches: recvmmsg(2) in, sendmmsg(2) out.
 
-Same job as ``server.udp.UdpServer`` (bytes in, the query path's ``fast``
-and ``miss``, bytes out), with fewer system calls and less work per
+Same job as ``server.udp.UdpServer`` (bytes in, the query path's
+``dispatch``, bytes out), with fewer system calls and less work per
 datagram. uvloop's datagram transport reads one datagram per recvmsg and
 keeps reading until one fails with EAGAIN, then makes a Python (host,
 port) tuple for each sender and parses it back for each reply; it has no
@@ -19,9 +19,10 @@ looks at the rate every PACE datagrams; the thresholds are measured,
 bench/RESULTS.md).
 
 The system calls and their buffers are ``server.mmsg``. A query that is
-not a cache hit leaves the batch: the query path's ``miss`` gets the
-sender as a tuple, made only then, and a later reply is sent on its own
-with ``sendto`` (``send``).
+not a cache hit leaves the batch: the query path asks this transport (its
+``via``, the datagram's index its ref) for the sender as a tuple, made
+only then, and a later reply is sent on its own with ``sendto``
+(``send``).
 
 ``mmsg.available()`` says whether this runs here (Linux, libc with both
 calls, the 64-bit struct layout); otherwise, or with ``-udp-batch=false``,
@@ -55,7 +56,7 @@ import time
 from ..forward.cork import Cork
 from ..observe.ratelog import Throttle
 from .mmsg import BATCH, CALLS, I_LEN, I_NAMELEN, I_PER, MM, MSG_DONTWAIT, NAME, Q_NAME, Q_PER, SLOT, Vectors, sender
-from .querypath import QueryPath
+from .querypath import Fixed, QueryPath
 
 log = logging.getLogger("nodecache.udp")
 
@@ -74,7 +75,8 @@ class BatchUdpServer:
         """``cork``: the agent's (forward.cork), whose window is -udp-coalesce's
         (checked where the flag is read); without one, no polls."""
         self.path = path
-        self.fast, self.miss = path.fast, path.miss
+        self.dispatch = path.dispatch
+        self.one = Fixed(self.send)  # the ``via`` of a datagram read on its own: its ref is the address
         self.sock = sock
         self.fd = sock.fileno()
         self.recvmmsg, self.sendmmsg = CALLS
@@ -261,21 +263,23 @@ class BatchUdpServer:
             self._pace()
         self.answer(self.inbox[:size].tobytes(), addr)
 
-    def answer(self, query: bytes, addr, send=None) -> None:
-        """One datagram's answer, sent on its own with ``send`` (default
-        ``self.send``; also for a datagram read elsewhere: ``server.sharing``
-        reading our queue)."""
-        send = send or self.send
+    def answer(self, query: bytes, addr) -> None:
+        """One datagram's answer, sent on its own (also for a datagram read
+        elsewhere: ``server.sharing`` reading our queue)."""
         try:
-            reply = self.fast(query)
-            if reply.__class__ is not bytes:
-                reply = self.miss(reply, query, addr, send)
-                if reply is None:
-                    return
+            reply = self.dispatch(query, "udp", self.one, addr)
         except Exception as exc:  # a bug costs this datagram only
             self.throttle.error("query", "udp query failed", exc_info=exc)
             return
-        send(reply, addr)
+        if reply is not None:
+            self.send(reply, addr)
+
+    # the query path's ``via`` for datagram ``k`` of the batch being answered
+    def client_of(self, k: int):
+        return sender(self.name_view[k * NAME:k * NAME + self.namelen].tobytes())
+
+    def sender_of(self, k: int):
+        return self.send
 
     # -- the hot path in batches (high rates) --------------------------------
     def readable(self) -> int:
@@ -302,7 +306,7 @@ class BatchUdpServer:
             self._pace()
         ri, data = self.rx.i, self.rx.data
         out, tq, tiov, name_at = self.tx.data, self.tx.q, self.tx.iov, self.name_at
-        fast = self.fast
+        dispatch = self.dispatch
         ready = 0
         for k in range(n):
             # Every datagram's work, reply slot and destination included, is
@@ -312,12 +316,9 @@ class BatchUdpServer:
             try:
                 at = k * SLOT
                 query = data[at:at + ri[k * I_PER + I_LEN]].tobytes()
-                reply = fast(query)
-                if reply.__class__ is not bytes:
-                    addr = sender(self.name_view[k * NAME:k * NAME + self.namelen].tobytes())
-                    reply = self.miss(reply, query, addr, self.sender_for(k) if wild else self.send)
-                    if reply is None:  # the slow path answers it, later, on its own
-                        continue
+                reply = dispatch(query, "udp", self, k)
+                if reply is None:  # answered later, on its own
+                    continue
                 to = ready * SLOT
                 out[to:to + len(reply)] = reply
                 tiov[2 * ready + 1] = len(reply)

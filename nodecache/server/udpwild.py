@@ -20,8 +20,9 @@ gets that transport too, with its control-message side switched on
 (``WildcardBatchServer``): every receive slot has a buffer for the
 destination the kernel reports, each reply queued for ``sendmmsg`` carries
 it back as its source, a datagram read on its own comes with
-``recvmsg``, and a miss's later reply is sent with ``sendmsg`` from the
-source its ``send`` was given. ``WildcardUdpServer`` is the same, one
+``recvmsg``, and a miss's later reply is sent with ``sendmsg`` from its
+query's destination: a ``Source``, which is also the query path's ``via``
+for a datagram read on its own. ``WildcardUdpServer`` is the same, one
 datagram per wakeup, where ``recvmmsg`` is not available.
 """
 from __future__ import annotations
@@ -31,7 +32,6 @@ import ctypes
 import logging
 import socket
 import sys
-from functools import partial
 
 from ..observe.ratelog import Throttle
 from .mmsg import BATCH, Q_CONTROL, Q_CONTROLLEN, Q_PER, SLOT
@@ -82,10 +82,30 @@ def send_from(server, source: list, reply: bytes | None, addr) -> None:
         server.unsent += 1
 
 
+class Source:
+    """Replies from one destination of the socket (``ancillary``: sendmsg's
+    list, ``source_for``), and the query path's ``via`` for a datagram sent
+    there (its ref: the client's address)."""
+    __slots__ = ("server", "ancillary")
+
+    def __init__(self, server, ancillary: list):
+        self.server, self.ancillary = server, ancillary
+
+    @staticmethod
+    def client_of(addr):
+        return addr
+
+    def sender_of(self, addr):
+        return self.send
+
+    def send(self, reply: bytes | None, addr) -> None:
+        send_from(self.server, self.ancillary, reply, addr)
+
+
 class WildcardUdpServer:
     def __init__(self, path, sock: socket.socket):
         self.path = path
-        self.fast, self.miss = path.fast, path.miss
+        self.dispatch = path.dispatch
         self.sock = sock
         self.fd = sock.fileno()
         ask_destinations(sock)  # idempotent: an adopted socket has it already
@@ -95,7 +115,7 @@ class WildcardUdpServer:
         self.reading = False
         self.unsent = 0
         self.throttle = Throttle(log)  # a failed query's traceback (observe.ratelog)
-        self.sources = Sources()
+        self.sources = Sources(self)
 
     def events(self) -> dict[str, int]:
         return {"udp_reply_unsent": self.unsent}
@@ -131,44 +151,40 @@ class WildcardUdpServer:
             return
         answer_from(self, self.view[:size].tobytes(), addr, self.sources.of(ancillary))
 
-    send_from = send_from
-
     def send(self, reply: bytes | None, addr) -> None:
         """A reply with no known destination: routing picks its source."""
-        self.send_from([], reply, addr)
+        send_from(self, [], reply, addr)
 
 
 class Sources:
-    """sendmsg's ancillary list for each pktinfo the kernel reports, made
-    once per destination (address, and the interface the query came in
-    on): ``MEMO_LIMIT`` at most, then forgotten at once."""
+    """A ``Source`` for each pktinfo the kernel reports, made once per
+    destination (address, and the interface the query came in on):
+    ``MEMO_LIMIT`` at most, then forgotten at once."""
 
-    def __init__(self):
-        self.memo: dict[bytes, list] = {}
+    def __init__(self, server):
+        self.server = server
+        self.memo: dict[bytes, Source] = {}
 
-    def of(self, ancillary: list) -> list:
+    def of(self, ancillary: list) -> Source:
         key = ancillary[0][2] if ancillary else b""
         source = self.memo.get(key)
         if source is None:
             if len(self.memo) >= MEMO_LIMIT:
                 self.memo.clear()
-            source = self.memo[key] = source_for(ancillary)
+            source = self.memo[key] = Source(self.server, source_for(ancillary))
         return source
 
 
-def answer_from(server, query: bytes, addr, source: list) -> None:
+def answer_from(server, query: bytes, addr, source: Source) -> None:
     """One datagram's answer, sent from ``source`` (``server``: either
-    wildcard transport: its ``hit``, ``miss``, ``send_from``, ``throttle``)."""
+    wildcard transport: its ``dispatch`` and ``throttle``)."""
     try:
-        reply = server.fast(query)
-        if reply.__class__ is not bytes:
-            reply = server.miss(reply, query, addr, partial(server.send_from, source))
-            if reply is None:
-                return
+        reply = server.dispatch(query, "udp", source, addr)
     except Exception as exc:  # a bug costs this datagram only
         server.throttle.error("query", "udp query failed", exc_info=exc)
         return
-    server.send_from(source, reply, addr)
+    if reply is not None:
+        source.send(reply, addr)
 
 
 def _ancillary(raw) -> list:
@@ -216,7 +232,7 @@ class WildcardBatchServer(BatchUdpServer):
         self.ready_controls()
         # made once per destination (address, and the interface the query came in on): MEMO_LIMIT at most
         self.controls: dict[bytes, bytes] = {}   # received control message -> the reply's
-        self.sources = Sources()
+        self.sources = Sources(self)
         self.inboxes = [self.inbox]
         self.recvmsg_into = sock.recvmsg_into
 
@@ -244,10 +260,10 @@ class WildcardBatchServer(BatchUdpServer):
         self.tx_view[at:at + len(reply_control)] = reply_control
         self.tx.q[slot * Q_PER + Q_CONTROLLEN] = len(reply_control)
 
-    def sender_for(self, k: int):
-        """``send`` for a miss of datagram ``k``: from its destination."""
+    def sender_of(self, k: int):
+        """``send`` for a miss of datagram ``k`` of a batch: from its destination."""
         raw = self.rx_view[k * CTL:k * CTL + min(self.rx.q[k * Q_PER + Q_CONTROLLEN], CTL)]
-        return partial(self.send_from, source_for(_ancillary(raw)))
+        return Source(self, source_for(_ancillary(raw))).send
 
     def readable_one(self) -> None:
         try:
@@ -258,8 +274,6 @@ class WildcardBatchServer(BatchUdpServer):
         if self.datagrams - self.paced >= PACE:
             self._pace()
         answer_from(self, self.inbox[:size].tobytes(), addr, self.sources.of(ancillary))
-
-    send_from = send_from
 
     def _queued_source(self, k: int) -> list:
         """Queued reply k's control message (``reply_from``), as sendmsg takes it."""
@@ -275,7 +289,7 @@ class WildcardBatchServer(BatchUdpServer):
 
     def _send_each(self, first: int, count: int) -> None:
         for k in range(first, count):
-            self.send_from(self._queued_source(k), *self._queued(k))
+            send_from(self, self._queued_source(k), *self._queued(k))
 
     def close(self) -> None:
         super().close()

@@ -26,7 +26,8 @@ def _traffic(seed: int = 3) -> list[list[bytes]]:
 async def _run(traffic, direct: bool):
     async with node(CLUSTER, clock=FakeClock(), delay=0.002) as n:
         for block in n.agent.blocks:
-            block.direct = direct and block.direct
+            if not direct:
+                block.take = None
         replies = []
         for burst in traffic:
             replies += await asyncio.gather(*(n.udp(q) for q in burst))
@@ -157,7 +158,7 @@ async def test_direct_misses_forward_and_cache_only_what_the_slow_path_would():
     from nodecache.dns.wire import scan
     async with node(CLUSTER) as n:
         await n.udp(build(NAMES[0], QTYPE.A))  # an open upstream channel: misses can go direct
-        assert n.agent.blocks[-1].direct or any(b.direct for b in n.agent.blocks)
+        assert any(b.take is not None for b in n.agent.blocks)
         before = len(n.up.seen)
         for what, query in _questions_the_slow_path_refuses().items():
             assert scan(query) is not None, what  # the hot path's reader takes it: the direct path sees it

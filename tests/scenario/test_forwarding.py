@@ -22,7 +22,7 @@ async def test_miss_goes_upstream_once_over_tcp_then_hits():
         third = DNSRecord.parse(await n.tcp(build(SVC, QTYPE.A)))
         assert len(n.up.seen) == 1  # hits: no upstream query
         assert first.rr[0].rdata == second.rr[0].rdata == third.rr[0].rdata
-        n.agent.fold_counters()  # two UDP hits, the second from the memo (server.memo)
+        n.agent.fold_counters()  # two UDP hits, the second from the memo (plugins.cache.memo)
         assert n.agent.blocks[0].cache.hits[0] == 2
 
 

@@ -1,4 +1,4 @@
-"""Memoised UDP replies (server.memo): the same answers and the same counters
+"""Memoised UDP replies (plugins.cache.memo): the same answers and the same counters
 as the full hit path, and never past a TTL change, a reload or a loop."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 from dnslib import QTYPE, DNSRecord
 
-from nodecache.server import memo as memo_mod
+from nodecache.plugins.cache import memo as memo_mod
 from nodecache.emulated.client import build
 from nodecache_lab.fakes import FakeClock
 from nodecache_lab.harness import CLUSTER, node
@@ -85,8 +85,9 @@ async def test_a_memo_renews_at_the_tick_without_the_full_hit_path():
         await n.udp(q)  # memoised
         path = n.agent.listeners[0].path
         calls = []
-        full = path.from_cache
-        path.from_cache = lambda *a: calls.append(1) or full(*a)
+        block = n.agent.blocks[0]
+        full = block.front
+        block.front = lambda *a: calls.append(1) or full(*a)
         for age in range(1, 4):
             clock.advance(1.0)
             reply = DNSRecord.parse(await n.udp(q))

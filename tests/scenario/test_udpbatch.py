@@ -140,7 +140,7 @@ def test_sender_tuples_are_what_recvfrom_gives():
 
 def test_a_reply_the_kernel_refuses_costs_only_itself():
     class Path:
-        fast = miss = None
+        dispatch = None
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     server = udpbatch.BatchUdpServer(Path(), s)
     calls = []
@@ -163,15 +163,15 @@ def test_a_reply_the_kernel_refuses_costs_only_itself():
 async def test_one_failing_datagram_leaves_the_rest_answered(monkeypatch, batches, caplog):
     async with node(CLUSTER) as n:
         n.agent.listeners[0].udp.use_batches(batches)
-        path = n.agent.listeners[0].path
-        full = path.from_cache
+        udp = n.agent.listeners[0].udp
+        full = udp.dispatch
         poison = build("svc-3.default.svc.cluster.local", 1, qid=666)
 
-        def failing(data, proto):
+        def failing(data, proto, via, ref):
             if data == poison:
                 raise RuntimeError("a bug")
-            return full(data, proto)
-        monkeypatch.setattr(path, "from_cache", failing)
+            return full(data, proto, via, ref)
+        monkeypatch.setattr(udp, "dispatch", failing)
         queries = [build(NAMES[i], 1, qid=i) for i in range(10)]
         with caplog.at_level(logging.ERROR, logger="nodecache.udp"):
             got = await _exchange(n.port, queries[:5] + [poison] * 3 + queries[5:], 10)
@@ -257,13 +257,13 @@ async def test_an_exception_in_a_batch_never_misaddresses_the_next_batch():
         hit = build(NAMES[1], 1, qid=11)
         await n.udp(hit)  # cached; ...and memoised
         await n.udp(hit)
-        real, poison = server.fast, build(NAMES[2], 1, qid=66)
+        real, poison = server.dispatch, build(NAMES[2], 1, qid=66)
 
-        def hit(data):  # the query path's hit (memo lookup first) raising for one datagram
+        def dispatch(data, proto, via, ref):  # the query path (memo lookup first) raising for one datagram
             if data == poison:
                 raise RuntimeError("injected fault")
-            return real(data)
-        server.fast = hit
+            return real(data, proto, via, ref)
+        server.dispatch = dispatch
         caught = []
         server.throttle.error = lambda reason, msg, *args, exc_info=None: caught.append(exc_info)
         addr = ("127.0.0.1", n.port)

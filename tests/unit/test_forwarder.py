@@ -96,7 +96,7 @@ async def test_identical_misses_share_one_upstream_query():
 async def test_a_slow_path_query_follows_a_direct_exchange_in_the_one_table():
     fwd, pool = _forwarder()
     done = []
-    assert direct.start(fwd, KEY, "asker", lambda reply, askers: done.append((reply, askers)))
+    assert direct.start(fwd, KEY, "asker", lambda key, reply, askers: done.append((reply, askers)))
     assert direct.start(fwd, KEY, "second", lambda *a: None)  # joins it
     follower = asyncio.ensure_future(fwd.resolve(KEY))
     await _settle()
@@ -110,7 +110,7 @@ async def test_a_slow_path_query_follows_a_direct_exchange_in_the_one_table():
 async def test_a_follower_resolves_again_when_the_direct_exchange_falls_back():
     fwd, pool = _forwarder()
     fallen = []
-    assert direct.start(fwd, KEY, "asker", lambda reply, askers: fallen.append((reply, askers)))
+    assert direct.start(fwd, KEY, "asker", lambda key, reply, askers: fallen.append((reply, askers)))
     follower = asyncio.ensure_future(fwd.resolve(KEY))
     await _settle()
     pool.current.die()  # the channel dies under the direct exchange
@@ -155,7 +155,7 @@ async def test_the_in_flight_cap_counts_direct_exchanges_too():
 async def test_an_unanswered_direct_exchange_leaves_its_id_quarantined():
     fwd, pool = _forwarder(attempt_timeout=0.01)
     fallen = []
-    assert direct.start(fwd, KEY, "asker", lambda reply, askers: fallen.append(reply))
+    assert direct.start(fwd, KEY, "asker", lambda key, reply, askers: fallen.append(reply))
     await asyncio.sleep(0.05)
     assert fallen == [None] and pool.current.quarantined == [1] and not fwd.inflight
 
@@ -163,7 +163,7 @@ async def test_an_unanswered_direct_exchange_leaves_its_id_quarantined():
 async def test_a_reply_to_another_question_hands_the_askers_over():
     fwd, pool = _forwarder()
     fallen = []
-    assert direct.start(fwd, KEY, "asker", lambda reply, askers: fallen.append((reply, askers)))
+    assert direct.start(fwd, KEY, "asker", lambda key, reply, askers: fallen.append((reply, askers)))
     # a reply that answers another question (a channel that matched IDs
     # only): the forwarder's validation refuses it, the slow path takes over
     pool.current.answer(1, make_query(0, question_bytes("elsewhere.example.", QTYPE.A)))

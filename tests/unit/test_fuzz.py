@@ -55,12 +55,13 @@ def test_the_query_target_catches_a_fast_path_that_answers_otherwise_than_the_sl
     fails the target on a seed the filled cache answers."""
     fuzz.query(b"")  # builds the target's query path
     path = fuzz._PATH
-    real = path.from_cache
+    block = path.router.blocks[0]
+    real = block.front
 
-    def off_by_a_bit(data, proto):
-        out = real(data, proto)
-        return out[:3] + bytes([out[3] | 0x20]) + out[4:] if out.__class__ is bytes else out
-    monkeypatch.setattr(path, "from_cache", off_by_a_bit)
+    def off_by_a_bit(data, scanned, now):
+        out = real(data, scanned, now)
+        return out[:3] + bytes([out[3] | 0x20]) + out[4:] if out is not None else out
+    monkeypatch.setattr(block, "front", off_by_a_bit)
     monkeypatch.setattr(path.memo, "admit", lambda: False)  # every hit through the patched path
     path.memo.clear()  # (a reply memoised by an earlier test would answer before the hit path)
     with pytest.raises(AssertionError):

@@ -1,4 +1,4 @@
-"""server.memo on its own: a memo's renewal at the TTL tick and its limits,
+"""plugins.cache.memo on its own: a memo's renewal at the TTL tick and its limits,
 the table's bound, and folding (deferred counts land where a normal hit's
 would). An injected clock, no sockets."""
 import tracemalloc
@@ -9,7 +9,7 @@ from nodecache.cache.options import CacheConfig
 from nodecache.cache.store import ByteBudget, Cache
 from nodecache.dns.reply import analyse
 from nodecache.dns.wire import make_query, question_bytes, scan
-from nodecache.server.memo import Memo, MemoTable
+from nodecache.plugins.cache.memo import Memo, MemoTable
 from nodecache_lab.fakes import FakeClock, a_record, reply_to, soa
 
 
@@ -221,7 +221,7 @@ def _table(capacity: int = 100) -> MemoTable:
 def test_a_churning_table_makes_one_memo_in_sample(monkeypatch):
     """Memos evicted unused, CHURN in a row (a working set larger than the
     table): only one chance in SAMPLE makes a memo; a used memo evicted ends it."""
-    from nodecache.server import memo as memo_mod
+    from nodecache.plugins.cache import memo as memo_mod
     monkeypatch.setattr(memo_mod, "CHURN", 3)
     clock = FakeClock()
     table = _table(2)

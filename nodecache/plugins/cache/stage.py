@@ -1,9 +1,13 @@
 """The ``cache`` stage: serve from ``cache.store.Cache``, fill it from the
 next stage, refresh in the background.
 
-Fresh hits normally never reach this stage (the block answers them on the
-hot path); it sees misses, expired entries and, when ``log`` is on, all
-queries. Expired entries within ``serve_stale`` are answered stale at once
+Its three speeds (``plugins.chain``): ``front`` answers a fresh hit from
+the receive callback (one lookup, one render) and ``memo_for`` makes the
+memo of that reply (``memo``); ``take`` lets the next stages take a
+plain miss at the callback speed (``forward.direct``), then stores the
+reply and answers each asker (``_taken``); ``handle`` is the rest, where
+fresh hits arrive only when a stage before this one must see every query
+(``log``): misses, expired entries. Expired entries within ``serve_stale`` are answered stale at once
 and refreshed behind the client's back (``immediate``), or refreshed first
 and answered stale only if the upstream fails (``verify``), per RFC 8767.
 Prefetch and stale refreshes go through the rest of the chain with an
@@ -15,14 +19,17 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ...cache.entry import Entry
+from ...cache.entry import Entry, render_uncached
 from ...cache.store import FRESH, STALE, ByteBudget, Cache
 from ...cache.options import CacheConfig
-from ...dns.key import cd, edns, name as key_name, question
-from ...dns.wire import CD, RD, SERVFAIL, encode_name, make_query, parse_query
+from ...dns.key import TRAILER, cd, edns, name as key_name, question
+from ...dns.wire import CD, RD, SERVFAIL, decode_name, encode_name, make_query, parse_query
+from ...observe.ratelog import Throttle
 from ..chain import Answer, Request, Shortcuts, Stage, in_zone
+from .memo import MEMO_BYTES, Memo
 
 log = logging.getLogger("nodecache.cache")
+_throttle = Throttle(log)  # a failure answering a client's direct miss: at most a line a minute
 
 
 class CacheStage(Stage):
@@ -38,11 +45,64 @@ class CacheStage(Stage):
         self.refresh_failures = 0
 
     def shortcuts(self) -> Shortcuts:
-        # The hit path is this stage's own (Cache.fresh). The memo skips its
-        # per-hit work, which only prefetch needs (it times each hit). A
-        # direct miss caches as this stage would, if the cache takes every
+        # The fast front is this stage's own. The memo skips its per-hit
+        # work, which only prefetch needs (it times each hit). A direct miss
+        # is taken (and cached as ``handle`` would) if the cache takes every
         # name of the block (a cache limited to some zones decides per name).
         return Shortcuts(hit=True, memo=self.cfg.prefetch is None, direct=not self.cfg.zones)
+
+    # -- the fast speed -------------------------------------------------------
+    def front(self, data: bytes, scanned: tuple, now: float) -> bytes | None:
+        """A fresh hit's reply (an entry holds only names this cache covers)."""
+        entry = self.cache.fresh(scanned[0], now)
+        if entry is None:
+            return self.next_front(data, scanned, now)
+        return entry.render(data, scanned[1], scanned[2], scanned[4], now)
+
+    def memo_for(self, data: bytes, reply: bytes, key: bytes, qend: int, truncated: bool) -> Memo | None:
+        entry = self.cache.peek(key)  # the entry ``front`` just rendered
+        if entry is None or len(reply) > MEMO_BYTES or len(entry.tail) > MEMO_BYTES:
+            return None
+        until = entry.next_tick if entry.next_tick < entry.expires else entry.expires
+        return Memo(until, reply[2:], entry, self.cache, None, len(data), len(reply), 0.0, truncated, qend)
+
+    # -- the callback speed ---------------------------------------------------
+    def take(self, key: bytes, asker, on_done) -> bool:
+        cache = self.cache
+        if cache.peek(key) is not None:
+            return False  # stale entries: ``handle`` decides (serve stale, refresh)
+        if not self.next_take(key, asker, self._taken):
+            return False
+        cache.count_miss()  # as ``handle`` counts each miss, coalesced or not
+        return True
+
+    def _taken(self, key: bytes, reply, askers: list) -> None:
+        """A taken miss's exchange ended: store the reply and answer each
+        asker through its own listener's path, or hand them to the slow path
+        (reply None). A bug here must not lose the queries: the slow path
+        answers what is left."""
+        if reply is None:
+            for asker in askers:
+                asker.path.hand_over(asker)
+            return
+        try:
+            entry = self.cache.insert(key, reply)
+            while askers:
+                asker = askers[0]
+                data, (_, qend, flags, _, edns) = asker.data, asker.scan
+                if entry is not None:
+                    out = entry.render(data, qend, flags, edns, self.cache.clock())
+                else:
+                    out = render_uncached(reply, data, qend, flags, edns)
+                out = asker.path.finish(asker, out)  # fitted and counted: it is answered
+                askers.pop(0)
+                asker.send(out, asker.addr)
+        except Exception:
+            self.panics += 1  # coredns_panics_total
+            _throttle.error("direct", "answering a direct miss for %s failed", decode_name(key[:-TRAILER]),
+                            exc_info=True)
+            for asker in askers:
+                asker.path.hand_over(asker)
 
     def covers(self, lname: bytes) -> bool:
         if self.everything:

@@ -2,12 +2,17 @@
 the forwarder; other names go on down the chain (to REFUSED).
 A forwarder failure propagates as ``ForwardFailure`` so that ``errors``
 can log it; the block turns it into SERVFAIL.
+
+At the callback speed (``take``) a miss is sent upstream from the receive
+callback on a ready channel, or joins the exchange in flight for its key
+(``forward.direct``); ``on_done`` (the cache stage's) answers it.
 """
 from __future__ import annotations
 
 from ...forward.options import ForwardConfig
 from ...dns.key import name as key_name
 from ...dns.wire import REFUSED, encode_name
+from ...forward import direct
 from ...forward.forwarder import Forwarder, Overloaded
 from ..chain import Answer, Request, Shortcuts, Stage, in_zone
 
@@ -26,6 +31,11 @@ class ForwardStage(Stage):
         # stage's job only when the stage takes every name (FROM the root,
         # no except).
         return Shortcuts(direct=self.from_zone == b"\x00" and not self.except_zones)
+
+    def take(self, key: bytes, asker, on_done) -> bool:
+        if on_done is None:
+            return False  # nobody would store and render the reply: the slow path does
+        return direct.start(self.forwarder, key, asker, on_done)
 
     async def handle(self, request: Request) -> Answer:
         key = request.query.key

@@ -7,9 +7,9 @@ loop would not bring it back). At the threshold the block is down
 (``Stage.down``): it answers SERVFAIL for its zones, cached answers
 included, and says why in /ready, until the configuration changes.
 
-A direct miss (``forward.direct``) skips the chain, so it must not take the
-probe (its echo would never be counted) nor any query once the block is
-down: ``refuses_direct``.
+A direct miss (``take``, the callback speed) skips ``handle``, so it must
+not take the probe (its echo would never be counted) nor any query once
+the block is down: those take the slow path.
 """
 from __future__ import annotations
 
@@ -30,12 +30,13 @@ class LoopStage(Stage):
         self.detector = LoopDetector(zone)
 
     def shortcuts(self) -> Shortcuts:
-        # after the cache: hits never reach it; a direct miss may skip it except
-        # for the probe and once down (refuses_direct)
+        # after the cache: hits never reach it; a direct miss passes ``take``
         return Shortcuts(hit=True, memo=True, direct=True)
 
-    def refuses_direct(self, key: bytes) -> bool:
-        return self.down or self.detector.is_probe(key)
+    def take(self, key: bytes, asker, on_done) -> bool:
+        if self.down or self.detector.is_probe(key):
+            return False
+        return self.next_take(key, asker, on_done)
 
     async def handle(self, request: Request) -> Answer:
         detector = self.detector

@@ -13,7 +13,7 @@ from nodecache.config.parse import parse_config
 from nodecache.plugins import registry
 from nodecache.plugins.chain import Shortcuts, Stage
 from nodecache.plugins.grammar import Ctx, no_args, no_body
-from nodecache.server.block import Block, _no_entry
+from nodecache.server.block import Block
 from nodecache.emulated.client import build
 from nodecache_lab.harness import CLUSTER, node
 
@@ -89,13 +89,14 @@ FORWARDING = ".:53 {{\n    errors\n    {extra}\n    cache 30\n    forward . 127.
 
 def test_a_stage_that_declares_nothing_turns_every_shortcut_off(opaque):
     plain = _block(FORWARDING.format(extra=""))
-    assert plain.fresh is not _no_entry and plain.memoizable and plain.direct  # the control
+    assert plain.front is not None and plain.memoizable and plain.take is not None  # the control
+    assert plain.front.__self__ is plain.cache_stage is plain.memo_stage
     block = _block(FORWARDING.format(extra="opaque"))
     assert [st.name for st in block.stages] == ["errors", "opaque", "cache", "forward"]
-    assert block.fresh is _no_entry and not block.memoizable and not block.direct
+    assert block.front is None and not block.memoizable and block.take is None
     opaque.declared = Shortcuts(hit=True, memo=True, direct=True)
     block = _block(FORWARDING.format(extra="opaque"))
-    assert block.fresh is not _no_entry and block.memoizable and block.direct
+    assert block.front is not None and block.memoizable and block.take is not None
 
 
 @pytest.mark.parametrize("batched", [False, True])
@@ -216,3 +217,57 @@ def test_check_reports_each_directives_support():
     assert "ignored (warning)" in rows["pprof"] and "py-spy" in rows["pprof"]
     assert rows["whoami"].split()[1] == "supported" and "differs" in rows["forward"]
     assert all(name in rows for name in ("pprof", "whoami", "cache", "forward"))
+
+
+class Answering(Stage):
+    """A front of its own before the cache: answers one name at the fast
+    speed, passes every other one on (as a schema check would)."""
+    name = "answering"
+    KEY = b""
+
+    def shortcuts(self) -> Shortcuts:
+        return Shortcuts(hit=True, memo=True, direct=True)
+
+    def front(self, data, scanned, now):
+        if scanned[0] == self.KEY:
+            return b"canned"
+        return self.next_front(data, scanned, now)
+
+    async def handle(self, request):
+        return await self.next(request)
+
+
+def _register(monkeypatch, name, make, before="cache"):
+    plugin = registry.Plugin(name, _setup, lambda cfg, b: make())
+    order = list(registry.ORDER)
+    order.insert(order.index(before), name)
+    monkeypatch.setattr(registry, "ORDER", tuple(order))
+    monkeypatch.setattr(registry, "PLUGINS", {**registry.PLUGINS, name: plugin})
+
+
+def test_fronts_chain_in_stage_order_up_to_a_stage_that_must_see_every_query(monkeypatch):
+    """A stage's front answers what it owns and passes the rest to the
+    cache's front; a stage between them that declares nothing ends the fast
+    front there (control: a cached name then takes the slow path)."""
+    from nodecache.dns.wire import scan
+    from nodecache.dns.reply import analyse
+    from nodecache.emulated.upstream import ClusterDNS
+    _register(monkeypatch, "answering", Answering, before="errors")
+    owned, cached, unknown = (build(n, 1) for n in ("owned.example.", "svc-1.default.svc.cluster.local",
+                                                   "nothing.example."))
+    Answering.KEY = scan(owned)[0]
+
+    def fronts(block):
+        block.cache.insert(scan(cached)[0], analyse(ClusterDNS().answer(cached)))
+        return [block.front(q, scan(q), block.cache.clock()) if block.front else None
+                for q in (owned, cached, unknown)]
+
+    block = _block(FORWARDING.format(extra="answering"))
+    assert [st.name for st in block.stages] == ["answering", "errors", "cache", "forward"]
+    got = fronts(block)
+    assert got[0] == b"canned" and got[1] is not None and got[1][:2] == cached[:2] and got[2] is None
+    assert block.memo_stage is block.cache_stage and block.memoizable
+    _register(monkeypatch, "opaque", Opaque)
+    block = _block(FORWARDING.format(extra="answering\n    opaque"))
+    assert [st.name for st in block.stages] == ["answering", "errors", "opaque", "cache", "forward"]
+    assert fronts(block) == [b"canned", None, None]  # the cache's front is never reached

@@ -6,7 +6,7 @@ once the cache has answered a query, the reply to every later query with
 the same bytes after the ID is the same reply with that ID in front, until
 one of its TTLs would change (``Entry.next_tick``, at most a second away)
 or the entry expires. ``MemoTable`` maps those bytes (``data[2:]``) to the
-reply's bytes after the ID, and the UDP transport answers from it with one
+reply's bytes after the ID, and the query path answers a UDP query from it with one
 dict lookup, one clock read, one join and one integer increment: no scan,
 no routing, no rendering, no counter series lookup.
 
@@ -62,7 +62,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from ..cache.entry import ttls_aged
+from ...cache.entry import ttls_aged
 
 MEMO_BYTES = 512   # replies (and entries' records) larger than this are not memoised
 # What a memo costs beyond its byte strings' contents: the Memo object, two
@@ -118,11 +118,11 @@ class Memo:
 
 class MemoTable:
     """One listener's memos, by the query's bytes after its ID. ``get`` is
-    the transport's lookup; the rest runs on misses, folds and reloads."""
+    the query path's lookup; the rest runs on misses, folds and reloads."""
 
     def __init__(self):
         self.table: OrderedDict[bytes, Memo] = OrderedDict()  # oldest first: eviction order
-        self.get = self.table.get   # the transport's lookup (the table is never replaced)
+        self.get = self.table.get   # the query path's lookup (the table is never replaced)
         self.capacity = 0           # memos at most (``bind``); 0: nothing is memoised
         self.budget = None          # the caches' ByteBudget, which counts ``bytes``
         self.bytes = 0
