@@ -64,7 +64,7 @@ SECTIONS = [
    of this process per hit: the UDP transport's one-datagram handler with the
    kernel left out (`readable_one`, fed from a list; a memoised reply after
    the first pass, see docs/architecture.md) and the full hit path it
-   avoids (`QueryPath.cache_hit`: scan in place, route by zone, cache lookup,
+   avoids (`QueryPath.dispatch` over TCP: scan in place, route by zone, cache lookup,
    render, count). A warm loop: real rates cost 2-4x more per hit (next
    sections).
 2. *Real UDP socket*: each server runs as its own process on 127.0.0.1; a
@@ -182,17 +182,19 @@ compare figures within a table (one run, side by side), not across tables or run
         proc = subprocess.run([PY, *cmd], cwd=root, capture_output=True, text=True, timeout=3600)
         output = proc.stdout.strip() or proc.stderr.strip()
         parts.append(f"## {title}\n\nCommand: `.venv/bin/python {' '.join(cmd)}`\n\n{method}\n\n```\n{output}\n```\n")
-    (BENCH / "RESULTS.md").write_text("\n".join(parts) + "\n" + (BENCH / "READING.md").read_text())
+    (BENCH / "RESULTS.md").write_text("\n".join(parts) + "\n" + POINTER)
     return 0
+
+
+POINTER = "How to read these figures, why they come out so, and what was tried: bench/READING.md.\n"
 
 
 def _current_sections() -> dict[str, str]:
     """The sections of the current RESULTS.md, by title (each up to the next
-    section or the appended READING.md)."""
+    section or the pointer to READING.md)."""
     text = (BENCH / "RESULTS.md").read_text()
-    reading = (BENCH / "READING.md").read_text()
-    if reading and reading in text:
-        text = text[:text.index(reading)]
+    if POINTER in text:
+        text = text[:text.index(POINTER)]
     out = {}
     for block in text.split("\n## ")[1:]:
         title = block.split("\n", 1)[0]

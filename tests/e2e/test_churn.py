@@ -3,7 +3,7 @@ kube-proxy's DNAT are rolled one at a time, one is SIGKILLed while still an
 endpoint, and both are gone for a second, while a pod sends only cache
 misses at 300/s. The agent must turn none of it into a failed lookup.
 Negative control: the same run with re-sends and retries off
-(-forward-retry=false, wave 1's behaviour) fails lookups."""
+(-forward-retry=false) fails lookups."""
 import json
 import time
 

@@ -4,7 +4,7 @@ iptables mode). The agent is SIGKILLed (a crash, an OOM kill) while a pod
 resolves with glibc, and restarted 2 s later as kubelet would. Fail-open
 NOTRACK rules (``-m socket``) let the pod's packets fall through to
 kube-proxy's DNAT meanwhile; once the agent is back they are untracked
-again. Negative control: ``-failopen=false`` (wave 1's rules) fails lookups."""
+again. Negative control: ``-failopen=false`` (NOTRACK whether or not our socket is bound) fails lookups."""
 import signal
 import subprocess
 import time

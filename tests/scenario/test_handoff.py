@@ -374,7 +374,7 @@ def test_negative_control_without_grace_the_heirs_death_loses_queries(tmp_path):
     assert resumed is None and _lost_beyond_the_dead_heirs_hands(load, t_kill), donor.text()
 
 
-# The release before this one (wave 1, protocol revision 1): a rollout undo
+# A release with handoff protocol revision 1 (commit 787473d): a rollout undo
 # hands over from this release to that code, taken from git history.
 PREVIOUS_RELEASE = "787473d"
 

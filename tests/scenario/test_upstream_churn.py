@@ -1,7 +1,7 @@
 """Upstream churn: connections that close or reset under pipelined queries,
 an upstream that refuses for a moment, ID hygiene. Each mechanism has its
-negative control: the same scenario with ``forwarder.retry`` off (wave 1's
-behaviour) must fail."""
+negative control: the same scenario with ``forwarder.retry`` off (no re-send,
+no retry round) must fail."""
 import asyncio
 import time
 

@@ -133,7 +133,7 @@ def test_any_bytes_give_entries_or_snapshot_error_never_another_exception(data):
 
 
 def test_a_corrupt_header_field_is_a_snapshot_error_not_a_crash():
-    # wave 1 raised OverflowError here (an ARCOUNT near 0xFFFF): a crash loop with -cache-file
+    # an unchecked ARCOUNT near 0xFFFF raised OverflowError here: a crash loop with -cache-file
     raw = bytearray(SNAP[1])
     key_len = int.from_bytes(raw[len(snapshot.MAGIC) + 3 + len(b"cluster.local.|53") + 1:][:2], "big")
     at = len(snapshot.MAGIC) + 3 + len(b"cluster.local.|53") + 1 + 2 + key_len + 5  # the entry's ARCOUNT
