@@ -11,7 +11,7 @@ from dnslib import QTYPE, DNSRecord
 
 from nodecache.emulated import client
 from nodecache.cli import main
-from nodecache.server import udpbatch
+from nodecache.server import udppoll
 from nodecache.emulated.upstream import ClusterDNS, FakeUpstream
 from nodecache_lab.fakes import run
 from nodecache_bench.procs import NAMES, AgentProc, Load, corefile
@@ -340,7 +340,7 @@ HELD = 0.25   # seconds: the oldest query the heir can have had in hand at its d
 def _lost_beyond_the_dead_heirs_hands(load, t_kill: float) -> str:
     """Why some unanswered query cannot have been in the killed heir's hands, or '' when all could."""
     outside = [round(t - t_kill, 3) for t in load.lost_sent_at if not t_kill - HELD <= t <= t_kill]
-    if outside or load.unanswered > udpbatch.POLL_BUDGET:
+    if outside or load.unanswered > udppoll.POLL_BUDGET:
         return (f"{load.unanswered} unanswered of {load.sent}; sent at (s from the kill): "
                 f"{sorted(round(t - t_kill, 3) for t in load.lost_sent_at)[:20]}")
     return ""
