@@ -89,14 +89,16 @@ def read_kubedns_configmap(directory: str | Path) -> tuple[dict[str, list[str]],
     return good_stubs, good_upstreams, problems
 
 
-_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+# (fullmatch: ``$`` would also match before a final newline, and a key like
+# "acme.local\n" would break the merged Corefile's line structure)
+_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
 def _bad_domain(domain) -> str | None:
     if not isinstance(domain, str):
         return "not a string"
     labels = domain.rstrip(".").split(".")
-    if not domain.rstrip(".") or len(domain.rstrip(".")) > 253 or not all(_LABEL.match(x) for x in labels):
+    if not domain.rstrip(".") or len(domain.rstrip(".")) > 253 or not all(_LABEL.fullmatch(x) for x in labels):
         return "not a DNS name (letters, digits, '-', '_' in labels of 1-63; IDNA for others)"
     return None
 

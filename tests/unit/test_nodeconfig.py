@@ -73,11 +73,12 @@ def test_kubedns_configmap_bad_values_are_left_out_one_by_one(tmp_path):
         "bücher.example": ["1.2.3.4"],               # not a DNS name
         "evil.\n}\n. {\n forward . 6.6.6.6": ["1.2.3.4"],  # Corefile injection
         "a.b": [],
+        "trailing.newline\n": ["1.2.3.4"],         # a YAML block scalar's newline: would split the key line
         "good.local": ["10.0.0.5:5353", "[fd00::5]:53"]}))
     (tmp_path / "upstreamNameservers").write_text('["8.8.8.8", "resolver.example", "1.1.1.1:99999"]')
     stubs, upstreams, problems = read_kubedns_configmap(tmp_path)
     assert stubs == {"good.local": ["10.0.0.5:5353", "[fd00::5]:53"]} and upstreams == ["8.8.8.8"]
-    assert len(problems) == 6 and all("ignored" in p for p in problems)
+    assert len(problems) == 7 and all("ignored" in p for p in problems)
 
 
 def test_a_bad_configmap_value_never_stops_startup(tmp_path):
