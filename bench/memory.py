@@ -53,8 +53,8 @@ def traced_per_entry(n: int) -> tuple[float, float]:
     tracemalloc, for ``n`` one-A-record entries inserted into one cache."""
     import tracemalloc
     from dnslib import QTYPE, RR, A, DNSRecord
-    from nodecache.cache.store import ByteBudget, Cache
-    from nodecache.cache.options import CacheClass, CacheConfig
+    from nodecache.ttlcache.store import ByteBudget, Cache
+    from nodecache.ttlcache.options import CacheClass, CacheConfig
     from nodecache.dns.reply import analyse
     from nodecache.dns.wire import RD, make_query, question_bytes, scan
     cache = Cache(CacheConfig(success=CacheClass(n, 3600, 5)), lambda: 100.0, ByteBudget(limit=10**10))

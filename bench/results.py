@@ -39,7 +39,7 @@ COALESCE_METHOD = """\
 `nodecache-bench compare --hits ... --misses ... --flags=-udp-coalesce=2ms --baseline .venv/bin/python`:
 `nodecache` is this checkout with `-udp-coalesce=2ms` (a busy socket read by a 2 ms timer,
 all queued at once, the misses' upstream queries one write per poll and their replies read
-by the next: server/udpbatch.py, forward/cork.py), `nodecache@baseline` the same code with
+by the next: server/udpbatch.py, upstream/cork.py), `nodecache@baseline` the same code with
 its defaults, beside unbound, dnsdist (packet cache, TCP backend) and the bare uvloop
 responder, all pinned to CPU 0; dnsperf (`-Q`, one client) and the stand-in cluster DNS
 (unbound) on CPU 1. Hits over 1,000, 8,000

@@ -1,6 +1,6 @@
 """Every default of ``nodecache run`` in one place: the flags (``cli``), the
 run parameters (``run.params.RunParams``) and the engines' own defaults
-(``server.admission``, ``cache.store``) all read these. No imports: the
+(``server.admission``, ``ttlcache.store``) all read these. No imports: the
 command line loads this for every command, probes included."""
 
 HANDOFF_DIR = "/run/nodecache"                 # shared by the old and new pod (a hostPath)

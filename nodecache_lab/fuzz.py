@@ -37,14 +37,14 @@ import tempfile
 import types
 from pathlib import Path
 
-from nodecache.cache.snapshot import SnapshotError, decode
-from nodecache.cache.store import Cache
+from nodecache.ttlcache.snapshot import SnapshotError, decode
+from nodecache.ttlcache.store import Cache
 from nodecache.observe.stats import ListenerStats
 from nodecache.server.block import Block
 from nodecache.server.querypath import Fixed, QueryPath
 from nodecache.server.router import Router
 from nodecache.config.corefile import CorefileError
-from nodecache.cache.options import CacheConfig
+from nodecache.ttlcache.options import CacheConfig
 from nodecache.config.parse import parse_config
 from nodecache.dns.framing import FrameReader, FrameTooLarge
 from nodecache.dns.key import question as key_question

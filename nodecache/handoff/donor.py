@@ -28,7 +28,7 @@ import socket
 import time
 from pathlib import Path
 
-from ..cache import snapshot
+from ..ttlcache import snapshot
 from ..fdlimit import AcceptGuard
 from .protocol import (CHUNK, DONE, END, HELLO, MAX_MESSAGE, READY, REFUSE, REVISION, SOCKET_NAME, SOCKETS,
                        STATUS, STATUS_REPLY, VERSION, ProtocolError, control, netns_id, parse_control,

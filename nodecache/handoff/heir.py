@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cache import snapshot
+from ..ttlcache import snapshot
 from .protocol import (CHUNK, DONE, END, HELLO, MAX_FDS, MAX_MESSAGE, READY, REVISION, SOCKET_NAME,
                        SOCKETS, VERSION, ProtocolError, control, in_our_netns, netns_id, parse_control,
                        peer_uid)

@@ -7,7 +7,7 @@ a payload, JSON for control messages and raw bytes for cache chunks.
     donor -> heir   SOCKETS {"sockets": [{"addr", "port", "kind"}...], "pid", "revision", "netns",
                              "cache_only"}
                     + the listening sockets as SCM_RIGHTS file descriptors, in that order
-    donor -> heir   CHUNK   snapshot bytes (cache.snapshot), any number
+    donor -> heir   CHUNK   snapshot bytes (ttlcache.snapshot), any number
     donor -> heir   END     {"entries", "bytes", "format": the chosen one, or null: no cache}
     heir  -> donor  READY   {"pid"}
     heir  -> donor  DONE    {"pid"}  instead of READY after a cache-only handoff

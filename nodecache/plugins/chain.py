@@ -16,7 +16,7 @@ path", which is the default, so a new stage is never bypassed. The cache
 stage's front answers a fresh hit. A miss has a third speed, ``take``:
 started from the receive callback, answered later through a callback (the
 cache stage takes it and the forward stage sends it upstream; see
-``forward.direct``); False, the default, sends it down the slow path.
+``upstream.direct``); False, the default, sends it down the slow path.
 
 Which stages a fast answer may skip, each stage declares (``Shortcuts``);
 ``front_of`` and ``link_takes`` build a block's fast front and its
@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
-from ..cache.entry import render_uncached
+from ..ttlcache.entry import render_uncached
 from ..dns.reply import Reply
 from ..dns.wire import REFUSED, Query, error_reply
 

@@ -23,9 +23,9 @@ class Build:
     """What a stage factory may use of the block it is built for."""
     zones: tuple[str, ...]
     clock: Callable[[], float]
-    budget: object = None   # cache.store.ByteBudget shared by every cache
+    budget: object = None   # ttlcache.store.ByteBudget shared by every cache
     retry: bool = True      # -forward-retry
-    cork: object = None     # forward.cork.Cork: the agent's, for its forwarders' connections
+    cork: object = None     # upstream.cork.Cork: the agent's, for its forwarders' connections
 
 
 def ignored(name: str, what: str) -> Callable:

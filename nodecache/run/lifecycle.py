@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from .. import __version__
-from ..cache.store import ByteBudget
+from ..ttlcache.store import ByteBudget
 from ..config.model import Config
 from ..handoff.donor import Donor
 from ..handoff.heir import take_over

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 
-from ..cache import snapshot
+from ..ttlcache import snapshot
 from ..server.agent import Agent
 
 log = logging.getLogger("nodecache")

@@ -16,8 +16,8 @@ import time
 
 from ..config.model import Config
 from .block import Block
-from ..cache.store import ByteBudget
-from ..forward.cork import Cork
+from ..ttlcache.store import ByteBudget
+from ..upstream.cork import Cork
 from ..plugins import timeouts
 from .admission import Admission
 from .querypath import QueryPath
@@ -166,7 +166,7 @@ class Agent:
         self.forward_retry, self.udp_batch = forward_retry, udp_batch  # -forward-retry, -udp-batch
         # the coalescing polls' state, one for the agent: its listeners poll
         # with it (-udp-coalesce's window) and its forwarders' connections
-        # hold their writes and reads in it (forward.cork)
+        # hold their writes and reads in it (upstream.cork)
         self.cork = Cork(udp_coalesce)
         self.tcp_limits = tcp_limits or TcpLimits()
         self.admission = admission or Admission()  # one for the whole agent

@@ -19,7 +19,7 @@ import time
 from ..config.model import ServerBlock
 from ..dns.wire import SERVFAIL, decode_name, error_reply
 from ..observe.ratelog import Throttle
-from ..forward.forwarder import ForwardFailure
+from ..upstream.forwarder import ForwardFailure
 from ..plugins import bufsize, registry
 from ..plugins.cache.stage import CacheStage
 from ..plugins.chain import Request, Stage, chain, front_of, link_takes, render

@@ -40,7 +40,7 @@ import os
 import socket
 import time
 
-from ..forward.cork import Cork
+from ..upstream.cork import Cork
 from ..observe.ratelog import Throttle
 from .mmsg import BATCH, CALLS, I_LEN, I_NAMELEN, I_PER, MM, MSG_DONTWAIT, NAME, Q_NAME, Q_PER, SLOT, Vectors, sender
 from .querypath import Fixed, QueryPath
@@ -56,7 +56,7 @@ TO_BATCH, TO_SINGLE = 16000, 12000  # datagrams/s: where batching starts and sto
 
 class BatchUdpServer(Polling):
     def __init__(self, path: QueryPath, sock: socket.socket, cork: Cork | None = None):
-        """``cork``: the agent's (forward.cork), whose window is -udp-coalesce's
+        """``cork``: the agent's (upstream.cork), whose window is -udp-coalesce's
         (checked where the flag is read); without one, no polls."""
         self.path = path
         self.dispatch = path.dispatch

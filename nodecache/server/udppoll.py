@@ -11,7 +11,7 @@ the loop and a timer reads it every W instead, all that queued in one
 recvmmsg and their answers in one sendmmsg: one wakeup per poll, however
 many datagrams it finds; the misses among them reach each upstream
 connection in one write, and the replies to them are read in the next
-poll (``forward.cork``). A datagram then waits up to W (half of it on
+poll (``upstream.cork``). A datagram then waits up to W (half of it on
 average) before it is read. Polls that keep finding (on average) less
 than one datagram put the reader back, so a quiet socket costs nothing
 and the first query after a quiet spell is not delayed. W is 1 ms at

@@ -126,8 +126,8 @@ class Entry:
         self.last_hit = now
         self.streak = 0
         self.refreshing = False
-        self.visited = False  # second chance on eviction (see cache.store)
-        self.cached = False   # in a cache's tables now (cache.store sets and clears it)
+        self.visited = False  # second chance on eviction (see ttlcache.store)
+        self.cached = False   # in a cache's tables now (ttlcache.store sets and clears it)
 
     @property
     def flags(self) -> int:

@@ -32,7 +32,7 @@ from collections import OrderedDict
 from typing import Callable
 
 from .. import defaults
-from ..cache.options import CacheConfig
+from ..ttlcache.options import CacheConfig
 from ..dns.reply import Reply
 from ..dns.wire import NOERROR, NXDOMAIN, SERVFAIL
 from .entry import DENIAL, SERVFAIL_KIND, SUCCESS, Entry

@@ -2,7 +2,7 @@
 
 Writes: TCP_CORK's idea, in the event loop. While a batch of client
 queries is read (``with cork:``: server.udpbatch's polls), the queries
-written to each upstream TCP connection (``forward.transport``) are held,
+written to each upstream TCP connection (``upstream.transport``) are held,
 and sent with one write per connection when the batch ends: one segment,
 one wakeup of the upstream and one system call instead of one of each per
 query. Outside a batch a write goes out at once, as it always did. The
@@ -36,7 +36,7 @@ class Cork:
         self.window = window
         self.held: list | None = None  # connections holding frames; None: not corked
         self.depth = 0
-        self.connections: set = set()  # open upstream TCP connections (forward.transport adds them)
+        self.connections: set = set()  # open upstream TCP connections (upstream.transport adds them)
         self.pollers = 0               # listeners polling now
 
     def __enter__(self) -> "Cork":
@@ -71,7 +71,7 @@ class Cork:
 
 
 class PolledConnection:
-    """A connection's side of this (forward.transport's TCP connection):
+    """A connection's side of this (upstream.transport's TCP connection):
     it sets ``cork`` (its agent's), ``transport`` and ``fd``, calls
     ``joined``/``left`` when it opens and is lost, writes through
     ``write_or_hold`` and provides ``closed``, ``data_received`` and

@@ -26,8 +26,8 @@ Anything off the happy path ends it with ``on_done(key, None, askers)``: the
 channel dying (``set_exception``), no reply within the forwarder's attempt
 timeout, a reply that does not validate or is truncated over UDP. The
 caller then hands its askers to the slow path, which starts over with the
-full retry logic (``forward.forwarder``); followers are told None and
-resolve again. An exchange is a ``forward.transport.Waiter``: an
+full retry logic (``upstream.forwarder``); followers are told None and
+resolve again. An exchange is a ``upstream.transport.Waiter``: an
 unanswered one leaves its ID quarantined on its channel exactly as a
 timed-out future does.
 
@@ -83,7 +83,7 @@ class Leader(InFlight):
 
 
 class DirectExchange(InFlight):
-    """A ``forward.transport.Waiter`` by declaration: the channel completes it."""
+    """A ``upstream.transport.Waiter`` by declaration: the channel completes it."""
     __slots__ = ("forwarder", "key", "up", "channel", "qid", "sent_at", "askers",
                  "followers", "finished", "on_done")
 

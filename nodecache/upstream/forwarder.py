@@ -48,7 +48,7 @@ import random
 import time
 from bisect import bisect_left
 
-from ..forward.options import ForwardConfig, Upstream
+from ..upstream.options import ForwardConfig, Upstream
 from ..dns.key import cd, do, question
 from ..dns.reply import MalformedReply, Reply, analyse
 from ..dns.wire import AD, CD, RD, make_query
@@ -153,12 +153,12 @@ class UpstreamState:
 
 class Forwarder:
     def __init__(self, cfg: ForwardConfig, retry: bool = True, cork: Cork | None = None):
-        """``cork``: the agent's (forward.cork); without one, a forwarder's
+        """``cork``: the agent's (upstream.cork); without one, a forwarder's
         writes go out at once (nobody polls)."""
         self.cfg = cfg
         self.upstreams = [UpstreamState(u, cfg, cork if cork is not None else Cork()) for u in cfg.to]
         # key -> the exchange in flight for it, slow-path or direct (one
-        # table: coalescing in one place; forward.direct)
+        # table: coalescing in one place; upstream.direct)
         self.inflight: dict[bytes, InFlight] = {}
         self.deadlines: Deadlines | None = None  # the direct exchanges' timeouts (made on first use)
         self.max_inflight = cfg.max_concurrent or DEFAULT_MAX_INFLIGHT
@@ -184,7 +184,7 @@ class Forwarder:
     async def resolve(self, key: bytes, coalesce: bool = True, started: float | None = None) -> Reply:
         """The upstream reply for ``key``. ``started`` (time.monotonic): when
         the client's query arrived, if earlier than now; the deadline counts
-        from then (a direct miss handed over, see forward.direct)."""
+        from then (a direct miss handed over, see upstream.direct)."""
         if not coalesce:  # the loop probe coming back: it must go round again
             return await self._exchange(key)
         pending = self.inflight.get(key)

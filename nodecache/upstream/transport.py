@@ -32,7 +32,7 @@ is closing raises ``UpstreamClosed`` too, never the transport's own error.
 
 While a listener polls (``-udp-coalesce``), a TCP connection's writes
 may be held to the end of the poll and its reads left to the polls
-(``forward.cork``); its transport reads again when a poll finds it ended.
+(``upstream.cork``); its transport reads again when a poll finds it ended.
 
 ``exchange_on`` sets one timer per query (no ``wait_for`` task) and awaits
 one future; connecting is the only other await, once per channel. The
@@ -80,7 +80,7 @@ class UpstreamClosed(ConnectionError):
 
 class Waiter(Protocol):
     """What a channel completes for each query it sends: an asyncio future
-    is one as it is (the slow path), ``forward.direct.DirectExchange`` one
+    is one as it is (the slow path), ``upstream.direct.DirectExchange`` one
     by declaration. The channel calls ``set_result`` or ``set_exception``
     at most once, and only while ``done()`` is false."""
 
@@ -220,7 +220,7 @@ class _TcpConnection(PolledConnection, _Channel, asyncio.Protocol):
         super().__init__(loop)
         self.cork = cork
         self.reader = FrameReader()
-        self.fd = -1  # the socket, for the polls' reads (forward.cork)
+        self.fd = -1  # the socket, for the polls' reads (upstream.cork)
 
     def connection_made(self, transport):
         self.transport = transport
@@ -335,7 +335,7 @@ class _Pool:
 
 class TcpPool(_Pool):
     """Persistent pipelined connections to one upstream; ``cork``: the
-    agent's (forward.cork), which its listeners' polls hold."""
+    agent's (upstream.cork), which its listeners' polls hold."""
 
     def __init__(self, host: str, port: int, expire: float, cork: Cork):
         super().__init__(host, port, expire)

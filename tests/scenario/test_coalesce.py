@@ -1,7 +1,7 @@
 """-udp-coalesce (server.udpbatch): a busy socket is read by a timer, all
 that queued at once, instead of one wakeup per datagram; a quiet one goes
 back to its reader; the misses of one poll reach each upstream connection
-in one write (forward.cork: the agent's Cork). Real sockets and a paced client, so
+in one write (upstream.cork: the agent's Cork). Real sockets and a paced client, so
 these measure what the loop really does; each has its control with
 coalescing off."""
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 import pytest
 
 from nodecache.config.parse import parse_config
-from nodecache.forward import cork, transport
+from nodecache.upstream import cork, transport
 from nodecache.server import mmsg
 from nodecache.emulated import client
 from nodecache.emulated.client import build

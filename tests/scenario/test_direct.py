@@ -1,4 +1,4 @@
-"""Misses sent upstream without a task (forward.direct): the same answers and
+"""Misses sent upstream without a task (upstream.direct): the same answers and
 counters as the slow path, and every way off the happy path still answers."""
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ async def _run(traffic, direct: bool):
 
 
 async def test_direct_misses_answer_and_count_like_the_slow_path(monkeypatch):
-    from nodecache.forward import direct as direct_mod
+    from nodecache.upstream import direct as direct_mod
     taken, real_start = [], direct_mod.start
 
     def counting_start(*args):
@@ -219,7 +219,7 @@ class _Exchange:
 
 
 def test_deadlines_fall_back_each_late_exchange_once_on_one_timer():
-    from nodecache.forward.direct import Deadlines
+    from nodecache.upstream.direct import Deadlines
     loop = _Loop()
     deadlines = Deadlines(loop, 2.0)
     first, second, third = _Exchange(), _Exchange(), _Exchange()
@@ -244,7 +244,7 @@ def test_deadlines_fall_back_each_late_exchange_once_on_one_timer():
 
 
 def test_deadlines_drop_finished_exchanges_from_the_front_as_they_go():
-    from nodecache.forward.direct import Deadlines
+    from nodecache.upstream.direct import Deadlines
     loop = _Loop()
     deadlines = Deadlines(loop, 2.0)
     for _ in range(1000):  # answered one after the other: the queue does not grow

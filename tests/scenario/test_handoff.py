@@ -236,7 +236,7 @@ def test_older_revision_takes_over_rollback_and_other_uid_is_refused(tmp_path, m
             await donor.wait_for("a rollback")
             await donor.wait_for("aborted before READY")
             # ... and one that reads no snapshot format of ours still takes the sockets, cold
-            from nodecache.cache import snapshot
+            from nodecache.ttlcache import snapshot
             monkeypatch.setattr(snapshot, "FORMATS", (7,))
             take = await asyncio.to_thread(take_over, str(hdir))
             assert take is not None and len(take.sockets) == 2 and take.entries == 0 and not take.snapshot

@@ -11,7 +11,7 @@ import sys
 from dnslib import QTYPE, DNSRecord
 
 from nodecache.emulated import client
-from nodecache.cache import snapshot
+from nodecache.ttlcache import snapshot
 from nodecache_lab.fakes import run
 from nodecache_bench.procs import NAMES, corefile
 from test_handoff import Upstream

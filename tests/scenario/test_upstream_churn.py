@@ -10,8 +10,8 @@ from dnslib import QTYPE, DNSRecord
 
 from nodecache.emulated.client import build, free_port
 from nodecache.emulated.upstream import ClusterDNS, FakeUpstream
-from nodecache.forward import transport
-from nodecache.forward.cork import Cork
+from nodecache.upstream import transport
+from nodecache.upstream.cork import Cork
 from nodecache_lab.fakes import a_record, reply_to, run
 from nodecache_lab.harness import CLUSTER, node
 

@@ -2,8 +2,8 @@
 serve-stale and prefetch decisions. No sleeps."""
 from dnslib import QTYPE, DNSRecord
 
-from nodecache.cache.store import FRESH, STALE, ByteBudget, Cache
-from nodecache.cache.options import CacheClass, CacheConfig, Prefetch, ServeStale
+from nodecache.ttlcache.store import FRESH, STALE, ByteBudget, Cache
+from nodecache.ttlcache.options import CacheClass, CacheConfig, Prefetch, ServeStale
 from nodecache.dns.reply import analyse
 from nodecache.dns.wire import make_query, question_bytes, scan
 from nodecache_lab.fakes import FakeClock, a_record, reply_to, soa

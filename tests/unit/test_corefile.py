@@ -4,7 +4,7 @@ import pytest
 
 from nodecache.cli import main
 from nodecache.config.corefile import CorefileError, tokenize
-from nodecache.forward.options import Upstream
+from nodecache.upstream.options import Upstream
 from nodecache.config.parse import parse_config
 
 NODE_CACHE_SHAPE = """\

@@ -6,8 +6,8 @@ import pytest
 from dnslib import QTYPE, RR, TXT
 
 from nodecache_lab.fakes import a_record, reply_to
-from nodecache.cache.store import ByteBudget, Cache
-from nodecache.cache.options import CacheConfig
+from nodecache.ttlcache.store import ByteBudget, Cache
+from nodecache.ttlcache.options import CacheConfig
 from nodecache.dns.reply import analyse
 from nodecache.dns.wire import RD, make_query, question_bytes, scan
 

@@ -1,7 +1,7 @@
-"""forward.forwarder and forward.direct over fake channels: coalescing in
+"""upstream.forwarder and upstream.direct over fake channels: coalescing in
 the one in-flight table (slow path and direct exchanges alike), re-sends
 when a channel dies, the in-flight cap, and quarantine of unanswered IDs.
-The channel is a ``forward.transport.Waiter`` completer written by hand:
+The channel is a ``upstream.transport.Waiter`` completer written by hand:
 no sockets, no upstream."""
 import asyncio
 
@@ -10,10 +10,10 @@ from dnslib import QTYPE
 
 from nodecache.dns.key import make as make_key, question
 from nodecache.dns.wire import AD, CD, RD, encode_name, make_query, question_bytes
-from nodecache.forward import direct
-from nodecache.forward.forwarder import Forwarder, Overloaded
-from nodecache.forward.options import ForwardConfig, Upstream
-from nodecache.forward.transport import UpstreamClosed
+from nodecache.upstream import direct
+from nodecache.upstream.forwarder import Forwarder, Overloaded
+from nodecache.upstream.options import ForwardConfig, Upstream
+from nodecache.upstream.transport import UpstreamClosed
 from nodecache_lab.fakes import a_record, reply_to
 
 KEY = make_key(encode_name("svc.cluster.local."), QTYPE.A, 1, -1, 0)

@@ -5,8 +5,8 @@ import tracemalloc
 
 from dnslib import DNSRecord, QTYPE
 
-from nodecache.cache.options import CacheConfig
-from nodecache.cache.store import ByteBudget, Cache
+from nodecache.ttlcache.options import CacheConfig
+from nodecache.ttlcache.store import ByteBudget, Cache
 from nodecache.dns.reply import analyse
 from nodecache.dns.wire import make_query, question_bytes, scan
 from nodecache.plugins.cache.memo import Memo, MemoTable

@@ -9,7 +9,7 @@ from dnslib import AAAA, QTYPE, RR, SOA, TXT, A, DNSRecord
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from nodecache.cache.entry import Entry, render_uncached
+from nodecache.ttlcache.entry import Entry, render_uncached
 from nodecache.config.corefile import CorefileError
 from nodecache.config.parse import parse_config
 from nodecache.dns.reply import MalformedReply, analyse

@@ -16,7 +16,7 @@ import pytest
 from dnslib import QTYPE
 
 from nodecache_lab.fakes import a_record, reply_to, soa
-from nodecache.cache.entry import Entry, render_uncached
+from nodecache.ttlcache.entry import Entry, render_uncached
 from nodecache.dns.reply import analyse
 from nodecache.dns.wire import AD, CD, RD, make_query, question_bytes, scan
 

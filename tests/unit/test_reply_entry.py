@@ -2,7 +2,7 @@
 import pytest
 from dnslib import QTYPE, DNSRecord
 
-from nodecache.cache.entry import STALE_TTL, Entry, render_uncached
+from nodecache.ttlcache.entry import STALE_TTL, Entry, render_uncached
 from nodecache.dns.reply import MalformedReply, analyse
 from nodecache.dns.wire import AD, CD, RD, make_query, question_bytes, scan
 from nodecache_lab.fakes import a_record, reply_to, soa

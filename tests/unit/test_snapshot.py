@@ -4,9 +4,9 @@ import random
 import pytest
 from dnslib import QTYPE, RR, TXT
 
-from nodecache.cache import snapshot
-from nodecache.cache.store import Cache
-from nodecache.cache.options import CacheConfig, ServeStale
+from nodecache.ttlcache import snapshot
+from nodecache.ttlcache.store import Cache
+from nodecache.ttlcache.options import CacheConfig, ServeStale
 from nodecache.dns.reply import analyse
 from nodecache.dns.wire import make_query, question_bytes, scan
 from nodecache_lab.fakes import FakeClock, a_record, reply_to, soa

@@ -62,7 +62,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from ...cache.entry import ttls_aged
+from ...ttlcache.entry import ttls_aged
 
 MEMO_BYTES = 512   # replies (and entries' records) larger than this are not memoised
 # What a memo costs beyond its byte strings' contents: the Memo object, two

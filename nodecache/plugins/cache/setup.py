@@ -1,11 +1,11 @@
 """``cache [TTL] [ZONES...] { success|denial CAPACITY [TTL [MINTTL]]; servfail DURATION;
 prefetch AMOUNT [DURATION [PERCENTAGE%]]; serve_stale [DURATION [immediate|verify]] }``
--> ``cache.options.CacheConfig``, with CoreDNS's defaults and limits."""
+-> ``ttlcache.options.CacheConfig``, with CoreDNS's defaults and limits."""
 from __future__ import annotations
 
 from dataclasses import replace
 
-from ...cache.options import CacheClass, CacheConfig, Prefetch, ServeStale
+from ...ttlcache.options import CacheClass, CacheConfig, Prefetch, ServeStale
 from ...config.corefile import Directive, Token
 from ..grammar import Ctx, normalize_zone, parse_duration, parse_int
 

@@ -1,10 +1,10 @@
-"""The ``cache`` stage: serve from ``cache.store.Cache``, fill it from the
+"""The ``cache`` stage: serve from ``ttlcache.store.Cache``, fill it from the
 next stage, refresh in the background.
 
 Its three speeds (``plugins.chain``): ``front`` answers a fresh hit from
 the receive callback (one lookup, one render) and ``memo_for`` makes the
 memo of that reply (``memo``); ``take`` lets the next stages take a
-plain miss at the callback speed (``forward.direct``), then stores the
+plain miss at the callback speed (``upstream.direct``), then stores the
 reply and answers each asker (``_taken``); ``handle`` is the rest, where
 fresh hits arrive only when a stage before this one must see every query
 (``log``): misses, expired entries. Expired entries within ``serve_stale`` are answered stale at once
@@ -19,9 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ...cache.entry import Entry, render_uncached
-from ...cache.store import FRESH, STALE, ByteBudget, Cache
-from ...cache.options import CacheConfig
+from ...ttlcache.entry import Entry, render_uncached
+from ...ttlcache.store import FRESH, STALE, ByteBudget, Cache
+from ...ttlcache.options import CacheConfig
 from ...dns.key import TRAILER, cd, edns, name as key_name, question
 from ...dns.wire import CD, RD, SERVFAIL, decode_name, encode_name, make_query, parse_query
 from ...observe.ratelog import Throttle

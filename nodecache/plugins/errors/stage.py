@@ -16,7 +16,7 @@ import time
 from dnslib import QTYPE
 
 from ...dns.wire import SERVFAIL, decode_name
-from ...forward.forwarder import ForwardFailure
+from ...upstream.forwarder import ForwardFailure
 from ..chain import Answer, Request, Shortcuts, Stage
 
 log = logging.getLogger("nodecache.errors")

@@ -1,5 +1,5 @@
 """``forward FROM TO... { except ZONES; force_tcp; prefer_udp; expire; max_fails;
-health_check; policy; max_concurrent }`` -> ``forward.options.ForwardConfig``.
+health_check; policy; max_concurrent }`` -> ``upstream.options.ForwardConfig``.
 TO is ``IP[:port]``, ``[v6]:port``, ``dns://...`` or a resolv.conf file."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ...config.corefile import Directive, Token
-from ...forward.options import ForwardConfig, Upstream
+from ...upstream.options import ForwardConfig, Upstream
 from ..grammar import DEFAULT_PORT, Ctx, normalize_zone, parse_duration, parse_int
 
 POLICIES = ("random", "round_robin", "sequential")

@@ -5,15 +5,15 @@ can log it; the block turns it into SERVFAIL.
 
 At the callback speed (``take``) a miss is sent upstream from the receive
 callback on a ready channel, or joins the exchange in flight for its key
-(``forward.direct``); ``on_done`` (the cache stage's) answers it.
+(``upstream.direct``); ``on_done`` (the cache stage's) answers it.
 """
 from __future__ import annotations
 
-from ...forward.options import ForwardConfig
+from ...upstream.options import ForwardConfig
 from ...dns.key import name as key_name
 from ...dns.wire import REFUSED, encode_name
-from ...forward import direct
-from ...forward.forwarder import Forwarder, Overloaded
+from ...upstream import direct
+from ...upstream.forwarder import Forwarder, Overloaded
 from ..chain import Answer, Request, Shortcuts, Stage, in_zone
 
 

@@ -20,7 +20,7 @@ from dnslib import CLASS, RCODE
 from .setup import LogConfig
 from ...dns.key import EDNS_DO
 from ...dns.wire import NOERROR, NXDOMAIN, SERVFAIL, decode_name, encode_name
-from ...forward.forwarder import ForwardFailure
+from ...upstream.forwarder import ForwardFailure
 from ..chain import Answer, Request, Stage, in_zone, render
 from ..errors.stage import type_name
 

@@ -4,7 +4,7 @@ counted); every other miss passes on to the forward stage."""
 from __future__ import annotations
 
 from nodecache.config.parse import parse_config
-from nodecache.forward import direct
+from nodecache.upstream import direct
 from nodecache.server.block import Block
 
 COREFILE = ".:53 {\n    cache 30\n    loop\n    forward . 127.0.0.1:53\n}\n"
