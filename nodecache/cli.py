@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_check(args) -> int:
+    from .describe import describe
     """Render as ``run`` would, validate, print the Corefile and its chains."""
     from .config.nodeconfig import ConfigMapError
     from .run.configsource import ConfigSource
@@ -267,40 +268,6 @@ def cmd_check(args) -> int:
     except BrokenPipeError:  # `nodecache check ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return status
-
-
-def describe(config) -> str:
-    """Per block: where it listens, its chain, each directive's support
-    (supported / supported with a difference / ignored, from the plugin
-    registry) and the cache and forward options in effect."""
-    from .plugins.registry import PLUGINS
-    labels = {"supported": "supported", "differs": "supported, differs", "ignored": "ignored (warning)"}
-    lines = []
-    for b in config.blocks:
-        where = ", ".join(b.binds) or "all addresses"
-        lines.append(f"{' '.join(b.zones)} port {b.port} on {where}  ({b.source})")
-        chain = [name for name, _ in b.plugins if PLUGINS[name].stage is not None]
-        lines.append("  chain: " + (" -> ".join(chain) or "(empty: REFUSED)"))
-        for name, _ in b.plugins:
-            plugin = PLUGINS[name]
-            lines.append(f"  {name:12} {labels[plugin.support]}" + (f": {plugin.note}" if plugin.note else ""))
-        c = b.option("cache")
-        if c:
-            lines.append(f"  cache: success {c.success.capacity} ttl {c.success.min_ttl}..{c.success.max_ttl}"
-                         f", denial {c.denial.capacity} ttl {c.denial.min_ttl}..{c.denial.max_ttl}"
-                         f", servfail {c.servfail_ttl:g}s"
-                         + (f", prefetch {c.prefetch.amount}/{c.prefetch.duration:g}s/{c.prefetch.percentage}%"
-                            if c.prefetch else "")
-                         + (f", serve_stale {c.serve_stale.duration:g}s "
-                            f"{'verify' if c.serve_stale.verify else 'immediate'}" if c.serve_stale else ""))
-        f = b.option("forward")
-        if f:
-            proto = "tcp" if f.force_tcp else "udp (tcp on truncation)"
-            lines.append(f"  forward {f.from_zone} -> {', '.join(map(str, f.to))} over {proto}, "
-                         f"policy {f.policy}, expire {f.expire:g}s, max_fails {f.max_fails}"
-                         + (f", except {' '.join(f.except_zones)}" if f.except_zones else "")
-                         + (f", max_concurrent {f.max_concurrent}" if f.max_concurrent else ""))
-    return "\n".join(lines)
 
 
 def cmd_run(args) -> int:

@@ -57,6 +57,7 @@ def _server_blocks(ctx: Ctx, syntax: corefile.ServerBlockSyntax) -> list[ServerB
     if not syntax.keys:
         raise ctx.error(syntax.line, "server block without a zone")
     keys = [_zone_key(ctx, tok) for tok in syntax.keys]
+    ctx.zones = tuple(dict.fromkeys(zone for zone, _ in keys))
     options: dict[str, object] = {}
     for d in syntax.directives:
         plugin = registry.lookup(d.name)

@@ -19,6 +19,7 @@ class Ctx:
 
     def __init__(self, source: str):
         self.source = source
+        self.zones: tuple[str, ...] = ()  # the server block being read (a default some directives take)
 
     def error(self, line: int, message: str) -> CorefileError:
         return CorefileError(self.source, line, message)

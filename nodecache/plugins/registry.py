@@ -14,17 +14,18 @@ act on queries, its ``stage`` factory. Directives without a stage
 """
 from __future__ import annotations
 
-from . import (bind, bufsize, cache, debug, dns64, errors, forward, health, hosts, loadbalance, log, loop, pprof, prometheus,
-               ready, reload, rewrite, template, timeouts, trace, whoami)
+from . import (bind, bufsize, cache, debug, dns64, errors, forward, health, hosts, k8s_schema, loadbalance, log, loop,
+               pprof, prometheus, ready, reload, rewrite, template, timeouts, trace, whoami)
 from .plugin import Build, Plugin
 
 __all__ = ["Build", "Plugin", "ORDER", "PLUGINS", "lookup", "position", "stages"]
 
 
-# CoreDNS's plugin.cfg order (the names nodecache has)
+# CoreDNS's plugin.cfg order (the names nodecache has); k8s_schema, ours,
+# sits where CoreDNS's autopath does (after the cache, before template)
 _ALL = (timeouts.PLUGIN, reload.PLUGIN, bufsize.PLUGIN, bind.PLUGIN, debug.PLUGIN, trace.PLUGIN, ready.PLUGIN, health.PLUGIN, pprof.PLUGIN,
-        prometheus.PLUGIN, errors.PLUGIN, log.PLUGIN, dns64.PLUGIN, loadbalance.PLUGIN, cache.PLUGIN, rewrite.PLUGIN, template.PLUGIN,
-        hosts.PLUGIN, loop.PLUGIN, forward.PLUGIN, whoami.PLUGIN)
+        prometheus.PLUGIN, errors.PLUGIN, log.PLUGIN, dns64.PLUGIN, loadbalance.PLUGIN, cache.PLUGIN, rewrite.PLUGIN,
+        k8s_schema.PLUGIN, template.PLUGIN, hosts.PLUGIN, loop.PLUGIN, forward.PLUGIN, whoami.PLUGIN)
 ORDER: tuple[str, ...] = tuple(p.name for p in _ALL)
 PLUGINS: dict[str, Plugin] = {p.name: p for p in _ALL}
 

@@ -49,15 +49,16 @@ class Block:
         self._link_speeds()
 
     def _link_speeds(self) -> None:
-        """The fast front, whether its replies may be memoised (by its last
-        stage, the cache's, when it and every stage before it allow
-        ``memo``), and the callback speed, from the stages and their
-        declarations alone."""
+        """The fast front, whether its replies may be memoised (by the last
+        front stage that makes memos, the cache's, when it and every stage
+        before it allow ``memo``), and the callback speed, from the stages
+        and their declarations alone."""
         stages = self.stages
         fronts = front_of(stages)
         self.front = fronts[0].front if fronts else None
-        self.memo_stage = fronts[-1] if fronts else None
-        upto = stages[:stages.index(self.memo_stage) + 1] if fronts else []
+        memos = [st for st in fronts if type(st).memo_for is not Stage.memo_for]
+        self.memo_stage = memos[-1] if memos else None
+        upto = stages[:stages.index(self.memo_stage) + 1] if memos else []
         self.memoizable = bool(upto) and all(st.shortcuts().memo for st in upto)
         self.take = link_takes(stages)
 
