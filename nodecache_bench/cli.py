@@ -197,6 +197,13 @@ def main(argv: list[str] | None = None) -> int:
                       help="with --baseline: `nodecache run` flags for both nodecaches, e.g. "
                            "--both-flags=-udp-coalesce=2ms to compare two builds with it on")
     cmp_.add_argument("--json", action="store_true")
+    walk = sub.add_parser("searchpath", help="ndots:5 search walks with the k8s_schema stage off and on")
+    walk.add_argument("--rate", type=float, default=50.0, help="lookups started per second")
+    walk.add_argument("--duration", type=float, default=5.0, help="seconds of lookups per variant")
+    walk.add_argument("--rounds", type=int, default=1, help="alternating repetitions of off and on")
+    walk.add_argument("--cluster-ms", dest="cluster_ms", type=float, default=1.0, help="the cluster DNS's delay")
+    walk.add_argument("--external-ms", dest="external_ms", type=float, default=20.0,
+                      help="the external resolver's delay")
     hand = sub.add_parser("handoff", help="constant load while hot handoffs happen")
     hand.add_argument("--handoffs", type=int, default=10)
     hand.add_argument("--qps", type=int, default=5000)
@@ -207,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "compare":
             from .compare import cmd_compare
             return cmd_compare(args)
+        if args.command == "searchpath":
+            from .searchpath import main as searchpath_main
+            return searchpath_main(args)
         from .handoff import main as handoff_main
         return handoff_main(["--handoffs", str(args.handoffs), "--qps", str(args.qps)])
     except BenchError as exc:
