@@ -36,7 +36,7 @@ SEARCH = ("default.svc.cluster.local", "svc.cluster.local", "cluster.local", NOD
 
 
 def corefile(port: int, cluster: int, external: int, schema: bool) -> str:
-    stage = "    k8s_schema\n" if schema else ""
+    stage = f"    k8s_schema {{\n        search {NODE_SEARCH}\n    }}\n" if schema else ""
     return f"""cluster.local:{port} {{
     bind 127.0.0.1
     cache 30
@@ -67,6 +67,9 @@ def external_answer(data: bytes) -> bytes | None:
                           rdata=SOA("ns." + NODE_SEARCH + ".", "hostmaster." + NODE_SEARCH + ".", (1, 3600, 600, 86400, 60))))
     elif req.q.qtype == QTYPE.A:
         reply.add_answer(RR(name, QTYPE.A, ttl=300, rdata=A("192.0.2.1")))
+    else:  # NODATA, with the SOA a real resolver sends (RFC 2308 §2.2: what makes it cacheable)
+        reply.add_auth(RR("com.", QTYPE.SOA, ttl=60, rdata=SOA("a.gtld-servers.net.", "nstld.verisign-grs.com.",
+                                                              (1, 1800, 900, 604800, 60))))
     return reply.pack()
 
 

@@ -39,6 +39,10 @@ class Request:
     client: tuple = ("", 0)
     started: float = field(default_factory=time.monotonic)
     alone: bool = False          # forward it on an exchange of its own, never coalesced (the loop probe)
+    # ask(key, client): resolve another question through the listener that
+    # received this one, admitted as the same client (k8s_schema's walk);
+    # None for internal requests
+    ask: Callable[[bytes, tuple], bool] | None = None
 
 
 @dataclass(slots=True)

@@ -36,10 +36,10 @@ import logging
 import time
 from functools import partial
 
-from ..dns.key import EDNS_DO, qtype as key_qtype
+from ..dns.key import EDNS_DO, cd, edns, question, qtype as key_qtype
 from ..dns.truncate import fit
-from ..dns.wire import (MAX_MESSAGE, REFUSED, SERVFAIL, QueryError, error_reply, parse_query, query_from_scan,
-                        scan, scan_servable)
+from ..dns.wire import (CD, MAX_MESSAGE, RD, REFUSED, SERVFAIL, QueryError, error_reply, make_query, parse_query,
+                        query_from_scan, scan, scan_servable)
 from ..observe.stats import ListenerStats
 from ..plugins.cache.memo import MEMO_BYTES, MemoTable
 from ..plugins.chain import Request
@@ -234,8 +234,25 @@ class QueryPath:
             if block.down:
                 reply, plugin = error_reply(data, SERVFAIL, q.qend, q.edns), "loop"
             else:
-                reply, plugin = await block.serve(Request(q, proto, client, started or time.monotonic()))
+                reply, plugin = await block.serve(Request(q, proto, client, started or time.monotonic(),
+                                                          ask=self.ask))
         return self._fit_and_count(data, reply, limit, q.qend, q.edns, zone, proto, q.qtype, t0, plugin)
+
+    def ask(self, key: bytes, addr) -> bool:
+        """Resolve ``key`` as an internal query through this listener's
+        routing (to fill the cache before a client asks), admitted as the
+        client at ``addr``: it takes that client's share of misses in
+        flight. False when nothing serves it or the share is spent."""
+        routed = self._router.block_for(key)
+        if routed is None or routed[0].down:
+            return False
+        admission = self.admission
+        client = admission.client(addr)
+        if not admission.admit(client):
+            return False
+        query = parse_query(make_query(0, question(key), RD | (CD if cd(key) else 0), edns(key)))
+        self.start_task(routed[0].serve(Request(query, "internal", addr)), client)
+        return True
 
     # -- the callback speed (plugins.chain ``take``) ------------------------------
     def _take(self, block, data: bytes, s: tuple, zone: str, addr, client, send) -> bool:

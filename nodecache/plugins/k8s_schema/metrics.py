@@ -12,10 +12,17 @@ def families(owned):
     probes = CounterMetricFamily("nodecache_searchpath_probes", "Ancestors (<ns>.svc, <svc>.<ns>.svc) asked of "
                                  "the cluster DNS before forwarding a name under them, by result.",
                                  labels=["server", "result"])
+    prefetch = CounterMetricFamily("nodecache_searchpath_prefetch", "Later steps of a pod's search walk (the "
+                                   "node's search domains, then the name itself) asked ahead when its first step "
+                                   "arrived: started, or refused (the client's share of misses was spent).",
+                                   labels=["server", "result"])
     for server, _zones, stage in owned:
+        for result, n in stage.prefetch.items():
+            prefetch.add_metric([server, result], n)
         for reason, n in stage.answered.items():
             answered.add_metric([server, reason], n)
         for result, n in stage.probes.items():
             probes.add_metric([server, result], n)
     yield answered
     yield probes
+    yield prefetch

@@ -21,6 +21,16 @@ This stage answers those here (``shape``):
   answer or NODATA: an existing namespace is an empty non-terminal, never a
   cut; the full name is then forwarded as before).
 
+* the rest of the walk at once: ``<X>.<ns>.svc.<zone>`` with a dot in X is
+  the first query of a walk whose next steps are known: ``<X>.svc.<zone>``
+  and ``<X>.<zone>`` (answered here), then ``<X>.<d>`` for each of the
+  node's search domains (``search``, by default /etc/resolv.conf's) and
+  ``<X>.``. Those last ones are asked at once, through the listener that
+  received the query and on the client's own share of misses
+  (``Request.ask``), so that each next query of the walk is a cache hit or
+  joins the exchange already in flight; a walk is started once per name,
+  type and flags within ``WALK_MEMORY``.
+
 It sits after the cache (CoreDNS's ``autopath`` position): a cached answer
 is served before the stage is asked. Its fast front (``plugins.chain``)
 answers the schema and the known denials from the receive callback; it
@@ -47,6 +57,9 @@ RFC8020 = "rfc8020"
 UNKNOWN = "unknown"      # an ancestor with no fresh answer: ``handle`` asks for it
 EXISTS_TTL = 5.0         # how long an ancestor known to exist is trusted (CoreDNS's own default TTL)
 MAX_ANCESTORS = 10_000   # denials and existences kept at most (then the oldest go)
+WALK_MEMORY = 10.0       # seconds a started walk is remembered (not started again for the same name)
+MAX_WALKS = 4096
+RESOLV_CONF = "/etc/resolv.conf"
 _IN = b"\x00\x01"
 
 
@@ -64,6 +77,10 @@ class SchemaStage(Stage):
         self.exists: dict[bytes, float] = {}  # ancestor wire name -> until (an answer or NODATA seen)
         self.answered = {IMPOSSIBLE: 0, RFC8020: 0}
         self.probes = {"nxdomain": 0, "exists": 0, "failed": 0}
+        search = cfg.search if cfg.search is not None else node_search_domains(RESOLV_CONF)
+        self.search = tuple(w for w in (encode_name(d) for d in search) if labels_below(w, self.zone) is None)
+        self.walks: dict[bytes, float] = {}   # the last step of a started walk (its key) -> until
+        self.prefetch = {"started": 0, "refused": 0}
 
     def shortcuts(self) -> Shortcuts:
         # after the cache: its fast answers skip nothing here; the callback
@@ -99,8 +116,8 @@ class SchemaStage(Stage):
         reason = self.verdict(scanned[0], now)
         if reason is None:
             return self.next_front(data, scanned, now)
-        if reason is UNKNOWN or self.soa is None:
-            return None  # ``handle`` asks the cluster DNS (and learns its SOA)
+        if reason is UNKNOWN or self.soa is None or self._walk_to_start(scanned[0], now):
+            return None  # ``handle`` asks the cluster DNS (and learns its SOA), or starts the walk
         self.answered[reason] += 1
         return self._nx_reply(data, scanned[1], scanned[2], scanned[4])
 
@@ -116,12 +133,43 @@ class SchemaStage(Stage):
         reason = self.verdict(q.key, now)
         if reason is UNKNOWN:
             reason = await self._ask_ancestors(q.key, now)
+        if reason is IMPOSSIBLE and request.ask is not None:
+            self._walk_on(q.key, request, now)
         if reason is not None and self.soa is not None:
             self.answered[reason] += 1
             return Answer(NXDOMAIN, wire=self._nx_reply(q.data, q.qend, q.flags, q.edns), plugin=self.name)
         answer = await self.next(request)
         self._learn(q.key[:-TRAILER], answer.reply, now)
         return answer
+
+    # -- the rest of the walk -------------------------------------------------
+    def _walk_rest(self, key: bytes) -> list[bytes]:
+        """The queries of the walk ``key`` begins that are not under the zone
+        (``<X>.<search domain>`` for each, then ``<X>.``; the last is the one
+        a walk is remembered by), or [] when ``key`` begins none."""
+        name = key[:-TRAILER]
+        labels = labels_below(name, self.zone)
+        if labels is None or len(labels) < 4 or labels[-1] != b"svc" or judge(labels, self.cfg.pods) is not IMPOSSIBLE:
+            return []
+        x = name[:len(name) - len(suffix(name, labels, 2))]  # <X>: the labels before <ns>.svc.<zone>, no root
+        trailer = key[-TRAILER:]
+        return [x + d + trailer for d in self.search] + [x + b"\x00" + trailer]
+
+    def _walk_to_start(self, key: bytes, now: float) -> bool:
+        rest = self._walk_rest(key)
+        return bool(rest) and self.walks.get(rest[-1], 0.0) <= now
+
+    def _walk_on(self, key: bytes, request: Request, now: float) -> None:
+        """Ask the rest of the walk ``key`` begins, once per WALK_MEMORY."""
+        rest = self._walk_rest(key)
+        if not rest or self.walks.get(rest[-1], 0.0) > now:
+            return
+        if len(self.walks) >= MAX_WALKS:
+            for old in list(self.walks)[:MAX_WALKS // 10]:
+                del self.walks[old]
+        self.walks[rest[-1]] = now + WALK_MEMORY
+        for step in rest:
+            self.prefetch["started" if request.ask(step, request.client) else "refused"] += 1
 
     async def _ask_ancestors(self, key: bytes, now: float) -> str | None:
         """Ask the cluster DNS for each ancestor with no fresh answer, the
@@ -217,3 +265,19 @@ class SchemaStage(Stage):
     def close(self) -> None:
         self.denied.clear()
         self.exists.clear()
+        self.walks.clear()
+
+
+def node_search_domains(path: str) -> tuple[str, ...]:
+    """The search domains of a resolv.conf (the last ``search`` or
+    ``domain`` line wins, as in glibc); () when it cannot be read."""
+    domains: tuple[str, ...] = ()
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                words = line.split()
+                if words and words[0] in ("search", "domain"):
+                    domains = tuple(w.lower().rstrip(".") + "." for w in words[1:] if w.strip("."))
+    except OSError:
+        return ()
+    return domains

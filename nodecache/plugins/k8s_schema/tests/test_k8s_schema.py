@@ -83,7 +83,8 @@ COREFILE = """cluster.local:{port} {{
     forward . 127.0.0.1:{up0}
 }}
 """
-SCHEMA = f"k8s_schema {{{{\n        pods insecure\n        except {CUSTOM}.{ZONE}\n    }}}}"
+SCHEMA = (f"k8s_schema {{{{\n        pods insecure\n        except {CUSTOM}.{ZONE}\n        search node.example\n"
+          f"    }}}}")
 EXTERNAL = ["api.github.com", "github.com", "example.org", "registry.k8s.io", "nothing.invalid", "a.b.c.d.e"]
 SHORT = ["web", "web.default", "db.team-a", "db-0.db", "db-1.db.team-a", "ext", "kube-dns.kube-system", "nothere",
          "_http._tcp.web", "_pg._tcp.db.default", "1-2-3-4.default.pod"]
@@ -149,7 +150,7 @@ def test_answers_with_and_without_the_stage_differ_in_nothing_but_ttls(capsys):
     assert answered["schema"] > 100 and answered["rfc8020"] > 50, answered
     assert asked_after < asked_before
     with capsys.disabled():
-        print(f"\n  {len(names)} queries, 0 differ; cluster DNS asked {asked_before} times without the stage, "
+        print(f"\n  {len(names)} queries, 0 differ; upstreams asked {asked_before} times without the stage, "
               f"{asked_after} with it; answered here {answered}, ancestors asked {probes}")
 
 
@@ -177,3 +178,44 @@ def test_check_prints_what_the_stage_does_with_a_sample_walk():
                                     "api.github.com.cluster.local.", "api.github.com."]
     said = [w[1] for w in walk]
     assert "(schema)" in said[0] and "(RFC 8020)" in said[1] and "(schema)" in said[2] and "another" in said[3]
+
+
+WALK = COREFILE.replace("SCHEMA", "k8s_schema {{\n        search node.example corp.example\n    }}")
+
+
+async def _walk(corefile: str):
+    spec = SpecClusterDNS(ZONE, "disabled")
+    async with node(corefile, answer=spec.answer) as n:
+        await n.udp(build("warm.example.org.default.svc.cluster.local", QTYPE.A))  # the zone's SOA learned
+        first = DNSRecord.parse(await n.udp(build("api.github.com.default.svc.cluster.local", QTYPE.A)))
+        for _ in range(50):
+            if "api.github.com." in spec.asked:
+                break
+            await asyncio.sleep(0.01)
+        ahead = [q for q in spec.asked if q.startswith("api.github.com.") and "cluster.local" not in q]
+        before = len(spec.asked)
+        rest = [DNSRecord.parse(await n.udp(build(f"api.github.com.{d}", QTYPE.A)))
+                for d in ("node.example.", "corp.example.", "")]
+        stage = next(st for b in n.agent.blocks for st in b.stages if st.name == "k8s_schema")
+        return first, ahead, len(spec.asked) - before, rest, dict(stage.prefetch)
+
+
+def test_the_rest_of_a_walk_is_asked_when_its_first_step_arrives():
+    first, ahead, asked_later, rest, prefetch = asyncio.run(_walk(WALK))
+    assert first.header.rcode == 3
+    assert ahead == ["api.github.com.node.example.", "api.github.com.corp.example.", "api.github.com."]
+    assert asked_later == 0  # every later step of the walk was a cache hit
+    assert [r.header.rcode for r in rest] == [3, 3, 0] and str(rest[2].rr[0].rdata) == "192.0.2.10"
+    assert prefetch == {"started": 6, "refused": 0}  # (three for the warm-up's walk)
+
+
+def test_control_without_search_domains_nothing_is_asked_ahead_but_the_name_itself():
+    first, ahead, asked_later, rest, prefetch = asyncio.run(_walk(WALK.replace("node.example corp.example", "none")))
+    assert ahead == ["api.github.com."] and asked_later == 2 and prefetch["started"] == 2
+
+
+def test_the_node_search_domains_come_from_resolv_conf(tmp_path):
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 10.0.0.2\nsearch old.example\nsearch ec2.internal Corp.Example.\noptions ndots:2\n")
+    assert stage_mod.node_search_domains(str(conf)) == ("ec2.internal.", "corp.example.")
+    assert stage_mod.node_search_domains(str(tmp_path / "absent")) == ()
