@@ -156,6 +156,13 @@ growth). The DaemonSet's memory limit is sized from this, and its request
 from the idle figure with the interface and rules set up (38 MiB on an
 emulated node: pyroute2's IPRoute adds ~4 MiB, its whole package ~9.5) plus a
 few thousand names."""),
+    ("Search path: ndots:5 walks with k8s_schema off and on",
+     ["-m", "nodecache_bench.cli", "searchpath", "--rate", "50", "--duration", "5", "--rounds", "2"], """`nodecache-bench searchpath`: a pod in namespace default looks up external
+names never asked before, as glibc's getaddrinfo walks them (A and AAAA at
+each step, the next step on NXDOMAIN): three steps under cluster.local, one
+node search domain, then the name. The cluster DNS (1 ms) and an external
+resolver (20 ms) are emulated on loopback; the agent is a real `nodecache
+run`. Per lookup: the queries each upstream saw, latency p50/p99."""),
 ]
 
 
