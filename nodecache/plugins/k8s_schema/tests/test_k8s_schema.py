@@ -83,7 +83,7 @@ COREFILE = """cluster.local:{port} {{
     forward . 127.0.0.1:{up0}
 }}
 """
-SCHEMA = (f"k8s_schema {{{{\n        pods insecure\n        except {CUSTOM}.{ZONE}\n        search node.example\n"
+SCHEMA = (f"k8s_schema {{{{\n        pods PODS\n        except {CUSTOM}.{ZONE}\n        search node.example\n"
           f"    }}}}")
 EXTERNAL = ["api.github.com", "github.com", "example.org", "registry.k8s.io", "nothing.invalid", "a.b.c.d.e"]
 SHORT = ["web", "web.default", "db.team-a", "db-0.db", "db-1.db.team-a", "ext", "kube-dns.kube-system", "nothere",
@@ -129,9 +129,10 @@ def _shape(wire: bytes) -> tuple:
             rrs(r.rr), rrs(r.auth), rrs(r.ar))
 
 
-async def _ask(names, schema: bool):
-    spec = SpecClusterDNS(ZONE, "insecure")
-    async with node(COREFILE.replace("SCHEMA", SCHEMA if schema else ""), answer=spec.answer) as n:
+async def _ask(names, schema: bool, pods: str = "insecure"):
+    spec = SpecClusterDNS(ZONE, pods)
+    async with node(COREFILE.replace("SCHEMA", SCHEMA.replace("PODS", pods) if schema else ""),
+                    answer=spec.answer) as n:
         out = [_shape(await n.udp(build(q, t, qid=i % 65536, do=i % 3 - 1))) for i, (q, t) in enumerate(names)]
         stage = next((st for b in n.agent.blocks for st in b.stages if st.name == "k8s_schema"), None)
         return out, len(spec.asked), (dict(stage.answered), dict(stage.probes)) if stage else None
@@ -141,16 +142,17 @@ def _differences(names, before, after) -> list:
     return [(q, t, a, b) for (q, t), a, b in zip(names, before, after) if a != b]
 
 
-def test_answers_with_and_without_the_stage_differ_in_nothing_but_ttls(capsys):
+@pytest.mark.parametrize("pods", ["insecure", "verified", "disabled"])
+def test_answers_with_and_without_the_stage_differ_in_nothing_but_ttls(capsys, pods):
     names = _names()
-    before, asked_before, _ = asyncio.run(_ask(names, False))
-    after, asked_after, (answered, probes) = asyncio.run(_ask(names, True))
+    before, asked_before, _ = asyncio.run(_ask(names, False, pods))
+    after, asked_after, (answered, probes) = asyncio.run(_ask(names, True, pods))
     diff = _differences(names, before, after)
     assert diff == [], diff[:5]
     assert answered["schema"] > 100 and answered["rfc8020"] > 50, answered
     assert asked_after < asked_before
     with capsys.disabled():
-        print(f"\n  {len(names)} queries, 0 differ; upstreams asked {asked_before} times without the stage, "
+        print(f"\n  pods {pods}: {len(names)} queries, 0 differ; upstreams asked {asked_before} times without the stage, "
               f"{asked_after} with it; answered here {answered}, ancestors asked {probes}")
 
 
