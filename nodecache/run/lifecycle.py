@@ -188,7 +188,8 @@ class Lifecycle:
                       loop.create_task(watch_config(self.source, self.rt, self.params, self.reload_now)),
                       loop.create_task(self._watch_local_addresses()),
                       loop.create_task(self._settle_shared_ports()),
-                      loop.create_task(self.rt.http.retry())]
+                      loop.create_task(self.rt.http.retry()),
+                      loop.create_task(self.rt.watch_drops())]
 
     async def _settle_shared_ports(self) -> None:
         """While another server holds one of our addresses too: keep the

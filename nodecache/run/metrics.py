@@ -54,6 +54,12 @@ class DnsCollector:
                 refused.add_metric([reason], n)
             yield refused
             yield self._events(agent)
+            drops = CounterMetricFamily("nodecache_udp_receive_drops", "Queries the kernel dropped because a "
+                                        "listener's UDP receive queue was full (/proc/net/udp's drops column, "
+                                        "read once a second).", labels=["listener"])
+            for listener, n in sorted(self.rt.drops.totals.items()):
+                drops.add_metric([listener], n)
+            yield drops
         reload_failed = CounterMetricFamily("coredns_reload_failed", "Counter of the number of failed reload attempts.")
         reload_failed.add_metric([], self.rt.reload_failed)
         yield reload_failed

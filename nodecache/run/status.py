@@ -6,6 +6,8 @@ through ``enter``, which refuses moves the lifecycle does not make.
 Readiness (``/ready``, ``nodecache probe ready``, the ``nodecache_ready``
 gauge) is computed from the phase and the agent each time it is asked:
 unready while starting, after handing off, while shutting down (lameduck),
+while a listener's UDP receive queue keeps overflowing (the kernel drops
+queries: ``observe.udpdrops``, checked once a second by ``watch_drops``),
 and when *every* zone is degraded; the reasons are returned with the 503.
 A zone is degraded when its every upstream has been down for
 ``UNREADY_AFTER_DOWN`` seconds or it has a forwarding loop; one degraded
@@ -29,6 +31,7 @@ import time
 from pathlib import Path
 
 from ..fdlimit import AcceptGuard
+from ..observe import udpdrops
 from ..observe.http import HttpServers
 from .metrics import exposition, registries
 
@@ -58,6 +61,7 @@ class Runtime:
         self.donor = None
         self.phase = Phase.STARTING
         self.panics = 0
+        self.drops = udpdrops.DropWatch()  # the kernel's receive drops per listener
         self.reload_failed = 0
         self.received_entries = 0
         self.resumed = 0  # times our heir died in the grace period and we served again
@@ -93,6 +97,8 @@ class Runtime:
         if self.phase is Phase.HANDED_OFF:
             return ["handed off to a successor"]
         reasons = ["shutting down"] if self.phase is Phase.STOPPING else []
+        reasons += [f"udp receive queue of {label} overflowing: queries dropped by the kernel"
+                    for label in self.drops.overflowing()]
         degraded = self.degraded()
         if degraded and len(degraded) == len(self.agent.blocks):
             reasons += list(degraded.values())  # every zone fails: this node's pods get no answers
@@ -120,6 +126,17 @@ class Runtime:
                 if down >= UNREADY_AFTER_DOWN:
                     out[zones] = f"zone {zones}: no healthy upstream for {down:.0f}s"
         return out
+
+    async def watch_drops(self) -> None:
+        """Count each listener's kernel receive drops once a second (observe.udpdrops)."""
+        while True:
+            sockets = {}
+            for listener in self.agent.listeners:
+                fd = listener.udp.fileno() if listener.udp is not None else None
+                if fd is not None:
+                    sockets[listener.server_label()] = fd
+            self.drops.check(sockets)
+            await asyncio.sleep(udpdrops.PERIOD)
 
     def status(self) -> dict:
         reasons = self.unready_reasons()
