@@ -68,6 +68,13 @@ def parser() -> argparse.ArgumentParser:
     flag(probe, "status-socket", dest="status_socket", default=D.STATUS_SOCKET,
          help="the agent's -status-socket")
 
+    top = sub.add_parser("top", help="which clients and names make this node's DNS traffic (live, or --json)")
+    flag(top, "status-socket", dest="status_socket", default=D.STATUS_SOCKET, help="the agent's -status-socket")
+    top.add_argument("--json", action="store_true", help="print one snapshot as JSON and exit")
+    top.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes of the live view")
+    top.add_argument("--sort", default="queries", choices=("queries", "nxdomain", "servfail", "refused",
+                                                          "walk_steps", "tcp", "hit_ratio"))
+
     handoff = sub.add_parser("handoff", help="hot handoff tools")
     hsub = handoff.add_subparsers(dest="handoff_command", required=True, parser_class=Parser)
     status = hsub.add_parser("status", help="which process holds the sockets")
@@ -217,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "probe":
         from .run.status import probe
         return probe(args.status_socket, args.what)
+    if args.command == "top":
+        from .topview import cmd_top
+        return cmd_top(args)
     if args.command == "demo":
         from .demo import run_demo
         return _run_loop(run_demo(args.bench))

@@ -148,7 +148,8 @@ class Runtime:
                 # what grows if something leaks (bench/soak.py samples these)
                 "tasks": len(asyncio.all_tasks()),
                 "memos": sum(len(lst.path.memo.table) for lst in agent.listeners),
-                "slow_inflight": agent.admission.running}
+                "slow_inflight": agent.admission.running,
+                "top": agent.top.snapshot()}  # nodecache top
 
     def on_loop_exception(self, loop, context) -> None:
         """The event loop's handler: an exception no code of ours caught is a

@@ -19,6 +19,7 @@ from .block import Block
 from ..ttlcache.store import ByteBudget
 from ..upstream.cork import Cork
 from ..plugins import timeouts
+from ..observe.top import Top
 from .admission import Admission
 from .querypath import QueryPath
 from ..observe.stats import ListenerStats
@@ -78,7 +79,7 @@ def make_sockets(addr: str, port: int) -> tuple[socket.socket, socket.socket]:
 class Listener:
     def __init__(self, addr: str, port: int, blocks: list[Block], limits: TcpLimits,
                  admission: Admission | None = None, clock=time.monotonic, udp_batch: bool = True,
-                 cork: Cork | None = None):
+                 cork: Cork | None = None, top: Top | None = None):
         self.addr, self.port = addr, port
         self.udp_batch = udp_batch  # False (-udp-batch=false): uvloop's datagram transport
         self.cork = cork if cork is not None else Cork()  # the agent's; its window: -udp-coalesce
@@ -87,7 +88,7 @@ class Listener:
         idle = timeouts.idle([b.cfg for b in blocks], limits.idle)
         if idle != limits.idle:  # the Corefile's timeouts for the blocks served here
             limits = TcpLimits(idle, limits.max_conns, limits.max_inflight, limits.max_per_client)
-        self.path = QueryPath(Router(blocks), self.stats, admission, clock)
+        self.path = QueryPath(Router(blocks), self.stats, admission, clock, top)
         self.tcp_state = TcpServerState(self.path, limits)
         self.udp: UdpServer | udpbatch.BatchUdpServer | udpwild.WildcardUdpServer | None = None  # (or its wild kind)
         self.tcp_server: asyncio.AbstractServer | None = None
@@ -171,10 +172,11 @@ class Agent:
         self.tcp_limits = tcp_limits or TcpLimits()
         self.admission = admission or Admission()  # one for the whole agent
         self.budget = budget or ByteBudget()        # likewise: every cache's bytes together
+        self.top = Top(clock=clock)                 # likewise: the heavy hitters of every listener
         self.blocks = [Block(b, clock, self.budget, forward_retry, self.cork) for b in config.blocks]
         self.listeners: list[Listener] = [
             Listener(addr, port, _blocks_for(self.blocks, addr, port), self.tcp_limits, self.admission,
-                     self.clock, udp_batch, self.cork)
+                     self.clock, udp_batch, self.cork, self.top)
             for addr, port in config.listeners]
         self.retiring: set[asyncio.Task] = set()
         self.retired: list[Listener] = []  # removed by reloads; their counters still count
@@ -282,7 +284,7 @@ class Agent:
             for addr, port in config.listeners:
                 if (addr, port) not in current:
                     listener = Listener(addr, port, _blocks_for(blocks, addr, port), self.tcp_limits,
-                                        self.admission, self.clock, self.udp_batch, self.cork)
+                                        self.admission, self.clock, self.udp_batch, self.cork, self.top)
                     await self._start_listener(listener)
                     started.append(listener)
         except ListenError:

@@ -41,6 +41,7 @@ from ..dns.truncate import fit
 from ..dns.wire import (CD, MAX_MESSAGE, RD, REFUSED, SERVFAIL, QueryError, error_reply, make_query, parse_query,
                         query_from_scan, scan, scan_servable)
 from ..observe.stats import ListenerStats
+from ..observe.top import SAMPLE, Top
 from ..plugins.cache.memo import MEMO_BYTES, MemoTable
 from ..plugins.chain import Request
 from .admission import Admission
@@ -80,7 +81,7 @@ class Fixed:
 
 class QueryPath:
     def __init__(self, router: Router, stats: ListenerStats, admission: Admission | None = None,
-                 clock=time.monotonic):
+                 clock=time.monotonic, top: Top | None = None):
         self.memo = MemoTable()
         self._memo = self.memo.get
         self._router = router
@@ -88,6 +89,8 @@ class QueryPath:
         self.stats = stats
         self.clock = clock  # the caches' clock: what a memo's expiry is measured on
         self.admission = admission or Admission()
+        self.top = top or Top()  # the agent's heavy hitters (nodecache top)
+        self.unsampled = SAMPLE  # hits until the next one the top tables count
         self.tasks: set[asyncio.Task] = set()
         self.direct_pending = 0  # askers taken at the callback speed, not yet answered or handed over
         self.dropped = 0         # queries we could not even answer with an error
@@ -125,6 +128,9 @@ class QueryPath:
                 now = self.clock()
                 if now < m.until or m.refresh(now):
                     m.hits += 1
+                    self.unsampled -= 1
+                    if not self.unsampled:
+                        self._sample(data, proto, via, ref)
                     return data[:2] + m.after_id
         t0 = _clock()
         s = scan(data)
@@ -149,7 +155,15 @@ class QueryPath:
         sent = self._fit_and_count(data, reply, limit, qend, edns, zone, proto, key_qtype(key), t0, "cache")
         if proto == "udp" and block.memoizable:
             self._memoise(block, data, sent, s, zone, t0, sent is not reply)
+        self.unsampled -= 1
+        if not self.unsampled:
+            self._sample(data, proto, via, ref)
         return sent
+
+    def _sample(self, data: bytes, proto: str, via, ref) -> None:
+        """One hit in SAMPLE goes into the top tables, for SAMPLE."""
+        self.unsampled = SAMPLE
+        self.top.hit(self.admission.client(via.client_of(ref)), data, proto)
 
     def _memoise(self, block, data: bytes, sent: bytes, s: tuple, zone: str, t0: float, truncated: bool) -> None:
         key, qend, _, _, edns = s
@@ -184,9 +198,11 @@ class QueryPath:
         client = admission.client(addr)
         if not admission.admit(client):
             self.error_replies += 1
+            self.top.refused(client, data, proto)
             if s is None:
                 return None
             return error_reply(data, REFUSED, s[1], s[4])
+        self.top.miss(client, data, proto)
         send = via.sender_of(ref)
         if proto == "udp" and block is not None and block.take is not None \
                 and self._take(block, data, s, zone, addr, client, send):
@@ -208,6 +224,7 @@ class QueryPath:
         try:
             reply = await self.answer(data, proto, addr, scanned, started)
         finally:
+            self.top.answered(self.admission.client(addr), data, reply)
             send(reply, addr)
 
     async def answer(self, data: bytes, proto: str, client, scanned, started: float | None = None) -> bytes | None:
@@ -274,6 +291,7 @@ class QueryPath:
         key, qend, _, _, edns = asker.scan
         out = self._fit_and_count(data, reply, asker.limit, qend, edns, asker.zone, "udp", key_qtype(key),
                                   asker.t0, "forward")
+        self.top.answered(asker.client, data, out)
         self.direct_pending -= 1
         self.admission.release(asker.client)
         return out
