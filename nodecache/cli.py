@@ -195,6 +195,9 @@ def _agent_flags(p: argparse.ArgumentParser) -> None:
       help="off (0), or wait up to this long (1ms..10ms) before reading UDP while queries keep coming, "
            "then read and answer all queued at once: fewer wakeups, less CPU per query at a few thousand "
            "queries/s, for up to this much more latency (needs -udp-batch)")
+    f("metrics-top-clients", dest="metrics_top_clients", type=at_least(0), default=0,
+      help="export nodecache_top_client_queries for the N busiest clients (0: off; a series per client "
+           "address, so at most N, and off by default for its cardinality)")
     f("log-format", dest="log_format", choices=("text", "json"), default="text",
       help="json: one object per line, RFC 3339 times")
     f("debug", action="store_true", help="debug logging")
@@ -354,7 +357,8 @@ def _run_params(args, run):
                      status_socket=run.status_socket,
                      lameduck=POD_NETWORK_LAMEDUCK if not (run.setupinterface or run.setupiptables) else 0.0,
                      forward_retry=run.forward_retry, udp_batch=run.udp_batch, udp_coalesce=run.udp_coalesce,
-                     prometheus_listen=run.prometheus_listen, metrics_tls=_metrics_tls(run))
+                     prometheus_listen=run.prometheus_listen, metrics_tls=_metrics_tls(run),
+                     metrics_top_clients=run.metrics_top_clients)
 
 
 def _metrics_tls(run):

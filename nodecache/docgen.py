@@ -82,6 +82,8 @@ def metrics_markdown() -> str:
     node = SimpleNamespace(errors=dict.fromkeys(ERROR_TYPES, 0), backend=SimpleNamespace(name="iptables"),
                            events=lambda: {})
     rt = Runtime(agent, node)
+    rt.top_clients = 1  # (-metrics-top-clients: the opt-in family is listed too)
+    agent.top.miss("10.0.0.1", b"", "udp")
     rows = {}
     for registry in (rt.dns_registry, rt.setup_registry):
         for fam in registry.collect():

@@ -83,6 +83,7 @@ class Lifecycle:
                            udp_coalesce=params.udp_coalesce)
         self.rt = Runtime(self.agent, self.node)
         self.rt.prometheus_listen = params.prometheus_listen
+        self.rt.top_clients = params.metrics_top_clients
         if params.metrics_tls is not None:  # (checked by the command line before we got here)
             self.rt.metrics_tls = params.metrics_tls.context()
         self.tasks: list[asyncio.Task] = []   # reconcile loop and config watcher, while we own the node

@@ -60,6 +60,8 @@ class DnsCollector:
             for listener, n in sorted(self.rt.drops.totals.items()):
                 drops.add_metric([listener], n)
             yield drops
+            if self.rt.top_clients:
+                yield self._top_clients(agent)
         reload_failed = CounterMetricFamily("coredns_reload_failed", "Counter of the number of failed reload attempts.")
         reload_failed.add_metric([], self.rt.reload_failed)
         yield reload_failed
@@ -95,6 +97,16 @@ class DnsCollector:
                          "TCP) per zone and protocol.", ["server", "zone", "view", "proto"], qsize, SIZE_BUCKETS)
         yield histogram("coredns_dns_response_size_bytes", "Size of the returned response in bytes.",
                          ["server", "zone", "view", "proto"], rsize, SIZE_BUCKETS)
+
+    def _top_clients(self, agent):
+        """-metrics-top-clients: the N busiest clients' query counts over the
+        top tables' window (estimates that decay: a gauge), at most N series."""
+        top = GaugeMetricFamily("nodecache_top_client_queries", "Queries of the busiest clients over the last "
+                                "minute or so (nodecache top's estimates; -metrics-top-clients series at most).",
+                                labels=["client"])
+        for row in agent.top.snapshot(self.rt.top_clients)["clients"]:
+            top.add_metric([row["client"]], row["queries"])
+        return top
 
     def _plugins(self, agent):
         """Each plugin's own families (``plugins/<name>/metrics.py``), given

@@ -41,6 +41,7 @@ class RunParams:
     forward_retry: bool = True     # -forward-retry
     udp_batch: bool = True         # -udp-batch
     udp_coalesce: float = 0.0      # -udp-coalesce (s; 0: off)
+    metrics_top_clients: int = 0   # -metrics-top-clients (0: no per-client series)
 
 
 def parse_local_ips(text: str) -> tuple[tuple[str, ...], list[str]]:

@@ -72,6 +72,7 @@ class Runtime:
         self.status_task: asyncio.Task | None = None
         self.metrics_tls = None     # ssl.SSLContext for -metrics-listen-address (-tls-enabled)
         self.prometheus_listen = ""  # -prometheus-listen-address: CoreDNS's metrics here too
+        self.top_clients = 0         # -metrics-top-clients: per-client series for the N busiest
 
     # -- state ------------------------------------------------------------
     def enter(self, phase: Phase) -> None:

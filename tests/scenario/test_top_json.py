@@ -53,3 +53,22 @@ def test_top_json_ranks_the_flooding_client_first(tmp_path):
     assert all(c["queries"] < first["queries"] for c in others)
     assert top["failing"][0]["client"].split(":")[0] == "127.0.0.9" and top["failing"][0]["rcode"] == "NXDOMAIN"
     assert 0 < len(top["names"]) <= top["slots"]  # 480 names asked: the table keeps its slots
+
+
+def test_the_top_clients_metric_is_off_by_default_and_at_most_n_series():
+    from nodecache.run.metrics import exposition
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async def go(n_series):
+        async with node(CLUSTER) as n:
+            rt = await runtime_for(n)
+            rt.top_clients = n_series
+            for i in range(6):
+                await _ask(n.port, f"127.0.0.{30 + i}", [build(f"svc-{i}.default.svc.cluster.local", 1)])
+            text = exposition(rt.dns_registry)[2].decode()
+            rt.close()
+            return [s for f in text_string_to_metric_families(text) if f.name == "nodecache_top_client_queries"
+                    for s in f.samples]
+    assert asyncio.run(go(0)) == []
+    series = asyncio.run(go(3))
+    assert len(series) == 3 and all(s.value >= 1 for s in series)

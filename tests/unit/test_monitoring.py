@@ -164,3 +164,10 @@ def test_the_component_lists_what_it_ships():
     assert kit["kind"] == "Component"
     files = kit["resources"] + [f for g in kit["configMapGenerator"] for f in g["files"]]
     assert all((KIT / f).is_file() for f in files) and "nodecache-dashboard.json" in files
+
+
+def test_the_dashboard_shows_the_top_clients_drops_and_search_walks():
+    exprs = " ".join(dashboard_exprs())
+    for metric in ("nodecache_top_client_queries", "nodecache_udp_receive_drops_total",
+                   "nodecache_searchpath_answered_total"):
+        assert metric in exprs, metric
