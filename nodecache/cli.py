@@ -73,7 +73,7 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--json", action="store_true", help="print one snapshot as JSON and exit")
     top.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes of the live view")
     top.add_argument("--sort", default="queries", choices=("queries", "nxdomain", "servfail", "refused",
-                                                          "walk_steps", "tcp", "hit_ratio"))
+                                                          "walk_steps", "tcp", "storm", "hit_ratio"))
 
     handoff = sub.add_parser("handoff", help="hot handoff tools")
     hsub = handoff.add_subparsers(dest="handoff_command", required=True, parser_class=Parser)
@@ -175,6 +175,9 @@ def _agent_flags(p: argparse.ArgumentParser) -> None:
     f("miss-rate-per-client", dest="miss_rate_per_client", type=at_least(0, float), default=D.MISS_RATE_PER_CLIENT,
       help="queries per second one client address may send that are not cache hits; more are "
            "REFUSED; 0: no limit")
+    f("storm-threshold", dest="storm_threshold", type=at_least(0), default=D.STORM_THRESHOLD,
+      help="after this many failing answers (NXDOMAIN, SERVFAIL) to one client's same question in 5 s, answer "
+           "the rest of those 5 s at the node over UDP (every 2nd truncated: real clients retry over TCP); 0: off")
     f("cache-bytes", dest="cache_bytes", type=size, default=D.CACHE_BYTES,
       help="bytes all caches together may hold (records + ~400 B per entry); oldest unused go first")
     f("cache-max-item", dest="cache_max_item", type=size, default=D.CACHE_MAX_ITEM,
@@ -352,7 +355,8 @@ def _run_params(args, run):
                      metrics_listen=run.metrics_listen, handoff=run.handoff, handoff_dir=run.handoff_dir,
                      drain=run.drain, handoff_grace=run.handoff_grace, max_inflight=run.max_inflight,
                      max_inflight_per_client=run.max_inflight_per_client,
-                     miss_rate_per_client=run.miss_rate_per_client, cache_bytes=run.cache_bytes,
+                     miss_rate_per_client=run.miss_rate_per_client, storm_threshold=run.storm_threshold,
+                     cache_bytes=run.cache_bytes,
                      cache_max_item=run.cache_max_item, cache_file=run.cache_file,
                      status_socket=run.status_socket,
                      lameduck=POD_NETWORK_LAMEDUCK if not (run.setupinterface or run.setupiptables) else 0.0,

@@ -10,6 +10,7 @@ MAX_INFLIGHT_PER_CLIENT = 512                  # one client's share of those
 # slow-path starts per second per client: a quarter of a core's measured
 # miss capacity (see server.admission)
 MISS_RATE_PER_CLIENT = 5000.0
+STORM_THRESHOLD = 10  # failing answers to one client's same question in 5 s before the rest is answered here (server.storms)
 CACHE_BYTES = 64 << 20                         # all caches of an agent together
 CACHE_MAX_ITEM = 16 << 10                      # records bytes; larger replies are served, not cached
 SYNC_INTERVAL = 60.0                           # node-cache's -syncinterval

@@ -16,10 +16,10 @@ import time
 
 from .run.status import read_status
 
-SORT_KEYS = ("queries", "nxdomain", "servfail", "refused", "walk_steps", "tcp", "hit_ratio")
+SORT_KEYS = ("queries", "nxdomain", "servfail", "refused", "walk_steps", "tcp", "storm", "hit_ratio")
 COLUMNS = (("CLIENT", "client", 24), ("QUERIES", "queries", 9), ("HIT%", "hit_ratio", 6),
            ("NXDOMAIN", "nxdomain", 9), ("SERVFAIL", "servfail", 9), ("REFUSED", "refused", 8),
-           ("WALK", "walk_steps", 7), ("TCP", "tcp", 7))
+           ("WALK", "walk_steps", 7), ("TCP", "tcp", 7), ("STORM", "storm", 7))
 
 
 def snapshot(path: str) -> dict:

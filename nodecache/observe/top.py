@@ -16,7 +16,8 @@ Feeding them costs the hit path one countdown per query: hits are sampled
 is only made for the sampled one. Misses, refusals and the answers to
 misses, dearer by far, are each counted. Per client: queries, cache hits,
 NXDOMAIN and SERVFAIL answers, refusals, search-walk steps (an NXDOMAIN for
-a name with a ``svc`` label: a pod's search list at work) and TCP queries.
+a name with a ``svc`` label: a pod's search list at work), TCP queries and
+queries of a failing-question storm answered at the node (``server.storms``).
 """
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ from ..dns.wire import NXDOMAIN, REFUSED, SERVFAIL, decode_name, scan
 SAMPLE = 128         # one hit in SAMPLE is counted (as SAMPLE): ~1% of a hit's cost at 80,000 q/s
 SLOTS = 128          # keys per table
 WINDOW = 60.0        # seconds: counts halve every WINDOW / 2
-FIELDS = ("queries", "hits", "nxdomain", "servfail", "refused", "walk_steps", "tcp")
-_Q, _HITS, _NX, _SERVFAIL, _REFUSED, _WALK, _TCP = range(7)
+FIELDS = ("queries", "hits", "nxdomain", "servfail", "refused", "walk_steps", "tcp", "storm")
+_Q, _HITS, _NX, _SERVFAIL, _REFUSED, _WALK, _TCP, _STORM = range(8)
 _RCODES = {NXDOMAIN: "NXDOMAIN", SERVFAIL: "SERVFAIL", REFUSED: "REFUSED"}
 
 
@@ -112,6 +113,12 @@ class Top:
         self.miss(client, data, proto)
         self.clients.table[client][2 + _REFUSED] += 1
         self._failed(client, data, REFUSED)
+
+    def storm(self, client, data: bytes) -> None:
+        """A query of a storm, answered at the node (server.storms)."""
+        rec = self._client(client)
+        rec[2 + _Q] += 1
+        rec[2 + _STORM] += 1
 
     def answered(self, client, data: bytes, reply: bytes | None) -> None:
         """The reply to one of ``client``'s misses (its RCODE is what counts)."""

@@ -77,7 +77,8 @@ class Lifecycle:
         self.node = NodeSetup(params.node, dns_ports(config, params.local_ips),
                               wildcard_ports(config, params.local_ips))
         self.agent = Agent(config, admission=Admission(params.max_inflight, params.max_inflight_per_client,
-                                                       params.miss_rate_per_client),
+                                                       params.miss_rate_per_client,
+                                                       storm_threshold=params.storm_threshold),
                            budget=ByteBudget(params.cache_bytes, params.cache_max_item),
                            forward_retry=params.forward_retry, udp_batch=params.udp_batch,
                            udp_coalesce=params.udp_coalesce)

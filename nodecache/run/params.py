@@ -31,6 +31,7 @@ class RunParams:
     max_inflight: int = defaults.MAX_INFLIGHT
     max_inflight_per_client: int = defaults.MAX_INFLIGHT_PER_CLIENT
     miss_rate_per_client: float = defaults.MISS_RATE_PER_CLIENT
+    storm_threshold: int = defaults.STORM_THRESHOLD
     cache_bytes: int = defaults.CACHE_BYTES
     cache_max_item: int = defaults.CACHE_MAX_ITEM
     cache_file: str = ""

@@ -42,6 +42,7 @@ from __future__ import annotations
 import time
 
 from .. import defaults
+from .storms import StormGuard
 
 DEFAULT_TOTAL = defaults.MAX_INFLIGHT
 DEFAULT_PER_CLIENT = defaults.MAX_INFLIGHT_PER_CLIENT
@@ -60,10 +61,10 @@ HOST_NETWORK = ("host network",)  # the bucket every host-network socket's misse
 class Admission:
     __slots__ = ("total", "per_client", "rate", "running", "by_client", "buckets", "clock", "local",
                  "local_total", "local_running", "refused_share", "refused_capacity", "refused_rate",
-                 "refused_host", "refused_host_rate", "host_bucket")
+                 "refused_host", "refused_host_rate", "host_bucket", "storms")
 
     def __init__(self, total: int = DEFAULT_TOTAL, per_client: int = DEFAULT_PER_CLIENT,
-                 rate: float = DEFAULT_RATE, clock=time.monotonic):
+                 rate: float = DEFAULT_RATE, clock=time.monotonic, storm_threshold: int = defaults.STORM_THRESHOLD):
         self.total, self.per_client = total, min(per_client, total)
         self.rate = rate  # 0: no rate limit
         self.clock = clock
@@ -79,12 +80,13 @@ class Admission:
         self.refused_host = 0      # nodecache_refused_total{reason="host_share"}
         self.refused_host_rate = 0  # nodecache_refused_total{reason="host_rate"}
         self.host_bucket = [self.rate * LOCAL_SHARES, clock()]  # every host-network socket's misses together
+        self.storms = StormGuard(storm_threshold, clock)  # one client's same failing question, again and again
 
     def refusals(self) -> dict[str, int]:
         """``nodecache_refused_total`` by reason."""
         return {"client_share": self.refused_share, "capacity": self.refused_capacity,
                 "client_rate": self.refused_rate, "host_share": self.refused_host,
-                "host_rate": self.refused_host_rate}
+                "host_rate": self.refused_host_rate, "storm": self.storms.contained}
 
     def client(self, peer) -> str | tuple:
         """The client a query from ``peer`` (a socket address tuple) counts

@@ -38,8 +38,8 @@ from functools import partial
 
 from ..dns.key import EDNS_DO, cd, edns, question, qtype as key_qtype
 from ..dns.truncate import fit
-from ..dns.wire import (CD, MAX_MESSAGE, RD, REFUSED, SERVFAIL, QueryError, error_reply, make_query, parse_query,
-                        query_from_scan, scan, scan_servable)
+from ..dns.wire import (CD, MAX_MESSAGE, NOERROR, NXDOMAIN, RD, REFUSED, SERVFAIL, QueryError, error_reply,
+                        make_query, parse_query, query_from_scan, scan, scan_servable)
 from ..observe.stats import ListenerStats
 from ..observe.top import SAMPLE, Top
 from ..plugins.cache.memo import MEMO_BYTES, MemoTable
@@ -196,6 +196,10 @@ class QueryPath:
         addr = via.client_of(ref)
         admission = self.admission
         client = admission.client(addr)
+        if proto == "udp" and s is not None and admission.storms.tracked:
+            storm = admission.storms.storming(client, s[0])
+            if storm is not None:
+                return self._contain(data, s, client, *storm)
         if not admission.admit(client):
             self.error_replies += 1
             self.top.refused(client, data, proto)
@@ -209,6 +213,21 @@ class QueryPath:
             return None
         self.start_task(self.answer_and_send(data, proto, addr, s, send), client)
         return None
+
+    def _contain(self, data: bytes, s: tuple, client, rcode: int, slip: bool) -> bytes:
+        """A storm's query answered here (server.storms): a short denial with
+        the RCODE upstream gave, or (slip) an empty truncated reply."""
+        self.top.storm(client, data)
+        if slip:
+            out = error_reply(data, NOERROR, s[1], s[4])
+            return out[:2] + bytes([out[2] | 0x02]) + out[3:]  # TC: a real client asks again over TCP
+        return error_reply(data, rcode, s[1], s[4])
+
+    def _failed(self, client, key: bytes, reply: bytes | None) -> None:
+        """An upstream's failing answer counts towards a storm (server.storms;
+        a local one, a template's SERVFAIL, costs nothing to repeat)."""
+        if reply is not None and len(reply) > 3 and reply[3] & 0xF in (NXDOMAIN, SERVFAIL):
+            self.admission.storms.failed(client, key, reply[3] & 0xF)
 
     def start_task(self, coro, client) -> None:
         """Run admitted slow-path work as a task; its end gives the slot back."""
@@ -253,6 +272,8 @@ class QueryPath:
             else:
                 reply, plugin = await block.serve(Request(q, proto, client, started or time.monotonic(),
                                                           ask=self.ask))
+        if plugin == "forward" and proto == "udp":  # an upstream's failure counts towards a storm
+            self._failed(self.admission.client(client), q.key, reply)
         return self._fit_and_count(data, reply, limit, q.qend, q.edns, zone, proto, q.qtype, t0, plugin)
 
     def ask(self, key: bytes, addr) -> bool:
@@ -292,6 +313,7 @@ class QueryPath:
         out = self._fit_and_count(data, reply, asker.limit, qend, edns, asker.zone, "udp", key_qtype(key),
                                   asker.t0, "forward")
         self.top.answered(asker.client, data, out)
+        self._failed(asker.client, key, out)
         self.direct_pending -= 1
         self.admission.release(asker.client)
         return out
