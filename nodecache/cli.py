@@ -198,6 +198,9 @@ def _agent_flags(p: argparse.ArgumentParser) -> None:
       help="off (0), or wait up to this long (1ms..10ms) before reading UDP while queries keep coming, "
            "then read and answer all queued at once: fewer wakeups, less CPU per query at a few thousand "
            "queries/s, for up to this much more latency (needs -udp-batch)")
+    f("pod-names", dest="pod_names", type=go_bool, nargs="?", const=True, default=False,
+      help="show clients as namespace/pod in nodecache top: list and watch this node's pods (needs a service-"
+           "account token, RBAC for list/watch pods and NODE_NAME: daemonset/components/pod-names)")
     f("metrics-top-clients", dest="metrics_top_clients", type=at_least(0), default=0,
       help="export nodecache_top_client_queries for the N busiest clients (0: off; a series per client "
            "address, so at most N, and off by default for its cardinality)")
@@ -362,7 +365,7 @@ def _run_params(args, run):
                      lameduck=POD_NETWORK_LAMEDUCK if not (run.setupinterface or run.setupiptables) else 0.0,
                      forward_retry=run.forward_retry, udp_batch=run.udp_batch, udp_coalesce=run.udp_coalesce,
                      prometheus_listen=run.prometheus_listen, metrics_tls=_metrics_tls(run),
-                     metrics_top_clients=run.metrics_top_clients)
+                     metrics_top_clients=run.metrics_top_clients, pod_names=run.pod_names)
 
 
 def _metrics_tls(run):

@@ -74,6 +74,7 @@ class SpaceSaving:
 class Top:
     def __init__(self, slots: int = SLOTS, window: float = WINDOW, clock=time.monotonic):
         self.window, self.clock = window, clock
+        self.pod_name = None  # address -> "namespace/pod" or None (observe.podnames, -pod-names)
         self.clients = SpaceSaving(slots, len(FIELDS))
         self.names = SpaceSaving(slots)
         self.failing = SpaceSaving(slots)
@@ -143,17 +144,24 @@ class Top:
     def snapshot(self, limit: int = 50) -> dict:
         clients = []
         for client, rec in self.clients.ranked(limit):
-            row = {"client": _label(client), "queries": rec[2 + _Q]}
+            row = {"client": self._label(client), "queries": rec[2 + _Q]}
+            if row["client"] != _label(client):
+                row["address"] = _label(client)
             row.update({f: rec[2 + i] for i, f in enumerate(FIELDS) if f not in ("queries", "hits")})
             row["hit_ratio"] = round(rec[2 + _HITS] / rec[2 + _Q], 3) if rec[2 + _Q] else 0.0
             row["error"] = rec[1]
             clients.append(row)
         names = [{"name": decode_name(name), "queries": rec[0], "error": rec[1]}
                  for name, rec in self.names.ranked(limit)]
-        failing = [{"client": _label(c), "name": decode_name(name), "rcode": rcode, "count": rec[0]}
+        failing = [{"client": self._label(c), "name": decode_name(name), "rcode": rcode, "count": rec[0]}
                    for (c, name, rcode), rec in self.failing.ranked(limit)]
         return {"window_s": self.window, "sample": SAMPLE, "slots": self.clients.slots,
                 "clients": clients, "names": names, "failing": failing}
+
+
+    def _label(self, client) -> str:
+        named = self.pod_name(client) if self.pod_name is not None and isinstance(client, str) else None
+        return named or _label(client)
 
 
 def _name(data: bytes) -> bytes | None:

@@ -45,6 +45,7 @@ from ..handoff.protocol import ProtocolError
 from ..handoff.systemd import listen_fds, notify
 from ..node.addresses import local_addresses
 from ..node.reconcile import NodeSetup
+from ..observe.podnames import PodNames
 from .configsource import WILDCARDS, ConfigSource, dns_ports, watch_config, wildcard_ports
 from .params import RunParams
 from .persist import load_cache_file, save_cache_file
@@ -85,6 +86,10 @@ class Lifecycle:
         self.rt = Runtime(self.agent, self.node)
         self.rt.prometheus_listen = params.prometheus_listen
         self.rt.top_clients = params.metrics_top_clients
+        self.pod_names = PodNames.in_cluster() if params.pod_names else None
+        if self.pod_names is not None:
+            self.agent.top.pod_name = self.pod_names.name
+            self.pod_names.start()
         if params.metrics_tls is not None:  # (checked by the command line before we got here)
             self.rt.metrics_tls = params.metrics_tls.context()
         self.tasks: list[asyncio.Task] = []   # reconcile loop and config watcher, while we own the node
@@ -341,6 +346,8 @@ class Lifecycle:
             await node.run(node.teardown_rules)
         await rt.agent.stop(params.drain)
         rt.close()
+        if self.pod_names is not None:
+            self.pod_names.stop()
         if params.cache_file:
             save_cache_file(rt.agent, params.cache_file)
         if teardown:

@@ -43,6 +43,7 @@ class RunParams:
     udp_batch: bool = True         # -udp-batch
     udp_coalesce: float = 0.0      # -udp-coalesce (s; 0: off)
     metrics_top_clients: int = 0   # -metrics-top-clients (0: no per-client series)
+    pod_names: bool = False        # -pod-names: nodecache top names clients by pod (observe.podnames)
 
 
 def parse_local_ips(text: str) -> tuple[tuple[str, ...], list[str]]:

@@ -258,3 +258,24 @@ def test_our_image_in_an_installers_own_daemonset_takes_its_args_and_corefile(in
     assert main(["check", *args, *extra, "-clusterdns", "10.96.0.11"]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert f"health {layout.health}" in out and "__PILLAR__" not in out
+
+
+def test_the_pod_names_component_renders_rbac_the_token_node_name_and_the_flag(tmp_path):
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (kubectl kustomize renders the overlays)")
+    rel = os.path.relpath(ROOT / "daemonset", tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(f"resources: [{rel}/overlays/iptables]\n"
+                                                 f"components: [{rel}/components/pod-names]\n")
+    out = subprocess.run([kubectl, "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    objs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    ds = next(d for d in objs if d["kind"] == "DaemonSet")
+    spec = ds["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    assert spec["automountServiceAccountToken"] is True and "-pod-names" in container["args"]
+    assert container["env"] == [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]
+    binding = next(d for d in objs if d["kind"] == "ClusterRoleBinding")
+    assert binding["subjects"][0]["name"] == spec["serviceAccountName"]
+    from nodecache.cli import parser
+    assert parser().parse_args(["check", *container["args"]]).pod_names is True  # every flag parses
