@@ -221,16 +221,21 @@ def test_each_installers_overlay_takes_its_node_local_dns_over_or_stands_beside_
         assert ("-setupiptables=false" in args) == (not layout.setup_iptables)
 
 
-def test_the_addon_manager_component_labels_every_object_as_upstream_does(tmp_path):
+def _with_component(tmp_path, component: str) -> list[dict]:
+    """The iptables overlay rendered with ``component`` (kubectl kustomize)."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed (kubectl kustomize renders the overlays)")
     rel = os.path.relpath(ROOT / "daemonset", tmp_path)
     (tmp_path / "kustomization.yaml").write_text(f"resources: [{rel}/overlays/iptables]\n"
-                                                 f"components: [{rel}/components/addon-manager]\n")
+                                                 f"components: [{rel}/components/{component}]\n")
     out = subprocess.run([kubectl, "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    objs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def test_the_addon_manager_component_labels_every_object_as_upstream_does(tmp_path):
+    objs = _with_component(tmp_path, "addon-manager")
     modes = {(d["kind"], d["metadata"]["name"]): d["metadata"]["labels"]["addonmanager.kubernetes.io/mode"]
              for d in objs}
     # node-local-dns's names, so the manager's apply replaces it in place; your Corefile edits stay
@@ -261,15 +266,7 @@ def test_our_image_in_an_installers_own_daemonset_takes_its_args_and_corefile(in
 
 
 def test_the_pod_names_component_renders_rbac_the_token_node_name_and_the_flag(tmp_path):
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed (kubectl kustomize renders the overlays)")
-    rel = os.path.relpath(ROOT / "daemonset", tmp_path)
-    (tmp_path / "kustomization.yaml").write_text(f"resources: [{rel}/overlays/iptables]\n"
-                                                 f"components: [{rel}/components/pod-names]\n")
-    out = subprocess.run([kubectl, "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    objs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    objs = _with_component(tmp_path, "pod-names")
     ds = next(d for d in objs if d["kind"] == "DaemonSet")
     spec = ds["spec"]["template"]["spec"]
     container = spec["containers"][0]
