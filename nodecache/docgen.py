@@ -83,7 +83,7 @@ def metrics_markdown() -> str:
                            events=lambda: {})
     rt = Runtime(agent, node)
     rt.top_clients = 1  # (-metrics-top-clients: the opt-in family is listed too)
-    agent.top.miss("10.0.0.1", b"", "udp")
+    agent.top.miss("10.0.0.1", None, "udp")
     rows = {}
     for registry in (rt.dns_registry, rt.setup_registry):
         for fam in registry.collect():

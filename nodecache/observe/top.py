@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 
 from ..dns.key import TRAILER
-from ..dns.wire import NXDOMAIN, REFUSED, SERVFAIL, decode_name, scan
+from ..dns.wire import NXDOMAIN, REFUSED, SERVFAIL, decode_name
 
 SAMPLE = 128         # one hit in SAMPLE is counted (as SAMPLE): ~1% of a hit's cost at 80,000 q/s
 SLOTS = 128          # keys per table
@@ -32,6 +32,7 @@ WINDOW = 60.0        # seconds: counts halve every WINDOW / 2
 FIELDS = ("queries", "hits", "nxdomain", "servfail", "refused", "walk_steps", "tcp", "storm")
 _Q, _HITS, _NX, _SERVFAIL, _REFUSED, _WALK, _TCP, _STORM = range(8)
 _RCODES = {NXDOMAIN: "NXDOMAIN", SERVFAIL: "SERVFAIL", REFUSED: "REFUSED"}
+_FIELD_OF = {NXDOMAIN: _NX, SERVFAIL: _SERVFAIL, REFUSED: _REFUSED}
 
 
 class SpaceSaving:
@@ -89,39 +90,39 @@ class Top:
             self.next_decay = now + self.window / 2
         return self.clients.add(client, n)
 
-    def hit(self, client, data: bytes, proto: str, n: int = SAMPLE) -> None:
+    # ``key``: the question's cache key (dns.key), as the query path scanned
+    # it; None when the query is not of the common shape (then no name)
+    def hit(self, client, key: bytes | None, proto: str, n: int = SAMPLE) -> None:
         """A sampled cache hit of ``client`` (weighing ``n`` queries)."""
         rec = self._client(client, n)
         rec[2 + _Q] += n
         rec[2 + _HITS] += n
         if proto == "tcp":
             rec[2 + _TCP] += n
-        name = _name(data)
-        if name is not None:
-            self.names.add(name, n)
+        if key is not None:
+            self.names.add(key[:-TRAILER], n)
 
-    def miss(self, client, data: bytes, proto: str) -> None:
+    def miss(self, client, key: bytes | None, proto: str) -> None:
         rec = self._client(client)
         rec[2 + _Q] += 1
         if proto == "tcp":
             rec[2 + _TCP] += 1
-        name = _name(data)
-        if name is not None:
-            self.names.add(name)
+        if key is not None:
+            self.names.add(key[:-TRAILER])
 
-    def refused(self, client, data: bytes, proto: str) -> None:
+    def refused(self, client, key: bytes | None, proto: str) -> None:
         """A query refused by admission (it counts as a query and a refusal)."""
-        self.miss(client, data, proto)
+        self.miss(client, key, proto)
         self.clients.table[client][2 + _REFUSED] += 1
-        self._failed(client, data, REFUSED)
+        self._failed(client, key, REFUSED)
 
-    def storm(self, client, data: bytes) -> None:
+    def storm(self, client) -> None:
         """A query of a storm, answered at the node (server.storms)."""
         rec = self._client(client)
         rec[2 + _Q] += 1
         rec[2 + _STORM] += 1
 
-    def answered(self, client, data: bytes, reply: bytes | None) -> None:
+    def answered(self, client, key: bytes | None, reply: bytes | None) -> None:
         """The reply to one of ``client``'s misses (its RCODE is what counts)."""
         if reply is None or len(reply) < 4:
             return
@@ -130,15 +131,14 @@ class Top:
             return
         rec = self.clients.table.get(client)
         if rec is not None:
-            rec[2 + {NXDOMAIN: _NX, SERVFAIL: _SERVFAIL, REFUSED: _REFUSED}[rcode]] += 1
-            if rcode == NXDOMAIN and b"\x03svc" in data[12:]:
+            rec[2 + _FIELD_OF[rcode]] += 1
+            if rcode == NXDOMAIN and key is not None and b"\x03svc" in key:
                 rec[2 + _WALK] += 1
-        self._failed(client, data, rcode)
+        self._failed(client, key, rcode)
 
-    def _failed(self, client, data: bytes, rcode: int) -> None:
-        name = _name(data)
-        if name is not None:
-            self.failing.add((client, name, _RCODES[rcode]))
+    def _failed(self, client, key: bytes | None, rcode: int) -> None:
+        if key is not None:
+            self.failing.add((client, key[:-TRAILER], _RCODES[rcode]))
 
     # -- reading ----------------------------------------------------------------
     def snapshot(self, limit: int = 50) -> dict:
@@ -162,13 +162,6 @@ class Top:
     def _label(self, client) -> str:
         named = self.pod_name(client) if self.pod_name is not None and isinstance(client, str) else None
         return named or _label(client)
-
-
-def _name(data: bytes) -> bytes | None:
-    """The question's name as the tables key it (wire form, lower case;
-    presentation form only in ``snapshot``)."""
-    s = scan(data)
-    return None if s is None else s[0][:-TRAILER]
 
 
 def _label(client) -> str:

@@ -130,7 +130,8 @@ class QueryPath:
                     m.hits += 1
                     self.unsampled -= 1
                     if not self.unsampled:
-                        self._sample(data, proto, via, ref)
+                        s = scan(data)  # (a memo hit has no scan: made for the sampled one only)
+                        self._sample(s[0] if s is not None else None, proto, via, ref)
                     return data[:2] + m.after_id
         t0 = _clock()
         s = scan(data)
@@ -157,13 +158,13 @@ class QueryPath:
             self._memoise(block, data, sent, s, zone, t0, sent is not reply)
         self.unsampled -= 1
         if not self.unsampled:
-            self._sample(data, proto, via, ref)
+            self._sample(key, proto, via, ref)
         return sent
 
-    def _sample(self, data: bytes, proto: str, via, ref) -> None:
+    def _sample(self, key: bytes | None, proto: str, via, ref) -> None:
         """One hit in SAMPLE goes into the top tables, for SAMPLE."""
         self.unsampled = SAMPLE
-        self.top.hit(self.admission.client(via.client_of(ref)), data, proto)
+        self.top.hit(self.admission.client(via.client_of(ref)), key, proto)
 
     def _memoise(self, block, data: bytes, sent: bytes, s: tuple, zone: str, t0: float, truncated: bool) -> None:
         key, qend, _, _, edns = s
@@ -202,11 +203,11 @@ class QueryPath:
                 return self._contain(data, s, client, *storm)
         if not admission.admit(client):
             self.error_replies += 1
-            self.top.refused(client, data, proto)
+            self.top.refused(client, s[0] if s is not None else None, proto)
             if s is None:
                 return None
             return error_reply(data, REFUSED, s[1], s[4])
-        self.top.miss(client, data, proto)
+        self.top.miss(client, s[0] if s is not None else None, proto)
         send = via.sender_of(ref)
         if proto == "udp" and block is not None and block.take is not None \
                 and self._take(block, data, s, zone, addr, client, send):
@@ -217,7 +218,7 @@ class QueryPath:
     def _contain(self, data: bytes, s: tuple, client, rcode: int, slip: bool) -> bytes:
         """A storm's query answered here (server.storms): a short denial with
         the RCODE upstream gave, or (slip) an empty truncated reply."""
-        self.top.storm(client, data)
+        self.top.storm(client)
         if slip:
             out = error_reply(data, NOERROR, s[1], s[4])
             return out[:2] + bytes([out[2] | 0x02]) + out[3:]  # TC: a real client asks again over TCP
@@ -243,7 +244,7 @@ class QueryPath:
         try:
             reply = await self.answer(data, proto, addr, scanned, started)
         finally:
-            self.top.answered(self.admission.client(addr), data, reply)
+            self.top.answered(self.admission.client(addr), scanned[0] if scanned is not None else None, reply)
             send(reply, addr)
 
     async def answer(self, data: bytes, proto: str, client, scanned, started: float | None = None) -> bytes | None:
@@ -312,7 +313,7 @@ class QueryPath:
         key, qend, _, _, edns = asker.scan
         out = self._fit_and_count(data, reply, asker.limit, qend, edns, asker.zone, "udp", key_qtype(key),
                                   asker.t0, "forward")
-        self.top.answered(asker.client, data, out)
+        self.top.answered(asker.client, key, out)
         self._failed(asker.client, key, out)
         self.direct_pending -= 1
         self.admission.release(asker.client)

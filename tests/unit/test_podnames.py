@@ -14,10 +14,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import yaml
 
+from nodecache.dns.wire import scan
 from nodecache.emulated.client import build
 from nodecache.observe import podnames
 from nodecache.observe.top import Top
 
+
+
+def _key(name: str, qtype: int) -> bytes:
+    """The cache key the query path hands the top tables."""
+    return scan(build(name, qtype))[0]
 
 def _pod(ns, name, ip, host_network=False):
     return {"metadata": {"namespace": ns, "name": name}, "spec": {"hostNetwork": host_network},
@@ -89,8 +95,8 @@ def test_the_nodes_pods_are_listed_then_watched_and_named_in_top(api, tmp_path):
     assert any(q.get("watch") == "1" and q.get("resourceVersion") == "7" for _, q, _ in Api.seen)
     top = Top()
     top.pod_name = names.name
-    top.miss("10.244.1.9", build("svc-1.default.svc.cluster.local", 1), "udp")
-    top.miss("10.244.7.7", build("svc-1.default.svc.cluster.local", 1), "udp")
+    top.miss("10.244.1.9", _key("svc-1.default.svc.cluster.local", 1), "udp")
+    top.miss("10.244.7.7", _key("svc-1.default.svc.cluster.local", 1), "udp")
     rows = {r["client"]: r.get("address") for r in top.snapshot()["clients"]}
     assert rows == {"team-a/api-0": "10.244.1.9", "10.244.7.7": None}
 

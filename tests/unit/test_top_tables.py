@@ -4,10 +4,16 @@ from __future__ import annotations
 import random
 import sys
 
+from nodecache.dns.wire import scan
 from nodecache.emulated.client import build
 from nodecache.observe.top import SAMPLE, SLOTS, SpaceSaving, Top
 from nodecache.topview import render
 
+
+
+def _key(name: str, qtype: int) -> bytes:
+    """The cache key the query path hands the top tables."""
+    return scan(build(name, qtype))[0]
 
 def _size(table: SpaceSaving) -> int:
     """The table's bytes: its dicts, their keys and records."""
@@ -37,10 +43,10 @@ def test_counts_halve_every_half_window_and_keys_at_zero_leave():
     now = [0.0]
     top = Top(slots=8, window=10.0, clock=lambda: now[0])
     for _ in range(4):
-        top.miss("10.0.0.1", build("a.example.com", 1), "udp")
-    top.miss("10.0.0.2", build("b.example.com", 1), "udp")
+        top.miss("10.0.0.1", _key("a.example.com", 1), "udp")
+    top.miss("10.0.0.2", _key("b.example.com", 1), "udp")
     now[0] = 5.0
-    top.miss("10.0.0.3", build("c.example.com", 1), "udp")  # the decay runs first
+    top.miss("10.0.0.3", _key("c.example.com", 1), "udp")  # the decay runs first
     clients = {c["client"]: c["queries"] for c in top.snapshot()["clients"]}
     assert clients == {"10.0.0.1": 2, "10.0.0.3": 1}
 
@@ -48,10 +54,10 @@ def test_counts_halve_every_half_window_and_keys_at_zero_leave():
 def test_a_client_row_counts_hits_failures_walk_steps_and_tcp():
     top = Top()
     q = build("x.example.com.default.svc.cluster.local", 1)
-    top.hit("10.0.0.1", build("svc-1.default.svc.cluster.local", 1), "udp")
-    top.miss("10.0.0.1", q, "tcp")
-    top.answered("10.0.0.1", q, q[:2] + b"\x81\x83" + q[4:])  # NXDOMAIN
-    top.refused("10.0.0.1", q, "udp")
+    top.hit("10.0.0.1", _key("svc-1.default.svc.cluster.local", 1), "udp")
+    top.miss("10.0.0.1", scan(q)[0], "tcp")
+    top.answered("10.0.0.1", scan(q)[0], q[:2] + b"\x81\x83" + q[4:])  # NXDOMAIN
+    top.refused("10.0.0.1", scan(q)[0], "udp")
     (row,) = top.snapshot()["clients"]
     assert row["queries"] == SAMPLE + 2 and row["nxdomain"] == 1 and row["walk_steps"] == 1
     assert row["refused"] == 1 and row["tcp"] == 1 and row["hit_ratio"] == round(SAMPLE / (SAMPLE + 2), 3)
@@ -63,7 +69,7 @@ def test_a_client_row_counts_hits_failures_walk_steps_and_tcp():
 def test_the_live_view_fits_a_narrow_terminal():
     top = Top()
     for i in range(30):
-        top.miss(f"10.0.{i}.1", build(f"n{i}.example.com", 1), "udp")
+        top.miss(f"10.0.{i}.1", _key(f"n{i}.example.com", 1), "udp")
     lines = render(top.snapshot(), "queries", 40, 20)
     assert len(lines) <= 20 and all(len(line) <= 40 for line in lines)
     assert "CLIENT" in lines[2] and "SERVFAIL" not in lines[2]  # the columns that do not fit are left out
