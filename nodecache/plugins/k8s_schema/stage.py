@@ -116,7 +116,7 @@ class SchemaStage(Stage):
         reason = self.verdict(scanned[0], now)
         if reason is None:
             return self.next_front(data, scanned, now)
-        if reason is UNKNOWN or self.soa is None or self._walk_to_start(scanned[0], now):
+        if reason is UNKNOWN or self.soa is None or (reason is IMPOSSIBLE and self._walk_to_start(scanned[0], now)):
             return None  # ``handle`` asks the cluster DNS (and learns its SOA), or starts the walk
         self.answered[reason] += 1
         return self._nx_reply(data, scanned[1], scanned[2], scanned[4])
@@ -144,12 +144,13 @@ class SchemaStage(Stage):
 
     # -- the rest of the walk -------------------------------------------------
     def _walk_rest(self, key: bytes) -> list[bytes]:
-        """The queries of the walk ``key`` begins that are not under the zone
+        """The queries of the walk ``key`` (a name the schema cannot produce:
+        its callers have judged it) begins that are not under the zone
         (``<X>.<search domain>`` for each, then ``<X>.``; the last is the one
         a walk is remembered by), or [] when ``key`` begins none."""
         name = key[:-TRAILER]
         labels = labels_below(name, self.zone)
-        if labels is None or len(labels) < 4 or labels[-1] != b"svc" or judge(labels, self.cfg.pods) is not IMPOSSIBLE:
+        if labels is None or len(labels) < 4 or labels[-1] != b"svc":
             return []
         x = name[:len(name) - len(suffix(name, labels, 2))]  # <X>: the labels before <ns>.svc.<zone>, no root
         trailer = key[-TRAILER:]
