@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 
-from .querypath import QueryPath
+from .querypath import Fixed, QueryPath
 
 log = logging.getLogger("nodecache.udp")
 
@@ -23,6 +23,7 @@ class UdpServer(asyncio.DatagramProtocol):
     def __init__(self, path: QueryPath):
         self.path = path
         self.dispatch = path.dispatch
+        self.via = Fixed(self.send)  # the query path's: the client is the address, replies go through ``send``
         self.transport: asyncio.DatagramTransport | None = None
         self.spare: socket.socket | None = None  # sends replies after stop_reading
         self.unsent = 0
@@ -38,17 +39,9 @@ class UdpServer(asyncio.DatagramProtocol):
         self.datagram_received(data, addr)
 
     def datagram_received(self, data: bytes, addr):
-        reply = self.dispatch(data, "udp", self, addr)
+        reply = self.dispatch(data, "udp", self.via, addr)
         if reply is not None:
             self.transport.sendto(reply, addr)
-
-    # the query path's ``via``: the client is the address, replies go through ``send``
-    @staticmethod
-    def client_of(addr):
-        return addr
-
-    def sender_of(self, addr):
-        return self.send
 
     def stop_reading(self) -> None:
         """Stop taking datagrams (they stay queued in the kernel for whoever
