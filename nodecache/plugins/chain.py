@@ -118,7 +118,7 @@ class Stage:
 
     def memo_for(self, data: bytes, reply: bytes, key: bytes, qend: int, truncated: bool):
         """After the block's fast front answered ``data`` with ``reply`` (as
-        sent), asked of its last stage: a memo of it for the listener's table
+        sent), asked of the last front stage that makes memos: a memo for the listener's table
         (``plugins.cache.memo.Memo``, its counter series not yet set), or
         None (the default: none)."""
         return None
