@@ -4,6 +4,7 @@ plugin registry), and what the cache, forward and k8s_schema options in
 effect do."""
 from __future__ import annotations
 
+from .observe.families import rcode_label
 from .plugins.k8s_schema.shape import sample_walk
 from .plugins.registry import PLUGINS
 
@@ -32,14 +33,26 @@ def describe(config) -> str:
                          + (f", serve_stale {c.serve_stale.duration:g}s "
                             f"{'verify' if c.serve_stale.verify else 'immediate'}" if c.serve_stale else ""))
         lines += _schema_walk(b.option("k8s_schema"))
-        f = b.option("forward")
-        if f:
-            proto = "tcp" if f.force_tcp else "udp (tcp on truncation)"
-            lines.append(f"  forward {f.from_zone} -> {', '.join(map(str, f.to))} over {proto}, "
-                         f"policy {f.policy}, expire {f.expire:g}s, max_fails {f.max_fails}"
-                         + (f", except {' '.join(f.except_zones)}" if f.except_zones else "")
-                         + (f", max_concurrent {f.max_concurrent}" if f.max_concurrent else ""))
+        for f in b.option("forward", ()):
+            lines.append(_forward_line(f))
     return "\n".join(lines)
+
+
+def _forward_line(f) -> str:
+    """One ``forward`` directive as ``check`` prints it."""
+    if all(u.encrypted for u in f.to):
+        proto = "tls"
+    else:
+        proto = "tcp" if f.force_tcp else "udp (tcp on truncation)"
+    tls = ", ".join(f"{u} verified as {f.server_name(u)}" for u in f.to if u.encrypted)
+    return (f"  forward {f.from_zone} -> {', '.join(map(str, f.to))} over {proto}, "
+            f"policy {f.policy}, expire {f.expire:g}s, max_fails {f.max_fails}"
+            + (f", except {' '.join(f.except_zones)}" if f.except_zones else "")
+            + (f", max_concurrent {f.max_concurrent}" if f.max_concurrent else "")
+            + (f"; {tls}" if tls else "")
+            + (f"; next {' '.join(map(rcode_label, f.next_rcodes))}" if f.next_rcodes else "")
+            + (f"; failover {' '.join(map(rcode_label, f.failover_rcodes))}" if f.failover_rcodes else "")
+            + ("; failfast_all_unhealthy_upstreams" if f.failfast_all_unhealthy_upstreams else ""))
 
 
 def _schema_walk(cfg) -> list[str]:

@@ -123,7 +123,7 @@ class Runtime:
                 continue
             stage = block.forward_stage
             if stage is not None:
-                down = stage.forwarder.down_for(now)
+                down = max(fwd.down_for(now) for fwd in stage.forwarders)
                 if down >= UNREADY_AFTER_DOWN:
                     out[zones] = f"zone {zones}: no healthy upstream for {down:.0f}s"
         return out

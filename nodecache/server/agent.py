@@ -339,7 +339,7 @@ class Agent:
             listener.stop_reading()
         deadline = asyncio.get_running_loop().time() + grace
         while asyncio.get_running_loop().time() < deadline and any(
-                b.forward_stage and b.forward_stage.forwarder.inflight for b in blocks):
+                b.forward_stage and any(f.inflight for f in b.forward_stage.forwarders) for b in blocks):
             await asyncio.sleep(0.05)
         for listener in listeners:
             await listener.path.drain(1.0)

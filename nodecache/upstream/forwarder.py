@@ -48,13 +48,15 @@ import random
 import time
 from bisect import bisect_left
 
-from ..upstream.options import ForwardConfig, Upstream
+from ..upstream.options import HTTPS, TLS, ForwardConfig, Upstream
 from ..dns.key import cd, do, question
 from ..dns.reply import MalformedReply, Reply, analyse
 from ..dns.wire import AD, CD, RD, make_query
 from ..observe.stats import DURATION_BUCKETS
 from .cork import Cork
 from .direct import Deadlines, InFlight, Leader
+from .doh import DohPool
+from .tls import client_context, TlsPool
 from .transport import TcpPool, UdpPool, UpstreamClosed, exchange_on
 
 log = logging.getLogger("nodecache.forward")
@@ -84,12 +86,30 @@ class Overloaded(Exception):
     """Too many exchanges in flight (REFUSED)."""
 
 
+def _pool(addr: Upstream, cfg: ForwardConfig, cork: Cork, contexts: dict):
+    """The stream pool for ``addr``: plain TCP, TLS or HTTP/2 over TLS
+    (one client context per forwarder and ALPN, made on first use)."""
+    if addr.proto == TLS:
+        if TLS not in contexts:
+            contexts[TLS] = client_context(cfg.tls, alpn=None)
+        return TlsPool(addr.host, addr.port, cfg.expire, cork, contexts[TLS], cfg.server_name(addr), str(addr))
+    if addr.proto == HTTPS:
+        if HTTPS not in contexts:
+            contexts[HTTPS] = client_context(cfg.tls, alpn=["h2"])
+        return DohPool(addr.host, addr.port, cfg.expire, cork, contexts[HTTPS], cfg.server_name(addr), str(addr),
+                       addr.path, cfg.doh_method)
+    return TcpPool(addr.host, addr.port, cfg.expire, cork)
+
+
 class UpstreamState:
-    def __init__(self, addr: Upstream, cfg: ForwardConfig, cork: Cork):
+    def __init__(self, addr: Upstream, cfg: ForwardConfig, cork: Cork, contexts: dict | None = None):
         self.addr = addr
         self.cfg = cfg
-        self.pool = TcpPool(addr.host, addr.port, cfg.expire, cork)
-        self.udp = UdpPool(addr.host, addr.port, cfg.expire)
+        self.pool = _pool(addr, cfg, cork, {} if contexts is None else contexts)
+        # TLS and HTTPS upstreams take every query on their stream (RFC 7858
+        # has no UDP); a plain one goes over UDP first unless force_tcp
+        self.tcp = cfg.force_tcp or addr.encrypted
+        self.udp = None if addr.encrypted else UdpPool(addr.host, addr.port, cfg.expire)
         self.fails = 0
         self.down_since: float | None = None
         self.probe: asyncio.Task | None = None
@@ -110,7 +130,7 @@ class UpstreamState:
         return self.cfg.max_fails == 0 or self.fails < self.cfg.max_fails
 
     async def exchange(self, query: bytes, timeout: float, tcp: bool) -> bytes:
-        if tcp:
+        if tcp or self.udp is None:
             return await self.pool.exchange(query, timeout)
         return await self.udp.exchange(query, timeout)
 
@@ -135,7 +155,8 @@ class UpstreamState:
             while not self.healthy:
                 await asyncio.sleep(self.cfg.health_check)
                 try:
-                    analyse(await self.exchange(query, self.cfg.attempt_timeout, self.cfg.force_tcp))
+                    # over the queries' own transport: a TLS upstream is checked over TLS
+                    analyse(await self.exchange(query, self.cfg.attempt_timeout, self.tcp))
                 except (asyncio.TimeoutError, *_HARD_ERRORS):
                     self.healthcheck_failures += 1
                     continue
@@ -148,7 +169,8 @@ class UpstreamState:
         if self.probe is not None:
             self.probe.cancel()
         self.pool.close()
-        self.udp.close()
+        if self.udp is not None:
+            self.udp.close()
 
 
 class Forwarder:
@@ -156,7 +178,9 @@ class Forwarder:
         """``cork``: the agent's (upstream.cork); without one, a forwarder's
         writes go out at once (nobody polls)."""
         self.cfg = cfg
-        self.upstreams = [UpstreamState(u, cfg, cork if cork is not None else Cork()) for u in cfg.to]
+        cork = cork if cork is not None else Cork()
+        contexts: dict = {}
+        self.upstreams = [UpstreamState(u, cfg, cork, contexts) for u in cfg.to]
         # key -> the exchange in flight for it, slow-path or direct (one
         # table: coalescing in one place; upstream.direct)
         self.inflight: dict[bytes, InFlight] = {}
@@ -178,7 +202,7 @@ class Forwarder:
         ups = self.upstreams
         return {"coalesced": self.coalesced, "upstream_resent": self.resent, "upstream_retry_round": self.backoffs,
                 "upstream_reply_mismatch": self.mismatched,
-                "upstream_reply_unmatched": sum(u.pool.unmatched + u.udp.unmatched for u in ups),
+                "upstream_reply_unmatched": sum(u.pool.unmatched + (u.udp.unmatched if u.udp else 0) for u in ups),
                 "upstream_attempt_failed": sum(u.failures for u in ups)}
 
     async def resolve(self, key: bytes, coalesce: bool = True, started: float | None = None) -> Reply:
@@ -220,9 +244,13 @@ class Forwarder:
         return now - max(u.down_since or now for u in self.upstreams)
 
     def order(self) -> list[UpstreamState]:
+        """The upstreams to try, in policy order, healthy ones first; none
+        when every one is down and ``failfast_all_unhealthy_upstreams``."""
         if len(self.upstreams) == 1:  # the usual case: one Service ClusterIP
             if not self.upstreams[0].healthy:
                 self.all_down += 1
+                if self.cfg.failfast_all_unhealthy_upstreams:
+                    return []
             return self.upstreams
         ups = list(self.upstreams)
         if self.cfg.policy == "random":
@@ -232,7 +260,9 @@ class Forwarder:
             ups = ups[self._rr:] + ups[:self._rr]
         healthy = [u for u in ups if u.healthy]
         if not healthy:
-            self.all_down += 1  # every upstream is down: try them anyway
+            self.all_down += 1  # every upstream is down: try them anyway, unless told to fail fast
+            if self.cfg.failfast_all_unhealthy_upstreams:
+                return []
         return healthy + [u for u in ups if not u.healthy]
 
     def query_for(self, key: bytes) -> bytes:
@@ -250,10 +280,11 @@ class Forwarder:
         slow path does that)."""
         if len(self.inflight) >= self.max_inflight:
             return None
-        up = self.order()[0]
-        if not up.healthy:
+        ups = self.order()
+        if not ups or not ups[0].healthy:
             return None
-        channel = (up.pool if self.cfg.force_tcp else up.udp).usable()
+        up = ups[0]
+        channel = (up.pool if up.tcp else up.udp).usable()
         return None if channel is None else (up, channel)
 
     def accepted(self, raw: bytes, key: bytes, up: UpstreamState, seconds: float) -> Reply | None:
@@ -261,8 +292,10 @@ class Forwarder:
         success; None when it needs more (truncated over UDP: retry over TCP).
         Raises MalformedReply."""
         reply = self._validated(raw, key, up)
-        if reply.truncated and not self.cfg.force_tcp:
+        if reply.truncated and not up.tcp:
             return None
+        if reply.rcode in self.cfg.failover_rcodes and len(self.upstreams) > 1:
+            return None  # the slow path tries the other upstreams (``failover``)
         up.succeeded()
         up.observe(reply.rcode, seconds)
         return reply
@@ -274,19 +307,34 @@ class Forwarder:
         deadline = loop.time() + max(self.cfg.deadline - spent, self.cfg.attempt_timeout / 4)
         last = "no attempt"
         backoff = BACKOFF_FIRST
+        failovers = 0
         while True:
             timed_out = False
-            for up in self.order():
+            ups = self.order()
+            if not ups:
+                raise ForwardFailure("every upstream is down (failfast_all_unhealthy_upstreams)")
+            for up in ups:
                 if deadline - loop.time() <= 0.001:
                     raise ForwardFailure(f"no reply within {self.cfg.deadline:g}s: {last}")
                 try:
-                    return await self._attempt(up, query, key, deadline)
+                    reply = await self._attempt(up, query, key, deadline)
                 except asyncio.TimeoutError:
                     timed_out = True
                     last = f"{up.addr}: timed out"
                 except _HARD_ERRORS as exc:
                     # a message, not the exception: its traceback holds this frame (a cycle)
                     last = f"{up.addr}: {exc}"
+                else:
+                    # ``failover``: these rcodes try the next upstream, as a
+                    # failed attempt would, until each has answered once;
+                    # then the last one's reply stands (CoreDNS's rule)
+                    if reply.rcode not in self.cfg.failover_rcodes:
+                        return reply
+                    failovers += 1
+                    if failovers >= len(self.upstreams):
+                        return reply
+                    last = f"{up.addr}: rcode {reply.rcode}"
+                    continue
                 up.failed()
             if not timed_out:  # every upstream refused or broke at once: give them a moment
                 if not self.retry:
@@ -302,7 +350,7 @@ class Forwarder:
         """One attempt at ``up``: re-sent on a fresh connection when the
         connection dies under it, at most MAX_RESENDS times."""
         loop = asyncio.get_running_loop()
-        tcp = self.cfg.force_tcp
+        tcp = up.tcp
         for resend in range(MAX_RESENDS + 1):
             timeout = min(self.cfg.attempt_timeout, deadline - loop.time())
             t0 = loop.time()

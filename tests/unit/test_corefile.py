@@ -43,10 +43,10 @@ def test_node_cache_shape():
     cl = cfg.blocks[0]
     assert cl.option("cache").success.capacity == 9984 and cl.option("cache").success.max_ttl == 30
     assert cl.option("cache").denial.max_ttl == 5 and cl.option("cache").denial.min_ttl == 5
-    assert cl.option("forward").force_tcp and cl.option("forward").to == (Upstream("10.0.0.10", 53),)
+    assert cl.option("forward")[0].force_tcp and cl.option("forward")[0].to == (Upstream("10.0.0.10", 53),)
     assert cl.binds == ("169.254.20.10", "fd00::10") and cl.has("errors")
     assert cfg.blocks[1].option("cache").success.max_ttl == 30 and cfg.blocks[1].option("cache").denial.max_ttl == 30
-    assert cfg.blocks[2].option("forward").to == (Upstream("fd00::53", 5353),)
+    assert cfg.blocks[2].option("forward")[0].to == (Upstream("fd00::53", 5353),)
     assert cfg.listeners == (("169.254.20.10", 53), ("fd00::10", 53))
 
 
@@ -54,7 +54,7 @@ def test_defaults_are_coredns_defaults():
     b = parse_config(". {\n cache\n forward . 127.0.0.1\n}").blocks[0]
     assert (b.option("cache").success.capacity, b.option("cache").success.max_ttl, b.option("cache").success.min_ttl) == (9984, 3600, 5)
     assert (b.option("cache").denial.max_ttl, b.option("cache").servfail_ttl) == (1800, 5)
-    f = b.option("forward")
+    f = b.option("forward")[0]
     assert (f.expire, f.max_fails, f.health_check, f.policy, f.force_tcp) == (10, 2, 0.5, "random", False)
     assert b.port == 53 and b.binds == ()
 
@@ -90,7 +90,7 @@ def test_forward_options(tmp_path):
     max_concurrent 1000
     except cluster.local in-addr.arpa
   }}
-}}""").blocks[0].option("forward")
+}}""").blocks[0].option("forward")[0]
     assert f.to == (Upstream("127.0.0.53"), Upstream("::1"), Upstream("127.0.0.2", 5300))
     assert f.prefer_udp and f.expire == 30 and f.max_fails == 3 and f.health_check == 1
     assert f.policy == "sequential" and f.max_concurrent == 1000
@@ -119,7 +119,13 @@ def test_several_keys_and_ports():
     (". {\n  forward . 10.0.0.300\n}", 2, "not an IP"),
     (". {\n  forward . 1.1.1.1 {\n    policy fastest\n  }\n}", 3, "unknown policy"),
     (". {\n  forward . 1.1.1.1 {\n    force_tcp\n    prefer_udp\n  }\n}", 2, "mutually exclusive"),
-    (". {\n  forward . 1.1.1.1 {\n    tls\n  }\n}", 3, "'tls' is not supported"),
+    (". {\n  forward . 1.1.1.1 {\n    tls a b c d\n  }\n}", 3, "wrong arguments for 'tls'"),
+    (". {\n  forward . tls://1.1.1.1 {\n    tls /nonexistent/ca.pem\n  }\n}", 2, "forward: tls:"),
+    (". {\n  forward . 1.1.1.1 {\n    failover NOERROR\n  }\n}", 3, "NOERROR cannot be used in failover"),
+    (". {\n  forward . 1.1.1.1 {\n    next BOGUS\n  }\n}", 3, "BOGUS is not a valid rcode"),
+    (". {\n  forward . tls://1.1.1.1%a.example {\n    tls_servername b.example\n  }\n}", 2, "both set"),
+    (". {\n  forward . quic://1.1.1.1\n}", 2, "unknown scheme"),
+    (". {\n  forward . tls://dns.example\n}", 2, "tls_servername"),
     (". {\n  cache {\n    servfail 10m\n  }\n}", 3, "may not exceed 5m"),
     (". {\n  cache {\n    prefetch 1 1m 95%\n  }\n}", 3, "outside 10..90"),
     (". {\n  cache {\n    serve_stale 1h sometimes\n  }\n}", 3, "not immediate or verify"),

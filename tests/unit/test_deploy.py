@@ -146,7 +146,7 @@ def test_configmap_corefile_loads_after_templating():
     zones = [b.zones[0] for b in cfg.blocks]
     assert zones == ["cluster.local.", "in-addr.arpa.", "ip6.arpa.", "."]
     assert all(b.option("loop") and b.option("reload") and b.option("prometheus") == ":9253" for b in cfg.blocks)
-    assert cfg.blocks[0].option("forward").force_tcp and cfg.blocks[0].option("cache").serve_stale is None  # node-local-dns's default
+    assert cfg.blocks[0].option("forward")[0].force_tcp and cfg.blocks[0].option("cache").serve_stale is None  # node-local-dns's default
 
 
 def test_systemd_units_verify_as_installed_with_a_good_security_score(tmp_path):

@@ -43,7 +43,7 @@ def test_pillars_default_upstream_is_resolv_conf():
     assert "__PILLAR__" not in text
     cfg = parse_config(text.replace("/etc/resolv.conf", "127.0.0.1"))
     assert cfg.blocks[0].binds == ("169.254.20.10", "fd00::10")
-    assert "forward . /etc/resolv.conf {" in text and cfg.blocks[1].option("forward").force_tcp
+    assert "forward . /etc/resolv.conf {" in text and cfg.blocks[1].option("forward")[0].force_tcp
 
 
 def test_upstream_nameservers_switch_to_udp_and_stub_domains_become_blocks():
@@ -51,9 +51,9 @@ def test_upstream_nameservers_switch_to_udp_and_stub_domains_become_blocks():
                            {"acme.local": ["10.150.0.1", "10.150.0.2:5353"]}, ["10.1.1.1", "10.1.1.2"])
     cfg = parse_config(text)
     dot = [b for b in cfg.blocks if b.zones == (".",)][0]
-    assert [str(u) for u in dot.option("forward").to] == ["10.1.1.1:53", "10.1.1.2:53"] and not dot.option("forward").force_tcp
+    assert [str(u) for u in dot.option("forward")[0].to] == ["10.1.1.1:53", "10.1.1.2:53"] and not dot.option("forward")[0].force_tcp
     stub = [b for b in cfg.blocks if b.zones == ("acme.local.",)][0]
-    assert [str(u) for u in stub.option("forward").to] == ["10.150.0.1:53", "10.150.0.2:5353"]
+    assert [str(u) for u in stub.option("forward")[0].to] == ["10.150.0.1:53", "10.150.0.2:5353"]
     assert stub.binds == ("169.254.20.10",) and stub.option("cache").success.max_ttl == 30
 
 
@@ -117,7 +117,7 @@ def test_config_source_broken_configmap_degrades_at_start_and_rejects_on_reload(
     src = ConfigSource(_params(tmp_path), {"KUBE_DNS_UPSTREAM_SERVICE_HOST": "10.0.0.10"})
     cfg = src.load(strict=False)
     assert src.problems and "invalid JSON" in src.problems[0]
-    assert cfg.blocks[0].option("forward").to[0].host == "10.0.0.10"
+    assert cfg.blocks[0].option("forward")[0].to[0].host == "10.0.0.10"
     with pytest.raises(ConfigMapError):
         src.load(strict=True)
 

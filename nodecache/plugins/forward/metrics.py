@@ -22,17 +22,29 @@ def families(owned):
                                     "misses per upstream and protocol.", labels=["proxy_name", "to", "proto"])
     durations = {}
     n_rejects = n_broken = 0
+    tls_hs = CounterMetricFamily("nodecache_forward_tls_handshakes", "TLS handshakes with upstreams "
+                                 "(resumed: an abbreviated handshake that resumed the last session).",
+                                 labels=["to", "resumed"])
+    tls_fail = CounterMetricFamily("nodecache_forward_tls_failures", "Failed TLS handshakes with upstreams, "
+                                   "by reason (verify: the certificate did not verify).", labels=["to", "reason"])
     for _server, _zones, stage in owned:
-        fwd = stage.forwarder
-        n_rejects += fwd.rejected
-        n_broken += fwd.all_down
-        for up in fwd.upstreams:
-            to = str(up.addr)
-            hc_fail.add_metric(["forward", to], up.healthcheck_failures)
-            conn_hit.add_metric(["forward", to, "tcp"], up.pool.reused)
-            conn_miss.add_metric(["forward", to, "tcp"], up.pool.opened)
-            for rcode, (counts, total) in up.durations.items():
-                durations[("forward", to, rcode_label(rcode))] = (counts, total)
+        for fwd in stage.forwarders:
+            n_rejects += fwd.rejected
+            n_broken += fwd.all_down
+            for up in fwd.upstreams:
+                to = str(up.addr)
+                proto = up.addr.proto if up.addr.encrypted else "tcp"  # CoreDNS's label: tcp, tcp-tls, https
+                proto = {"tls": "tcp-tls"}.get(proto, proto)
+                hc_fail.add_metric(["forward", to], up.healthcheck_failures)
+                conn_hit.add_metric(["forward", to, proto], up.pool.reused)
+                conn_miss.add_metric(["forward", to, proto], up.pool.opened)
+                for rcode, (counts, total) in up.durations.items():
+                    durations[("forward", to, rcode_label(rcode))] = (counts, total)
+                if up.addr.encrypted:
+                    tls_hs.add_metric([to, "false"], up.pool.handshakes)
+                    tls_hs.add_metric([to, "true"], up.pool.resumed)
+                    for reason, n in sorted(up.pool.failures.items()):
+                        tls_fail.add_metric([to, reason], n)
     rejects.add_metric([], n_rejects)
     broken.add_metric([], n_broken)
     yield rejects
@@ -40,5 +52,7 @@ def families(owned):
     yield hc_fail
     yield conn_hit
     yield conn_miss
+    yield tls_hs
+    yield tls_fail
     yield histogram("coredns_proxy_request_duration_seconds", "Histogram of the time each request took.",
                      ["proxy_name", "to", "rcode"], durations, DURATION_BUCKETS)
