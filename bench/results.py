@@ -94,6 +94,22 @@ fastest server here, so that the generators are what is measured; 2
 alternating rounds, median."""),
     ("Cost of a cache miss", ["-m", "nodecache_bench.cli", "compare", "--scenarios", "", "--misses",
                               "1000,5000", "--duration", "5", "--rounds", "5"], MISS_METHOD),
+    ("Cost of a miss over DNS over TLS and HTTPS",
+     ["-m", "bench.tlsmisses"], """\
+`nodecache-bench compare --misses 1000 --upstream tls|https`: the miss table's method, with
+the stand-in cluster DNS (unbound, certificate from a CA made by openssl) serving DNS over
+TLS and HTTPS, and every cache forwarding over it: nodecache (`forward . tls://...` or
+`https://...`, `tls CA`, `tls_servername`), unbound (`forward-tls-upstream: yes`, also in
+the DoH table: it has no DoH client) and dnsdist (`newServer{tls="openssl"}`, with
+`dohPath` for DoH), then the plain TCP table of the same run for scale. 3 alternating
+rounds of 5 s, median."""),
+    ("TLS handshakes per 1,000 misses",
+     ["-m", "nodecache_bench.cli", "handshakes", "--rate", "1000", "--duration", "5", "--expire", "0.5"], """\
+`nodecache-bench handshakes`: one forwarder in the benchmark's process sends 1,000 names
+never asked before per second to unbound and dnsdist over DoT and DoH, its connections
+recycled every 0.5 s (the default `expire` is 10 s: 20 times fewer handshakes than here),
+with session resumption on and, as the control, off. Per 1,000 misses: new connections,
+full and resumed handshakes, the process's CPU per miss."""),
     ("Coalescing (-udp-coalesce): hits and misses against the C peers",
      ["-m", "nodecache_bench.cli", "compare", "--scenarios", "", "--servers", "", "--hits", "1000,5000,30000,80000",
       "--names", "1000,8000,100000", "--misses", "1000,5000", "--rounds", "3", "--duration", "5",
@@ -139,6 +155,12 @@ queries/s over 8 sockets plus a TCP client (one query at a time,
 reconnecting when the server closes the connection, as RFC 7766 clients do),
 400 cached names; 30 back-to-back handoffs, each followed by SIGTERM to the
 donor. Every query is accounted for (3 s patience)."""),
+    ("Hot handoff with a DNS-over-TLS upstream",
+     ["-m", "nodecache_bench.handoff", "--handoffs", "10", "--upstream", "tls"], """\
+The hot handoff table's method with a real unbound as the cluster DNS, reached over DNS
+over TLS, and one query in ten a name never asked before, so misses are in flight over
+TLS at each handoff; 10 handoffs. The heir opens its own TLS connections: TLS state
+cannot move between processes."""),
     ("Probe cost: exec against HTTP", ["-m", "bench.probes"], """\
 `python -m bench.probes`: a `nodecache run` on loopback serving /health and /ready.
 Exec: 15 runs of `nodecache probe ready` (what the DaemonSet's probes ran until this

@@ -174,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     cmp_.add_argument("--misses", default="",
                       help="also measure CPU per miss vs unbound at these fixed rates over a TCP "
                            "upstream with dnsperf, e.g. 1000,5000")
+    cmp_.add_argument("--upstream", choices=("tcp", "tls", "https"), default="tcp",
+                      help="with --misses: every cache forwards to the stand-in cluster DNS (a real unbound) over "
+                           "TCP, DNS over TLS or DNS over HTTPS (unbound then over TLS: it has no DoH client)")
     cmp_.add_argument("--hits", default="",
                       help="also measure CPU per cached query vs unbound and the bare uvloop floor at these "
                            "fixed rates with dnsperf, e.g. 5000,30000,80000")
@@ -204,9 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     walk.add_argument("--cluster-ms", dest="cluster_ms", type=float, default=1.0, help="the cluster DNS's delay")
     walk.add_argument("--external-ms", dest="external_ms", type=float, default=20.0,
                       help="the external resolver's delay")
+    shakes = sub.add_parser("handshakes", help="TLS handshakes per 1,000 misses with and without session resumption")
+    shakes.add_argument("--rate", type=int, default=1000, help="misses per second")
+    shakes.add_argument("--duration", type=float, default=5.0, help="seconds per run")
+    shakes.add_argument("--expire", type=float, default=0.5, help="forward's expire: connections recycled this often")
     hand = sub.add_parser("handoff", help="constant load while hot handoffs happen")
     hand.add_argument("--handoffs", type=int, default=10)
     hand.add_argument("--qps", type=int, default=5000)
+    hand.add_argument("--upstream", choices=("dns", "tls", "https"), default="dns",
+                      help="the cluster DNS: plain (the emulated one) or a real unbound over DoT or DoH")
     args = ap.parse_args(argv)
     try:
         if args.command == "run":
@@ -214,11 +223,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "compare":
             from .compare import cmd_compare
             return cmd_compare(args)
+        if args.command == "handshakes":
+            from .handshakes import main as handshakes_main
+            return handshakes_main(args)
         if args.command == "searchpath":
             from .searchpath import main as searchpath_main
             return searchpath_main(args)
         from .handoff import main as handoff_main
-        return handoff_main(["--handoffs", str(args.handoffs), "--qps", str(args.qps)])
+        return handoff_main(["--handoffs", str(args.handoffs), "--qps", str(args.qps), "--upstream", args.upstream])
     except BenchError as exc:
         print(f"nodecache-bench: {exc}", file=sys.stderr)
         return 2

@@ -131,6 +131,8 @@ def cmd_compare(args) -> int:
     flags = tuple(args.flags.split()) + both
     if args.bind != "127.0.0.1" and not args.at_once:
         raise BenchError("--bind is for the --at-once comparison (both nodecaches bind it): give --at-once")
+    if args.upstream != "tcp" and (args.at_once or not args.misses):
+        raise BenchError("--upstream is for the --misses table (not --at-once): give --misses")
     if flags and not (args.hits or args.misses):
         raise BenchError("--flags are for this checkout's nodecache in the --hits/--misses tables: give one")
     cpus = sorted(os.sched_getaffinity(0))
@@ -203,7 +205,7 @@ def cmd_compare(args) -> int:
                                     args.baseline, flags, args.bind, both) if rates else {}
         else:
             misses = miss_cost(rates, args.duration, args.rounds, tmp, cpus, free_port, _pin, Server,
-                               args.baseline, flags, both) if rates else {}
+                               args.baseline, flags, both, args.upstream) if rates else {}
         hit_rates = [int(r) for r in args.hits.split(",") if r.strip()]
         name_sets = [int(n) for n in args.names.split(",") if n.strip()] or [1000]
         if args.at_once:
@@ -224,7 +226,7 @@ def cmd_compare(args) -> int:
     if misses and args.at_once:
         print_at_once(misses, args.duration, "misses over TCP, names never asked before")
     elif misses:
-        print_miss_table(misses, args.duration, args.rounds)
+        print_miss_table(misses, args.duration, args.rounds, args.upstream)
     for names, table in hits.items():
         if args.at_once:
             print_at_once(table, args.duration, f"{int(names):,} cached names")

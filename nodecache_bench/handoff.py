@@ -35,6 +35,7 @@ from nodecache.emulated.upstream import ClusterDNS, FakeUpstream
 from nodecache.handoff.donor import Donor
 from nodecache.handoff.heir import take_over
 from nodecache.server.agent import Agent
+from . import tlsup
 from .procs import NAMES, AgentProc, Load, corefile
 
 
@@ -84,19 +85,35 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(p / 100 * len(values)))]
 
 
-async def handoffs_under_load(rounds: int, qps: int, tmp: Path) -> dict:
-    up = FakeUpstream(ClusterDNS(ttl=3600).answer, record=False)
-    up_port = await up.start()
+async def handoffs_under_load(rounds: int, qps: int, tmp: Path, upstream: str = "dns") -> dict:
+    """``upstream`` tls or https: the cluster DNS is a real unbound serving
+    DoT and DoH (nodecache_bench.tlsup), and one query in ten is a name never
+    asked before, so misses are in flight over TLS at every handoff: the
+    heir opens its own TLS connections (TLS state cannot move between
+    processes) while the donor answers what it has in flight."""
     port = client.free_port()
     conf = tmp / "Corefile"
-    conf.write_text(corefile(port, up_port))
+    if upstream == "dns":
+        up = FakeUpstream(ClusterDNS(ttl=3600).answer, record=False)
+        conf.write_text(corefile(port, await up.start()))
+        stop_upstream, misses = up.stop, 0.0
+    else:
+        pki = tlsup.make_pki(tmp / "pki")
+        server = tlsup.unbound_server(tmp, pki, tlsup.redirect_data("cluster.local."))
+        server.start()
+        target = f"{upstream}://127.0.0.1:{server.ports[upstream]}"
+        conf.write_text(corefile(port, 0, target, f"tls {pki.ca}\n        tls_servername {tlsup.SERVER_NAME}"))
+
+        async def stop_upstream():
+            server.stop()
+        misses = 0.1
     agents = [AgentProc(tmp, conf, tmp / "handoff", 0)]
     try:
         await agents[0].wait_for("serving")
         for name in NAMES:
             for qtype in (1, 28):
                 await client.udp("127.0.0.1", port, client.build(name, qtype))
-        load = Load(port, qps=qps)
+        load = Load(port, qps=qps, misses=misses)
         stop = asyncio.Event()
         task = asyncio.get_running_loop().create_task(load.run(stop, limit=600))
         await asyncio.sleep(1.0)
@@ -114,7 +131,7 @@ async def handoffs_under_load(rounds: int, qps: int, tmp: Path) -> dict:
     finally:
         for a in agents:
             a.kill()
-        await up.stop()
+        await stop_upstream()
     durations = [float(m.group(1)) for a in agents[1:]
                  for m in [re.search(r"READY sent (\d+) ms after connecting", a.text())] if m]
     near, far = [], []
@@ -127,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--handoffs", type=int, default=10)
     ap.add_argument("--qps", type=int, default=5000)
+    ap.add_argument("--upstream", choices=("dns", "tls", "https"), default="dns",
+                    help="the cluster DNS: plain (the emulated one) or a real unbound over DoT or DoH")
     args = ap.parse_args(argv)
     import logging
     logging.basicConfig(level=logging.ERROR)  # the measuring heir abandons on purpose
@@ -138,11 +157,13 @@ def main(argv: list[str] | None = None) -> int:
             r = uvloop.run(snapshot_transfer(n, tmp))
             print(f"   {r['entries']:8d} {r['bytes']:11d} {r['transfer_ms']:16.0f} {r['decode_ms']:10.0f} "
                   f"{r['restore_ms']:11.0f}")
-        r = uvloop.run(handoffs_under_load(args.handoffs, args.qps, tmp))
+        r = uvloop.run(handoffs_under_load(args.handoffs, args.qps, tmp, args.upstream))
     load = r["load"]
     d = sorted(r["durations"])
+    over = {"dns": "TCP", "tls": "DNS over TLS (unbound)", "https": "DNS over HTTPS (unbound)"}[args.upstream]
+    mix = "400 cached names" + (", one query in ten a name never asked before" if args.upstream != "dns" else "")
     print(f"2. {r['rounds']} handoffs between processes under {args.qps} UDP queries/s + a TCP client "
-          f"(400 cached names)")
+          f"({mix}; upstream over {over})")
     print(f"   handoff duration (heir connect -> READY): median {pct(d, 50):.0f} ms, max {max(d):.0f} ms")
     print(f"   queries: {load.sent} UDP + {load.tcp_sent} TCP sent; unanswered {load.unanswered} "
           f"({load.unanswered / r['rounds']:.1f} per handoff), duplicates {load.duplicates}, "

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from .cpustat import split, syscalls_per_query, times
+from .tlsup import Encrypted, make_pki
 
 UPSTREAM_ZONE = "svc.cluster.local."  # not a zone unbound answers itself (RFC 6761 ones are)
 # Long enough that a cached name stays cached through a whole comparison:
@@ -60,32 +61,39 @@ def _unbound_conf(tmp: Path, name: str, port: int, server_extra: str, tail: str 
     return conf
 
 
-def upstream_conf(tmp: Path, port: int) -> Path:
+def upstream_conf(tmp: Path, port: int, tls: Encrypted | None = None) -> Path:
     """unbound as the cluster DNS: every name under UPSTREAM_ZONE answers
-    (A 192.0.2.1, TTL UPSTREAM_TTL)."""
+    (A 192.0.2.1, TTL UPSTREAM_TTL); with ``tls``, over DoT and DoH too."""
     return _unbound_conf(tmp, "cluster-dns.conf", port,
-                         f"    incoming-num-tcp: 64\n    local-zone: \"{UPSTREAM_ZONE}\" redirect\n"
-                         f"    local-data: \"{UPSTREAM_ZONE} {UPSTREAM_TTL} IN A 192.0.2.1\"\n")
+                         ("" if tls else "    incoming-num-tcp: 64\n")
+                         + f"    local-zone: \"{UPSTREAM_ZONE}\" redirect\n"
+                         f"    local-data: \"{UPSTREAM_ZONE} {UPSTREAM_TTL} IN A 192.0.2.1\"\n"
+                         + (tls.upstream_lines() if tls else ""))
 
 
-def unbound_forwarder_conf(tmp: Path, port: int, upstream: int, tcp_upstream: bool = True) -> Path:
+def unbound_forwarder_conf(tmp: Path, port: int, upstream: int, tcp_upstream: bool = True,
+                           tls: Encrypted | None = None) -> Path:
     """unbound as a cache forwarding everything to 127.0.0.1:upstream, with
     the UDP receive buffer nodecache gives itself (agent.UDP_RCVBUF, 4 MiB):
     with the system's default (~200 KiB) a burst of the open-loop generator
     at 120,000 q/s overflowed it and unbound lost queries nodecache did not."""
+    server_tls, zone_tls = tls.unbound_forward() if tls else ("", "")
     return _unbound_conf(tmp, f"unbound-{port}.conf", port,
                          "    do-not-query-localhost: no\n    msg-cache-size: 64m\n    rrset-cache-size: 128m\n"
-                         "    so-rcvbuf: 4m\n",
-                         f"forward-zone:\n    name: \".\"\n    forward-addr: 127.0.0.1@{upstream}\n"
-                         + ("    forward-tcp-upstream: yes\n" if tcp_upstream else ""))
+                         "    so-rcvbuf: 4m\n" + server_tls,
+                         "forward-zone:\n    name: \".\"\n"
+                         + (zone_tls or f"    forward-addr: 127.0.0.1@{upstream}\n")
+                         + ("    forward-tcp-upstream: yes\n" if tcp_upstream and not tls else ""))
 
 
-def nodecache_corefile(tmp: Path, port: int, upstream: int, capacity: int = 0, bind: str = "127.0.0.1") -> Path:
+def nodecache_corefile(tmp: Path, port: int, upstream: int, capacity: int = 0, bind: str = "127.0.0.1",
+                       tls: Encrypted | None = None) -> Path:
     """``bind`` "": no bind, every address (the agent's wildcard-socket transport)."""
     conf = tmp / f"Corefile-miss-{port}"
     cache = f"cache {{\n        success {capacity}\n        denial {capacity}\n    }}" if capacity else "cache"
+    to, options = tls.nodecache_forward() if tls else (f"127.0.0.1:{upstream}", "force_tcp")
     conf.write_text(f".:{port} {{\n    {cache}\n" + (f"    bind {bind}\n" if bind else "")
-                    + f"    forward . 127.0.0.1:{upstream} {{\n        force_tcp\n    }}\n}}\n")
+                    + f"    forward . {to} {{\n        {options}\n    }}\n}}\n")
     return conf
 
 
@@ -112,14 +120,16 @@ DNSDIST_NON_DEFAULT = (
     "setSecurityPollSuffix(''): no security-poll DNS query leaves the machine (network safety rule)")
 
 
-def dnsdist_conf(tmp: Path, port: int, upstream: int, capacity: int = 10000) -> Path:
+def dnsdist_conf(tmp: Path, port: int, upstream: int, capacity: int = 10000, tls: Encrypted | None = None) -> Path:
     """dnsdist with stock settings but for DNSDIST_NON_DEFAULT: a packet cache
-    in front of one TCP backend (the cluster DNS)."""
+    in front of one TCP backend (the cluster DNS), or DoT/DoH with ``tls``."""
     conf = tmp / f"dnsdist-{port}.conf"
+    backend = (tls.dnsdist_server(UPSTREAM_ZONE) if tls else
+               f'newServer({{address="127.0.0.1:{upstream}", tcpOnly=true, checkName="{UPSTREAM_ZONE}"}})')
     conf.write_text(textwrap.dedent(f"""\
         setLocal("127.0.0.1:{port}")
         setSecurityPollSuffix("")
-        newServer({{address="127.0.0.1:{upstream}", tcpOnly=true, checkName="{UPSTREAM_ZONE}"}})
+        {backend}
         getPool(""):setCache(newPacketCache({max(capacity, 10000)}))
         """))
     return conf
@@ -165,37 +175,40 @@ def percentiles(verbose: str) -> dict:
 @contextlib.contextmanager
 def behind_cluster_dns(tmp: Path, free_port, pin, load_cpus: set[int], server_cls, baseline: str = "",
                        capacity: int = 0, flags: tuple[str, ...] = (), bind: str = "127.0.0.1",
-                       base_flags: tuple[str, ...] = ()):
+                       base_flags: tuple[str, ...] = (), upstream: str = "tcp"):
     """One unbound acting as the cluster DNS (on ``load_cpus``), and nodecache,
     unbound and (when installed) dnsdist as caches forwarding to it over
     TCP (not started yet), each cache sized for ``capacity`` names (0: its
     default): yields (servers, the cluster DNS's port); all of them stop on
     exit, with any server the caller appended to the list. ``flags``: more
     `nodecache run` flags for this checkout's nodecache (not the baseline);
-    ``bind``: the address both nodecaches' Corefiles bind ("": none)."""
+    ``bind``: the address both nodecaches' Corefiles bind ("": none);
+    ``upstream`` tls or https: every cache forwards over DoT or DoH
+    (unbound over DoT either way: it has no DoH client)."""
     if not shutil.which("dnsperf") or not shutil.which("unbound"):
         raise RuntimeError("needs dnsperf and unbound (apt-get install dnsperf unbound)")
     up_port = free_port()
-    upstream = subprocess.Popen([shutil.which("unbound"), "-d", "-c", str(upstream_conf(tmp, up_port))],
+    tls = Encrypted(upstream, make_pki(tmp / "pki"), free_port(), free_port()) if upstream != "tcp" else None
+    upstream = subprocess.Popen([shutil.which("unbound"), "-d", "-c", str(upstream_conf(tmp, up_port, tls))],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin(load_cpus))
     nc_port, ub_port = free_port(), free_port()
     budget = ["-cache-bytes", str(capacity * NODECACHE_BYTES_PER_ENTRY)] if capacity else []
     servers = [server_cls("nodecache", [sys.executable, "-m", "nodecache", "run", "-conf",
-                                        str(nodecache_corefile(tmp, nc_port, up_port, capacity, bind)),
+                                        str(nodecache_corefile(tmp, nc_port, up_port, capacity, bind, tls)),
                                         "-handoff=false",
                                         "-metrics-listen-address", "", "-status-socket",
                                         str(tmp / f"status-{nc_port}"), *budget, *flags], nc_port),
                server_cls("unbound", [shutil.which("unbound"), "-d", "-c",
-                                      str(unbound_forwarder_conf(tmp, ub_port, up_port))], ub_port)]
+                                      str(unbound_forwarder_conf(tmp, ub_port, up_port, tls=tls))], ub_port)]
     if shutil.which("dnsdist"):  # the C peer closest to our design: a packet cache in front of backends
         dd_port = free_port()
         servers.append(server_cls("dnsdist", [shutil.which("dnsdist"), "--supervised", "--disable-syslog", "-C",
-                                              str(dnsdist_conf(tmp, dd_port, up_port, capacity))], dd_port))
+                                              str(dnsdist_conf(tmp, dd_port, up_port, capacity, tls))], dd_port))
     if baseline:  # another nodecache (the Python of another install), same Corefile shape
         base_port = free_port()
         servers.insert(1, server_cls("nodecache@baseline", [
             baseline, "-m", "nodecache", "run", "-conf",
-            str(nodecache_corefile(tmp, base_port, up_port, capacity, bind)),
+            str(nodecache_corefile(tmp, base_port, up_port, capacity, bind, tls)),
             "-handoff=false", "-metrics-listen-address", "", "-status-socket", str(tmp / f"status-{base_port}"),
             *budget, *base_flags],
             base_port, cwd=str(tmp)))  # (not the checkout: its nodecache/ would shadow the baseline's)
@@ -210,12 +223,12 @@ def behind_cluster_dns(tmp: Path, free_port, pin, load_cpus: set[int], server_cl
 
 def miss_cost(rates: list[int], duration: float, rounds: int, tmp: Path, cpus: list[int],
               free_port, pin, server_cls, baseline: str = "", flags: tuple[str, ...] = (),
-              base_flags: tuple[str, ...] = ()) -> dict:
+              base_flags: tuple[str, ...] = (), upstream: str = "tcp") -> dict:
     """{rate: {server: {cpu_us_per_miss, user_us, sys_us, latency_ms, syscalls, lost, avg_ms, runs}}}"""
     server_cpus, load_cpus = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
     out: dict = {}
     with behind_cluster_dns(tmp, free_port, pin, load_cpus, server_cls, baseline, 0, flags,
-                            base_flags=base_flags) as (servers, _):
+                            base_flags=base_flags, upstream=upstream) as (servers, _):
         for s in servers:
             s.start(server_cpus)
         time.sleep(1.5)
@@ -251,8 +264,10 @@ def fresh_names(tag: str, rate: int, duration: float) -> list[str]:
     return [f"{tag}-{i}.{UPSTREAM_ZONE}" for i in range(int(rate * (duration + 2)))]
 
 
-def print_miss_table(table: dict, duration: float, rounds: int) -> None:
-    print(f"\nmisses over a TCP upstream (dnsperf -Q, names never asked before, {duration:g} s x "
+def print_miss_table(table: dict, duration: float, rounds: int, upstream: str = "tcp") -> None:
+    over = {"tcp": "a TCP upstream", "tls": "a DNS-over-TLS upstream",
+            "https": "a DNS-over-HTTPS upstream (unbound: over TLS, it has no DoH client)"}[upstream]
+    print(f"\nmisses over {over} (dnsperf -Q, names never asked before, {duration:g} s x "
           f"{rounds} alternating rounds, median; server CPU per answered query from schedstat, split into user "
           f"and system by the /proc/PID/stat tick samples; latency from dnsperf -v, median run; sysc/q: system "
           f"calls per answered query, all threads, strace -f -c in a 2 s run of its own):")

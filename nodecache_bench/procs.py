@@ -17,14 +17,15 @@ CLI = [sys.executable, "-m", "nodecache"]
 NAMES = [f"svc-{i}.{ns}.svc.cluster.local" for ns in ("default", "other") for i in range(100)]
 
 
-def corefile(port: int, upstream: int) -> str:
+def corefile(port: int, upstream: int, target: str = "", options: str = "force_tcp") -> str:
+    """``target``: the forward's TO (default: 127.0.0.1:upstream); ``options``: its block."""
     return f"""cluster.local:{port} {{
     cache {{
         success 9984 3600
     }}
     bind 127.0.0.1
-    forward . 127.0.0.1:{upstream} {{
-        force_tcp
+    forward . {target or f"127.0.0.1:{upstream}"} {{
+        {options}
     }}
 }}
 """
@@ -82,10 +83,13 @@ class Load:
     RFC 7766 clients do). Every query is accounted for: answered, duplicate,
     error (non-NOERROR), or unanswered after ``patience`` seconds
     (``lost_sent_at``: when each unanswered query was sent, so a test can
-    tell a query a killed process had in hand from one nobody read)."""
+    tell a query a killed process had in hand from one nobody read).
+    ``misses``: the share of queries for a name never asked before (under
+    cluster.local: the upstream must answer any name there)."""
 
-    def __init__(self, port: int, qps: int = 5000, sockets: int = 8, patience: float = 3.0):
+    def __init__(self, port: int, qps: int = 5000, sockets: int = 8, patience: float = 3.0, misses: float = 0.0):
         self.port, self.qps, self.nsock, self.patience = port, qps, sockets, patience
+        self.miss_every = round(1 / misses) if misses else 0
         self.pending: dict[tuple[int, int], float] = {}
         self.sent = self.answered = self.duplicates = self.errors = self.unanswered = 0
         self.tcp_sent = self.tcp_answered = self.tcp_retries = 0
@@ -124,7 +128,10 @@ class Load:
                 if key in self.pending:  # ID wrapped while outstanding: count it lost now
                     self.unanswered += 1
                     self.lost_sent_at.append(self.pending.pop(key))
-                m = msgs[i % len(msgs)]
+                if self.miss_every and i % self.miss_every == 0:
+                    m = build(f"m{i}-{int(start)}.miss.cluster.local", 1, qid=0)
+                else:
+                    m = msgs[i % len(msgs)]
                 transport.sendto(qid.to_bytes(2, "big") + m[2:])
                 now = time.monotonic()
                 self.pending[key] = now

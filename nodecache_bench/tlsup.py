@@ -95,8 +95,24 @@ def unbound_tls_lines(tls_port: int, https_port: int, cert: Path, key: Path) -> 
         """), "    ")
 
 
-def unbound_conf(tmp: Path, ports: dict, cert: Path, key: Path) -> Path:
-    conf = tmp / "unbound-tls.conf"
+TEST_DATA = """\
+    local-zone: "." static
+    local-data: "a.test. 300 IN A 169.254.1.1"
+    local-data: "fail.test. 300 IN A 169.254.1.1"
+    local-data: "nx.test. 300 IN A 169.254.1.1"
+    local-zone: "refused.test." refuse
+"""
+
+
+def redirect_data(zone: str, ttl: int = 3600) -> str:
+    """unbound.conf lines answering every name under ``zone`` (A and AAAA),
+    and nothing else (a static root: no recursion)."""
+    return (f'    local-zone: "." static\n    local-zone: "{zone}" redirect\n'
+            f'    local-data: "{zone} {ttl} IN A 169.254.1.1"\n    local-data: "{zone} {ttl} IN AAAA fd00::1"\n')
+
+
+def unbound_conf(tmp: Path, ports: dict, cert: Path, key: Path, data: str = TEST_DATA) -> Path:
+    conf = tmp / f"unbound-tls-{ports['tls']}.conf"
     conf.write_text(textwrap.dedent(f"""\
         server:
             interface: 127.0.0.1@{ports['dns']}
@@ -110,13 +126,17 @@ def unbound_conf(tmp: Path, ports: dict, cert: Path, key: Path) -> Path:
             access-control: 127.0.0.0/8 allow
             module-config: "iterator"
             verbosity: 1
-            local-zone: "." static
-            local-data: "a.test. 300 IN A 169.254.1.1"
-            local-data: "fail.test. 300 IN A 169.254.1.1"
-            local-data: "nx.test. 300 IN A 169.254.1.1"
-            local-zone: "refused.test." refuse
-        """) + unbound_tls_lines(ports["tls"], ports["https"], cert, key))
+        """) + data + unbound_tls_lines(ports["tls"], ports["https"], cert, key))
     return conf
+
+
+def unbound_server(tmp: Path, pki: Pki, data: str, cpus: set[int] | None = None) -> Server:
+    """unbound serving ``data`` over DNS, DoT and DoH (not started)."""
+    ports = {"dns": free_port(), "tls": free_port(), "https": free_port()}
+    argv = [shutil.which("unbound"), "-d", "-c", str(unbound_conf(tmp, ports, pki.cert, pki.key, data))]
+    if cpus:
+        argv = ["taskset", "-c", ",".join(map(str, sorted(cpus)))] + argv
+    return Server("unbound", argv, ports, tmp / f"unbound-{ports['tls']}.log")
 
 
 def dnsdist_conf(tmp: Path, ports: dict, cert: Path, key: Path) -> Path:
@@ -199,3 +219,39 @@ def tls_servers(tmp: Path, pki: Pki | None = None, cert: Path | None = None, key
     finally:
         for server in servers.values():
             server.stop()
+
+
+@dataclass(frozen=True)
+class Encrypted:
+    """How each cache in the miss benchmark forwards to an upstream serving
+    DoT on ``tls_port`` and DoH on ``https_port`` (``proto``: tls or https),
+    verified against the PKI's CA as ``dns.test``."""
+    proto: str
+    pki: Pki
+    tls_port: int
+    https_port: int
+
+    @property
+    def port(self) -> int:
+        return self.tls_port if self.proto == "tls" else self.https_port
+
+    def upstream_lines(self) -> str:
+        """The upstream unbound's ``server:`` lines serving both."""
+        return unbound_tls_lines(self.tls_port, self.https_port, self.pki.cert, self.pki.key)
+
+    def nodecache_forward(self) -> tuple[str, str]:
+        """(TO, the forward block's lines) of nodecache's Corefile."""
+        return (f"{self.proto}://127.0.0.1:{self.port}",
+                f"tls {self.pki.ca}\n        tls_servername {SERVER_NAME}")
+
+    def unbound_forward(self) -> tuple[str, str]:
+        """(``server:`` lines, ``forward-zone:`` lines) of unbound forwarding
+        over TLS (forward-tls-upstream: unbound has no DoH client)."""
+        return (f"    tls-cert-bundle: \"{self.pki.ca}\"\n",
+                f"    forward-addr: 127.0.0.1@{self.tls_port}#{SERVER_NAME}\n    forward-tls-upstream: yes\n")
+
+    def dnsdist_server(self, check_name: str) -> str:
+        """dnsdist's newServer{} over DoT or DoH (its outgoing DoH: dohPath)."""
+        doh = ', dohPath="/dns-query"' if self.proto == "https" else ""
+        return (f'newServer({{address="127.0.0.1:{self.port}", tls="openssl", subjectName="{SERVER_NAME}", '
+                f'caStore="{self.pki.ca}", validateCertificates=true, checkName="{check_name}"{doh}}})')

@@ -41,6 +41,14 @@ MAX_BODY = 65535           # a DNS message's most (RFC 8484 §6: the same limit 
 MEDIA_TYPE = b"application/dns-message"
 
 
+# Our own request headers are well-formed by construction, and a reply's
+# headers matter only for :status: h2's per-header validation and
+# normalisation (about half its CPU per request, profiled) is skipped.
+_CONFIG = h2.config.H2Configuration(client_side=True, header_encoding=None, validate_outbound_headers=False,
+                                    normalize_outbound_headers=False, validate_inbound_headers=False,
+                                    normalize_inbound_headers=False)
+
+
 class ExchangeFailed(OSError):
     """The server answered this query with an HTTP error or reset its stream."""
 
@@ -48,7 +56,7 @@ class ExchangeFailed(OSError):
 class DohConnection(TlsConnection):
     def __init__(self, loop, cork: Cork, pool: "DohPool"):
         super().__init__(loop, cork, pool)
-        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self.h2 = h2.connection.H2Connection(_CONFIG)
         self.streams: dict[int, list] = {}  # stream id -> [query id, status, body chunks]
         self.authority = pool.authority.encode()
         self.path = pool.path.encode()

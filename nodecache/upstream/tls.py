@@ -157,7 +157,7 @@ class TlsConnection(_TcpConnection):
     def __init__(self, loop, cork: Cork, pool: "TlsPool"):
         super().__init__(loop, cork)
         self.pool = pool
-        self.handshake = TlsHandshake(pool.context, pool.server_name, pool.session)
+        self.handshake = TlsHandshake(pool.context, pool.server_name, pool.session if pool.resume else None)
         self.ready: asyncio.Future = loop.create_future()
         self.raw: asyncio.Transport | None = None
         self.session_saved = False
@@ -262,6 +262,7 @@ class TlsPool(_Pool):
         super().__init__(host, port, expire)
         self.cork, self.context, self.server_name, self.label = cork, context, server_name, label
         self.session: ssl.SSLSession | None = None
+        self.resume = True       # offer the last session (off: the handshakes benchmark's control)
         self.handshakes = 0      # full handshakes
         self.resumed = 0         # abbreviated ones (the session was resumed)
         self.failures: dict[str, int] = {}  # failed handshakes by reason

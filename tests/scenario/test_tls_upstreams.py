@@ -266,3 +266,18 @@ def test_client_certificate_is_presented_when_configured(tmp_path, pki):
     # (TLS 1.3: the server rejects us after our side of the handshake; this
     # stand-in closes without an alert, so no reason is counted, only the failure)
     assert rcode is None
+
+
+@pytest.mark.parametrize("proto", PROTOS)
+def test_hot_handoff_with_a_tls_upstream_loses_nothing(tmp_path, proto):
+    """Three handoffs between `nodecache run` processes under 1,000 q/s, a
+    tenth of them misses in flight over TLS to a real unbound: the heir
+    opens its own TLS connections (TLS state does not move), the donor
+    answers what it has in flight. (The harness's control, a stop and a
+    start instead of a handoff, is test_handoff.py's negative control.)"""
+    from nodecache_bench.handoff import handoffs_under_load
+    r = run(handoffs_under_load(3, 1000, tmp_path, proto), timeout=120)
+    load = r["load"]
+    summary = f"sent {load.sent}, answered {load.answered}, unanswered {load.unanswered}, errors {load.errors}"
+    assert load.sent >= 1000 * 5 and load.unanswered == 0 and load.errors == 0, summary
+    assert len(r["durations"]) == 3

@@ -16,6 +16,9 @@ from ...observe.families import RCODES
 from ..grammar import DEFAULT_PORT, Ctx, normalize_zone, parse_duration, parse_int
 
 POLICIES = ("random", "round_robin", "sequential")
+# CoreDNS's forward options we do not take (README.md, "Not supported")
+_NOT_SUPPORTED = {"max_idle_conns", "max_connect_attempts", "read_timeout", "next_on_nodata", "source_address",
+                  "resolver"}
 
 
 _SCHEMES = {"dns://": (DNS, DEFAULT_PORT), "tls://": (TLS, 853), "https://": (HTTPS, 443)}
@@ -136,6 +139,8 @@ def _forward_option(ctx: Ctx, cfg: ForwardConfig, sub: Directive) -> ForwardConf
         return _single_option(ctx, cfg, name, args[0])
     if name in flags | single | {"except", "next", "failover", "tls"}:
         raise ctx.error(sub.line, f"forward: wrong arguments for '{name}'")
+    if name in _NOT_SUPPORTED:
+        raise ctx.error(sub.line, f"forward: option '{name}' is not supported (plugins/forward/README.md says why)")
     raise ctx.error(sub.line, f"forward: unknown option '{name}'")
 
 

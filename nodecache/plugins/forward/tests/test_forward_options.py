@@ -123,3 +123,44 @@ def test_https_authority_and_path(tmp_path):
     assert isinstance(pool, DohPool) and pool.authority == "d.example:8443" and pool.path == "/q"
     assert fwd.upstreams[0].udp is None and fwd.upstreams[0].tcp
     fwd.close()
+
+
+def test_check_accepts_a_node_cache_corefile_with_tls_next_failover(tmp_path, capsys):
+    """A node-cache template whose `.` block forwards over DoT and DoH with
+    the options this plugin takes: `nodecache check` renders and accepts it."""
+    from nodecache.cli import main
+    ca = tmp_path / "ca.pem"
+    from nodecache_bench import tlsup
+    if tlsup.missing():
+        pytest.skip(tlsup.missing())
+    ca.write_bytes(tlsup.make_pki(tmp_path / "pki").ca.read_bytes())
+    base = tmp_path / "Corefile.base"
+    base.write_text(f"""cluster.local:53 {{
+    cache 30
+    bind __PILLAR__LOCAL__DNS__
+    forward . __PILLAR__CLUSTER__DNS__ {{
+        force_tcp
+        failfast_all_unhealthy_upstreams
+    }}
+}}
+.:53 {{
+    cache 30
+    bind __PILLAR__LOCAL__DNS__
+    forward corp.example tls://10.1.0.53 {{
+        tls {ca}
+        tls_servername dns.corp.example
+        next NXDOMAIN
+    }}
+    forward . tls://10.1.0.54%dns.example https://10.1.0.55:8443 {{
+        tls {ca}
+        failover SERVFAIL REFUSED
+    }}
+}}
+""")
+    code = main(["check", "-basecorefile", str(base), "-conf", str(tmp_path / "Corefile"),
+                 "-localip", "169.254.20.10", "--clusterdns", "10.96.0.11"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "tls://10.1.0.53:853 verified as dns.corp.example" in out and "next NXDOMAIN" in out
+    assert "https://10.1.0.55:8443 verified as 10.1.0.55" in out and "failover SERVFAIL REFUSED" in out
+    assert "failfast_all_unhealthy_upstreams" in out
