@@ -38,7 +38,7 @@ from .transport import MAX_CONNS, MAX_PENDING_PER_CONN, UpstreamClosed, _Channel
 
 log = logging.getLogger("nodecache.forward")
 READ_SIZE = 1 << 16
-HANDSHAKE_TIMEOUT = 5.0  # beyond any attempt's: the attempt's own timeout ends it first
+HANDSHAKE_TIMEOUT = 2.0  # the attempt timeout: a handshake slower than that is a failed one
 
 
 class TlsSetupError(ValueError):
@@ -137,17 +137,20 @@ class TlsHandshake:
     def feed(self, data: bytes) -> bytes:
         """Ciphertext in, the plaintext it completes out (b"" for none yet).
         Raises ``ssl.SSLZeroReturnError`` at the upstream's close_notify."""
-        self.incoming.write(data)
+        incoming, tls = self.incoming, self.tls
+        incoming.write(data)
         chunks = []
         while True:
             try:
-                chunk = self.tls.read(READ_SIZE)
+                chunk = tls.read(READ_SIZE)
             except ssl.SSLWantReadError:
                 break
             if not chunk:
                 break
             chunks.append(chunk)
-        return b"".join(chunks)
+            if not incoming.pending and not tls.pending():
+                break  # all read: no second call just to be told so (an exception per read)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class TlsConnection(_TcpConnection):
@@ -288,6 +291,10 @@ class TlsPool(_Pool):
         _, conn = await loop.create_connection(lambda: self._connection(loop), self.host, self.port)
         try:
             return await asyncio.wait_for(conn.ready, HANDSHAKE_TIMEOUT)
-        except BaseException:
+        except BaseException as exc:
             conn.raw.abort()  # no half-open connection left behind a slow or failed handshake
+            if isinstance(exc, asyncio.TimeoutError):  # (a server that reads our ClientHello as something else)
+                self.handshake_failed(TlsFailed("timeout", f"no TLS handshake within {HANDSHAKE_TIMEOUT:g}s"))
+            elif isinstance(exc, UpstreamClosed):
+                self.handshake_failed(TlsFailed("closed", str(exc)))
             raise

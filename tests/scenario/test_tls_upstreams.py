@@ -281,3 +281,36 @@ def test_hot_handoff_with_a_tls_upstream_loses_nothing(tmp_path, proto):
     summary = f"sent {load.sent}, answered {load.answered}, unanswered {load.unanswered}, errors {load.errors}"
     assert load.sent >= 1000 * 5 and load.unanswered == 0 and load.errors == 0, summary
     assert len(r["durations"]) == 3
+
+
+@pytest.mark.parametrize("case", ["garbage", "doh_to_a_dot_port"])
+def test_an_upstream_that_speaks_no_tls_or_no_http2_fails_attempts_and_logs_once(servers, pki, case, caplog):
+    """tls:// to a server that answers garbage (an HTTP/1 error, not a TLS
+    record), https:// to dnsdist's DoT port (no ALPN h2): each attempt
+    fails with its reason counted, the log says it once per upstream and
+    reason however many attempts failed, nothing crashes."""
+    async def garbage(reader, writer):
+        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def scenario():
+        srv = await asyncio.start_server(garbage, "127.0.0.1", 0)
+        proto, port = (("tls", srv.sockets[0].getsockname()[1]) if case == "garbage"
+                       else ("https", servers["dnsdist"].ports["tls"]))
+        cfg = ForwardConfig(".", (Upstream("127.0.0.1", port, proto),), tls=TlsFiles(ca=str(pki.ca)),
+                            tls_servername=tlsup.SERVER_NAME, deadline=1.0, attempt_timeout=0.5)
+        fwd = Forwarder(cfg)
+        try:
+            for i in range(3):
+                with pytest.raises(ForwardFailure):
+                    await fwd.resolve(K.make(encode_name(f"g{i}.test."), 1))
+            return dict(fwd.upstreams[0].pool.failures)
+        finally:
+            fwd.close()
+            srv.close()
+    failures = run(scenario())
+    assert sum(failures.values()) >= 3, failures
+    assert ("alpn" if case == "doh_to_a_dot_port" else "wrong_version_number") in failures, failures
+    logged = [r for r in caplog.records if "TLS handshake failed" in r.getMessage()]
+    assert len(logged) == len(failures)  # once per reason, not per attempt
