@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from .cpustat import split, syscalls_per_query, times
-from .tlsup import Encrypted, make_pki
+from .tlsup import Encrypted, make_pki, unbound_one_thread
 
 UPSTREAM_ZONE = "svc.cluster.local."  # not a zone unbound answers itself (RFC 6761 ones are)
 # Long enough that a cached name stays cached through a whole comparison:
@@ -40,25 +40,7 @@ UPSTREAM_ZONE = "svc.cluster.local."  # not a zone unbound answers itself (RFC 6
 UPSTREAM_TTL = 3600
 
 
-def _unbound_conf(tmp: Path, name: str, port: int, server_extra: str, tail: str = "") -> Path:
-    """One-thread unbound on 127.0.0.1:port; ``server_extra`` and ``tail`` are
-    config lines (indented as unbound wants them) for the role it plays."""
-    conf = tmp / name
-    conf.write_text(textwrap.dedent(f"""\
-        server:
-            interface: 127.0.0.1@{port}
-            do-daemonize: no
-            use-syslog: no
-            chroot: ""
-            username: ""
-            pidfile: ""
-            directory: "{tmp}"
-            num-threads: 1
-            access-control: 127.0.0.0/8 allow
-            module-config: "iterator"
-            verbosity: 0
-        """) + server_extra + tail)
-    return conf
+_unbound_conf = unbound_one_thread  # (tlsup's: the TLS upstreams are the same unbound)
 
 
 def upstream_conf(tmp: Path, port: int, tls: Encrypted | None = None) -> Path:

@@ -111,11 +111,13 @@ def redirect_data(zone: str, ttl: int = 3600) -> str:
             f'    local-data: "{zone} {ttl} IN A 169.254.1.1"\n    local-data: "{zone} {ttl} IN AAAA fd00::1"\n')
 
 
-def unbound_conf(tmp: Path, ports: dict, cert: Path, key: Path, data: str = TEST_DATA) -> Path:
-    conf = tmp / f"unbound-tls-{ports['tls']}.conf"
+def unbound_one_thread(tmp: Path, name: str, port: int, server_extra: str, tail: str = "") -> Path:
+    """One-thread unbound on 127.0.0.1:port; ``server_extra`` and ``tail`` are
+    config lines (indented as unbound wants them) for the role it plays."""
+    conf = tmp / name
     conf.write_text(textwrap.dedent(f"""\
         server:
-            interface: 127.0.0.1@{ports['dns']}
+            interface: 127.0.0.1@{port}
             do-daemonize: no
             use-syslog: no
             chroot: ""
@@ -125,9 +127,15 @@ def unbound_conf(tmp: Path, ports: dict, cert: Path, key: Path, data: str = TEST
             num-threads: 1
             access-control: 127.0.0.0/8 allow
             module-config: "iterator"
-            verbosity: 1
-        """) + data + unbound_tls_lines(ports["tls"], ports["https"], cert, key))
+            verbosity: 0
+        """) + server_extra + tail)
     return conf
+
+
+def unbound_conf(tmp: Path, ports: dict, cert: Path, key: Path, data: str = TEST_DATA) -> Path:
+    """unbound serving ``data`` over DNS on ports["dns"], DoT and DoH."""
+    return unbound_one_thread(tmp, f"unbound-tls-{ports['tls']}.conf", ports["dns"],
+                              data + unbound_tls_lines(ports["tls"], ports["https"], cert, key))
 
 
 def unbound_server(tmp: Path, pki: Pki, data: str, cpus: set[int] | None = None) -> Server:
