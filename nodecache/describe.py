@@ -51,6 +51,7 @@ def _forward_line(f) -> str:
             + (f", max_concurrent {f.max_concurrent}" if f.max_concurrent else "")
             + (f"; {tls}" if tls else "")
             + (f"; next {' '.join(map(rcode_label, f.next_rcodes))}" if f.next_rcodes else "")
+            + ("; next_on_nodata" if f.next_on_nodata else "")
             + (f"; failover {' '.join(map(rcode_label, f.failover_rcodes))}" if f.failover_rcodes else "")
             + ("; failfast_all_unhealthy_upstreams" if f.failfast_all_unhealthy_upstreams else ""))
 

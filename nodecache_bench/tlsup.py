@@ -18,6 +18,7 @@ name           unbound                  dnsdist
 ``nx.test``    A 169.254.1.1            NXDOMAIN
 ``*.refused.test``  REFUSED             A 169.254.2.2
 anything else  NXDOMAIN (static ``.``)  A 169.254.2.2
+AAAA           NODATA where A exists    AAAA fd00::2:2
 =============  =======================  =========================
 
 unbound's root is a static local zone, so it never recurses: nothing
@@ -156,7 +157,7 @@ def dnsdist_conf(tmp: Path, ports: dict, cert: Path, key: Path) -> Path:
         addDOHLocal("127.0.0.1:{ports['https']}", "{cert}", "{key}", "/dns-query")
         addAction(QNameRule("fail.test."), RCodeAction(DNSRCode.SERVFAIL))
         addAction(QNameRule("nx.test."), RCodeAction(DNSRCode.NXDOMAIN))
-        addAction(AllRule(), SpoofAction("169.254.2.2"))
+        addAction(AllRule(), SpoofAction({{"169.254.2.2", "fd00::2:2"}}))
         """))
     return conf
 

@@ -36,7 +36,8 @@ Theory of operation:
   ``DEFAULT_MAX_INFLIGHT`` so that a dead upstream cannot grow memory
   without bound.
 * Health: ``max_fails`` consecutive failed attempts mark an upstream down;
-  a probe (``. IN NS``, any well-formed reply counts) runs every
+  a probe (``. IN NS`` with RD, as CoreDNS asks; any well-formed reply
+  counts) runs every
   ``health_check`` until it answers. ``down_for`` tells readiness how long
   every upstream has been down.
 """
@@ -51,7 +52,7 @@ from bisect import bisect_left
 from ..upstream.options import HTTPS, TLS, ForwardConfig, Upstream
 from ..dns.key import cd, do, question
 from ..dns.reply import MalformedReply, Reply, analyse
-from ..dns.wire import AD, CD, RD, make_query
+from ..dns.wire import AD, CD, RD, encode_name, make_query
 from ..observe.stats import DURATION_BUCKETS
 from .cork import Cork
 from .direct import Deadlines, InFlight, Leader
@@ -61,7 +62,6 @@ from .transport import TcpPool, UdpPool, UpstreamClosed, exchange_on
 
 log = logging.getLogger("nodecache.forward")
 DEFAULT_MAX_INFLIGHT = 20000
-_HEALTH_QUESTION = b"\x00\x00\x02\x00\x01"  # . IN NS
 _HARD_ERRORS = (OSError, MalformedReply, UpstreamClosed)
 MAX_RESENDS = 3          # re-sends of one query after its connection died, per attempt
 BACKOFF_FIRST, BACKOFF_MAX = 0.025, 0.5
@@ -148,7 +148,9 @@ class UpstreamState:
                 self.probe = asyncio.get_running_loop().create_task(self._probe_until_up())
 
     async def _probe_until_up(self) -> None:
-        query = make_query(0, _HEALTH_QUESTION, flags=0)
+        # CoreDNS's probe: DOMAIN (default the root) IN NS, RD unless no_rec
+        question = encode_name(self.cfg.health_domain) + b"\x00\x02\x00\x01"
+        query = make_query(0, question, flags=RD if self.cfg.health_rd else 0)
         log.warning("upstream %s is down after %d failures; health-checking every %.1fs",
                     self.addr, self.fails, self.cfg.health_check)
         try:

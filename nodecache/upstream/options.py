@@ -44,6 +44,8 @@ class ForwardConfig:
     expire: float = 10.0        # recycle upstream connections after this long
     max_fails: int = 2          # consecutive failures before an upstream is down
     health_check: float = 0.5   # probe interval for a down upstream
+    health_rd: bool = True      # the probe asks recursion (health_check ... no_rec: not)
+    health_domain: str = "."    # the probe's question: DOMAIN IN NS (health_check ... domain FQDN)
     policy: str = "random"
     max_concurrent: int = 0     # 0: no limit from the Corefile (see forward.stage)
     attempt_timeout: float = 2.0
@@ -52,6 +54,7 @@ class ForwardConfig:
     tls_servername: str = ""    # the name every TLS upstream's certificate must carry
     doh_method: str = "POST"
     next_rcodes: tuple[int, ...] = ()      # these rcodes go on to the block's next forward
+    next_on_nodata: bool = False           # so does NOERROR with no answer
     failover_rcodes: tuple[int, ...] = ()  # these rcodes try the next upstream
     failfast_all_unhealthy_upstreams: bool = False
 

@@ -314,3 +314,24 @@ def test_an_upstream_that_speaks_no_tls_or_no_http2_fails_attempts_and_logs_once
     assert ("alpn" if case == "doh_to_a_dot_port" else "wrong_version_number") in failures, failures
     logged = [r for r in caplog.records if "TLS handshake failed" in r.getMessage()]
     assert len(logged) == len(failures)  # once per reason, not per attempt
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_next_on_nodata_asks_the_following_forward(servers, pki, on):
+    """unbound answers AAAA a.test with no record (NODATA: it has only an
+    A), dnsdist has one: with ``next_on_nodata`` the second forward's
+    answer; without it (the control) the NODATA stands."""
+    ca = pki.ca
+    extra = "        next_on_nodata\n" if on else ""
+    corefile = (".:{port} {{\n    cache\n"
+                f"    forward . {_to(servers['unbound'], 'tls')} {{{{\n        tls {ca}\n"
+                f"        tls_servername {tlsup.SERVER_NAME}\n{extra}    }}}}\n"
+                f"    forward . {_to(servers['dnsdist'], 'tls')} {{{{\n        tls {ca}\n"
+                f"        tls_servername {tlsup.SERVER_NAME}\n    }}}}\n}}}}\n")
+
+    async def scenario():
+        async with node(corefile, upstreams=0) as n:
+            return _answer(await n.udp(build("a.test", QTYPE.AAAA))), _answer(await n.udp(build("a.test", QTYPE.A)))
+    aaaa, a = run(scenario())
+    assert aaaa == ((0, ["fd00::2:2"]) if on else (0, []))
+    assert a == (0, [UNBOUND_A])  # an answer with records never goes on

@@ -1,7 +1,7 @@
 """``forward FROM TO... { except ZONES; force_tcp; prefer_udp; expire; max_fails;
-health_check; policy; max_concurrent; tls [CERT KEY] [CA]; tls_servername NAME;
-doh_method GET|POST; next RCODE...; failover RCODE...;
-failfast_all_unhealthy_upstreams }`` -> ``upstream.options.ForwardConfig``.
+health_check DUR [no_rec] [domain FQDN]; policy; max_concurrent; read_timeout;
+tls [CERT KEY] [CA]; tls_servername NAME; doh_method GET|POST; next RCODE...;
+next_on_nodata; failover RCODE...; failfast_all_unhealthy_upstreams }`` -> ``upstream.options.ForwardConfig``.
 TO is ``IP[:port]``, ``[v6]:port``, ``dns://...``, ``tls://...``,
 ``https://...`` or a resolv.conf file."""
 from __future__ import annotations
@@ -17,8 +17,7 @@ from ..grammar import DEFAULT_PORT, Ctx, normalize_zone, parse_duration, parse_i
 
 POLICIES = ("random", "round_robin", "sequential")
 # CoreDNS's forward options we do not take (README.md, "Not supported")
-_NOT_SUPPORTED = {"max_idle_conns", "max_connect_attempts", "read_timeout", "next_on_nodata", "source_address",
-                  "resolver"}
+_NOT_SUPPORTED = {"max_idle_conns", "max_connect_attempts", "source_address", "resolver"}
 
 
 _SCHEMES = {"dns://": (DNS, DEFAULT_PORT), "tls://": (TLS, 853), "https://": (HTTPS, 443)}
@@ -121,12 +120,14 @@ def _check_tls(ctx: Ctx, d: Directive, cfg: ForwardConfig) -> None:
 
 def _forward_option(ctx: Ctx, cfg: ForwardConfig, sub: Directive) -> ForwardConfig:
     name, args = sub.name, sub.args
-    flags = {"force_tcp", "prefer_udp", "failfast_all_unhealthy_upstreams"}
-    single = {"expire", "max_fails", "health_check", "policy", "max_concurrent", "tls_servername", "doh_method"}
+    flags = {"force_tcp", "prefer_udp", "failfast_all_unhealthy_upstreams", "next_on_nodata"}
+    single = {"expire", "max_fails", "policy", "max_concurrent", "tls_servername", "doh_method", "read_timeout"}
     if name in flags and not args:
         return replace(cfg, **{name: True})
     if name == "except" and args:
         return replace(cfg, except_zones=tuple(normalize_zone(ctx, t) for t in args))
+    if name == "health_check" and args:
+        return _health_check(ctx, cfg, sub)
     if name in ("next", "failover") and args:
         codes = tuple(_rcode(ctx, tok, name) for tok in args)
         return replace(cfg, **{f"{name}_rcodes": codes})
@@ -137,7 +138,7 @@ def _forward_option(ctx: Ctx, cfg: ForwardConfig, sub: Directive) -> ForwardConf
         return replace(cfg, tls=TlsFiles(*files))
     if name in single and len(args) == 1:
         return _single_option(ctx, cfg, name, args[0])
-    if name in flags | single | {"except", "next", "failover", "tls"}:
+    if name in flags | single | {"except", "next", "failover", "tls", "health_check"}:
         raise ctx.error(sub.line, f"forward: wrong arguments for '{name}'")
     if name in _NOT_SUPPORTED:
         raise ctx.error(sub.line, f"forward: option '{name}' is not supported (plugins/forward/README.md says why)")
@@ -149,8 +150,8 @@ def _single_option(ctx: Ctx, cfg: ForwardConfig, name: str, tok: Token) -> Forwa
         return replace(cfg, expire=parse_duration(ctx, tok))
     if name == "max_fails":
         return replace(cfg, max_fails=parse_int(ctx, tok, "forward max_fails"))
-    if name == "health_check":
-        return replace(cfg, health_check=parse_duration(ctx, tok) or 0.5)
+    if name == "read_timeout":  # each attempt's wait for a reply (CoreDNS's, default 2s)
+        return replace(cfg, attempt_timeout=min(parse_duration(ctx, tok) or 2.0, cfg.deadline))
     if name == "policy":
         if tok.text not in POLICIES:
             raise ctx.error(tok.line, f"forward: unknown policy {tok.text!r}")
@@ -162,6 +163,21 @@ def _single_option(ctx: Ctx, cfg: ForwardConfig, name: str, tok: Token) -> Forwa
             raise ctx.error(tok.line, f"forward: doh_method is GET or POST, not {tok.text!r}")
         return replace(cfg, doh_method=tok.text.upper())
     return replace(cfg, max_concurrent=parse_int(ctx, tok, "forward max_concurrent", 1))
+
+
+def _health_check(ctx: Ctx, cfg: ForwardConfig, sub: Directive) -> ForwardConfig:
+    """``health_check DURATION [no_rec] [domain FQDN]``."""
+    args = list(sub.args)
+    cfg = replace(cfg, health_check=parse_duration(ctx, args.pop(0)) or 0.5)
+    while args:
+        tok = args.pop(0)
+        if tok.text == "no_rec":
+            cfg = replace(cfg, health_rd=False)
+        elif tok.text == "domain" and args:
+            cfg = replace(cfg, health_domain=normalize_zone(ctx, args.pop(0)))
+        else:
+            raise ctx.error(tok.line, f"forward: health_check DURATION [no_rec] [domain FQDN], not {tok.text!r}")
+    return cfg
 
 
 def _rcode(ctx: Ctx, tok: Token, option: str) -> int:

@@ -7,7 +7,8 @@ A block may have several ``forward`` directives (CoreDNS evaluates them in
 the order written: put subdomains first). The first whose FROM takes the
 name answers, unless its reply's rcode is one of its ``next`` rcodes and
 another ``forward`` follows: then that one is asked (CoreDNS's ``next``:
-"if the next plugin is not a forward, this setting is ignored").
+"if the next plugin is not a forward, this setting is ignored"); the same
+for NODATA (NOERROR, no answer) with ``next_on_nodata``.
 
 At the callback speed (``take``) a miss is sent upstream from the receive
 callback on a ready channel, or joins the exchange in flight for its key
@@ -75,7 +76,8 @@ class ForwardStage(Stage):
                     reply = await route.forwarder.resolve(key, started=request.started)
             except Overloaded:
                 return Answer(REFUSED, plugin="forward")
-            if reply.rcode in route.cfg.next_rcodes and i + 1 < len(routes):
+            if i + 1 < len(routes) and (reply.rcode in route.cfg.next_rcodes or (
+                    route.cfg.next_on_nodata and reply.rcode == 0 and not reply.counts[0])):
                 continue  # ``next``: the following forward is asked (whether it takes the name or passes it on)
             return Answer(reply.rcode, reply=reply, plugin="forward")
         return await self.next(request)

@@ -3,6 +3,7 @@ and the forwarder rules they switch on (real sockets on loopback; the
 real-server tests are tests/scenario/test_tls_upstreams.py)."""
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -164,3 +165,44 @@ def test_check_accepts_a_node_cache_corefile_with_tls_next_failover(tmp_path, ca
     assert "tls://10.1.0.53:853 verified as dns.corp.example" in out and "next NXDOMAIN" in out
     assert "https://10.1.0.55:8443 verified as 10.1.0.55" in out and "failover SERVFAIL REFUSED" in out
     assert "failfast_all_unhealthy_upstreams" in out
+
+
+def test_health_check_read_timeout_next_on_nodata_options():
+    (f,) = _forward(". 127.0.0.1 {\n    health_check 1s no_rec domain Example.ORG\n    read_timeout 500ms\n"
+                    "    next_on_nodata\n  }")
+    assert (f.health_check, f.health_rd, f.health_domain) == (1.0, False, "example.org.")
+    assert f.attempt_timeout == 0.5 and f.next_on_nodata
+    (f,) = _forward(". 127.0.0.1")
+    assert (f.health_rd, f.health_domain, f.attempt_timeout, f.next_on_nodata) == (True, ".", 2.0, False)
+
+
+@pytest.mark.parametrize("options,qname,rd", [({}, ".", True),
+                                              ({"health_rd": False, "health_domain": "example.org."},
+                                               "example.org.", False)])
+def test_the_health_probe_asks_what_health_check_says(options, qname, rd):
+    """A down upstream is probed with DOMAIN IN NS, RD set unless no_rec (CoreDNS's probe)."""
+    from dnslib import DNSRecord
+    seen = []
+
+    def answer(query):
+        seen.append(DNSRecord.parse(query))
+        return reply_to(query)
+
+    async def scenario():
+        up = FakeUpstream(answer=answer)
+        await up.start("127.0.0.1", 0)
+        fwd = Forwarder(ForwardConfig(".", (Upstream("127.0.0.1", up.port),), max_fails=1, health_check=0.02,
+                                      **options))
+        try:
+            fwd.upstreams[0].failed()
+            for _ in range(100):
+                if fwd.upstreams[0].healthy:
+                    break
+                await asyncio.sleep(0.02)
+            return fwd.upstreams[0].healthy
+        finally:
+            fwd.close()
+            await up.stop()
+    assert run(scenario())
+    probe = seen[0]
+    assert (str(probe.q.qname), probe.q.qtype, bool(probe.header.rd)) == (qname, 2, rd)
