@@ -173,7 +173,11 @@ class TlsConnection(_TcpConnection):
     def data_received(self, data: bytes):
         if not self.handshake.done:
             self._advance(data)
-            return
+        else:
+            self._received(data)
+
+    def _received(self, data: bytes) -> None:
+        """Records after the handshake: decrypted and handed on."""
         try:
             plain = self.handshake.feed(data)
         except ssl.SSLZeroReturnError:
@@ -219,9 +223,7 @@ class TlsConnection(_TcpConnection):
                 return
             if not self.ready.done():
                 self.ready.set_result(self)
-            leftover = hs.feed(b"")  # records that came with the handshake's last flight
-            if leftover:
-                self.plaintext(leftover)
+            self._received(b"")  # records that came with the handshake's last flight
 
     def _save_session(self) -> None:
         """Keep the session for the next connection (TLS 1.3 sends it after
