@@ -28,12 +28,17 @@ from . import tlsup
 HANDSHAKES = 100
 
 
+def _forwarder(port: int, proto: str, ca: Path, resume: bool, **options) -> Forwarder:
+    """A forwarder to the one TLS upstream on ``port``, resuming sessions or not."""
+    fwd = Forwarder(ForwardConfig(".", (Upstream("127.0.0.1", port, proto),), tls=TlsFiles(ca=str(ca)),
+                                  tls_servername=tlsup.SERVER_NAME, **options))
+    fwd.upstreams[0].pool.resume = resume
+    return fwd
+
+
 async def _run(port: int, proto: str, ca: Path, rate: int, seconds: float, expire: float, resume: bool) -> dict:
-    cfg = ForwardConfig(".", (Upstream("127.0.0.1", port, proto),), tls=TlsFiles(ca=str(ca)),
-                        tls_servername=tlsup.SERVER_NAME, expire=expire)
-    fwd = Forwarder(cfg)
+    fwd = _forwarder(port, proto, ca, resume, expire=expire)
     pool = fwd.upstreams[0].pool
-    pool.resume = resume
     loop = asyncio.get_running_loop()
     tag = f"{proto}{int(resume)}{os.getpid()}{int(loop.time() * 1000) % 100000}"
     tasks, failed = [], 0
@@ -61,11 +66,8 @@ async def _handshake_cpu(port: int, proto: str, ca: Path, n: int, resume: bool) 
     """This process's CPU per new connection (TCP connect + TLS handshake
     (+ HTTP/2 preface), closed again), opened one after another; and how
     many of the n resumed the session."""
-    cfg = ForwardConfig(".", (Upstream("127.0.0.1", port, proto),), tls=TlsFiles(ca=str(ca)),
-                        tls_servername=tlsup.SERVER_NAME)
-    fwd = Forwarder(cfg)
+    fwd = _forwarder(port, proto, ca, resume)
     pool = fwd.upstreams[0].pool
-    pool.resume = resume
     try:
         await fwd.resolve(K.make(encode_name("warm.example."), 1))  # a full handshake, and a session
         resumed = pool.resumed

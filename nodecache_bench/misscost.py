@@ -40,17 +40,14 @@ UPSTREAM_ZONE = "svc.cluster.local."  # not a zone unbound answers itself (RFC 6
 UPSTREAM_TTL = 3600
 
 
-_unbound_conf = unbound_one_thread  # (tlsup's: the TLS upstreams are the same unbound)
-
-
 def upstream_conf(tmp: Path, port: int, tls: Encrypted | None = None) -> Path:
     """unbound as the cluster DNS: every name under UPSTREAM_ZONE answers
     (A 192.0.2.1, TTL UPSTREAM_TTL); with ``tls``, over DoT and DoH too."""
-    return _unbound_conf(tmp, "cluster-dns.conf", port,
-                         ("" if tls else "    incoming-num-tcp: 64\n")
-                         + f"    local-zone: \"{UPSTREAM_ZONE}\" redirect\n"
-                         f"    local-data: \"{UPSTREAM_ZONE} {UPSTREAM_TTL} IN A 192.0.2.1\"\n"
-                         + (tls.upstream_lines() if tls else ""))
+    return unbound_one_thread(tmp, "cluster-dns.conf", port,
+                              ("" if tls else "    incoming-num-tcp: 64\n")
+                              + f"    local-zone: \"{UPSTREAM_ZONE}\" redirect\n"
+                              f"    local-data: \"{UPSTREAM_ZONE} {UPSTREAM_TTL} IN A 192.0.2.1\"\n"
+                              + (tls.upstream_lines() if tls else ""))
 
 
 def unbound_forwarder_conf(tmp: Path, port: int, upstream: int, tcp_upstream: bool = True,
@@ -60,12 +57,12 @@ def unbound_forwarder_conf(tmp: Path, port: int, upstream: int, tcp_upstream: bo
     with the system's default (~200 KiB) a burst of the open-loop generator
     at 120,000 q/s overflowed it and unbound lost queries nodecache did not."""
     server_tls, zone_tls = tls.unbound_forward() if tls else ("", "")
-    return _unbound_conf(tmp, f"unbound-{port}.conf", port,
-                         "    do-not-query-localhost: no\n    msg-cache-size: 64m\n    rrset-cache-size: 128m\n"
-                         "    so-rcvbuf: 4m\n" + server_tls,
-                         "forward-zone:\n    name: \".\"\n"
-                         + (zone_tls or f"    forward-addr: 127.0.0.1@{upstream}\n")
-                         + ("    forward-tcp-upstream: yes\n" if tcp_upstream and not tls else ""))
+    return unbound_one_thread(tmp, f"unbound-{port}.conf", port,
+                              "    do-not-query-localhost: no\n    msg-cache-size: 64m\n    rrset-cache-size: 128m\n"
+                              "    so-rcvbuf: 4m\n" + server_tls,
+                              "forward-zone:\n    name: \".\"\n"
+                              + (zone_tls or f"    forward-addr: 127.0.0.1@{upstream}\n")
+                              + ("    forward-tcp-upstream: yes\n" if tcp_upstream and not tls else ""))
 
 
 def nodecache_corefile(tmp: Path, port: int, upstream: int, capacity: int = 0, bind: str = "127.0.0.1",

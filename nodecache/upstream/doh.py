@@ -129,15 +129,8 @@ class DohConnection(TlsConnection):
             problem = f"HTTP status {status}"
         if problem is None:
             self.deliver(b"".join(chunks))  # the channel matches it by ID and question
-            return
-        if qid not in self.pending:
-            return
-        waiter = self.pending.pop(qid)  # no reply can come for it now: the ID is free again
-        del self.questions[qid]
-        if waiter is None:  # it had timed out
-            self.quarantined -= 1
-        elif not waiter.done():
-            waiter.set_exception(ExchangeFailed(problem))
+        else:
+            self.fail_one(qid, ExchangeFailed(problem))
 
     def usable(self, now: float, expire: float, max_pending: int) -> bool:
         limit = min(max_pending, self.h2.remote_settings.max_concurrent_streams)
@@ -151,9 +144,8 @@ class DohPool(TlsPool):
                  label: str, path: str, method: str):
         super().__init__(host, port, expire, cork, context, server_name, label)
         self.path, self.method = path, method
-        self.authority = server_name if port == 443 else f"{server_name}:{port}"
-        if ":" in server_name:  # an IPv6 address as the authority (RFC 3986 §3.2.2)
-            self.authority = f"[{server_name}]" + ("" if port == 443 else f":{port}")
+        host = f"[{server_name}]" if ":" in server_name else server_name  # IPv6 (RFC 3986 §3.2.2)
+        self.authority = host if port == 443 else f"{host}:{port}"
 
     def _connection(self, loop) -> _Channel:
         return DohConnection(loop, self.cork, self)

@@ -130,7 +130,7 @@ class UpstreamState:
         return self.cfg.max_fails == 0 or self.fails < self.cfg.max_fails
 
     async def exchange(self, query: bytes, timeout: float, tcp: bool) -> bytes:
-        if tcp or self.udp is None:
+        if tcp:  # (always, for a TLS or HTTPS upstream: callers pass ``self.tcp``)
             return await self.pool.exchange(query, timeout)
         return await self.udp.exchange(query, timeout)
 

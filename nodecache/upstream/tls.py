@@ -34,7 +34,7 @@ import ssl
 
 from .cork import Cork
 from .options import TlsFiles
-from .transport import MAX_CONNS, MAX_PENDING_PER_CONN, UpstreamClosed, _Channel, _Pool, _TcpConnection
+from .transport import TcpPool, UpstreamClosed, _Channel, _TcpConnection
 
 log = logging.getLogger("nodecache.forward")
 READ_SIZE = 1 << 16
@@ -256,16 +256,14 @@ class TlsConnection(_TcpConnection):
         super().connection_lost(exc)
 
 
-class TlsPool(_Pool):
+class TlsPool(TcpPool):
     """Persistent pipelined TLS connections to one upstream, resuming the
     last session on each new one."""
-    max_channels = MAX_CONNS
-    max_pending = MAX_PENDING_PER_CONN
 
     def __init__(self, host: str, port: int, expire: float, cork: Cork, context: ssl.SSLContext,
                  server_name: str, label: str):
-        super().__init__(host, port, expire)
-        self.cork, self.context, self.server_name, self.label = cork, context, server_name, label
+        super().__init__(host, port, expire, cork)
+        self.context, self.server_name, self.label = context, server_name, label
         self.session: ssl.SSLSession | None = None
         self.resume = True       # offer the last session (off: the handshakes benchmark's control)
         self.handshakes = 0      # full handshakes

@@ -170,6 +170,19 @@ class _Channel:
         else:
             fut.set_result(msg)
 
+    def fail_one(self, qid: int, exc: Exception) -> None:
+        """The query under ``qid`` will get no reply on this channel (a DoH
+        stream ended without one): its waiter fails with ``exc`` and the
+        ID is free again, quarantined or not (no late reply can come)."""
+        if qid not in self.pending:
+            return
+        waiter = self.pending.pop(qid)
+        del self.questions[qid]
+        if waiter is None:  # it had timed out
+            self.quarantined -= 1
+        elif not waiter.done():
+            waiter.set_exception(exc)
+
     def _answers(self, qid: int, msg: bytes) -> bool:
         """``msg`` is a reply (QR) to the one question sent under ``qid``
         (0x20-tolerant: a length octet, < 64, is never changed by lower())."""

@@ -6,6 +6,11 @@ from prometheus_client.core import CounterMetricFamily
 
 from ...observe.families import histogram, rcode_label
 from ...observe.stats import DURATION_BUCKETS
+from ...upstream.options import DNS, HTTPS, TLS
+
+
+# the stream pool's proto label, as CoreDNS names its transports
+_CONN_PROTO = {DNS: "tcp", TLS: "tcp-tls", HTTPS: "https"}
 
 
 def families(owned):
@@ -33,8 +38,7 @@ def families(owned):
             n_broken += fwd.all_down
             for up in fwd.upstreams:
                 to = str(up.addr)
-                proto = up.addr.proto if up.addr.encrypted else "tcp"  # CoreDNS's label: tcp, tcp-tls, https
-                proto = {"tls": "tcp-tls"}.get(proto, proto)
+                proto = _CONN_PROTO[up.addr.proto]
                 hc_fail.add_metric(["forward", to], up.healthcheck_failures)
                 conn_hit.add_metric(["forward", to, proto], up.pool.reused)
                 conn_miss.add_metric(["forward", to, proto], up.pool.opened)

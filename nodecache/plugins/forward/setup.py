@@ -13,6 +13,7 @@ from pathlib import Path
 from ...config.corefile import Directive, Token
 from ...upstream.options import DNS, HTTPS, TLS, ForwardConfig, TlsFiles, Upstream
 from ...observe.families import RCODES
+from ...upstream.tls import TlsSetupError, client_context
 from ..grammar import DEFAULT_PORT, Ctx, normalize_zone, parse_duration, parse_int
 
 POLICIES = ("random", "round_robin", "sequential")
@@ -111,7 +112,6 @@ def setup(ctx: Ctx, d: Directive) -> ForwardConfig:
 def _check_tls(ctx: Ctx, d: Directive, cfg: ForwardConfig) -> None:
     """The TLS files load now, so a wrong path or key is an error at
     start, not a failed handshake later."""
-    from ...upstream.tls import TlsSetupError, client_context
     try:
         client_context(cfg.tls, alpn=None)
     except TlsSetupError as exc:

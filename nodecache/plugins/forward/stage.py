@@ -46,12 +46,11 @@ class Route:
 class ForwardStage(Stage):
     name = "forward"
 
-    def __init__(self, cfgs: ForwardConfig | tuple[ForwardConfig, ...], retry: bool = True, cork=None):
-        cfgs = cfgs if isinstance(cfgs, tuple) else (cfgs,)
+    def __init__(self, cfgs: tuple[ForwardConfig, ...], retry: bool = True, cork=None):
+        """``cfgs``: each ``forward`` of the block, in the order written."""
         self.routes = [Route(cfg, retry, cork) for cfg in cfgs]
         self.forwarders = [route.forwarder for route in self.routes]
         self.forwarder = self.forwarders[0]  # the one of a block with one forward (the common case)
-        self.cfg = cfgs[0]
 
     def shortcuts(self) -> Shortcuts:
         # After the cache, so hits never reach it. A direct miss does this
